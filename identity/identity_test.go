@@ -1,0 +1,167 @@
+package identity
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestIDString(t *testing.T) {
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := id.ID().String()
+	if len(s) != 52 {
+		t.Fatalf("ID %q has %d characters, want 52", s, len(s))
+	}
+	if strings.Trim(s, "abcdefghijklmnopqrstuvwxyz234567") != "" {
+		t.Fatalf("ID %q has characters outside a-z, 2-7", s)
+	}
+	for _, in := range []string{s, strings.ToUpper(s), "  " + s + "\n"} {
+		got, err := ParseID(in)
+		if err != nil || got != id.ID() {
+			t.Fatalf("ParseID(%q) = %v, %v", in, got, err)
+		}
+	}
+	if short := id.ID().Short(); !strings.HasPrefix(s, short) || len(short) != 8 {
+		t.Fatalf("Short() = %q", short)
+	}
+}
+
+func TestParseIDRejects(t *testing.T) {
+	id, _ := Generate()
+	s := id.ID().String()
+	for _, in := range []string{"", s[:8], s[:51], s + "a", s[:51] + "1", s[:51] + "=", "x" + s[1:51] + "!"} {
+		if _, err := ParseID(in); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("ParseID(%q): err = %v, want ErrInvalidID", in, err)
+		}
+	}
+}
+
+func TestLoadOrCreate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "id.key")
+	a, created, err := LoadOrCreate(path)
+	if err != nil || !created {
+		t.Fatalf("first LoadOrCreate: created=%v err=%v", created, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	b, created, err := LoadOrCreate(path)
+	if err != nil || created || b.ID() != a.ID() {
+		t.Fatalf("second LoadOrCreate: created=%v err=%v same=%v", created, err, b.ID() == a.ID())
+	}
+	if err := a.Save(path); err == nil {
+		t.Fatal("Save overwrote an existing key")
+	}
+}
+
+func TestLoadOrCreateConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "id.key")
+	ids := make([]ID, 8)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() {
+			id, _, err := LoadOrCreate(path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = id.ID()
+		})
+	}
+	wg.Wait()
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Fatal("concurrent creators ended up with different keys")
+		}
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.key")
+	os.WriteFile(bad, []byte("not a key"), 0o600)
+	if _, err := Load(bad); err == nil {
+		t.Fatal("loaded a file that is not a key")
+	}
+	if _, err := Load(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: err = %v", err)
+	}
+}
+
+// handshake runs a TLS 1.3 handshake between two identities, the client
+// pinning want.
+func handshake(t *testing.T, server, client *Identity, want ID) (clientErr, serverErr error, serverSaw ID) {
+	t.Helper()
+	sc, err := server.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := client.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	srv := tls.Server(a, &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{sc},
+		ClientAuth:       tls.RequireAnyClientCert,
+		VerifyConnection: VerifyAnyKey,
+	})
+	cli := tls.Client(b, &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{cc},
+		InsecureSkipVerify: true,
+		VerifyConnection:   VerifyPinned("device", want),
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serverErr = srv.Handshake()
+		if serverErr == nil {
+			serverSaw, _ = PeerID(srv.ConnectionState())
+		}
+		a.Close()
+	}()
+	clientErr = cli.Handshake()
+	b.Close()
+	<-done
+	return clientErr, serverErr, serverSaw
+}
+
+func TestPinnedTLS(t *testing.T) {
+	dev, _ := Generate()
+	cli, _ := Generate()
+	other, _ := Generate()
+
+	cerr, serr, saw := handshake(t, dev, cli, dev.ID())
+	if cerr != nil || serr != nil {
+		t.Fatalf("pinned handshake failed: client %v, server %v", cerr, serr)
+	}
+	if saw != cli.ID() {
+		t.Fatal("server did not see the client's ID")
+	}
+
+	cerr, _, _ = handshake(t, dev, cli, other.ID())
+	var km *KeyMismatchError
+	if !errors.As(cerr, &km) || !errors.Is(cerr, ErrKeyMismatch) {
+		t.Fatalf("wrong pin: err = %v, want a KeyMismatchError", cerr)
+	}
+	if km.Expected != other.ID() || km.Got != dev.ID() {
+		t.Fatalf("mismatch reports expected %s got %s", km.Expected, km.Got)
+	}
+	if !strings.Contains(cerr.Error(), other.ID().String()) || !strings.Contains(cerr.Error(), dev.ID().String()) {
+		t.Fatalf("message %q does not name both keys", cerr)
+	}
+}
