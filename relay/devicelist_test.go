@@ -1,0 +1,49 @@
+package relay
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDeviceList(t *testing.T) {
+	a, b := newIdentity(t).ID(), newIdentity(t).ID()
+	path := filepath.Join(t.TempDir(), "devices")
+	os.WriteFile(path, []byte("# cameras\n"+a.String()+"  # front door\n\n"), 0o600)
+	l, err := LoadDeviceList(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.Allow(a) || l.Allow(b) || l.Len() != 1 {
+		t.Fatalf("allow a=%v b=%v len=%d", l.Allow(a), l.Allow(b), l.Len())
+	}
+	// An edit is picked up without a restart.
+	os.WriteFile(path, []byte(a.String()+"\n"+b.String()+"\n"), 0o600)
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(path, future, future)
+	l.mu.Lock()
+	l.checked = time.Time{}
+	l.mu.Unlock()
+	if !l.Allow(b) {
+		t.Fatal("added device not allowed after the file changed")
+	}
+	// A broken edit keeps the last good list.
+	os.WriteFile(path, []byte("not-an-id\n"), 0o600)
+	later := future.Add(time.Minute)
+	os.Chtimes(path, later, later)
+	l.mu.Lock()
+	l.checked = time.Time{}
+	l.mu.Unlock()
+	if !l.Allow(a) || !l.Allow(b) {
+		t.Fatal("a malformed edit dropped the last good list")
+	}
+}
+
+func TestParseDeviceListErrors(t *testing.T) {
+	_, err := ParseDeviceList([]byte("# ok\n\nabc\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("err = %v, want it to name line 3", err)
+	}
+}

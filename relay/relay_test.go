@@ -1,0 +1,327 @@
+package relay
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newIdentity(t *testing.T) *identity.Identity {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// serve starts a relay on loopback with cfg (Identity filled in).
+func serve(t *testing.T, cfg Config) (*Server, string) {
+	t.Helper()
+	if cfg.Identity == nil {
+		cfg.Identity = newIdentity(t)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return srv, ln.Addr().String()
+}
+
+// agent is a raw relay-protocol peer for tests.
+type agent struct {
+	t    *testing.T
+	conn *tls.Conn
+	br   *bufio.Reader
+	id   *identity.Identity
+}
+
+// connect opens TLS and sends the upgrade, without a hello.
+func connect(t *testing.T, addr string) *agent {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", relayproto.UpgradePath, relayproto.UpgradeToken)
+	a := &agent{t: t, conn: conn, br: bufio.NewReader(conn)}
+	resp, err := http.ReadResponse(a.br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	return a
+}
+
+func (a *agent) exporter() []byte {
+	st := a.conn.ConnectionState()
+	e, err := st.ExportKeyingMaterial(relayproto.ExporterLabel, nil, relayproto.ExporterLen)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return e
+}
+
+func (a *agent) hello(id *identity.Identity, role relayproto.Role, minV, maxV uint16, exporter []byte) {
+	a.id = id
+	p := relayproto.AppendClientHello(nil, relayproto.ClientHello{
+		MinVersion: minV, MaxVersion: maxV, Role: role, Instance: 7, PublicKey: id.PublicKey(),
+	}, exporter, id.Sign)
+	a.write(relayproto.FrameClientHello, p)
+}
+
+func (a *agent) write(t relayproto.FrameType, p []byte) {
+	a.t.Helper()
+	if _, err := a.conn.Write(append(relayproto.AppendHeader(nil, t, len(p)), p...)); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *agent) read() (relayproto.FrameType, []byte) {
+	a.t.Helper()
+	a.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	t, n, err := relayproto.ReadHeader(a.br)
+	if err != nil {
+		a.t.Fatalf("read frame: %v", err)
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(a.br, p); err != nil {
+		a.t.Fatal(err)
+	}
+	return t, p
+}
+
+// attach connects and authenticates as id with role.
+func attach(t *testing.T, addr string, id *identity.Identity, role relayproto.Role) *agent {
+	t.Helper()
+	a := connect(t, addr)
+	a.hello(id, role, 1, 1, a.exporter())
+	if typ, p := a.read(); typ != relayproto.FrameServerHello {
+		f, _ := relayproto.ParseRefuse(p)
+		t.Fatalf("got %s %+v, want server-hello", typ, f)
+	}
+	return a
+}
+
+func (a *agent) refusal() relayproto.Refuse {
+	a.t.Helper()
+	typ, p := a.read()
+	if typ != relayproto.FrameRefuse {
+		a.t.Fatalf("got %s, want refuse", typ)
+	}
+	f, err := relayproto.ParseRefuse(p)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return f
+}
+
+func allowAll(identity.ID) bool { return true }
+
+func TestHandshakeRefusals(t *testing.T) {
+	listed := newIdentity(t)
+	_, addr := serve(t, Config{AllowDevice: func(id identity.ID) bool { return id == listed.ID() }})
+
+	// A device the relay was not told about.
+	stranger := newIdentity(t)
+	a := connect(t, addr)
+	a.hello(stranger, relayproto.RoleDevice, 1, 1, a.exporter())
+	if f := a.refusal(); f.Code != relayproto.RefuseNotAllowed || !strings.Contains(f.Message, stranger.ID().String()) {
+		t.Fatalf("unlisted device: %+v", f)
+	}
+	// No common version.
+	a = connect(t, addr)
+	a.hello(listed, relayproto.RoleDevice, 7, 9, a.exporter())
+	if f := a.refusal(); f.Code != relayproto.RefuseVersion {
+		t.Fatalf("version 7-9: %+v", f)
+	}
+	// A hello signed for another TLS connection: a replay.
+	a = connect(t, addr)
+	b := connect(t, addr)
+	a.hello(listed, relayproto.RoleDevice, 1, 1, b.exporter())
+	if f := a.refusal(); f.Code != relayproto.RefuseAuth {
+		t.Fatalf("replayed hello: %+v", f)
+	}
+	// An unknown role.
+	a = connect(t, addr)
+	a.hello(listed, relayproto.Role(9), 1, 1, a.exporter())
+	if f := a.refusal(); f.Code != relayproto.RefuseBadRole {
+		t.Fatalf("role 9: %+v", f)
+	}
+	// Something other than a hello first.
+	a = connect(t, addr)
+	a.write(relayproto.FramePing, make([]byte, 8))
+	if f := a.refusal(); f.Code != relayproto.RefuseAuth {
+		t.Fatalf("ping before hello: %+v", f)
+	}
+	// The listed device gets in; so does any client.
+	attach(t, addr, listed, relayproto.RoleDevice)
+	attach(t, addr, stranger, relayproto.RoleClient)
+}
+
+func TestNilAllowDeviceAdmitsNoDevice(t *testing.T) {
+	_, addr := serve(t, Config{})
+	a := connect(t, addr)
+	a.hello(newIdentity(t), relayproto.RoleDevice, 1, 1, a.exporter())
+	if f := a.refusal(); f.Code != relayproto.RefuseNotAllowed {
+		t.Fatalf("%+v", f)
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	_, addr := serve(t, Config{AllowDevice: allowAll, HandshakeTimeout: 300 * time.Millisecond})
+	a := connect(t, addr)
+	start := time.Now()
+	a.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := a.br.ReadByte()
+	if err == nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("silent agent: read %v after %v, want the relay to hang up", err, time.Since(start))
+	}
+}
+
+func TestRouting(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll})
+	devID, cliID := newIdentity(t), newIdentity(t)
+	dev := attach(t, addr, devID, relayproto.RoleDevice)
+	cli := attach(t, addr, cliID, relayproto.RoleClient)
+
+	// Client → device: the device sees the client's address.
+	pkt := []byte("sealed")
+	cli.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: devID.ID()}), pkt...))
+	typ, p := dev.read()
+	src, got, err := relayproto.ParsePacket(p)
+	if typ != relayproto.FrameRecvPacket || err != nil || string(got) != "sealed" || src != (relayproto.Addr{ID: cliID.ID(), Instance: 7}) {
+		t.Fatalf("device got %s from %v: %q %v", typ, src, got, err)
+	}
+	// Device → client: the client sees the device with instance 0.
+	dev.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, src), "back"...))
+	typ, p = cli.read()
+	src, got, _ = relayproto.ParsePacket(p)
+	if typ != relayproto.FrameRecvPacket || string(got) != "back" || src != (relayproto.Addr{ID: devID.ID()}) {
+		t.Fatalf("client got %s from %v: %q", typ, src, got)
+	}
+	// To a device that is not attached: peer-gone, offline.
+	absent := newIdentity(t).ID()
+	cli.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: absent}), pkt...))
+	typ, p = cli.read()
+	g, err := relayproto.ParsePeerGone(p)
+	if typ != relayproto.FramePeerGone || err != nil || g.Peer.ID != absent || g.Reason != relayproto.GoneOffline {
+		t.Fatalf("to an absent device: %s %+v %v", typ, g, err)
+	}
+	// Client → client is not routed.
+	other := attach(t, addr, newIdentity(t), relayproto.RoleClient)
+	cli.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: other.id.ID(), Instance: 7}), pkt...))
+	typ, p = cli.read()
+	if g, _ := relayproto.ParsePeerGone(p); typ != relayproto.FramePeerGone || g.Reason != relayproto.GoneNotAllowed {
+		t.Fatalf("client to client: %s %+v", typ, g)
+	}
+	if st := srv.Stats(); st.Devices != 1 || st.Clients != 2 || st.PacketsForwarded != 2 || st.PeerGone != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestUnknownFramesSkipped(t *testing.T) {
+	_, addr := serve(t, Config{AllowDevice: allowAll})
+	a := attach(t, addr, newIdentity(t), relayproto.RoleClient)
+	a.write(relayproto.FrameType(0x7e), make([]byte, 5000))
+	a.write(relayproto.FramePing, []byte("12345678"))
+	if typ, p := a.read(); typ != relayproto.FramePong || string(p) != "12345678" {
+		t.Fatalf("got %s %q, want the pong", typ, p)
+	}
+	// A frame over its type's limit ends the session, before any allocation.
+	a.conn.Write(relayproto.AppendHeader(nil, relayproto.FrameSendPacket, 0xFFFFFFFF))
+	a.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(a.br); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("relay kept a session that sent a 4 GiB frame")
+		}
+	}
+}
+
+func TestNewerDeviceSessionWins(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll})
+	id := newIdentity(t)
+	old := attach(t, addr, id, relayproto.RoleDevice)
+	attach(t, addr, id, relayproto.RoleDevice)
+	typ, p := old.read()
+	f, err := relayproto.ParseGoAway(p)
+	if typ != relayproto.FrameGoAway || err != nil || f.Reason != relayproto.GoAwayReplaced {
+		t.Fatalf("old session got %s %+v %v, want go-away(replaced)", typ, f, err)
+	}
+	if st := srv.Stats(); st.Devices != 1 {
+		t.Fatalf("%d devices attached", st.Devices)
+	}
+}
+
+// TestQueueDropsNotBlocks: a device that stops reading fills its own queue;
+// packets to it are dropped and counted, and other agents are not slowed.
+func TestQueueDropsNotBlocks(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll, SendQueueLen: 16})
+	stuck := newIdentity(t)
+	attach(t, addr, stuck, relayproto.RoleDevice) // never reads again
+	cli := attach(t, addr, newIdentity(t), relayproto.RoleClient)
+	frame := append(relayproto.AppendPacketHeader(nil, relayproto.FrameSendPacket, relayproto.Addr{ID: stuck.ID()}, 1400), make([]byte, 1400)...)
+	burst := make([]byte, 0, 1000*len(frame))
+	for range 1000 {
+		burst = append(burst, frame...)
+	}
+	for range 20 { // 28 MB: more than every socket buffer on the way
+		if _, err := cli.conn.Write(burst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	cli.write(relayproto.FramePing, []byte("stillok!"))
+	for {
+		typ, p := cli.read()
+		if typ == relayproto.FramePong && string(p) == "stillok!" {
+			break
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the sender waited %v for a pong behind a stuck receiver", took)
+	}
+	if st := srv.Stats(); st.PacketsDropped == 0 {
+		t.Fatalf("no drops counted: %+v", st)
+	}
+}
+
+func TestCloseSendsGoAway(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll})
+	a := attach(t, addr, newIdentity(t), relayproto.RoleDevice)
+	go srv.Close()
+	typ, p := a.read()
+	f, err := relayproto.ParseGoAway(p)
+	if typ != relayproto.FrameGoAway || err != nil || f.Reason != relayproto.GoAwayShutdown {
+		t.Fatalf("got %s %+v %v", typ, f, err)
+	}
+	srv.Close() // idempotent
+}

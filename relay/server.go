@@ -1,0 +1,464 @@
+// Package relay is the burrow relay: it authenticates agents, keeps one
+// session per attached agent and routes opaque E2E packets between clients
+// and devices by their IDs.
+//
+// The relay only ever sees [relayproto] frames. It does not import the E2E
+// session package and holds no key that could decrypt tunnel traffic: what
+// it forwards are QUIC packets sealed between client and device.
+//
+// A [Server] is an [http.Handler]: agents attach through an HTTP upgrade on
+// the relay's HTTPS port ([relayproto.UpgradePath]), so one port serves
+// everything. [Server.Serve] runs the HTTPS listener itself; an operator
+// with an HTTPS server of their own can mount the Server on it instead.
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// Config configures a [Server].
+type Config struct {
+	// Identity is the relay's key. Agents pin it by its ID. Required.
+	Identity *identity.Identity
+
+	// GetCertificate, if set, supplies the TLS certificate (for example a
+	// CA-signed one that agents check against their trusted roots). If nil,
+	// the relay serves a self-signed certificate of Identity's key.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+	// AllowDevice reports whether a device may attach. Nil allows no
+	// device: a relay admits only the devices it was told about.
+	AllowDevice func(identity.ID) bool
+
+	// Logger receives one line per significant event. Nil discards logs.
+	Logger *slog.Logger
+
+	// KeepAlive is how often agents must ping; a session silent for
+	// 3×KeepAlive is closed. Zero means 15s.
+	KeepAlive time.Duration
+
+	// HandshakeTimeout bounds the time from connection to authenticated
+	// session. Zero means 10s.
+	HandshakeTimeout time.Duration
+
+	// SendQueueLen is how many frames may wait for each agent; beyond it,
+	// packets are dropped (and counted) rather than queued. Zero means 1024.
+	SendQueueLen int
+}
+
+func (c *Config) validate() error {
+	if c.Identity == nil {
+		return errors.New("relay: Config.Identity is required")
+	}
+	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 {
+		return errors.New("relay: negative duration or queue length in Config")
+	}
+	return nil
+}
+
+// Stats are counters of a [Server]'s work since it started.
+type Stats struct {
+	Devices, Clients int    // attached now
+	PacketsForwarded uint64 // delivered to a destination's queue
+	BytesForwarded   uint64 // packet bytes delivered
+	PacketsDropped   uint64 // dropped because a queue was full
+	PeerGone         uint64 // peer-gone answers sent
+}
+
+// A Server is a relay. Create it with [New]; it is safe for concurrent use.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	cert      tls.Certificate // self-signed; used when cfg.GetCertificate is nil
+	keepAlive time.Duration
+	hsTimeout time.Duration
+	queueLen  int
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup // every goroutine the server started
+
+	mu       sync.RWMutex
+	closed   bool                         // guarded by mu
+	devices  map[identity.ID]*session     // guarded by mu
+	clients  map[relayproto.Addr]*session // guarded by mu
+	lastSeen map[identity.ID]time.Time    // devices that detached; guarded by mu
+	https    map[*http.Server]struct{}    // from Serve; guarded by mu
+	pending  map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
+	sessions map[*session]struct{}        // attached; guarded by mu
+
+	forwarded, forwardedBytes, dropped, gone atomic.Uint64
+}
+
+// maxLastSeen bounds the memory spent remembering when devices were seen.
+const maxLastSeen = 100_000
+
+// New returns a relay server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cert, err := cfg.Identity.Certificate()
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		cert:      cert,
+		keepAlive: cfg.KeepAlive,
+		hsTimeout: cfg.HandshakeTimeout,
+		queueLen:  cfg.SendQueueLen,
+		devices:   make(map[identity.ID]*session),
+		clients:   make(map[relayproto.Addr]*session),
+		lastSeen:  make(map[identity.ID]time.Time),
+		https:     make(map[*http.Server]struct{}),
+		pending:   make(map[net.Conn]struct{}),
+		sessions:  make(map[*session]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.keepAlive == 0 {
+		s.keepAlive = 15 * time.Second
+	}
+	if s.hsTimeout == 0 {
+		s.hsTimeout = 10 * time.Second
+	}
+	if s.queueLen == 0 {
+		s.queueLen = 1024
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	return s, nil
+}
+
+// ID returns the relay's ID.
+func (s *Server) ID() identity.ID { return s.cfg.Identity.ID() }
+
+// TLSConfig returns the TLS configuration agents must be served with:
+// TLS 1.3 only, the relay's certificate, HTTP/1.1.
+func (s *Server) TLSConfig() *tls.Config {
+	conf := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"http/1.1"},
+	}
+	if s.cfg.GetCertificate != nil {
+		conf.GetCertificate = s.cfg.GetCertificate
+	} else {
+		conf.Certificates = []tls.Certificate{s.cert}
+	}
+	return conf
+}
+
+// Serve accepts TLS connections on ln and serves agents on them until
+// [Server.Close]. It always returns a non-nil error; after Close it is
+// [http.ErrServerClosed].
+func (s *Server) Serve(ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s,
+		TLSConfig:         s.TLSConfig(),
+		ReadHeaderTimeout: s.hsTimeout,
+		IdleTimeout:       s.hsTimeout,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	s.https[hs] = struct{}{}
+	s.mu.Unlock()
+	return hs.ServeTLS(ln, "", "")
+}
+
+// ServeHTTP serves the agent upgrade at [relayproto.UpgradePath] and a short
+// description of the relay at "/". The connection must carry TLS 1.3: the
+// handshake signs a TLS exporter value.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Path == relayproto.UpgradePath:
+	case r.URL.Path == "/" && r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "burrow relay\nid: %s\n", s.ID())
+		return
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", relayproto.UpgradeToken) {
+		http.Error(w, "this endpoint is for burrow agents (Upgrade: "+relayproto.UpgradeToken+")", http.StatusUpgradeRequired)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		s.log.Debug("hijack failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + relayproto.UpgradeToken + "\r\nConnection: Upgrade\r\n\r\n")
+	s.accept(conn, brw)
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Accept serves one agent on conn, a TLS 1.3 connection (or a wrapper with
+// a ConnectionState method) that has been upgraded: the next bytes from br
+// are the agent's hello. Accept owns conn and always closes it; it returns
+// when the session ends, ctx is cancelled or the server is closed.
+func (s *Server) Accept(ctx context.Context, conn net.Conn, br *bufio.Reader) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	s.accept(conn, bufio.NewReadWriter(br, bufio.NewWriter(conn)))
+}
+
+func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
+	s.pending[conn] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	sess, err := s.handshake(conn, brw)
+	s.mu.Lock()
+	delete(s.pending, conn)
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Info("agent refused", "remote", conn.RemoteAddr().String(), "err", err)
+		conn.Close()
+		return
+	}
+	sess.run()
+}
+
+// tlsState returns the TLS state of conn or of the connection it wraps.
+func tlsState(conn net.Conn) (tls.ConnectionState, bool) {
+	c, ok := conn.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok {
+		return tls.ConnectionState{}, false
+	}
+	return c.ConnectionState(), true
+}
+
+// handshake authenticates the agent and registers its session.
+func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, error) {
+	conn.SetDeadline(time.Now().Add(s.hsTimeout))
+	refuse := func(code relayproto.RefuseCode, msg string) error {
+		p := relayproto.AppendRefuse(nil, relayproto.Refuse{Code: code, Message: msg})
+		brw.Write(relayproto.AppendHeader(nil, relayproto.FrameRefuse, len(p)))
+		brw.Write(p)
+		brw.Flush()
+		return fmt.Errorf("%s: %s", code, msg)
+	}
+	// The 101 answer is buffered; send it now so the agent sees the upgrade
+	// succeed even if the hello is slow.
+	if err := brw.Flush(); err != nil {
+		return nil, err
+	}
+	st, ok := tlsState(conn)
+	if !ok || st.Version != tls.VersionTLS13 {
+		return nil, refuse(relayproto.RefuseAuth, "relay sessions need TLS 1.3")
+	}
+	exporter, err := st.ExportKeyingMaterial(relayproto.ExporterLabel, nil, relayproto.ExporterLen)
+	if err != nil {
+		return nil, refuse(relayproto.RefuseAuth, "no TLS exporter: "+err.Error())
+	}
+	t, n, err := relayproto.ReadHeader(brw)
+	if err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	if t != relayproto.FrameClientHello {
+		return nil, refuse(relayproto.RefuseAuth, fmt.Sprintf("expected client-hello, got %s", t))
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(brw, p); err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	hello, err := relayproto.ParseClientHello(p, exporter)
+	if err != nil {
+		return nil, refuse(relayproto.RefuseAuth, err.Error())
+	}
+	id := identity.IDOf(hello.PublicKey)
+	version := min(hello.MaxVersion, relayproto.MaxVersion)
+	if version < max(hello.MinVersion, relayproto.MinVersion) {
+		return nil, refuse(relayproto.RefuseVersion, fmt.Sprintf(
+			"agent speaks protocol versions %d-%d, this relay %d-%d: upgrade the older of the two",
+			hello.MinVersion, hello.MaxVersion, relayproto.MinVersion, relayproto.MaxVersion))
+	}
+	addr := relayproto.Addr{ID: id, Instance: hello.Instance}
+	switch hello.Role {
+	case relayproto.RoleDevice:
+		if s.cfg.AllowDevice == nil || !s.cfg.AllowDevice(id) {
+			return nil, refuse(relayproto.RefuseNotAllowed, fmt.Sprintf(
+				"device %s is not allowed on this relay: ask its operator to add this ID to the relay's device list", id))
+		}
+		addr.Instance = 0 // a device is unique per ID
+	case relayproto.RoleClient:
+	default:
+		return nil, refuse(relayproto.RefuseBadRole, fmt.Sprintf("unknown role %d", hello.Role))
+	}
+
+	sh := relayproto.AppendServerHello(nil, relayproto.ServerHello{
+		Version:         version,
+		KeepAliveMillis: uint32(s.keepAlive / time.Millisecond),
+		PublicKey:       s.cfg.Identity.PublicKey(),
+		ObservedAddr:    conn.RemoteAddr().String(),
+	}, exporter, s.cfg.Identity.Sign)
+	brw.Write(relayproto.AppendHeader(nil, relayproto.FrameServerHello, len(sh)))
+	brw.Write(sh)
+	if err := brw.Flush(); err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+
+	sess := newSession(s, conn, brw.Reader, hello.Role, addr)
+	if err := s.register(sess); err != nil {
+		return nil, err
+	}
+	return sess, nil
+}
+
+// register adds sess to the routing tables, replacing (and closing) an
+// older session of the same device or client process.
+func (s *Server) register(sess *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("relay is shutting down")
+	}
+	var old *session
+	if sess.role == relayproto.RoleDevice {
+		old = s.devices[sess.addr.ID]
+		s.devices[sess.addr.ID] = sess
+		delete(s.lastSeen, sess.addr.ID)
+	} else {
+		old = s.clients[sess.addr]
+		s.clients[sess.addr] = sess
+	}
+	s.sessions[sess] = struct{}{}
+	if old != nil {
+		old.goAway(relayproto.GoAway{Reason: relayproto.GoAwayReplaced, Message: "a newer session of this agent attached"})
+	}
+	return nil
+}
+
+// unregister removes sess from the routing tables if it is still there.
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, sess)
+	if sess.role == relayproto.RoleDevice {
+		if s.devices[sess.addr.ID] == sess {
+			delete(s.devices, sess.addr.ID)
+			if len(s.lastSeen) < maxLastSeen {
+				s.lastSeen[sess.addr.ID] = time.Now()
+			}
+		}
+	} else if s.clients[sess.addr] == sess {
+		delete(s.clients, sess.addr)
+	}
+}
+
+// route finds the session a packet from src to dst goes to.
+func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.PeerGone) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	gone := relayproto.PeerGone{Peer: dst, Reason: relayproto.GoneOffline}
+	switch src.role {
+	case relayproto.RoleClient:
+		if d := s.devices[dst.ID]; d != nil {
+			return d, gone
+		}
+		if t, ok := s.lastSeen[dst.ID]; ok {
+			gone.LastSeenUnix = uint64(t.Unix())
+		}
+		if s.clients[dst] != nil {
+			gone.Reason = relayproto.GoneNotAllowed
+		}
+	case relayproto.RoleDevice:
+		if c := s.clients[dst]; c != nil {
+			return c, gone
+		}
+		if s.devices[dst.ID] != nil {
+			gone.Reason = relayproto.GoneNotAllowed
+		}
+	}
+	return nil, gone
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.RLock()
+	st := Stats{Devices: len(s.devices), Clients: len(s.clients)}
+	s.mu.RUnlock()
+	st.PacketsForwarded = s.forwarded.Load()
+	st.BytesForwarded = s.forwardedBytes.Load()
+	st.PacketsDropped = s.dropped.Load()
+	st.PeerGone = s.gone.Load()
+	return st
+}
+
+// ErrClosed is the cause of every session context ended by [Server.Close].
+var ErrClosed = errors.New("relay closed")
+
+// Close stops the listeners started by [Server.Serve], tells every attached
+// agent to go away, closes every connection and waits for every goroutine
+// the server started. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	https := s.https
+	s.https = nil
+	for c := range s.pending {
+		c.Close()
+	}
+	for sess := range s.sessions {
+		sess.goAway(relayproto.GoAway{Reason: relayproto.GoAwayShutdown, RetryAfterMillis: 500, Message: "relay is shutting down"})
+	}
+	s.mu.Unlock()
+	s.cancel(ErrClosed)
+	for hs := range https {
+		hs.Close()
+	}
+	s.wg.Wait()
+	return nil
+}
