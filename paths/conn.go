@@ -1,0 +1,379 @@
+// Package paths carries an agent's E2E packets to its peers. A [Conn] is a
+// [net.PacketConn] whose addresses are peers ([Addr]: an agent ID), not
+// sockets; the E2E session above sees one stable address per peer.
+//
+// Today every packet travels over the agent's relay session: a TLS
+// connection to the relay, kept alive and re-established with backoff when
+// it is lost (see relay.go). A direct UDP path will sit beside it, chosen per
+// peer, without the session layer noticing.
+package paths
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// An Addr is a peer on the path layer: an agent's ID and, for clients, the
+// instance (process) of that ID. It implements [net.Addr].
+type Addr relayproto.Addr
+
+// Network implements [net.Addr].
+func (a Addr) Network() string { return "burrow" }
+
+// String implements [net.Addr].
+func (a Addr) String() string {
+	if a.Instance == 0 {
+		return a.ID.String()
+	}
+	return fmt.Sprintf("%s/%016x", a.ID, a.Instance)
+}
+
+// RelayConfig says which relay an agent attaches to and how it checks it.
+type RelayConfig struct {
+	// Addr is the relay's host:port. Required.
+	Addr string
+	// ID pins the relay's key. If zero, the relay's certificate must chain
+	// to a trusted root for Addr's host instead (RootCAs).
+	ID identity.ID
+	// RootCAs are the roots a CA-signed relay certificate is checked
+	// against; nil means the system roots.
+	RootCAs *x509.CertPool
+}
+
+// Config configures a [Conn].
+type Config struct {
+	// Identity is the agent's key. Required.
+	Identity *identity.Identity
+	// Role is the agent's role on the relay. Required.
+	Role relayproto.Role
+	// Relay is the relay to attach to. Required.
+	Relay RelayConfig
+	// Dial opens the TCP connection to the relay. Nil uses a [net.Dialer].
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives attach and detach events. Nil discards them.
+	Logger *slog.Logger
+	// OnPeerGone, if set, is called (on the relay reader's goroutine; it
+	// must not block) when the relay could not deliver to a peer.
+	OnPeerGone func(PeerGone)
+	// QueueLen bounds the packets waiting to be read and to be sent; beyond
+	// it packets are dropped and counted. Zero means 1024.
+	QueueLen int
+	// MinBackoff and MaxBackoff bound the wait between attach attempts.
+	// Zero means 250ms and 8s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Identity == nil:
+		return errors.New("paths: Config.Identity is required")
+	case c.Role != relayproto.RoleDevice && c.Role != relayproto.RoleClient:
+		return errors.New("paths: Config.Role must be device or client")
+	case c.Relay.Addr == "":
+		return errors.New("paths: Config.Relay.Addr is required")
+	}
+	if _, _, err := net.SplitHostPort(c.Relay.Addr); err != nil {
+		return fmt.Errorf("paths: relay address %q: %w (want host:port)", c.Relay.Addr, err)
+	}
+	return nil
+}
+
+// PeerGone reports that the relay could not deliver a packet to Peer.
+type PeerGone struct {
+	Peer     Addr
+	Reason   relayproto.GoneReason
+	LastSeen time.Time // zero if unknown
+}
+
+// Status describes a [Conn]'s relay attachment.
+type Status struct {
+	Attached     bool
+	Relay        string      // the relay's address
+	RelayID      identity.ID // proven by the relay in this session
+	Since        time.Time   // when the current state began
+	ObservedAddr string      // our address as the relay sees it
+	RTT          time.Duration
+	// LastError is why the last attach attempt or session failed; nil
+	// while attached.
+	LastError error
+	// Sent, Received and Dropped count packets since the Conn started.
+	Sent, Received, Dropped uint64
+}
+
+// A Conn is an agent's packet connection to its peers. Create it with
+// [Listen]; it attaches to the relay in the background and keeps doing so
+// until closed. It is safe for concurrent use.
+type Conn struct {
+	cfg      Config
+	log      *slog.Logger
+	instance uint64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	recvq chan inPacket
+	cur   atomic.Pointer[relaySession] // nil while detached
+
+	mu      sync.Mutex
+	status  Status        // guarded by mu
+	changed chan struct{} // closed and replaced on every status change; guarded by mu
+
+	readDeadline deadline
+
+	sent, received, dropped atomic.Uint64
+}
+
+// An inPacket waits in the receive queue; its bytes are (*buf)[off:end].
+type inPacket struct {
+	buf      *[]byte
+	off, end int
+	from     Addr
+}
+
+// ErrClosed is returned by a closed [Conn]'s methods; it matches net.ErrClosed.
+var ErrClosed = fmt.Errorf("paths: %w", net.ErrClosed)
+
+// Listen returns a Conn for cfg and starts attaching to the relay.
+func Listen(cfg Config) (*Conn, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 1024
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 8 * time.Second
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{KeepAlive: -1}
+		cfg.Dial = d.DialContext
+	}
+	var inst [8]byte
+	rand.Read(inst[:])
+	c := &Conn{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		instance:     binary.BigEndian.Uint64(inst[:]) | 1, // never 0
+		recvq:        make(chan inPacket, cfg.QueueLen),
+		changed:      make(chan struct{}),
+		readDeadline: makeDeadline(),
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.log = c.log.With("relay", cfg.Relay.Addr)
+	c.status = Status{Relay: cfg.Relay.Addr, Since: time.Now()}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Go(c.attachLoop)
+	return c, nil
+}
+
+// LocalAddr returns the agent's own address.
+func (c *Conn) LocalAddr() net.Addr {
+	a := Addr{ID: c.cfg.Identity.ID()}
+	if c.cfg.Role == relayproto.RoleClient {
+		a.Instance = c.instance
+	}
+	return a
+}
+
+// Status returns the relay attachment's state.
+func (c *Conn) Status() Status {
+	c.mu.Lock()
+	st := c.status
+	c.mu.Unlock()
+	st.Sent, st.Received, st.Dropped = c.sent.Load(), c.received.Load(), c.dropped.Load()
+	return st
+}
+
+// setStatus applies f to the status and wakes every waiter.
+func (c *Conn) setStatus(f func(*Status)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(&c.status)
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// WaitAttached waits until the Conn is attached to the relay. It returns
+// early with the attach error if an attempt failed for a reason that
+// retrying will not fix by itself (a key mismatch, a refusal); the Conn
+// keeps retrying in the background all the same.
+func (c *Conn) WaitAttached(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		st, ch := c.status, c.changed
+		c.mu.Unlock()
+		if st.Attached {
+			return nil
+		}
+		if st.LastError != nil && isPermanent(st.LastError) {
+			return st.LastError
+		}
+		select {
+		case <-ch:
+		case <-c.ctx.Done():
+			return ErrClosed
+		case <-ctx.Done():
+			if st.LastError != nil {
+				return fmt.Errorf("not attached to relay %s: %w", c.cfg.Relay.Addr, st.LastError)
+			}
+			return fmt.Errorf("not attached to relay %s yet: %w", c.cfg.Relay.Addr, context.Cause(ctx))
+		}
+	}
+}
+
+// WriteTo sends p to the peer addr, which must be an [Addr]. It never
+// blocks: with no relay session, or a full send queue, the packet is
+// dropped (and counted), as a network would; the E2E session retransmits.
+func (c *Conn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, ErrClosed
+	}
+	dst, ok := addr.(Addr)
+	if !ok {
+		return 0, fmt.Errorf("paths: address %v is %T, want paths.Addr", addr, addr)
+	}
+	if len(p) > relayproto.MaxPacketLen {
+		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(p), relayproto.MaxPacketLen)
+	}
+	rs := c.cur.Load()
+	if rs == nil || !rs.send(relayproto.Addr(dst), p) {
+		c.dropped.Add(1)
+		return len(p), nil
+	}
+	c.sent.Add(1)
+	return len(p), nil
+}
+
+// ReadFrom reads the next packet from any peer.
+func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case pkt := <-c.recvq:
+		n := copy(p, (*pkt.buf)[pkt.off:pkt.end])
+		packetPool.Put(pkt.buf)
+		return n, pkt.from, nil
+	case <-c.ctx.Done():
+		return 0, nil, ErrClosed
+	case <-c.readDeadline.wait():
+		return 0, nil, os.ErrDeadlineExceeded
+	}
+}
+
+// deliver queues a received packet for ReadFrom, dropping it if the queue is
+// full.
+func (c *Conn) deliver(pkt inPacket) {
+	select {
+	case c.recvq <- pkt:
+		c.received.Add(1)
+	default:
+		packetPool.Put(pkt.buf)
+		c.dropped.Add(1)
+	}
+}
+
+// SetReadDeadline implements [net.PacketConn].
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.readDeadline.set(t)
+	return nil
+}
+
+// SetWriteDeadline implements [net.PacketConn]; writes never block, so it
+// has nothing to do.
+func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetDeadline implements [net.PacketConn].
+func (c *Conn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadBuffer and SetWriteBuffer exist so that QUIC, finding them, does
+// not warn about socket buffers: the queues here are sized by Config.
+func (c *Conn) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer: see [Conn.SetReadBuffer].
+func (c *Conn) SetWriteBuffer(int) error { return nil }
+
+// closeDrain bounds how long Close waits for queued packets to be written.
+const closeDrain = 500 * time.Millisecond
+
+// Close sends what is queued (for up to half a second), detaches from the
+// relay and waits for every goroutine the Conn started. It is idempotent.
+func (c *Conn) Close() error {
+	if rs := c.cur.Load(); rs != nil && c.ctx.Err() == nil {
+		rs.drain(closeDrain)
+	}
+	c.cancel()
+	c.wg.Wait()
+	for {
+		select {
+		case pkt := <-c.recvq:
+			packetPool.Put(pkt.buf)
+			continue
+		default:
+		}
+		return nil
+	}
+}
+
+// deadline is a settable read deadline, like the one of net.Pipe.
+type deadline struct {
+	mu     sync.Mutex
+	timer  *time.Timer   // guarded by mu
+	cancel chan struct{} // closed when the deadline passes; guarded by mu
+}
+
+func makeDeadline() deadline { return deadline{cancel: make(chan struct{})} }
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel // the timer fired and closed it; wait is already done
+	}
+	d.timer = nil
+	closed := false
+	select {
+	case <-d.cancel:
+		closed = true
+	default:
+	}
+	if t.IsZero() {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		ch := d.cancel
+		d.timer = time.AfterFunc(dur, func() { close(ch) })
+		return
+	}
+	if !closed {
+		close(d.cancel)
+	}
+}
+
+func (d *deadline) wait() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cancel
+}

@@ -1,0 +1,373 @@
+package paths
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+func TestBackoff(t *testing.T) {
+	b := backoff{min: 250 * time.Millisecond, max: 8 * time.Second}
+	// With the lowest and highest draws, every wait lies in [d/2, d).
+	for _, draw := range []func(int64) int64{
+		func(int64) int64 { return 0 },
+		func(n int64) int64 { return n - 1 },
+	} {
+		b.rand = draw
+		b.reset()
+		d := 250 * time.Millisecond
+		for i := range 12 {
+			got := b.next()
+			if got < d/2 || got >= d {
+				t.Fatalf("wait %d = %v, want in [%v, %v)", i, got, d/2, d)
+			}
+			d = min(2*d, 8*time.Second)
+		}
+	}
+	// Capped for ever, never zero, even after very many attempts.
+	b.rand = nil
+	for range 1000 {
+		if w := b.next(); w < 4*time.Second || w >= 8*time.Second {
+			t.Fatalf("wait %v outside the cap's range", w)
+		}
+	}
+	b.reset()
+	if w := b.next(); w >= 250*time.Millisecond {
+		t.Fatalf("after reset: %v", w)
+	}
+}
+
+// TestBackoffSpreads checks that agents which lost the relay together do
+// not retry together: at every attempt, their waits spread evenly over the
+// jitter range (no tenth of it holds more than 15% of 1,000 agents).
+func TestBackoffSpreads(t *testing.T) {
+	const agents = 1000
+	for attempt := range 8 {
+		d := min(250*time.Millisecond<<attempt, 8*time.Second)
+		var counts [10]int
+		for range agents {
+			b := backoff{min: 250 * time.Millisecond, max: 8 * time.Second, n: attempt}
+			w := b.next()
+			counts[int((w-d/2)*10/(d-d/2))]++
+		}
+		for slot, n := range counts {
+			if n > agents*15/100 {
+				t.Fatalf("attempt %d: %d of %d agents in tenth %d of the range: %v", attempt, n, agents, slot, counts)
+			}
+		}
+	}
+}
+
+// memNet is an in-memory network of net.Pipe connections between agents
+// and one relay, for synctest bubbles. Each connection can be cut.
+type memNet struct {
+	accept    chan net.Conn
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	down      atomic.Bool // dials fail while set
+	mu        sync.Mutex
+	conns     []*memConn
+}
+
+func newMemNet() *memNet { return &memNet{accept: make(chan net.Conn), done: make(chan struct{})} }
+
+func (m *memNet) Dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	if m.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	a, b := net.Pipe()
+	select {
+	case m.accept <- b:
+	case <-m.done:
+		return nil, errors.New("connection refused")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	c := &memConn{Conn: a, cut: make(chan struct{}), closed: make(chan struct{})}
+	m.mu.Lock()
+	m.conns = append(m.conns, c)
+	m.mu.Unlock()
+	return c, nil
+}
+
+// blackhole makes every open connection silently drop what is written and
+// never deliver anything more, like a network that went dark.
+func (m *memNet) blackhole() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.conns {
+		c.once.Do(func() { close(c.cut) })
+	}
+}
+
+func (m *memNet) Accept() (net.Conn, error) {
+	select {
+	case c := <-m.accept:
+		return c, nil
+	case <-m.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (m *memNet) Close() error {
+	m.closeOnce.Do(func() { close(m.done) })
+	return nil
+}
+
+func (m *memNet) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// memConn is an agent's end of a pipe that can be blackholed: once cut,
+// writes vanish and reads wait for their deadline, whatever the other end
+// does (its close never arrives either).
+type memConn struct {
+	net.Conn
+	cut       chan struct{}
+	once      sync.Once
+	closed    chan struct{}
+	closeOnce sync.Once
+	mu        sync.Mutex
+	deadline  time.Time // read deadline; guarded by mu
+}
+
+func (c *memConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	select {
+	case <-c.cut:
+	default:
+		return n, err
+	}
+	for {
+		c.mu.Lock()
+		d := c.deadline
+		c.mu.Unlock()
+		if !d.IsZero() && !time.Now().Before(d) {
+			return 0, os.ErrDeadlineExceeded
+		}
+		select {
+		case <-c.closed:
+			return 0, net.ErrClosed
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (c *memConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.cut:
+		return len(p), nil
+	default:
+		return c.Conn.Write(p)
+	}
+}
+
+func (c *memConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *memConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *memConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// startRelay serves a relay on m inside the bubble.
+func startRelay(t *testing.T, m *memNet, keepAlive time.Duration) *relay.Server {
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := relay.New(relay.Config{
+		Identity:    id,
+		AllowDevice: func(identity.ID) bool { return true },
+		KeepAlive:   keepAlive,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv}
+	go hs.Serve(tls.NewListener(m, srv.TLSConfig()))
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+	})
+	return srv
+}
+
+func attached(c *Conn) bool { return c.Status().Attached }
+
+// waitStatus waits until c's status satisfies ok and returns when it did.
+func waitStatus(c *Conn, ok func(Status) bool) time.Time {
+	for {
+		c.mu.Lock()
+		st, ch := c.status, c.changed
+		c.mu.Unlock()
+		if ok(st) {
+			return time.Now()
+		}
+		<-ch
+	}
+}
+
+// TestKeepAliveDetectsDeadRelay: when the network goes dark without a
+// reset, the agent notices within 3 keepalive intervals and attaches again.
+func TestKeepAliveDetectsDeadRelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const keepAlive = 10 * time.Second
+		m := newMemNet()
+		srv := startRelay(t, m, keepAlive)
+		id, _ := identity.Generate()
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		// Idle but alive: still attached after many intervals.
+		time.Sleep(10 * keepAlive)
+		synctest.Wait()
+		if !attached(c) {
+			t.Fatalf("detached while idle: %v", c.Status().LastError)
+		}
+
+		m.blackhole()
+		dark := time.Now()
+		detached := waitStatus(c, func(s Status) bool { return !s.Attached })
+		if took := detached.Sub(dark); took > 3*keepAlive {
+			t.Fatalf("dead relay noticed after %v, want within %v", took, 3*keepAlive)
+		}
+		if err := c.Status().LastError; !errors.Is(err, errRelayIdle) {
+			t.Fatalf("detach reason %v", err)
+		}
+		// The relay also dropped the dark session.
+		for srv.Stats().Devices != 0 {
+			if time.Since(dark) > 3*keepAlive+time.Second {
+				t.Fatal("relay kept the dead session")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// A new connection works: the agent attaches again by itself.
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestReattachAfterOutage: while the relay is unreachable the agent retries
+// with growing, capped waits; once it is back the agent attaches within one
+// capped wait.
+func TestReattachAfterOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		srv := startRelay(t, m, 15*time.Second)
+		id, _ := identity.Generate()
+		var dials atomic.Int64
+		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+			dials.Add(1)
+			return m.Dial(ctx, n, a)
+		}
+		m.down.Store(true)
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(10 * time.Minute)
+		// Waits grow from 250ms to a cap of 8s (each drawn from [d/2, d)):
+		// over 10 minutes that is between 75 and 160 attempts, not
+		// thousands, and not a handful.
+		if n := dials.Load(); n < 75 || n > 160 {
+			t.Fatalf("%d attempts in 10 minutes of outage", n)
+		}
+		m.down.Store(false)
+		back := time.Now()
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(back); took > 8*time.Second {
+			t.Fatalf("attached %v after the relay came back, want within the 8s cap", took)
+		}
+	})
+}
+
+// countingConn counts the writes reaching the network.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestWritesBatched: a burst of packets leaves in far fewer writes than
+// packets.
+func TestWritesBatched(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		srv := startRelay(t, m, 15*time.Second)
+		id, _ := identity.Generate()
+		var cc *countingConn
+		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+			c, err := m.Dial(ctx, n, a)
+			if err != nil {
+				return nil, err
+			}
+			cc = &countingConn{Conn: c}
+			return cc, nil
+		}
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		before := cc.writes.Load()
+		const packets = 500
+		pkt := make([]byte, 1200)
+		dst := Addr{ID: id.ID()} // nobody; the relay answers peer-gone
+		for range packets {
+			c.WriteTo(pkt, dst)
+		}
+		synctest.Wait()
+		// Each TLS record is one write; a record holds up to 16 KiB, about
+		// 13 of these frames.
+		writes := cc.writes.Load() - before
+		if writes > packets/8 {
+			t.Fatalf("%d packets took %d writes", packets, writes)
+		}
+		t.Logf("%d packets in %d writes", packets, writes)
+	})
+}

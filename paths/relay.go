@@ -1,0 +1,548 @@
+package paths
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// attachTimeout bounds one attach attempt: TCP, TLS, upgrade and hellos.
+const attachTimeout = 10 * time.Second
+
+// stableSession is how long a relay session must last for the backoff to
+// start again from its minimum.
+const stableSession = 10 * time.Second
+
+// A RefusedError is the relay's refusal of this agent.
+type RefusedError struct {
+	Relay string
+	relayproto.Refuse
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("relay %s refused this agent (%s): %s", e.Relay, e.Code, e.Message)
+}
+
+// An UntrustedRelayError reports a relay certificate that is neither pinned
+// nor signed by a trusted authority.
+type UntrustedRelayError struct {
+	Relay string
+	Err   error
+}
+
+func (e *UntrustedRelayError) Error() string {
+	return fmt.Sprintf("relay %s: certificate not trusted (%v): pin the relay with its ID (relay_id, --relay-id)", e.Relay, e.Err)
+}
+
+func (e *UntrustedRelayError) Unwrap() error { return e.Err }
+
+// isPermanent reports whether err is an attach failure that retrying alone
+// will not fix: someone has to change a configuration somewhere.
+func isPermanent(err error) bool {
+	var refused *RefusedError
+	var untrusted *UntrustedRelayError
+	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &refused) || errors.As(err, &untrusted)
+}
+
+// attachLoop keeps the Conn attached to the relay until it is closed.
+func (c *Conn) attachLoop() {
+	b := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	for c.ctx.Err() == nil {
+		rs, err := c.attach(c.ctx)
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return
+			}
+			level := "relay attach failed"
+			if isPermanent(err) {
+				c.log.Error(level, "err", err)
+			} else {
+				c.log.Warn(level, "err", err)
+			}
+			c.setStatus(func(s *Status) { s.LastError = err; s.Since = time.Now() })
+			if isPermanent(err) {
+				b.n = 64 // only a configuration change helps: retry slowly
+			}
+			c.sleep(b.next())
+			continue
+		}
+		start := time.Now()
+		c.cur.Store(rs)
+		c.setStatus(func(s *Status) {
+			*s = Status{Attached: true, Relay: c.cfg.Relay.Addr, RelayID: rs.relayID, Since: start, ObservedAddr: rs.observed}
+		})
+		c.log.Info("attached to relay", "relay_id", rs.relayID.String(), "observed_addr", rs.observed)
+		err = rs.serve(c)
+		c.cur.Store(nil)
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.setStatus(func(s *Status) { s.Attached = false; s.LastError = err; s.Since = time.Now() })
+		c.log.Warn("detached from relay", "err", err, "after", time.Since(start).Round(time.Millisecond).String())
+		if time.Since(start) >= stableSession {
+			b.reset()
+		}
+		wait := b.next()
+		if ga := rs.goAway.Load(); ga != nil {
+			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
+		}
+		c.sleep(wait)
+	}
+}
+
+func (c *Conn) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.ctx.Done():
+	}
+}
+
+// backoff is capped exponential backoff with jitter: the n-th wait is
+// drawn uniformly from [d/2, d) where d = min·2ⁿ, capped at max, so agents
+// that lost the same relay at the same moment do not return in step.
+type backoff struct {
+	min, max time.Duration
+	n        int
+	rand     func(n int64) int64 // nil means math/rand/v2
+}
+
+func (b *backoff) next() time.Duration {
+	d := b.max
+	if b.n < 32 {
+		d = min(b.min<<b.n, b.max)
+	}
+	b.n++
+	r := rand.Int64N
+	if b.rand != nil {
+		r = b.rand
+	}
+	half := d / 2
+	return half + time.Duration(r(int64(d-half)))
+}
+
+func (b *backoff) reset() { b.n = 0 }
+
+// A relaySession is one attached TLS session to the relay. The read loop
+// (serve) owns br; the write loop owns writes to conn.
+type relaySession struct {
+	conn      *tls.Conn
+	br        *bufio.Reader
+	relayID   identity.ID
+	observed  string
+	keepAlive time.Duration
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	sendq  chan *[]byte // encoded frames; bounded, producers never block
+
+	goAway    atomic.Pointer[relayproto.GoAway]
+	pingSent  atomic.Int64 // UnixNano of the outstanding ping, 0 if none
+	hdr       [relayproto.HeaderLen]byte
+	flushed   chan struct{} // closed when the write loop reaches flushMarker
+	drainOnce sync.Once     // queues flushMarker at most once
+}
+
+// flushMarker, queued behind other frames, makes the write loop flush and
+// close relaySession.flushed.
+var flushMarker = new([]byte)
+
+// drain waits (up to timeout) until every frame queued so far is written,
+// so that a closing agent's last packets (its sessions' close notices)
+// reach the relay.
+func (rs *relaySession) drain(timeout time.Duration) {
+	queued := false
+	rs.drainOnce.Do(func() {
+		select {
+		case rs.sendq <- flushMarker:
+			queued = true
+		default:
+		}
+	})
+	if !queued {
+		return
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-rs.flushed:
+	case <-rs.ctx.Done():
+	case <-t.C:
+	}
+}
+
+// attach dials the relay, checks its key, upgrades and exchanges hellos.
+func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
+	defer cancel()
+	relay := c.cfg.Relay
+	host, _, _ := net.SplitHostPort(relay.Addr)
+
+	raw, err := c.cfg.Dial(ctx, "tcp", relay.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial relay: %w", err)
+	}
+	conn := tls.Client(raw, &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		ServerName:         host,
+		NextProtos:         []string{"http/1.1"},
+		InsecureSkipVerify: true, // checked by verifyRelay, pin or chain
+		VerifyConnection:   verifyRelay(relay, host),
+	})
+	ok := false
+	defer func() {
+		if !ok {
+			conn.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
+	defer stop()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("relay TLS handshake: %w", err)
+	}
+	st := conn.ConnectionState()
+	exporter, err := st.ExportKeyingMaterial(relayproto.ExporterLabel, nil, relayproto.ExporterLen)
+	if err != nil {
+		return nil, fmt.Errorf("relay TLS exporter: %w", err)
+	}
+
+	// Send the upgrade and the hello together; the hello is bound to this
+	// TLS connection, so it needs no answer first.
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: %s\r\nUser-Agent: burrow\r\n\r\n",
+		relayproto.UpgradePath, relay.Addr, relayproto.UpgradeToken)
+	hello := relayproto.AppendClientHello(nil, relayproto.ClientHello{
+		MinVersion: relayproto.MinVersion,
+		MaxVersion: relayproto.MaxVersion,
+		Role:       c.cfg.Role,
+		Instance:   c.instance,
+		PublicKey:  c.cfg.Identity.PublicKey(),
+	}, exporter, c.cfg.Identity.Sign)
+	msg := append([]byte(req), relayproto.AppendHeader(nil, relayproto.FrameClientHello, len(hello))...)
+	if _, err := conn.Write(append(msg, hello...)); err != nil {
+		return nil, fmt.Errorf("relay upgrade: %w", err)
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, fmt.Errorf("relay upgrade: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, fmt.Errorf("relay upgrade: %s answered %q, not 101 Switching Protocols: is it a burrow relay?", relay.Addr, resp.Status)
+	}
+
+	t, n, err := relayproto.ReadHeader(br)
+	if err != nil {
+		return nil, fmt.Errorf("relay hello: %w", err)
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(br, p); err != nil {
+		return nil, fmt.Errorf("relay hello: %w", err)
+	}
+	switch t {
+	case relayproto.FrameRefuse:
+		f, err := relayproto.ParseRefuse(p)
+		if err != nil {
+			return nil, fmt.Errorf("relay refuse: %w", err)
+		}
+		return nil, &RefusedError{Relay: relay.Addr, Refuse: f}
+	case relayproto.FrameServerHello:
+	default:
+		return nil, fmt.Errorf("relay hello: got %s frame", t)
+	}
+	sh, err := relayproto.ParseServerHello(p, exporter)
+	if err != nil {
+		return nil, fmt.Errorf("relay hello: %w", err)
+	}
+	relayID := identity.IDOf(sh.PublicKey)
+	if !relay.ID.IsZero() && relayID != relay.ID {
+		return nil, &identity.KeyMismatchError{Peer: "relay", Expected: relay.ID, Got: relayID}
+	}
+	if sh.Version < relayproto.MinVersion || sh.Version > relayproto.MaxVersion {
+		return nil, fmt.Errorf("relay chose protocol version %d, outside %d-%d", sh.Version, relayproto.MinVersion, relayproto.MaxVersion)
+	}
+	keepAlive := time.Duration(sh.KeepAliveMillis) * time.Millisecond
+	if keepAlive < time.Second {
+		keepAlive = time.Second
+	}
+	ok = true
+	rs := &relaySession{
+		conn:      conn,
+		br:        br,
+		relayID:   relayID,
+		observed:  sh.ObservedAddr,
+		keepAlive: keepAlive,
+		sendq:     make(chan *[]byte, c.cfg.QueueLen),
+		flushed:   make(chan struct{}),
+	}
+	rs.ctx, rs.cancel = context.WithCancelCause(c.ctx)
+	return rs, nil
+}
+
+// verifyRelay checks the relay's certificate: its key must have the pinned
+// ID, or (when no ID is pinned, or the relay serves a CA-signed certificate)
+// it must chain to a trusted root for host. With a CA-signed certificate
+// and a pinned ID, the relay proves its ID in its signed hello instead.
+func verifyRelay(relay RelayConfig, host string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return &UntrustedRelayError{Relay: relay.Addr, Err: errors.New("no certificate")}
+		}
+		if !relay.ID.IsZero() {
+			if got, err := identity.PeerID(cs); err == nil && got == relay.ID {
+				return nil
+			}
+		}
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+			DNSName:       host,
+			Roots:         relay.RootCAs,
+			Intermediates: inter,
+		})
+		if err == nil {
+			return nil
+		}
+		if !relay.ID.IsZero() {
+			got, _ := identity.PeerID(cs)
+			return &identity.KeyMismatchError{Peer: "relay", Expected: relay.ID, Got: got}
+		}
+		return &UntrustedRelayError{Relay: relay.Addr, Err: err}
+	}
+}
+
+// packetBufLen holds the largest packet frame, header included.
+const packetBufLen = relayproto.HeaderLen + relayproto.AddrLen + relayproto.MaxPacketLen
+
+var packetPool = sync.Pool{New: func() any { b := make([]byte, packetBufLen); return &b }}
+
+// writerPool holds write buffers of relay sessions busy right now.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+
+// send queues a packet for dst. It reports false if the packet was dropped.
+func (rs *relaySession) send(dst relayproto.Addr, p []byte) bool {
+	bp := packetPool.Get().(*[]byte)
+	*bp = append(relayproto.AppendPacketHeader((*bp)[:0], relayproto.FrameSendPacket, dst, len(p)), p...)
+	select {
+	case rs.sendq <- bp:
+		return true
+	default:
+		packetPool.Put(bp)
+		return false
+	}
+}
+
+// serve runs the session until it fails or c is closed, and returns why it
+// ended.
+func (rs *relaySession) serve(c *Conn) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { rs.cancel(rs.writeLoop()) })
+	// Closing the TCP connection wakes both loops at once.
+	stop := context.AfterFunc(rs.ctx, func() { rs.conn.NetConn().Close() })
+	err := rs.readLoop(c)
+	stop()
+	rs.cancel(err)
+	wg.Wait()
+	rs.conn.Close()
+	for {
+		select {
+		case bp := <-rs.sendq:
+			if bp != flushMarker {
+				packetPool.Put(bp)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if cause := context.Cause(rs.ctx); cause != nil {
+		return cause
+	}
+	return err
+}
+
+var errRelayIdle = errors.New("relay sent nothing for 3 keepalive intervals")
+
+func (rs *relaySession) readLoop(c *Conn) error {
+	var deadlineSetAt time.Time
+	for {
+		if now := time.Now(); now.Sub(deadlineSetAt) > rs.keepAlive/4 {
+			rs.conn.SetReadDeadline(now.Add(3 * rs.keepAlive))
+			deadlineSetAt = now
+		}
+		if _, err := io.ReadFull(rs.br, rs.hdr[:]); err != nil {
+			return rs.readErr(err)
+		}
+		t, n, err := relayproto.ParseHeader(rs.hdr[:])
+		if err != nil {
+			return err
+		}
+		switch t {
+		case relayproto.FrameRecvPacket:
+			if n < relayproto.AddrLen {
+				return fmt.Errorf("%w: short recv-packet", relayproto.ErrMalformed)
+			}
+			bp := packetPool.Get().(*[]byte)
+			buf := (*bp)[:n]
+			if _, err := io.ReadFull(rs.br, buf); err != nil {
+				packetPool.Put(bp)
+				return rs.readErr(err)
+			}
+			src, _ := relayproto.ParseAddr(buf)
+			c.deliver(inPacket{buf: bp, off: relayproto.AddrLen, end: int(n), from: Addr(src)})
+		case relayproto.FramePeerGone:
+			p := make([]byte, n)
+			if _, err := io.ReadFull(rs.br, p); err != nil {
+				return rs.readErr(err)
+			}
+			f, err := relayproto.ParsePeerGone(p)
+			if err != nil {
+				return err
+			}
+			if c.cfg.OnPeerGone != nil {
+				g := PeerGone{Peer: Addr(f.Peer), Reason: f.Reason}
+				if f.LastSeenUnix != 0 {
+					g.LastSeen = time.Unix(int64(f.LastSeenUnix), 0)
+				}
+				c.cfg.OnPeerGone(g)
+			}
+		case relayproto.FramePong:
+			var p [8]byte
+			if n != 8 {
+				return fmt.Errorf("%w: pong of %d bytes", relayproto.ErrMalformed, n)
+			}
+			if _, err := io.ReadFull(rs.br, p[:]); err != nil {
+				return rs.readErr(err)
+			}
+			if sent := rs.pingSent.Swap(0); sent != 0 {
+				rtt := time.Duration(time.Now().UnixNano() - sent)
+				c.setStatus(func(s *Status) { s.RTT = rtt })
+			}
+		case relayproto.FramePing:
+			var p [8]byte
+			if n != 8 {
+				return fmt.Errorf("%w: ping of %d bytes", relayproto.ErrMalformed, n)
+			}
+			if _, err := io.ReadFull(rs.br, p[:]); err != nil {
+				return rs.readErr(err)
+			}
+			rs.sendControl(relayproto.FramePong, p[:])
+		case relayproto.FrameGoAway:
+			p := make([]byte, n)
+			if _, err := io.ReadFull(rs.br, p); err != nil {
+				return rs.readErr(err)
+			}
+			f, err := relayproto.ParseGoAway(p)
+			if err != nil {
+				return err
+			}
+			rs.goAway.Store(&f)
+			return fmt.Errorf("relay said go away: %s (%s)", f.Reason, f.Message)
+		default:
+			if _, err := rs.br.Discard(int(n)); err != nil {
+				return rs.readErr(err)
+			}
+		}
+	}
+}
+
+func (rs *relaySession) readErr(err error) error {
+	if cause := context.Cause(rs.ctx); cause != nil {
+		return cause
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return errRelayIdle
+	}
+	if errors.Is(err, io.EOF) {
+		return errors.New("relay closed the connection")
+	}
+	return err
+}
+
+// sendControl queues a small control frame, dropping it if the queue is full.
+func (rs *relaySession) sendControl(t relayproto.FrameType, payload []byte) {
+	bp := packetPool.Get().(*[]byte)
+	*bp = append(relayproto.AppendHeader((*bp)[:0], t, len(payload)), payload...)
+	select {
+	case rs.sendq <- bp:
+	default:
+		packetPool.Put(bp)
+	}
+}
+
+// writeLoop writes queued frames, batching whatever is queued into one
+// flush, and pings the relay every keepalive interval.
+func (rs *relaySession) writeLoop() error {
+	ping := time.NewTicker(rs.keepAlive)
+	defer ping.Stop()
+	var deadlineSetAt time.Time
+	for {
+		var bp *[]byte
+		select {
+		case bp = <-rs.sendq:
+		case <-ping.C:
+			var p [8]byte
+			binary.BigEndian.PutUint64(p[:], rand.Uint64())
+			rs.pingSent.Store(time.Now().UnixNano())
+			bp = packetPool.Get().(*[]byte)
+			*bp = append(relayproto.AppendHeader((*bp)[:0], relayproto.FramePing, 8), p[:]...)
+		case <-rs.ctx.Done():
+			return nil
+		}
+		if now := time.Now(); now.Sub(deadlineSetAt) > rs.keepAlive/4 {
+			rs.conn.SetWriteDeadline(now.Add(3 * rs.keepAlive))
+			deadlineSetAt = now
+		}
+		if err := rs.writeBatch(bp); err != nil {
+			return fmt.Errorf("write to relay: %w", err)
+		}
+	}
+}
+
+// writeBatch writes bp and every frame queued behind it with one flush.
+func (rs *relaySession) writeBatch(bp *[]byte) error {
+	w := writerPool.Get().(*bufio.Writer)
+	w.Reset(rs.conn)
+	defer func() {
+		w.Reset(nil)
+		writerPool.Put(w)
+	}()
+	for {
+		if bp == flushMarker {
+			err := w.Flush()
+			close(rs.flushed)
+			if err != nil {
+				return err
+			}
+		} else {
+			_, err := w.Write(*bp)
+			packetPool.Put(bp)
+			if err != nil {
+				return err
+			}
+		}
+		select {
+		case bp = <-rs.sendq:
+			continue
+		default:
+		}
+		return w.Flush()
+	}
+}
