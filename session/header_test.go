@@ -1,0 +1,136 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestRequestRoundTrip(t *testing.T) {
+	for _, svc := range []string{"http", "rtsp", "a", "ssh-2", "cam_1.main", strings.Repeat("x", MaxServiceLen)} {
+		b := AppendRequest(nil, Request{Service: svc})
+		got, err := ParseRequest(b)
+		if err != nil || got.Service != svc {
+			t.Fatalf("%q: got %+v, %v", svc, got, err)
+		}
+		for n := range len(b) {
+			if _, err := ParseRequest(b[:n]); err == nil {
+				t.Fatalf("%q: prefix of %d bytes parsed", svc, n)
+			}
+		}
+	}
+}
+
+func TestRequestRejects(t *testing.T) {
+	valid := AppendRequest(nil, Request{Service: "http"})
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"version 2", append([]byte{2}, valid[1:]...)},
+		{"kind 9", append([]byte{1, 9}, valid[2:]...)},
+		{"name too long", append([]byte{1, 1, 64}, bytes.Repeat([]byte{'a'}, 66)...)},
+		{"empty name", []byte{1, 1, 0, 0, 0}},
+		{"host:port as name", AppendRequest(nil, Request{Service: "127.0.0.1:22"})},
+		{"uppercase", AppendRequest(nil, Request{Service: "HTTP"})},
+		{"leading dash", AppendRequest(nil, Request{Service: "-x"})},
+		{"extensions over limit", []byte{1, 1, 1, 'a', 0xff, 0xff}},
+		{"trailing bytes", append(bytes.Clone(valid), 0)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseRequest(tc.b); err == nil {
+				t.Fatal("parsed without error")
+			}
+		})
+	}
+	// Unknown extensions are skipped.
+	withExt := append([]byte{1, 1, 4, 'h', 't', 't', 'p', 0, 3}, 7, 0, 0)
+	if r, err := ParseRequest(withExt); err != nil || r.Service != "http" {
+		t.Fatalf("request with an extension: %+v, %v", r, err)
+	}
+}
+
+func TestReplyRoundTrip(t *testing.T) {
+	tests := []Reply{
+		{Code: CodeOK},
+		{Code: CodeNotAuthorized, Detail: "service not granted"},
+		{Code: CodeUnknownService, Allowed: []string{"http", "rtsp"}},
+		{Code: CodeServiceUnreachable, Detail: "dial tcp 127.0.0.1:554: connect: connection refused"},
+	}
+	for _, want := range tests {
+		b := AppendReply(nil, want)
+		got, err := ParseReply(b)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("got %+v, %v; want %+v", got, err, want)
+		}
+		for n := range len(b) {
+			if _, err := ParseReply(b[:n]); !errors.Is(err, ErrHeaderShort) {
+				t.Fatalf("%+v: prefix of %d bytes: err = %v, want ErrHeaderShort", want, n, err)
+			}
+		}
+	}
+}
+
+func TestReplyTruncatesLongFields(t *testing.T) {
+	r := Reply{Code: CodeServiceUnreachable, Detail: strings.Repeat("e", 5000)}
+	got, err := ParseReply(AppendReply(nil, r))
+	if err != nil || len(got.Detail) != MaxDetailLen {
+		t.Fatalf("got detail of %d bytes, %v", len(got.Detail), err)
+	}
+}
+
+func TestWriteHeaderFuzzSeeds(t *testing.T) {
+	if os.Getenv("BURROW_WRITE_SEEDS") == "" {
+		t.Skip("set BURROW_WRITE_SEEDS=1 to rewrite the fuzz seeds")
+	}
+	write := func(fuzz, name string, b []byte) {
+		dir := filepath.Join("testdata", "fuzz", fuzz)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var s strings.Builder
+		for _, c := range b {
+			s.WriteString(`\x`)
+			s.WriteByte("0123456789abcdef"[c>>4])
+			s.WriteByte("0123456789abcdef"[c&15])
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("go test fuzz v1\n[]byte(\""+s.String()+"\")\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("FuzzRequest", "http", AppendRequest(nil, Request{Service: "http"}))
+	write("FuzzReply", "ok", AppendReply(nil, Reply{Code: CodeOK}))
+	write("FuzzReply", "unknown", AppendReply(nil, Reply{Code: CodeUnknownService, Allowed: []string{"http", "rtsp"}}))
+	write("FuzzReply", "unreachable", AppendReply(nil, Reply{Code: CodeServiceUnreachable, Detail: "connection refused"}))
+}
+
+func FuzzRequest(f *testing.F) {
+	f.Add(AppendRequest(nil, Request{Service: "http"}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseRequest(b)
+		if err != nil {
+			return
+		}
+		if err := ValidService(r.Service); err != nil {
+			t.Fatalf("parsed an invalid service name: %v", err)
+		}
+	})
+}
+
+func FuzzReply(f *testing.F) {
+	f.Add(AppendReply(nil, Reply{Code: CodeUnknownService, Allowed: []string{"http"}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseReply(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(AppendReply(nil, r), b) {
+			t.Fatal("reply does not re-encode to itself")
+		}
+	})
+}

@@ -1,0 +1,291 @@
+// Package session is the end-to-end layer between a client and a device:
+// a QUIC connection (quic-go) over a path-layer [net.PacketConn], with TLS
+// 1.3 in which both sides present their identity keys and pin each other.
+// Whatever carries the packets (a relay today) sees only sealed QUIC
+// packets.
+//
+// Each tunnelled TCP connection is one QUIC stream ([Tunnel]). The stream
+// starts with a [Request] naming a service, and the device answers with a
+// [Reply] before any service byte flows (header.go).
+package session
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/burrow-tunnel/burrow/identity"
+)
+
+// ALPN names the E2E protocol and its version in the TLS handshake.
+const ALPN = "burrow/1"
+
+// PacketSize is the size of the QUIC packets a session sends.
+const PacketSize = 1452
+
+// Connection close codes a session uses, beyond QUIC's own.
+const (
+	CloseNormal        quic.ApplicationErrorCode = 0
+	CloseNotAuthorized quic.ApplicationErrorCode = 0x101 // the device does not know this client
+	CloseShutdown      quic.ApplicationErrorCode = 0x103 // the agent is stopping
+)
+
+// Stream reset codes.
+const (
+	streamClosed  quic.StreamErrorCode = 0 // the reader is done; not an error
+	streamAborted quic.StreamErrorCode = 1 // the TCP connection behind it broke
+)
+
+// Config configures an [Endpoint].
+type Config struct {
+	// Identity is this agent's key, presented to peers. Required.
+	Identity *identity.Identity
+	// Logger receives session events. Nil discards them.
+	Logger *slog.Logger
+	// KeepAlive is how often an idle session sends a ping. Zero means 10s.
+	KeepAlive time.Duration
+	// IdleTimeout closes a session that heard nothing from its peer for
+	// this long. Zero means 30s.
+	IdleTimeout time.Duration
+	// MaxTunnels bounds the tunnels a peer may have open at once in one
+	// session. Zero means 4096.
+	MaxTunnels int64
+}
+
+// An Endpoint runs E2E sessions over one path-layer packet connection: it
+// dials sessions (client) and accepts them (device). It is safe for
+// concurrent use.
+type Endpoint struct {
+	cfg  Config
+	log  *slog.Logger
+	cert tls.Certificate
+	tr   *quic.Transport
+	qcfg *quic.Config
+}
+
+// NewEndpoint returns an endpoint on pc. The endpoint does not own pc:
+// close it after [Endpoint.Close].
+func NewEndpoint(pc net.PacketConn, cfg Config) (*Endpoint, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("session: Config.Identity is required")
+	}
+	cert, err := cfg.Identity.Certificate()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 10 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if cfg.MaxTunnels == 0 {
+		cfg.MaxTunnels = 4096
+	}
+	e := &Endpoint{cfg: cfg, log: cfg.Logger, cert: cert}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	// The reset key comes from the identity key, so that a restarted agent
+	// can still tell a peer that the session it remembers is gone.
+	rk, err := hkdf.Key(sha256.New, cfg.Identity.PrivateKey().Seed(), nil, "burrow quic stateless reset", 32)
+	if err != nil {
+		return nil, err
+	}
+	resetKey := quic.StatelessResetKey(rk)
+	e.tr = &quic.Transport{Conn: pc, StatelessResetKey: &resetKey}
+	e.qcfg = &quic.Config{
+		HandshakeIdleTimeout:           10 * time.Second,
+		MaxIdleTimeout:                 cfg.IdleTimeout,
+		KeepAlivePeriod:                cfg.KeepAlive,
+		MaxIncomingStreams:             cfg.MaxTunnels,
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     256 << 10,
+		MaxStreamReceiveWindow:         8 << 20,
+		InitialConnectionReceiveWindow: 1 << 20,
+		MaxConnectionReceiveWindow:     32 << 20,
+		InitialPacketSize:              PacketSize,
+		DisablePathMTUDiscovery:        true,
+	}
+	return e, nil
+}
+
+// Close ends every session of the endpoint abruptly. Close sessions first
+// to tell peers.
+func (e *Endpoint) Close() error { return e.tr.Close() }
+
+// Dial opens a session to the device at addr whose key must have the ID
+// device.
+func (e *Endpoint) Dial(ctx context.Context, addr net.Addr, device identity.ID) (*Session, error) {
+	conf := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{e.cert},
+		NextProtos:         []string{ALPN},
+		ServerName:         "burrow",
+		InsecureSkipVerify: true, // VerifyConnection pins the key
+		VerifyConnection:   identity.VerifyPinned("device", device),
+	}
+	c, err := e.tr.Dial(ctx, addr, conf, e.qcfg)
+	if err != nil {
+		return nil, dialError(err)
+	}
+	return &Session{conn: c, peer: device}, nil
+}
+
+// dialError turns a QUIC dial failure into the error a user should see.
+func dialError(err error) error {
+	if km, ok := errors.AsType[*identity.KeyMismatchError](err); ok {
+		return km
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && ae.ErrorCode == CloseNotAuthorized {
+		return &RefusedError{Reply: Reply{Code: CodeNotAuthorized, Detail: ae.ErrorMessage}}
+	}
+	return err
+}
+
+// Listen starts accepting sessions from clients. Any client proving a key
+// is accepted; the caller authorizes [Session.PeerID] itself.
+func (e *Endpoint) Listen() (*Listener, error) {
+	conf := &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		Certificates:           []tls.Certificate{e.cert},
+		NextProtos:             []string{ALPN},
+		ClientAuth:             tls.RequireAnyClientCert,
+		VerifyConnection:       identity.VerifyAnyKey,
+		SessionTicketsDisabled: true,
+	}
+	l, err := e.tr.Listen(conf, e.qcfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Listener{l: l}, nil
+}
+
+// A Listener accepts sessions.
+type Listener struct{ l *quic.Listener }
+
+// Accept waits for the next session.
+func (l *Listener) Accept(ctx context.Context) (*Session, error) {
+	c, err := l.l.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	peer, err := identity.PeerID(c.ConnectionState().TLS)
+	if err != nil {
+		c.CloseWithError(CloseNotAuthorized, "no client key")
+		return nil, err
+	}
+	return &Session{conn: c, peer: peer}, nil
+}
+
+// Close stops accepting sessions; open ones go on.
+func (l *Listener) Close() error { return l.l.Close() }
+
+// A Session is an E2E connection between one client and one device. It is
+// safe for concurrent use.
+type Session struct {
+	conn *quic.Conn
+	peer identity.ID
+}
+
+// PeerID returns the ID of the key the peer proved.
+func (s *Session) PeerID() identity.ID { return s.peer }
+
+// RemoteAddr returns the peer's path-layer address.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Context is cancelled when the session ends; its cause says why.
+func (s *Session) Context() context.Context { return s.conn.Context() }
+
+// Close ends the session, telling the peer code and msg.
+func (s *Session) Close(code quic.ApplicationErrorCode, msg string) error {
+	return s.conn.CloseWithError(code, msg)
+}
+
+// Stats are a session's transport figures.
+type Stats struct {
+	RTT                                       time.Duration
+	BytesSent, BytesReceived                  uint64
+	PacketsSent, PacketsReceived, PacketsLost uint64
+}
+
+// Stats returns the session's transport figures.
+func (s *Session) Stats() Stats {
+	st := s.conn.ConnectionStats()
+	return Stats{
+		RTT:             st.SmoothedRTT,
+		BytesSent:       st.BytesSent,
+		BytesReceived:   st.BytesReceived,
+		PacketsSent:     st.PacketsSent,
+		PacketsReceived: st.PacketsReceived,
+		PacketsLost:     st.PacketsLost,
+	}
+}
+
+// A RefusedError is a device's refusal of a tunnel (or, with
+// CodeNotAuthorized, of the whole session).
+type RefusedError struct {
+	Device  identity.ID
+	Service string
+	Reply
+}
+
+// Sentinels matched by [RefusedError] with [errors.Is], one per code.
+var (
+	ErrNotAuthorized      = errors.New("not authorized")
+	ErrUnknownService     = errors.New("unknown service")
+	ErrServiceUnreachable = errors.New("service unreachable")
+	ErrRateLimited        = errors.New("rate limited")
+)
+
+func (e *RefusedError) Is(target error) bool {
+	switch e.Code {
+	case CodeNotAuthorized:
+		return target == ErrNotAuthorized
+	case CodeUnknownService:
+		return target == ErrUnknownService
+	case CodeServiceUnreachable:
+		return target == ErrServiceUnreachable
+	case CodeRateLimited:
+		return target == ErrRateLimited
+	}
+	return false
+}
+
+func (e *RefusedError) Error() string {
+	dev := "the device"
+	if !e.Device.IsZero() {
+		dev = "device " + e.Device.Short()
+	}
+	switch e.Code {
+	case CodeNotAuthorized:
+		if e.Service == "" {
+			return fmt.Sprintf("not authorized: %s does not know this client; ask its owner to add your ID (burrow id)", dev)
+		}
+		return fmt.Sprintf("not authorized for service %q on %s: ask its owner to grant it to your ID (burrow id)", e.Service, dev)
+	case CodeUnknownService:
+		return fmt.Sprintf("unknown service %q on %s; services you may use: %s", e.Service, dev, quoteList(e.Allowed))
+	case CodeServiceUnreachable:
+		return fmt.Sprintf("service %q is unreachable on %s: %s", e.Service, dev, e.Detail)
+	case CodeRateLimited:
+		return fmt.Sprintf("%s refused service %q: too many tunnels too fast; try again shortly", dev, e.Service)
+	}
+	return fmt.Sprintf("%s refused service %q: %s (%s)", dev, e.Service, e.Code, e.Detail)
+}
+
+// PeerClosedError reports why the peer closed the session, if it said.
+func PeerClosedError(err error) (code quic.ApplicationErrorCode, msg string, ok bool) {
+	ae, isApp := errors.AsType[*quic.ApplicationError](err)
+	if !isApp || !ae.Remote {
+		return 0, "", false
+	}
+	return ae.ErrorCode, ae.ErrorMessage, true
+}
