@@ -1,0 +1,360 @@
+// Package device is burrow's dispatcher: the agent on a device behind NAT.
+// It stays attached to a relay, accepts E2E sessions from clients and, for
+// each tunnel a client opens, checks that client's rights to the named
+// service, dials the address configured for that service (never an address
+// from the wire) and joins the two connections.
+//
+// Access is denied by default: a client the configuration does not name
+// reaches nothing, and a client reaches only the services listed for it.
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/pipe"
+	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relayproto"
+	"github.com/burrow-tunnel/burrow/session"
+)
+
+// AllServices, in a client's service list, grants every service.
+const AllServices = "*"
+
+// Config configures a [Device].
+type Config struct {
+	// Identity is the device's key; clients pin its ID. Required.
+	Identity *identity.Identity
+	// Relay is the relay the device attaches to. Required.
+	Relay paths.RelayConfig
+	// Services maps a service name to the host:port it is served on. These
+	// are the only addresses the device ever dials. Required, non-empty.
+	Services map[string]string
+	// Clients maps a client ID to the services it may open ([AllServices]
+	// for all). A client not listed reaches nothing; nil or empty lets no
+	// one in.
+	Clients map[identity.ID][]string
+	// Logger receives one line per significant event. Nil discards logs.
+	Logger *slog.Logger
+	// DialRelay opens the TCP connection to the relay. Nil uses net.Dialer.
+	DialRelay func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialService dials a service's configured address. Nil uses
+	// net.Dialer. The connection must support CloseWrite (a TCP connection
+	// does), so that half-closes pass through.
+	DialService func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ServiceDialTimeout bounds dialing a service. Zero means 5s.
+	ServiceDialTimeout time.Duration
+}
+
+func (c *Config) validate() error {
+	if c.Identity == nil {
+		return errors.New("device: Config.Identity is required")
+	}
+	if len(c.Services) == 0 {
+		return errors.New("device: no services configured: list at least one under services")
+	}
+	for name, addr := range c.Services {
+		if err := session.ValidService(name); err != nil {
+			return fmt.Errorf("device: services: %w", err)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("device: service %s: address %q: want host:port", name, addr)
+		}
+	}
+	for id, svcs := range c.Clients {
+		if id.IsZero() {
+			return errors.New("device: clients: zero client ID")
+		}
+		for _, s := range svcs {
+			if s == AllServices {
+				continue
+			}
+			if _, ok := c.Services[s]; !ok {
+				return fmt.Errorf("device: client %s: service %q is not defined under services (defined: %s)",
+					id, s, joinSorted(slices.Collect(maps.Keys(c.Services))))
+			}
+		}
+	}
+	return nil
+}
+
+func joinSorted(names []string) string {
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// A Device is a running dispatcher. Create it with [New]; it is safe for
+// concurrent use.
+type Device struct {
+	cfg Config
+	log *slog.Logger
+
+	pc *paths.Conn
+	ep *session.Endpoint
+	ln *session.Listener
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[*session.Session]*sessionInfo // guarded by mu
+	closed   bool                              // guarded by mu
+}
+
+type sessionInfo struct {
+	since   time.Time
+	tunnels int // open now; guarded by Device.mu
+	total   int // opened in this session; guarded by Device.mu
+}
+
+// New starts a device: it attaches to the relay in the background and
+// serves clients until [Device.Close].
+func New(cfg Config) (*Device, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ServiceDialTimeout == 0 {
+		cfg.ServiceDialTimeout = 5 * time.Second
+	}
+	if cfg.DialService == nil {
+		d := &net.Dialer{}
+		cfg.DialService = d.DialContext
+	}
+	d := &Device{cfg: cfg, log: cfg.Logger, sessions: make(map[*session.Session]*sessionInfo)}
+	if len(cfg.Clients) == 0 {
+		d.log.Warn("no clients configured: no one can reach this device's services")
+	}
+	pc, err := paths.Listen(paths.Config{
+		Identity: cfg.Identity,
+		Role:     relayproto.RoleDevice,
+		Relay:    cfg.Relay,
+		Dial:     cfg.DialRelay,
+		Logger:   cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Logger: cfg.Logger})
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	ln, err := ep.Listen()
+	if err != nil {
+		ep.Close()
+		pc.Close()
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	d.pc, d.ep, d.ln = pc, ep, ln
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Go(d.acceptLoop)
+	return d, nil
+}
+
+// ID returns the device's ID.
+func (d *Device) ID() identity.ID { return d.cfg.Identity.ID() }
+
+// WaitAttached waits until the device is attached to its relay; see
+// [paths.Conn.WaitAttached].
+func (d *Device) WaitAttached(ctx context.Context) error { return d.pc.WaitAttached(ctx) }
+
+// Status describes a running device.
+type Status struct {
+	Relay    paths.Status
+	Sessions []SessionStatus
+}
+
+// SessionStatus describes one client's session.
+type SessionStatus struct {
+	Client  identity.ID
+	Since   time.Time
+	Path    string // "relay"
+	RTT     time.Duration
+	Tunnels int // open now
+	Total   int // opened since the session began
+}
+
+// Status returns the device's relay attachment and open sessions.
+func (d *Device) Status() Status {
+	st := Status{Relay: d.pc.Status()}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s, info := range d.sessions {
+		st.Sessions = append(st.Sessions, SessionStatus{
+			Client:  s.PeerID(),
+			Since:   info.since,
+			Path:    "relay",
+			RTT:     s.Stats().RTT,
+			Tunnels: info.tunnels,
+			Total:   info.total,
+		})
+	}
+	slices.SortFunc(st.Sessions, func(a, b SessionStatus) int { return a.Since.Compare(b.Since) })
+	return st
+}
+
+// Close closes every session and tunnel, detaches from the relay and waits
+// for every goroutine the device started. It is idempotent.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		d.wg.Wait()
+		return nil
+	}
+	d.closed = true
+	for s := range d.sessions {
+		s.Close(session.CloseShutdown, "device is shutting down")
+	}
+	d.mu.Unlock()
+	d.cancel()
+	d.ln.Close()
+	d.wg.Wait()
+	d.ep.Close()
+	return d.pc.Close()
+}
+
+func (d *Device) acceptLoop() {
+	for {
+		s, err := d.ln.Accept(d.ctx)
+		if err != nil {
+			if d.ctx.Err() == nil {
+				d.log.Error("accepting sessions failed", "err", err)
+			}
+			return
+		}
+		if _, known := d.access(s.PeerID()); !known {
+			d.log.Warn("session refused: unknown client", "client", s.PeerID().String())
+			s.Close(session.CloseNotAuthorized, fmt.Sprintf("client %s is not authorized on device %s", s.PeerID().Short(), d.ID().Short()))
+			continue
+		}
+		d.mu.Lock()
+		if d.closed {
+			d.mu.Unlock()
+			s.Close(session.CloseShutdown, "device is shutting down")
+			return
+		}
+		d.sessions[s] = &sessionInfo{since: time.Now()}
+		d.mu.Unlock()
+		d.wg.Go(func() { d.serveSession(s) })
+	}
+}
+
+// access returns the services client may open, and whether the device
+// knows client at all.
+func (d *Device) access(client identity.ID) ([]string, bool) {
+	svcs, ok := d.cfg.Clients[client]
+	return svcs, ok
+}
+
+func (d *Device) serveSession(s *session.Session) {
+	log := d.log.With("client", s.PeerID().String())
+	log.Info("session opened", "addr", s.RemoteAddr().String())
+	for {
+		in, err := s.AcceptTunnel(d.ctx)
+		if err != nil {
+			break
+		}
+		d.wg.Go(func() { d.serveTunnel(s, in, log) })
+	}
+	d.mu.Lock()
+	info := d.sessions[s]
+	delete(d.sessions, s)
+	d.mu.Unlock()
+	log.Info("session closed", "reason", context.Cause(s.Context()).Error(),
+		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)
+}
+
+// authorize decides a tunnel request. On success it returns the service's
+// address; otherwise the refusal to send.
+func (d *Device) authorize(client identity.ID, service string) (string, *session.Reply) {
+	svcs, known := d.access(client)
+	if !known {
+		return "", &session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"}
+	}
+	all := slices.Contains(svcs, AllServices)
+	addr, defined := d.cfg.Services[service]
+	if !defined {
+		allowed := svcs
+		if all {
+			allowed = slices.Collect(maps.Keys(d.cfg.Services))
+		}
+		allowed = slices.DeleteFunc(slices.Clone(allowed), func(s string) bool { return s == AllServices })
+		slices.Sort(allowed)
+		return "", &session.Reply{Code: session.CodeUnknownService, Allowed: allowed}
+	}
+	if !all && !slices.Contains(svcs, service) {
+		return "", &session.Reply{Code: session.CodeNotAuthorized, Detail: "service not granted to this client"}
+	}
+	return addr, nil
+}
+
+func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, log *slog.Logger) {
+	req, err := in.Request()
+	if err != nil {
+		log.Warn("tunnel refused: bad request", "stream", in.ID(), "err", err)
+		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: err.Error()})
+		return
+	}
+	log = log.With("service", req.Service, "stream", in.ID())
+	addr, refusal := d.authorize(s.PeerID(), req.Service)
+	if refusal != nil {
+		log.Warn("tunnel refused", "reason", refusal.Code.String())
+		in.Refuse(*refusal)
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ServiceDialTimeout)
+	conn, err := d.cfg.DialService(ctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		log.Warn("tunnel refused: service unreachable", "addr", addr, "err", err)
+		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: err.Error()})
+		return
+	}
+	svc, ok := conn.(pipe.Conn)
+	if !ok {
+		conn.Close()
+		log.Error("tunnel refused: service connection cannot half-close", "type", fmt.Sprintf("%T", conn))
+		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: "service connection cannot half-close"})
+		return
+	}
+	tun, err := in.Accept()
+	if err != nil {
+		conn.Close()
+		log.Warn("tunnel failed before it opened", "err", err)
+		return
+	}
+	d.mu.Lock()
+	info := d.sessions[s]
+	if info != nil {
+		info.tunnels++
+		info.total++
+	}
+	d.mu.Unlock()
+	start := time.Now()
+	log.Info("tunnel opened", "addr", addr)
+	res := pipe.Join(tun, svc)
+	d.mu.Lock()
+	if info != nil {
+		info.tunnels--
+	}
+	d.mu.Unlock()
+	attrs := []any{"bytes_in", res.AToB, "bytes_out", res.BToA, "duration", time.Since(start).Round(time.Millisecond).String()}
+	if res.Err != nil {
+		attrs = append(attrs, "err", res.Err)
+	}
+	log.Info("tunnel closed", attrs...)
+}

@@ -1,0 +1,352 @@
+// Package tunneltest starts relays, devices and clients on loopback for
+// tests, each stopped by the test's cleanup, and provides the TCP servers
+// tests tunnel to.
+package tunneltest
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relay"
+)
+
+// Logger returns a logger writing to t.Log until the test ends.
+func Logger(t testing.TB) *slog.Logger {
+	w := &testWriter{t: t}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Helper()
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+}
+
+// NewIdentity returns a fresh identity or fails the test.
+func NewIdentity(t testing.TB) *identity.Identity {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// Relay is a relay served on a loopback port; it can be stopped and
+// started again on the same port.
+type Relay struct {
+	t        testing.TB
+	Identity *identity.Identity
+	Addr     string
+	// Wrap, if set before Start, wraps every connection after TLS (so it
+	// sees what the relay process reads and writes in the clear).
+	Wrap  func(net.Conn) net.Conn
+	Allow func(identity.ID) bool
+
+	mu  sync.Mutex
+	srv *relay.Server
+	ln  net.Listener
+	hs  *http.Server // set when Wrap is
+	wg  sync.WaitGroup
+}
+
+// StartRelay starts an open relay (any device may attach) on loopback.
+func StartRelay(t testing.TB) *Relay {
+	t.Helper()
+	r := NewRelay(t)
+	r.Start()
+	return r
+}
+
+// NewRelay returns a relay that is not started yet, so fields can be set.
+func NewRelay(t testing.TB) *Relay {
+	r := &Relay{t: t, Identity: NewIdentity(t), Allow: func(identity.ID) bool { return true }}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start starts the relay, on the port it had before if it ran before.
+func (r *Relay) Start() {
+	r.t.Helper()
+	addr := r.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	var err error
+	// The old port may take a moment to be free again.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		ln, err = net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	srv, err := relay.New(relay.Config{
+		Identity:    r.Identity,
+		AllowDevice: r.Allow,
+		Logger:      Logger(r.t).With("role", "relay"),
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.srv, r.ln, r.Addr = srv, ln, ln.Addr().String()
+	if r.Wrap == nil {
+		r.wg.Go(func() { srv.Serve(ln) })
+		return
+	}
+	// Terminate TLS here, so that Wrap sees the relay's plaintext, and
+	// serve the relay as a plain handler.
+	tlsLn := tls.NewListener(ln, srv.TLSConfig())
+	r.hs = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	hs := r.hs
+	r.wg.Go(func() { hs.Serve(wrapListener{tlsLn, r.Wrap}) })
+}
+
+type wrapListener struct {
+	net.Listener
+	wrap func(net.Conn) net.Conn
+}
+
+func (l wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(c), nil
+}
+
+// Server returns the running relay server (nil when stopped).
+func (r *Relay) Server() *relay.Server {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.srv
+}
+
+// Stop stops the relay and waits for it; it is idempotent.
+func (r *Relay) Stop() {
+	r.mu.Lock()
+	srv, ln, hs := r.srv, r.ln, r.hs
+	r.srv, r.ln, r.hs = nil, nil, nil
+	r.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	if hs != nil {
+		hs.Close()
+	}
+	srv.Close()
+	ln.Close()
+	r.wg.Wait()
+}
+
+// Pin returns the configuration agents use to attach to r.
+func (r *Relay) Pin() paths.RelayConfig {
+	return paths.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}
+}
+
+// StartDevice starts a device on r with cfg; Identity, Relay and Logger
+// are filled in if unset. It waits until the device is attached.
+func StartDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
+	t.Helper()
+	if cfg.Identity == nil {
+		cfg.Identity = NewIdentity(t)
+	}
+	if cfg.Relay.Addr == "" {
+		cfg.Relay = r.Pin()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = Logger(t).With("role", "device")
+	}
+	d, err := device.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.WaitAttached(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// StartClient starts a client on r with the given identity (a new one if
+// nil). It waits until the client is attached.
+func StartClient(t testing.TB, r *Relay, id *identity.Identity) *client.Client {
+	t.Helper()
+	c := NewClient(t, client.Config{Identity: id, Relay: r.Pin()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitAttached(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// NewClient starts a client with cfg (Identity and Logger filled in if
+// unset) without waiting for it to attach.
+func NewClient(t testing.TB, cfg client.Config) *client.Client {
+	t.Helper()
+	if cfg.Identity == nil {
+		cfg.Identity = NewIdentity(t)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = Logger(t).With("role", "client")
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Server is a TCP server on loopback that runs a handler per connection
+// and counts the connections it accepted.
+type Server struct {
+	Addr     string
+	Accepted atomic.Int64
+	ln       net.Listener
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+}
+
+// StartServer serves handle on a loopback port until the test ends.
+func StartServer(t testing.TB, handle func(*net.TCPConn)) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Addr: ln.Addr().String(), ln: ln, conns: make(map[net.Conn]struct{})}
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.Accepted.Add(1)
+			s.mu.Lock()
+			s.conns[c] = struct{}{}
+			s.mu.Unlock()
+			s.wg.Go(func() {
+				defer func() {
+					c.Close()
+					s.mu.Lock()
+					delete(s.conns, c)
+					s.mu.Unlock()
+				}()
+				handle(c.(*net.TCPConn))
+			})
+		}
+	})
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close stops the server, closes its connections and waits for handlers.
+func (s *Server) Close() {
+	s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Echo copies what it reads back, half-closing when the reader does.
+func Echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+// HTTPServer serves h on loopback until the test ends and returns its
+// address.
+func HTTPServer(t testing.TB, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		hs.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		hs.Close()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+// Forward serves a loopback listener through c to service on dev until the
+// test ends, and returns the listener's address.
+func Forward(t testing.TB, c *client.Client, dev identity.ID, service string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Forward(ctx, ln, dev, service)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+// ReadLine reads one line from r or fails the test.
+func ReadLine(t testing.TB, r *bufio.Reader) string {
+	t.Helper()
+	s, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read line: %v (got %q)", err, s)
+	}
+	return strings.TrimSuffix(s, "\n")
+}
