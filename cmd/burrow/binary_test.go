@@ -1,0 +1,344 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+)
+
+// These tests build the real burrow binary and run relay, device and
+// connect as separate processes on loopback.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary returns the path of a burrow binary built for this test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the burrow binary")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "burrow-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "burrow")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// proc is a running burrow process whose output lines are collected.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+
+	mu    sync.Mutex
+	lines []string      // stdout and stderr, in arrival order
+	added chan struct{} // closed and replaced when a line arrives
+}
+
+// start runs burrow with args; the process is killed when the test ends.
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, cmd: exec.Command(binary(t), args...), done: make(chan struct{}), added: make(chan struct{})}
+	stdout, _ := p.cmd.StdoutPipe()
+	stderr, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, r := range []io.Reader{stdout, stderr} {
+		wg.Go(func() {
+			sc := bufio.NewScanner(r)
+			for sc.Scan() {
+				p.mu.Lock()
+				p.lines = append(p.lines, sc.Text())
+				close(p.added)
+				p.added = make(chan struct{})
+				p.mu.Unlock()
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("output of %s:\n%s", p.name, strings.Join(p.lines, "\n"))
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// waitFor waits for a line matching re (from line index from on) and
+// returns the submatches and the index after the line.
+func (p *proc) waitFor(re *regexp.Regexp, from int, timeout time.Duration) ([]string, int) {
+	p.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		for i := from; i < len(p.lines); i++ {
+			if m := re.FindStringSubmatch(p.lines[i]); m != nil {
+				p.mu.Unlock()
+				return m, i + 1
+			}
+		}
+		added := p.added
+		p.mu.Unlock()
+		select {
+		case <-added:
+		case <-p.done:
+			p.mu.Lock()
+			n := len(p.lines)
+			p.mu.Unlock()
+			if n == from {
+				p.t.Fatalf("%s exited (%v) without printing %q", p.name, p.cmd.ProcessState, re)
+			}
+		case <-deadline:
+			p.t.Fatalf("%s did not print %q within %v", p.name, re, timeout)
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop() {
+	p.t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.t.Fatalf("%s did not exit within 10s of SIGTERM", p.name)
+	}
+	if !p.cmd.ProcessState.Success() {
+		p.t.Fatalf("%s exited with %v", p.name, p.cmd.ProcessState)
+	}
+}
+
+// run runs burrow to completion and returns its stdout, stderr and error.
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+var (
+	reRelayListening = regexp.MustCompile(`msg="relay listening" addr=(\S+) id=(\S+)`)
+	reAttached       = regexp.MustCompile(`msg="attached to relay"`)
+	reListening      = regexp.MustCompile(`^listening on (\S+)$`)
+	reOffline        = regexp.MustCompile(`tunnel failed.*is offline`)
+)
+
+func get(t *testing.T, addr string) (string, error) {
+	t.Helper()
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://" + addr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestBinaryEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	web := tunneltest.HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "camera admin page")
+	}))
+
+	// The relay refuses to start open to no one.
+	_, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"))
+	if err == nil || !strings.Contains(stderr, "--devices") || !strings.Contains(stderr, "--open") {
+		t.Fatalf("relay with neither --open nor --devices: err %v, stderr %q", err, stderr)
+	}
+	relayIDOut, _, err := run(t, "relay", "id", "--data", filepath.Join(dir, "relay"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayID := strings.TrimSpace(relayIDOut)
+	clientIDOut, _, err := run(t, "id", "--identity", filepath.Join(dir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientID := strings.TrimSpace(clientIDOut)
+	if fi, err := os.Stat(filepath.Join(dir, "client.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("client key: %v, mode %v", err, fi.Mode())
+	}
+	deviceIDOut, _, err := run(t, "id", "--identity", filepath.Join(dir, "device.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deviceID := strings.TrimSpace(deviceIDOut)
+	devices := filepath.Join(dir, "devices.txt")
+	os.WriteFile(devices, []byte("# the camera\n"+deviceID+"\n"), 0o600)
+
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--devices", devices)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr := m[1]
+	if m[2] != relayID {
+		t.Fatalf("relay logged ID %s, 'relay id' printed %s", m[2], relayID)
+	}
+
+	cfg := filepath.Join(dir, "device.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`relay: %s
+relay_id: %s
+identity: device.key
+services:
+  http: %s
+clients:
+  %s: [http]
+`, relayAddr, relayID, web, clientID)), 0o600)
+	dev := start(t, "device", "device", "--config", cfg)
+	_, devAt := dev.waitFor(reAttached, 0, 10*time.Second)
+
+	conn := start(t, "connect", "connect", deviceID, "http", "--relay", relayAddr, "--relay-id", relayID,
+		"--identity", filepath.Join(dir, "client.key"))
+	m, connAt := conn.waitFor(reListening, 0, 10*time.Second)
+	local := m[1]
+	body, err := get(t, local)
+	if err != nil || body != "camera admin page" {
+		t.Fatalf("through the tunnel: %q, %v", body, err)
+	}
+
+	// Relay restart: stop the relay process and start it again on the same
+	// port; the device reattaches by itself and tunnels work within 10s.
+	relay.stop()
+	relay = start(t, "relay", "relay", "--listen", relayAddr, "--data", filepath.Join(dir, "relay"), "--devices", devices)
+	relay.waitFor(reRelayListening, 0, 10*time.Second)
+	restarted := time.Now()
+	dev.waitFor(reAttached, devAt, 10*time.Second)
+	for {
+		body, err = get(t, local)
+		if err == nil && body == "camera admin page" {
+			break
+		}
+		if time.Since(restarted) > 10*time.Second {
+			t.Fatalf("no tunnel 10s after the relay restarted: %q, %v", body, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("tunnel worked again %v after the relay restarted", time.Since(restarted).Round(time.Millisecond))
+
+	// The device dies without a word: the next connection fails fast and
+	// connect says the device is offline.
+	dev.cmd.Process.Kill()
+	<-dev.done
+	time.Sleep(200 * time.Millisecond) // let the relay notice the dead connection
+	asked := time.Now()
+	if _, err := get(t, local); err == nil {
+		t.Fatal("a tunnel worked with the device killed")
+	}
+	conn.waitFor(reOffline, connAt, 2*time.Second)
+	t.Logf("offline reported %v after the connection", time.Since(asked).Round(time.Millisecond))
+
+	conn.stop()
+	relay.stop()
+}
+
+func TestBinaryDeviceConfigErrors(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "device.yaml")
+	os.WriteFile(cfg, []byte("relay: r:443\nservics:\n  http: 127.0.0.1:80\n"), 0o600)
+	_, stderr, err := run(t, "device", "--config", cfg)
+	if err == nil || !strings.Contains(stderr, `line 2: unknown key "servics"`) {
+		t.Fatalf("err %v, stderr %q", err, stderr)
+	}
+	_, stderr, err = run(t, "device")
+	if err == nil || !strings.Contains(stderr, "--config is required") {
+		t.Fatalf("err %v, stderr %q", err, stderr)
+	}
+}
+
+func TestBinaryHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"connect", "--help"}, {"relay", "--help"}, {"device", "--help"}, {"id", "--help"}, {"demo", "--help"}} {
+		out, _, err := run(t, args...)
+		if err != nil || !strings.Contains(out, "Usage:") {
+			t.Fatalf("burrow %v: err %v, output %q", args, err, out)
+		}
+	}
+	out, _, _ := run(t, "connect", "--help")
+	for _, flag := range []string{"--relay", "--relay-id", "--listen", "--identity"} {
+		if !strings.Contains(out, flag) {
+			t.Fatalf("connect --help does not mention %s", flag)
+		}
+	}
+	_, stderr, err := run(t, "connect", "onlyone")
+	if err == nil || !strings.Contains(stderr, "want DEVICE and SERVICE") {
+		t.Fatalf("connect with one argument: err %v, stderr %q", err, stderr)
+	}
+}
+
+func TestBinaryDemo(t *testing.T) {
+	demo := start(t, "demo", "demo")
+	m, _ := demo.waitFor(regexp.MustCompile(`Open (http://\S+/)`), 0, 15*time.Second)
+	addr := strings.TrimSuffix(strings.TrimPrefix(m[1], "http://"), "/")
+	body, err := get(t, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"came through a burrow tunnel", "relay", "device agent", "relayed"} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("demo page does not say %q:\n%s", want, body)
+		}
+	}
+	demo.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-demo.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not stop within 10s of Ctrl-C")
+	}
+	if !demo.cmd.ProcessState.Success() {
+		t.Fatalf("demo exited with %v", demo.cmd.ProcessState)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("the demo's port still accepts after it stopped")
+	}
+}

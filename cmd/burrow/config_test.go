@@ -1,0 +1,80 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "device.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoadDeviceConfig(t *testing.T) {
+	relayID := tunneltest.NewIdentity(t).ID()
+	clientID := tunneltest.NewIdentity(t).ID()
+	path := writeConfig(t, `
+relay: relay.example.com:443
+relay_id: `+relayID.String()+`
+identity: keys/device.key
+services:
+  http: 127.0.0.1:80
+  rtsp: 127.0.0.1:554
+clients:
+  `+clientID.String()+`: [rtsp]
+`)
+	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Relay.Addr != "relay.example.com:443" || cfg.Relay.ID != relayID {
+		t.Fatalf("relay %+v", cfg.Relay)
+	}
+	if cfg.Services["rtsp"] != "127.0.0.1:554" || len(cfg.Clients[clientID]) != 1 {
+		t.Fatalf("services %v clients %v", cfg.Services, cfg.Clients)
+	}
+	// A relative identity path is relative to the config file, and the
+	// key is created there.
+	key := filepath.Join(filepath.Dir(path), "keys", "device.key")
+	id, err := identity.Load(key)
+	if err != nil || id.ID() != cfg.Identity.ID() {
+		t.Fatalf("identity at %s: %v", key, err)
+	}
+}
+
+func TestLoadDeviceConfigErrors(t *testing.T) {
+	relayID := tunneltest.NewIdentity(t).ID().String()
+	client := tunneltest.NewIdentity(t).ID().String()
+	base := "relay: r.example.com:443\nrelay_id: " + relayID + "\nidentity: d.key\n"
+	tests := []struct {
+		name, body, want string
+	}{
+		{"unknown key", base + "services:\n  http: 127.0.0.1:80\nclient:\n  x: [http]\n", `line 6: unknown key "client"`},
+		{"unknown key under a section", "relay: r:1\nrelay_id: " + relayID + "\nservices: {http: \"127.0.0.1:80\"}\nclients: {}\nextra: 1\n", `line 5: unknown key "extra"`},
+		{"empty file", "", "empty"},
+		{"missing relay", "services:\n  http: 127.0.0.1:80\n", "relay is missing"},
+		{"relay without port", "relay: r.example.com\nservices:\n  http: 127.0.0.1:80\n", "want host:port"},
+		{"bad relay id", "relay: r:443\nrelay_id: nope\nservices:\n  http: 127.0.0.1:80\n", "relay_id"},
+		{"no services", base, "services is empty"},
+		{"bad client id", base + "services:\n  http: 127.0.0.1:80\nclients:\n  alice: [http]\n", `clients: invalid ID "alice"`},
+		{"client without services", base + "services:\n  http: 127.0.0.1:80\nclients:\n  " + client + ": []\n", "has no services"},
+		{"not yaml", "relay: [\n", "config"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadDeviceConfig(writeConfig(t, tc.body), tunneltest.Logger(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/identity"
+)
+
+func newIDCmd(g *globals) *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "id [--identity PATH]",
+		Short: "Print this agent's ID, creating its key if there is none",
+		Long: `Print this agent's ID on stdout, alone on one line.
+
+The ID is derived from the agent's Ed25519 public key (the SHA-256 of the
+key, in lowercase base32): it names the agent and lets anyone check its key,
+and it is safe to paste into a shell or a YAML file. Give it to a device
+owner so they can grant you access.
+
+If there is no key at PATH, a new one is created there (mode 0600).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				p, err := defaultIdentityPath()
+				if err != nil {
+					return err
+				}
+				path = p
+			}
+			id, created, err := identity.LoadOrCreate(path)
+			if err != nil {
+				return err
+			}
+			if created {
+				fmt.Fprintf(g.stderr, "created a new identity at %s\n", path)
+			}
+			fmt.Fprintln(g.stdout, id.ID())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "identity", "", "key file (default: identity.key in the user's config directory, under burrow/)")
+	return cmd
+}

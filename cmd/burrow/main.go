@@ -1,0 +1,105 @@
+// Command burrow reaches TCP services on devices behind NAT through a relay
+// that cannot read the traffic. One binary plays every role:
+//
+//	burrow relay     the public relay agents attach to
+//	burrow device    the agent on the device (dispatcher)
+//	burrow connect   the agent on the user's machine (receiver)
+//	burrow demo      all three in one process, on loopback
+//
+// Flags and configuration files live here; each role is a package that
+// takes a Config.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "burrow:", err)
+		os.Exit(1)
+	}
+}
+
+// globals are the flags every command shares.
+type globals struct {
+	logLevel string
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+// logger returns the logger for --log-level, writing text to stderr.
+func (g *globals) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "burrow",
+		Short: "Reach TCP services on devices behind NAT, end-to-end encrypted",
+		Long: `burrow makes a TCP service on a device behind NAT or a firewall (a camera's
+RTSP server, a router's admin page, an SSH daemon) reachable from anywhere,
+without changing the app or the service and without opening the device's
+firewall. Traffic is end-to-end encrypted between the client and the device;
+the relay in the middle forwards packets it cannot read.
+
+Start with "burrow demo" to see all three roles work on this machine.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log detail: debug, info, warn or error")
+	root.AddCommand(
+		newIDCmd(g),
+		newRelayCmd(g),
+		newDeviceCmd(g),
+		newConnectCmd(g),
+		newDemoCmd(g),
+	)
+	return root
+}
+
+// configDir is where burrow keeps its files by default.
+func configDir() (string, error) {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("no default configuration directory (%w): pass the path explicitly", err)
+	}
+	return filepath.Join(dir, "burrow"), nil
+}
+
+// defaultIdentityPath is the client identity used when --identity is empty.
+func defaultIdentityPath() (string, error) {
+	dir, err := configDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "identity.key"), nil
+}
+
+// usageError reports a wrong invocation and points at the help.
+func usageError(cmd *cobra.Command, format string, args ...any) error {
+	return fmt.Errorf("%s (see '%s --help')", fmt.Sprintf(format, args...), cmd.CommandPath())
+}
