@@ -172,18 +172,23 @@ func (e *Endpoint) Listen() (*Listener, error) {
 // A Listener accepts sessions.
 type Listener struct{ l *quic.Listener }
 
-// Accept waits for the next session.
+// Accept waits for the next session. It fails only when the listener is
+// closed or ctx is done.
 func (l *Listener) Accept(ctx context.Context) (*Session, error) {
-	c, err := l.l.Accept(ctx)
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.l.Accept(ctx)
+		if err != nil {
+			return nil, err
+		}
+		peer, err := identity.PeerID(c.ConnectionState().TLS)
+		if err != nil {
+			// The handshake requires a key, so this does not happen; if
+			// it did, it would concern this peer only.
+			c.CloseWithError(CloseNotAuthorized, "no client key")
+			continue
+		}
+		return &Session{conn: c, peer: peer}, nil
 	}
-	peer, err := identity.PeerID(c.ConnectionState().TLS)
-	if err != nil {
-		c.CloseWithError(CloseNotAuthorized, "no client key")
-		return nil, err
-	}
-	return &Session{conn: c, peer: peer}, nil
 }
 
 // Close stops accepting sessions; open ones go on.
