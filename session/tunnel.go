@@ -46,8 +46,18 @@ func (t *Tunnel) Read(p []byte) (int, error) {
 	return t.str.Read(p)
 }
 
-// Write writes to the peer.
-func (t *Tunnel) Write(p []byte) (int, error) { return t.str.Write(p) }
+// Write writes to the peer. On a client tunnel whose device refused it,
+// Write fails with the [*RefusedError] rather than the stream error the
+// refusal caused.
+func (t *Tunnel) Write(p []byte) (int, error) {
+	n, err := t.str.Write(p)
+	if err != nil && t.service != "" {
+		if rerr := t.Reply(); rerr != nil {
+			return n, rerr
+		}
+	}
+	return n, err
+}
 
 // CloseWrite ends the write direction (the peer reads EOF); reading goes on.
 func (t *Tunnel) CloseWrite() error { return t.str.Close() }

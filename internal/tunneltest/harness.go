@@ -73,6 +73,9 @@ type Relay struct {
 	// sees what the relay process reads and writes in the clear).
 	Wrap  func(net.Conn) net.Conn
 	Allow func(identity.ID) bool
+	// GetCertificate, if set before Start, serves a certificate other than
+	// the relay's self-signed one.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 	mu  sync.Mutex
 	srv *relay.Server
@@ -117,9 +120,10 @@ func (r *Relay) Start() {
 		r.t.Fatal(err)
 	}
 	srv, err := relay.New(relay.Config{
-		Identity:    r.Identity,
-		AllowDevice: r.Allow,
-		Logger:      Logger(r.t).With("role", "relay"),
+		Identity:       r.Identity,
+		AllowDevice:    r.Allow,
+		GetCertificate: r.GetCertificate,
+		Logger:         Logger(r.t).With("role", "relay"),
 	})
 	if err != nil {
 		r.t.Fatal(err)

@@ -803,3 +803,55 @@ func TestDeviceVanishes(t *testing.T) {
 	}
 	t.Logf("offline after %v: %v", took, err)
 }
+
+// TestPipelinedRefusal: bytes sent with the request, before the device's
+// answer, are never delivered if the device refuses, and the writer learns
+// the refusal itself, not just a broken stream.
+func TestPipelinedRefusal(t *testing.T) {
+	admin := StartServer(t, Echo)
+	r := StartRelay(t)
+	cid := NewIdentity(t)
+	d := StartDevice(t, r, device.Config{
+		Services: map[string]string{"admin": admin.Addr, "rtsp": "127.0.0.1:1"},
+		Clients:  map[identity.ID][]string{cid.ID(): {"rtsp"}},
+	})
+	pc, err := paths.Listen(paths.Config{Identity: cid, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := ep.Dial(ctx, paths.Addr{ID: d.ID()}, d.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(session.CloseNormal, "")
+	tun, err := s.StartTunnel(ctx, "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for i := 0; ; i++ {
+		if _, err = tun.Write(chunk); err != nil {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("64 MiB written to a refused tunnel without an error")
+		}
+	}
+	if !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("write: err = %v, want the refusal", err)
+	}
+	if _, err := tun.Read(make([]byte, 1)); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("read: err = %v, want the refusal", err)
+	}
+	if n := admin.Accepted.Load(); n != 0 {
+		t.Fatalf("the refused service accepted %d connections", n)
+	}
+}
