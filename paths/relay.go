@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -61,18 +62,28 @@ func isPermanent(err error) bool {
 // attachLoop keeps the Conn attached to the relay until it is closed.
 func (c *Conn) attachLoop() {
 	b := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	var (
+		lastMsg    string    // the last attach error logged
+		lastLogged time.Time // and when
+	)
 	for c.ctx.Err() == nil {
 		rs, err := c.attach(c.ctx)
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return
 			}
-			level := "relay attach failed"
+			// The same failure again is logged once a minute, not at
+			// every attempt.
+			level := slog.LevelWarn
 			if isPermanent(err) {
-				c.log.Error(level, "err", err)
-			} else {
-				c.log.Warn(level, "err", err)
+				level = slog.LevelError
 			}
+			if msg := err.Error(); msg == lastMsg && time.Since(lastLogged) < time.Minute {
+				level = slog.LevelDebug
+			} else {
+				lastMsg, lastLogged = msg, time.Now()
+			}
+			c.log.Log(c.ctx, level, "relay attach failed", "err", err)
 			c.setStatus(func(s *Status) { s.LastError = err; s.Since = time.Now() })
 			if isPermanent(err) {
 				b.n = 64 // only a configuration change helps: retry slowly
@@ -80,6 +91,7 @@ func (c *Conn) attachLoop() {
 			c.sleep(b.next())
 			continue
 		}
+		lastMsg = ""
 		start := time.Now()
 		c.cur.Store(rs)
 		c.setStatus(func(s *Status) {

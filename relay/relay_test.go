@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -324,4 +326,54 @@ func TestCloseSendsGoAway(t *testing.T) {
 		t.Fatalf("got %s %+v %v", typ, f, err)
 	}
 	srv.Close() // idempotent
+}
+
+// TestAccept serves an agent through Accept on a connection the caller
+// upgraded itself, and ends the session when the context is cancelled.
+func TestAccept(t *testing.T) {
+	srv, err := New(Config{Identity: newIdentity(t), AllowDevice: allowAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	a, b := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tc := tls.Server(b, srv.TLSConfig())
+		br := bufio.NewReader(tc)
+		if _, err := http.ReadRequest(br); err != nil {
+			tc.Close()
+			return
+		}
+		io.WriteString(tc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: burrow-relay\r\nConnection: Upgrade\r\n\r\n")
+		srv.Accept(ctx, tc, br)
+	}()
+	pc, err := paths.Listen(paths.Config{
+		Identity: newIdentity(t),
+		Role:     relayproto.RoleDevice,
+		Relay:    paths.RelayConfig{Addr: "relay:443", ID: srv.ID()},
+		Dial: func(context.Context, string, string) (net.Conn, error) {
+			return a, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	if err := pc.WaitAttached(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Devices != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return after its context was cancelled")
+	}
 }

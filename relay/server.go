@@ -332,6 +332,13 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 		return nil, refuse(relayproto.RefuseBadRole, fmt.Sprintf("unknown role %d", hello.Role))
 	}
 
+	// Register before the agent hears it is attached, so that whatever it
+	// sends next finds its peers routable; frames for it wait in its queue
+	// until the write loop starts, after the hello.
+	sess := newSession(s, conn, brw.Reader, hello.Role, addr)
+	if err := s.register(sess); err != nil {
+		return nil, refuse(relayproto.RefuseShuttingDown, err.Error())
+	}
 	sh := relayproto.AppendServerHello(nil, relayproto.ServerHello{
 		Version:         version,
 		KeepAliveMillis: uint32(s.keepAlive / time.Millisecond),
@@ -341,14 +348,10 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	brw.Write(relayproto.AppendHeader(nil, relayproto.FrameServerHello, len(sh)))
 	brw.Write(sh)
 	if err := brw.Flush(); err != nil {
+		s.unregister(sess)
 		return nil, err
 	}
 	conn.SetDeadline(time.Time{})
-
-	sess := newSession(s, conn, brw.Reader, hello.Role, addr)
-	if err := s.register(sess); err != nil {
-		return nil, err
-	}
 	return sess, nil
 }
 
