@@ -126,7 +126,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Logger: cfg.Logger})
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("client: %w", err)

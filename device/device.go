@@ -147,7 +147,7 @@ func New(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Logger: cfg.Logger})
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("device: %w", err)

@@ -363,6 +363,9 @@ func (s *Server) register(sess *session) error {
 	if s.closed {
 		return errors.New("relay is shutting down")
 	}
+	// From here Close reaches the session through s.sessions, with a
+	// go-away, rather than by closing its connection.
+	delete(s.pending, sess.conn)
 	var old *session
 	if sess.role == relayproto.RoleDevice {
 		old = s.devices[sess.addr.ID]

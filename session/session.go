@@ -16,7 +16,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"time"
 
@@ -48,8 +47,6 @@ const (
 type Config struct {
 	// Identity is this agent's key, presented to peers. Required.
 	Identity *identity.Identity
-	// Logger receives session events. Nil discards them.
-	Logger *slog.Logger
 	// KeepAlive is how often an idle session sends a ping. Zero means 10s.
 	KeepAlive time.Duration
 	// IdleTimeout closes a session that heard nothing from its peer for
@@ -65,7 +62,6 @@ type Config struct {
 // concurrent use.
 type Endpoint struct {
 	cfg  Config
-	log  *slog.Logger
 	cert tls.Certificate
 	tr   *quic.Transport
 	qcfg *quic.Config
@@ -90,10 +86,7 @@ func NewEndpoint(pc net.PacketConn, cfg Config) (*Endpoint, error) {
 	if cfg.MaxTunnels == 0 {
 		cfg.MaxTunnels = 4096
 	}
-	e := &Endpoint{cfg: cfg, log: cfg.Logger, cert: cert}
-	if e.log == nil {
-		e.log = slog.New(slog.DiscardHandler)
-	}
+	e := &Endpoint{cfg: cfg, cert: cert}
 	// The reset key comes from the identity key, so that a restarted agent
 	// can still tell a peer that the session it remembers is gone.
 	rk, err := hkdf.Key(sha256.New, cfg.Identity.PrivateKey().Seed(), nil, "burrow quic stateless reset", 32)

@@ -129,10 +129,11 @@ func (t *Tunnel) Reply() error {
 	return t.replyErr
 }
 
-// streamError explains a stream failure by the session's end, if it ended.
+// streamError explains a stream failure by the session's end, if it ended
+// because the device does not know this client.
 func (s *Session) streamError(err error) error {
-	if cerr := context.Cause(s.conn.Context()); cerr != nil {
-		if code, msg, ok := PeerClosedError(cerr); ok && code == CloseNotAuthorized {
+	for _, e := range []error{err, context.Cause(s.conn.Context())} {
+		if code, msg, ok := PeerClosedError(e); ok && code == CloseNotAuthorized {
 			return &RefusedError{Device: s.peer, Reply: Reply{Code: CodeNotAuthorized, Detail: msg}}
 		}
 	}
