@@ -133,6 +133,16 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 	}
 	cleanups = append(cleanups, func() { d.client.Close() })
 
+	// The URL is printed once the page can be fetched: both agents attached.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.device.WaitAttached(ctx); err != nil {
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	if err := d.client.WaitAttached(ctx); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
