@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newIdentity(t *testing.T) *identity.Identity {
+func newIdentity(t testing.TB) *identity.Identity {
 	t.Helper()
 	id, err := identity.Generate()
 	if err != nil {
@@ -32,7 +32,7 @@ func newIdentity(t *testing.T) *identity.Identity {
 }
 
 // serve starts a relay on loopback with cfg (Identity filled in).
-func serve(t *testing.T, cfg Config) (*Server, string) {
+func serve(t testing.TB, cfg Config) (*Server, string) {
 	t.Helper()
 	if cfg.Identity == nil {
 		cfg.Identity = newIdentity(t)
@@ -59,14 +59,14 @@ func serve(t *testing.T, cfg Config) (*Server, string) {
 
 // agent is a raw relay-protocol peer for tests.
 type agent struct {
-	t    *testing.T
+	t    testing.TB
 	conn *tls.Conn
 	br   *bufio.Reader
 	id   *identity.Identity
 }
 
 // connect opens TLS and sends the upgrade, without a hello.
-func connect(t *testing.T, addr string) *agent {
+func connect(t testing.TB, addr string) *agent {
 	t.Helper()
 	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err != nil {
@@ -121,7 +121,7 @@ func (a *agent) read() (relayproto.FrameType, []byte) {
 }
 
 // attach connects and authenticates as id with role.
-func attach(t *testing.T, addr string, id *identity.Identity, role relayproto.Role) *agent {
+func attach(t testing.TB, addr string, id *identity.Identity, role relayproto.Role) *agent {
 	t.Helper()
 	a := connect(t, addr)
 	a.hello(id, role, 1, 1, a.exporter())

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -89,9 +90,7 @@ type Server struct {
 	hsTimeout time.Duration
 	queueLen  int
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelCauseFunc
-	wg     sync.WaitGroup // every goroutine the server started
+	wg sync.WaitGroup // every goroutine the server started
 
 	mu       sync.RWMutex
 	closed   bool                         // guarded by mu
@@ -100,7 +99,8 @@ type Server struct {
 	lastSeen map[identity.ID]time.Time    // devices that detached; guarded by mu
 	https    map[*http.Server]struct{}    // from Serve; guarded by mu
 	pending  map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
-	sessions map[*session]struct{}        // attached; guarded by mu
+
+	writers *writers // write every session's send queue
 
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
 }
@@ -129,11 +129,11 @@ func New(cfg Config) (*Server, error) {
 		lastSeen:  make(map[identity.ID]time.Time),
 		https:     make(map[*http.Server]struct{}),
 		pending:   make(map[net.Conn]struct{}),
-		sessions:  make(map[*session]struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.writers = newWriters(&s.wg)
 	if s.keepAlive == 0 {
 		s.keepAlive = 15 * time.Second
 	}
@@ -143,7 +143,6 @@ func New(cfg Config) (*Server, error) {
 	if s.queueLen == 0 {
 		s.queueLen = 1024
 	}
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	return s, nil
 }
 
@@ -217,7 +216,32 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + relayproto.UpgradeToken + "\r\nConnection: Upgrade\r\n\r\n")
-	s.accept(conn, brw)
+	// Return at once, so that the HTTP server frees its per-connection
+	// state: an idle agent then costs only what its session keeps.
+	if !s.goTracked(func() {
+		if sess := s.accept(conn, brw); sess != nil {
+			// A fresh goroutine, with a small stack, waits for the agent's
+			// frames for as long as it stays attached; the handshake's
+			// deeper stack goes away with this one.
+			if !s.goTracked(sess.run) {
+				sess.run()
+			}
+		}
+	}) {
+		conn.Close()
+	}
+}
+
+// goTracked runs f on a new goroutine that Close waits for, unless the
+// server is closed.
+func (s *Server) goTracked(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Go(f)
+	return true
 }
 
 func headerHasToken(h http.Header, name, token string) bool {
@@ -238,21 +262,30 @@ func headerHasToken(h http.Header, name, token string) bool {
 func (s *Server) Accept(ctx context.Context, conn net.Conn, br *bufio.Reader) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	s.accept(conn, bufio.NewReadWriter(br, bufio.NewWriter(conn)))
+	done := make(chan struct{})
+	if !s.goTracked(func() {
+		defer close(done)
+		if sess := s.accept(conn, bufio.NewReadWriter(br, bufio.NewWriter(conn))); sess != nil {
+			sess.run()
+		}
+	}) {
+		conn.Close()
+		return
+	}
+	<-done
 }
 
-func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) {
+// accept authenticates the agent on conn and returns its registered
+// session, or closes conn and returns nil.
+func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) *session {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		conn.Close()
-		return
+		return nil
 	}
 	s.pending[conn] = struct{}{}
-	s.wg.Add(1)
 	s.mu.Unlock()
-	defer s.wg.Done()
-
 	sess, err := s.handshake(conn, brw)
 	s.mu.Lock()
 	delete(s.pending, conn)
@@ -260,9 +293,9 @@ func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) {
 	if err != nil {
 		s.log.Info("agent refused", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
-		return
+		return nil
 	}
-	sess.run()
+	return sess
 }
 
 // tlsState returns the TLS state of conn or of the connection it wraps.
@@ -363,7 +396,7 @@ func (s *Server) register(sess *session) error {
 	if s.closed {
 		return errors.New("relay is shutting down")
 	}
-	// From here Close reaches the session through s.sessions, with a
+	// From here Close reaches the session through the routing tables, with a
 	// go-away, rather than by closing its connection.
 	delete(s.pending, sess.conn)
 	var old *session
@@ -375,7 +408,6 @@ func (s *Server) register(sess *session) error {
 		old = s.clients[sess.addr]
 		s.clients[sess.addr] = sess
 	}
-	s.sessions[sess] = struct{}{}
 	if old != nil {
 		old.goAway(relayproto.GoAway{Reason: relayproto.GoAwayReplaced, Message: "a newer session of this agent attached"})
 	}
@@ -386,7 +418,6 @@ func (s *Server) register(sess *session) error {
 func (s *Server) unregister(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.sessions, sess)
 	if sess.role == relayproto.RoleDevice {
 		if s.devices[sess.addr.ID] == sess {
 			delete(s.devices, sess.addr.ID)
@@ -438,9 +469,6 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// ErrClosed is the cause of every session context ended by [Server.Close].
-var ErrClosed = errors.New("relay closed")
-
 // Close stops the listeners started by [Server.Serve], tells every attached
 // agent to go away, closes every connection and waits for every goroutine
 // the server started. It is idempotent.
@@ -457,14 +485,19 @@ func (s *Server) Close() error {
 	for c := range s.pending {
 		c.Close()
 	}
-	for sess := range s.sessions {
-		sess.goAway(relayproto.GoAway{Reason: relayproto.GoAwayShutdown, RetryAfterMillis: 500, Message: "relay is shutting down"})
+	// A session replaced by a newer one has had its go-away already.
+	bye := relayproto.GoAway{Reason: relayproto.GoAwayShutdown, RetryAfterMillis: 500, Message: "relay is shutting down"}
+	for sess := range maps.Values(s.devices) {
+		sess.goAway(bye)
+	}
+	for sess := range maps.Values(s.clients) {
+		sess.goAway(bye)
 	}
 	s.mu.Unlock()
-	s.cancel(ErrClosed)
 	for hs := range https {
 		hs.Close()
 	}
+	s.writers.close()
 	s.wg.Wait()
 	return nil
 }

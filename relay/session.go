@@ -2,50 +2,53 @@ package relay
 
 import (
 	"bufio"
-	"context"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
-// A session is one attached agent. The read loop (run) owns br and the
-// read side of conn; the write loop owns the write side.
+// A session is one attached agent. Its read loop (run) owns the read side
+// of conn; its send queue's writer owns the write side while it runs.
+//
+// An idle session holds no buffers and one goroutine, the read loop, which
+// waits for the first byte of the next frame with nothing but its own
+// five-byte header array. Buffers are borrowed from pools while frames
+// flow: a reader while the agent sends, a writer while frames wait for it.
 type session struct {
 	srv  *Server
 	conn net.Conn
-	br   *bufio.Reader
+	src  io.Reader       // bytes buffered by the upgrade, then conn
+	raw  syscall.RawConn // the socket under conn's TLS, if known
 	role relayproto.Role
 	addr relayproto.Addr // Instance is 0 for devices
 
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	sendq  chan outFrame // bounded; producers never block
+	q *sendQueue
+
+	endOnce sync.Once
+	ended   atomic.Pointer[error] // why the session ended; nil while it runs
 
 	goAwayOnce sync.Once
-	goAwayMsg  atomic.Pointer[relayproto.GoAway] // sent by the write loop before closing
+	goAwayMsg  atomic.Pointer[relayproto.GoAway] // sent as the session closes
 
 	start             time.Time
 	pktsIn, pktsOut   atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64
 	dropped           atomic.Uint64
-	readDeadlineAt    time.Time                  // owned by the read loop
-	writeDeadlineAt   time.Time                  // owned by the write loop
-	hdr               [relayproto.HeaderLen]byte // owned by the read loop
-}
 
-// An outFrame is queued for an agent's write loop. A packet frame carries
-// its whole encoding in buf (header included); control frames carry theirs
-// in ctl.
-type outFrame struct {
-	buf *[]byte // pooled; nil for a control frame
-	n   int     // valid bytes of *buf
-	ctl []byte
+	// Owned by the read loop.
+	readDeadline time.Time // the idle deadline in force
+	hdr          [relayproto.HeaderLen]byte
+	touched      []*session // queues pushed to since the last kick
+	// Owned by the queue's writer.
+	writeDeadlineAt time.Time
 }
 
 // packetBufLen holds the largest packet frame, header included.
@@ -53,105 +56,180 @@ const packetBufLen = relayproto.HeaderLen + relayproto.AddrLen + relayproto.MaxP
 
 var packetPool = sync.Pool{New: func() any { b := make([]byte, packetBufLen); return &b }}
 
-// writerPool holds the write buffers of sessions that are busy right now;
-// an idle session holds none.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+// readerPool and writerPool hold the buffers of sessions busy right now.
+// A reader holds a whole TLS record (16 KiB) and a frame.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 20<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+)
 
 func newSession(s *Server, conn net.Conn, br *bufio.Reader, role relayproto.Role, addr relayproto.Addr) *session {
 	sess := &session{
 		srv:   s,
 		conn:  conn,
-		br:    br,
+		src:   conn,
 		role:  role,
 		addr:  addr,
-		sendq: make(chan outFrame, s.queueLen),
 		start: time.Now(),
 	}
-	sess.ctx, sess.cancel = context.WithCancelCause(s.ctx)
+	// Keep what the upgrade's reader already holds, and not the reader.
+	if n := br.Buffered(); n > 0 {
+		pre, _ := br.Peek(n)
+		sess.src = io.MultiReader(bytes.NewReader(bytes.Clone(pre)), conn)
+	} else {
+		sess.raw = rawConnOf(conn)
+	}
+	sess.q = newSendQueue(s.queueLen, s.writers, sess.writeBatch, func(err error) {
+		sess.end(fmt.Errorf("write to agent: %w", err))
+	})
 	return sess
 }
 
-var (
-	errReplaced = errors.New("replaced by a newer session")
-	errIdle     = errors.New("no frame for 3 keepalive intervals")
-)
-
-// goAway makes the write loop send f and close the session.
-func (sess *session) goAway(f relayproto.GoAway) {
-	sess.goAwayOnce.Do(func() {
-		sess.goAwayMsg.Store(&f)
-		sess.cancel(fmt.Errorf("go-away: %s", f.Reason))
-	})
-}
-
-// run serves the session until it ends, then unregisters it and closes the
-// connection. It runs on the accepting goroutine.
-func (sess *session) run() {
-	s := sess.srv
-	log := s.log.With("agent", sess.role.String(), "id", sess.addr.ID.String(), "remote", sess.conn.RemoteAddr().String())
-	if sess.role == relayproto.RoleClient {
-		log = log.With("instance", fmt.Sprintf("%016x", sess.addr.Instance))
-	}
-	log.Info("agent attached")
-
-	writeDone := make(chan struct{})
-	go func() {
-		defer close(writeDone)
-		sess.writeLoop()
-	}()
-	err := sess.readLoop()
-	sess.cancel(err)
-	<-writeDone
-	sess.conn.Close()
-	s.unregister(sess)
-	// Return the buffers of frames nobody will write.
-	for {
-		select {
-		case f := <-sess.sendq:
-			if f.buf != nil {
-				packetPool.Put(f.buf)
-			}
-			continue
-		default:
-		}
-		break
-	}
-	cause := context.Cause(sess.ctx)
-	log.Info("agent detached",
-		"reason", cause.Error(),
-		"duration", time.Since(sess.start).Round(time.Millisecond).String(),
-		"packets_in", sess.pktsIn.Load(), "bytes_in", sess.bytesIn.Load(),
-		"packets_out", sess.pktsOut.Load(), "bytes_out", sess.bytesOut.Load(),
-		"dropped", sess.dropped.Load())
-}
-
-// readLoop reads frames until the connection fails or the session ends.
-func (sess *session) readLoop() error {
-	s := sess.srv
-	idle := 3 * s.keepAlive
-	stop := context.AfterFunc(sess.ctx, func() {
-		// Wake the blocked read now, and a blocked write soon: the write
-		// loop gets a moment to send a go-away.
+// end ends the session with cause, once: the blocked read wakes now, and
+// a blocked write soon, leaving the closing read loop a moment to send a
+// pending go-away.
+func (sess *session) end(cause error) {
+	sess.endOnce.Do(func() {
+		sess.ended.Store(&cause)
 		now := time.Now()
 		sess.conn.SetReadDeadline(now)
 		sess.conn.SetWriteDeadline(now.Add(time.Second))
 	})
-	defer stop()
+}
+
+// cause returns why the session ended, or nil while it runs.
+func (sess *session) cause() error {
+	if p := sess.ended.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+var errIdle = errors.New("no frame for 3 keepalive intervals")
+
+// goAway makes the session send f and close.
+func (sess *session) goAway(f relayproto.GoAway) {
+	sess.goAwayOnce.Do(func() {
+		sess.goAwayMsg.Store(&f)
+		sess.end(fmt.Errorf("go-away: %s", f.Reason))
+	})
+}
+
+// run serves the session until it ends, then unregisters it and closes the
+// connection.
+func (sess *session) run() {
+	sess.srv.log.Info("agent attached", sess.logAttrs()...)
+	sess.serve()
+}
+
+// errQuiet ends a read loop that found its agent idle (see readFirstByte).
+var errQuiet = errors.New("quiet")
+
+// serve runs the read loop. When the agent falls quiet, it hands the wait
+// for the next frame to a new goroutine that does only that, and returns:
+// a goroutine keeps the stack its deepest call needed, and the read loop's
+// is deep (TLS), while an idle agent's wait needs almost none. Thousands of
+// idle agents then cost a small stack each.
+func (sess *session) serve() {
+	err := sess.readLoop()
+	if err == errQuiet {
+		if sess.srv.goTracked(sess.waitAndServe) {
+			return
+		}
+		err = errors.New("relay is shutting down")
+	}
+	sess.finish(err)
+}
+
+// waitAndServe waits for the quiet agent's next bytes, then serves it.
+func (sess *session) waitAndServe() {
+	if err := waitReadable(sess.raw); err != nil {
+		sess.finish(sess.readErr(err))
+		return
+	}
+	sess.serve()
+}
+
+// finish ends the session with err: it unregisters it, sends a pending
+// go-away, closes the connection and logs.
+func (sess *session) finish(err error) {
+	s := sess.srv
+	sess.end(err)
+	s.unregister(sess)
+	sess.q.close() // waits for a running writer
+	if ga := sess.goAwayMsg.Load(); ga != nil {
+		p := relayproto.AppendGoAway(nil, *ga)
+		sess.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		sess.conn.Write(append(relayproto.AppendHeader(nil, relayproto.FrameGoAway, len(p)), p...))
+	}
+	sess.conn.Close()
+	s.log.Info("agent detached", append(sess.logAttrs(),
+		"reason", sess.cause().Error(),
+		"duration", time.Since(sess.start).Round(time.Millisecond).String(),
+		"packets_in", sess.pktsIn.Load(), "bytes_in", sess.bytesIn.Load(),
+		"packets_out", sess.pktsOut.Load(), "bytes_out", sess.bytesOut.Load(),
+		"dropped", sess.dropped.Load())...)
+}
+
+// logAttrs name the session in log lines. They are made when needed, not
+// kept: an idle session should hold nothing it does not use.
+func (sess *session) logAttrs() []any {
+	attrs := []any{"agent", sess.role.String(), "id", sess.addr.ID.String(), "remote", sess.conn.RemoteAddr().String()}
+	if sess.role == relayproto.RoleClient {
+		attrs = append(attrs, "instance", fmt.Sprintf("%016x", sess.addr.Instance))
+	}
+	return attrs
+}
+
+// readLoop reads frames until the connection fails or the session ends.
+// Frames for other agents are queued as they are read; their writers are
+// kicked once the frames at hand are done, before a read that may block,
+// so that a burst costs each destination one wake-up and one write.
+func (sess *session) readLoop() error {
+	s := sess.srv
+	idle := 3 * s.keepAlive
+	var br *bufio.Reader
+	defer func() {
+		if br != nil {
+			br.Reset(nil)
+			readerPool.Put(br)
+		}
+		sess.kick()
+	}()
 	for {
-		if now := time.Now(); now.Sub(sess.readDeadlineAt) > s.keepAlive/4 {
-			sess.conn.SetReadDeadline(now.Add(idle))
-			sess.readDeadlineAt = now
-			// The session may have ended just before the deadline moved.
-			if err := context.Cause(sess.ctx); err != nil {
+		if now := time.Now(); now.Add(idle).Sub(sess.readDeadline) > s.keepAlive/4 {
+			if err := sess.setReadDeadline(now.Add(idle)); err != nil {
 				return err
 			}
 		}
-		if _, err := io.ReadFull(sess.br, sess.hdr[:]); err != nil {
-			return sess.readErr(err)
+		if br == nil {
+			// Wait for the next frame holding no buffer.
+			sess.kick()
+			if err := sess.readFirstByte(); err != nil {
+				if err == errQuiet {
+					return err
+				}
+				return sess.readErr(err)
+			}
+			br = readerPool.Get().(*bufio.Reader)
+			br.Reset(sess.src)
+			if _, err := io.ReadFull(br, sess.hdr[1:]); err != nil {
+				return sess.readErr(err)
+			}
+		} else {
+			if br.Buffered() < relayproto.HeaderLen {
+				sess.kick()
+			}
+			if _, err := io.ReadFull(br, sess.hdr[:]); err != nil {
+				return sess.readErr(err)
+			}
 		}
 		t, n, err := relayproto.ParseHeader(sess.hdr[:])
 		if err != nil {
 			return err
+		}
+		if br.Buffered() < int(n) {
+			sess.kick()
 		}
 		switch t {
 		case relayproto.FrameSendPacket:
@@ -160,7 +238,7 @@ func (sess *session) readLoop() error {
 			}
 			bp := packetPool.Get().(*[]byte)
 			buf := (*bp)[:relayproto.HeaderLen+int(n)]
-			if _, err := io.ReadFull(sess.br, buf[relayproto.HeaderLen:]); err != nil {
+			if _, err := io.ReadFull(br, buf[relayproto.HeaderLen:]); err != nil {
 				packetPool.Put(bp)
 				return sess.readErr(err)
 			}
@@ -170,23 +248,89 @@ func (sess *session) readLoop() error {
 			if n != 8 {
 				return fmt.Errorf("%w: ping of %d bytes", relayproto.ErrMalformed, n)
 			}
-			if _, err := io.ReadFull(sess.br, p[:]); err != nil {
+			if _, err := io.ReadFull(br, p[:]); err != nil {
 				return sess.readErr(err)
 			}
-			sess.sendControl(append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+8), relayproto.FramePong, 8), p[:]...))
+			sess.sendControl(sess, append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+8), relayproto.FramePong, 8), p[:]...))
 		default:
 			// Pongs and frame types this relay does not know are skipped
 			// without allocating.
-			if _, err := sess.br.Discard(int(n)); err != nil {
+			if _, err := br.Discard(int(n)); err != nil {
 				return sess.readErr(err)
 			}
+		}
+		if br.Buffered() == 0 {
+			br.Reset(nil)
+			readerPool.Put(br)
+			br = nil
 		}
 	}
 }
 
+// idleProbe is how long a session waits for a frame inside its TLS read
+// before it counts as idle and waits on its socket instead.
+const idleProbe = 2 * time.Second
+
+// setReadDeadline moves the idle deadline. The session may have ended just
+// before, its wake-up undone by the move: then it returns why it ended.
+func (sess *session) setReadDeadline(t time.Time) error {
+	sess.conn.SetReadDeadline(t)
+	sess.readDeadline = t
+	return sess.cause()
+}
+
+// readFirstByte reads the first byte of the next frame into hdr[0]. After
+// idleProbe without one it returns errQuiet, if the session can then wait
+// on its socket (waitReadable): TLS then holds no complete record, and the
+// rest of a partial one must come from the socket.
+func (sess *session) readFirstByte() error {
+	if sess.raw != nil {
+		probe := time.Now().Add(idleProbe)
+		if sess.readDeadline.Before(probe) {
+			probe = sess.readDeadline
+		}
+		sess.conn.SetReadDeadline(probe)
+		if err := sess.cause(); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(sess.src, sess.hdr[:1])
+		if err == nil {
+			return sess.setReadDeadline(sess.readDeadline)
+		}
+		if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() || time.Now().After(sess.readDeadline) {
+			return err
+		}
+		if err := sess.setReadDeadline(sess.readDeadline); err != nil {
+			return err
+		}
+		return errQuiet
+	}
+	_, err := io.ReadFull(sess.src, sess.hdr[:1])
+	return err
+}
+
+// kick starts the writers of the queues pushed to since the last kick.
+func (sess *session) kick() {
+	for i, to := range sess.touched {
+		to.q.kick()
+		sess.touched[i] = nil
+	}
+	sess.touched = sess.touched[:0]
+}
+
+// touch notes that a frame was queued for to.
+func (sess *session) touch(to *session) {
+	for _, t := range sess.touched {
+		if t == to {
+			return
+		}
+	}
+	sess.touched = append(sess.touched, to)
+}
+
 // readErr turns a read error into the session's end cause.
 func (sess *session) readErr(err error) error {
-	if cause := context.Cause(sess.ctx); cause != nil {
+	if cause := sess.cause(); cause != nil {
 		return cause
 	}
 	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
@@ -216,91 +360,61 @@ func (sess *session) forward(bp *[]byte, buf []byte) {
 		packetPool.Put(bp)
 		s.gone.Add(1)
 		p := relayproto.AppendPeerGone(relayproto.AppendHeader(make([]byte, 0, 64), relayproto.FramePeerGone, relayproto.AddrLen+9), gone)
-		sess.sendControl(p)
+		sess.sendControl(sess, p)
 		return
 	}
 	// Rewrite the frame in place: header, then the source address where
 	// the destination was. The packet bytes do not move.
 	relayproto.AppendPacketHeader(buf[:0], relayproto.FrameRecvPacket, sess.addr, pktLen)
-	select {
-	case to.sendq <- outFrame{buf: bp, n: len(buf)}:
-		s.forwarded.Add(1)
-		s.forwardedBytes.Add(uint64(pktLen))
-	default:
+	if !to.q.push(outFrame{buf: bp, n: len(buf)}) {
 		packetPool.Put(bp)
 		to.dropped.Add(1)
 		s.dropped.Add(1)
+		return
 	}
+	sess.touch(to)
+	s.forwarded.Add(1)
+	s.forwardedBytes.Add(uint64(pktLen))
 }
 
-// sendControl queues a control frame, dropping it if the queue is full:
-// every control frame is advisory or repeated.
-func (sess *session) sendControl(b []byte) {
-	select {
-	case sess.sendq <- outFrame{ctl: b}:
-	default:
-		sess.dropped.Add(1)
+// sendControl queues a control frame for to, dropping it if the queue is
+// full: every control frame is advisory or repeated.
+func (sess *session) sendControl(to *session, b []byte) {
+	if !to.q.push(outFrame{ctl: b}) {
+		to.dropped.Add(1)
 		sess.srv.dropped.Add(1)
+		return
 	}
+	sess.touch(to)
 }
 
-// writeLoop writes queued frames, batching whatever is queued into one
-// flush, until the session ends; then it sends a pending go-away.
-func (sess *session) writeLoop() {
-	for sess.ctx.Err() == nil {
-		select {
-		case f := <-sess.sendq:
-			if err := sess.writeBatch(f); err != nil {
-				sess.cancel(err)
-			}
-		case <-sess.ctx.Done():
-		}
-	}
-	if ga := sess.goAwayMsg.Load(); ga != nil {
-		p := relayproto.AppendGoAway(nil, *ga)
-		sess.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		sess.conn.Write(append(relayproto.AppendHeader(nil, relayproto.FrameGoAway, len(p)), p...))
-	}
-	sess.conn.Close()
-}
-
-// writeBatch writes f and every frame queued behind it, then flushes once.
-// The write buffer is borrowed only for the batch.
-func (sess *session) writeBatch(f outFrame) error {
+// writeBatch writes a batch of frames with one flush; the write buffer is
+// borrowed only for the batch. It runs on the queue's writer.
+func (sess *session) writeBatch(batch []outFrame) error {
+	var err error
 	if now := time.Now(); now.Sub(sess.writeDeadlineAt) > sess.srv.keepAlive/4 {
 		sess.conn.SetWriteDeadline(now.Add(3 * sess.srv.keepAlive))
 		sess.writeDeadlineAt = now
-		if err := context.Cause(sess.ctx); err != nil {
-			return err
-		}
+		err = sess.cause()
 	}
 	w := writerPool.Get().(*bufio.Writer)
 	w.Reset(sess.conn)
-	defer func() {
-		w.Reset(nil)
-		writerPool.Put(w)
-	}()
-	for {
-		if err := sess.writeFrame(w, f); err != nil {
-			return err
+	for _, f := range batch {
+		if err == nil {
+			if f.buf == nil {
+				_, err = w.Write(f.ctl)
+			} else {
+				_, err = w.Write((*f.buf)[:f.n])
+				sess.pktsOut.Add(1)
+				sess.bytesOut.Add(uint64(f.n - relayproto.HeaderLen - relayproto.AddrLen))
+			}
 		}
-		select {
-		case f = <-sess.sendq:
-			continue
-		default:
-		}
-		return w.Flush()
+		f.release()
 	}
-}
-
-func (sess *session) writeFrame(w *bufio.Writer, f outFrame) error {
-	if f.buf == nil {
-		_, err := w.Write(f.ctl)
-		return err
+	if err == nil {
+		err = w.Flush()
 	}
-	_, err := w.Write((*f.buf)[:f.n])
-	sess.pktsOut.Add(1)
-	sess.bytesOut.Add(uint64(f.n - relayproto.HeaderLen - relayproto.AddrLen))
-	packetPool.Put(f.buf)
+	w.Reset(nil)
+	writerPool.Put(w)
 	return err
 }

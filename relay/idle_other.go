@@ -1,0 +1,13 @@
+//go:build !unix
+
+package relay
+
+import (
+	"net"
+	"syscall"
+)
+
+// rawConnOf returns nil here: sessions wait inside their TLS read.
+func rawConnOf(net.Conn) syscall.RawConn { return nil }
+
+func waitReadable(syscall.RawConn) error { panic("unreachable") }
