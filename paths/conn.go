@@ -41,6 +41,41 @@ func (a Addr) String() string {
 	return fmt.Sprintf("%s/%016x", a.ID, a.Instance)
 }
 
+// A peer is the [net.Addr] that ReadFrom returns for an Addr. Peers are
+// interned, so that reading a packet allocates nothing, and carry their
+// string, because QUIC compares addresses that are not UDP by String.
+type peer struct {
+	addr Addr
+	str  string
+}
+
+func (p *peer) Network() string { return "burrow" }
+func (p *peer) String() string  { return p.str }
+
+// maxPeers bounds the interned peers; past it the table starts afresh,
+// which is safe because peers are compared by String, not identity.
+const maxPeers = 4096
+
+// peerOf returns the interned peer for a.
+func (c *Conn) peerOf(a Addr) *peer {
+	c.peersMu.RLock()
+	p := c.peers[a]
+	c.peersMu.RUnlock()
+	if p != nil {
+		return p
+	}
+	c.peersMu.Lock()
+	defer c.peersMu.Unlock()
+	if p = c.peers[a]; p == nil {
+		if len(c.peers) >= maxPeers {
+			c.peers = make(map[Addr]*peer)
+		}
+		p = &peer{addr: a, str: a.String()}
+		c.peers[a] = p
+	}
+	return p
+}
+
 // RelayConfig says which relay an agent attaches to and how it checks it.
 type RelayConfig struct {
 	// Addr is the relay's host:port. Required.
@@ -134,6 +169,9 @@ type Conn struct {
 
 	readDeadline deadline
 
+	peersMu sync.RWMutex
+	peers   map[Addr]*peer // guarded by peersMu
+
 	sent, received, dropped atomic.Uint64
 }
 
@@ -141,7 +179,7 @@ type Conn struct {
 type inPacket struct {
 	buf      *[]byte
 	off, end int
-	from     Addr
+	from     *peer
 }
 
 // ErrClosed is returned by a closed [Conn]'s methods; it matches net.ErrClosed.
@@ -174,6 +212,7 @@ func Listen(cfg Config) (*Conn, error) {
 		recvq:        make(chan inPacket, cfg.QueueLen),
 		changed:      make(chan struct{}),
 		readDeadline: makeDeadline(),
+		peers:        make(map[Addr]*peer),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -247,8 +286,13 @@ func (c *Conn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	if c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
-	dst, ok := addr.(Addr)
-	if !ok {
+	var dst Addr
+	switch a := addr.(type) {
+	case Addr:
+		dst = a
+	case *peer:
+		dst = a.addr
+	default:
 		return 0, fmt.Errorf("paths: address %v is %T, want paths.Addr", addr, addr)
 	}
 	if len(p) > relayproto.MaxPacketLen {

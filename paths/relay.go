@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -418,7 +419,7 @@ func (rs *relaySession) readLoop(c *Conn) error {
 				return rs.readErr(err)
 			}
 			src, _ := relayproto.ParseAddr(buf)
-			c.deliver(inPacket{buf: bp, off: relayproto.AddrLen, end: int(n), from: Addr(src)})
+			c.deliver(inPacket{buf: bp, off: relayproto.AddrLen, end: int(n), from: c.peerOf(Addr(src))})
 		case relayproto.FramePeerGone:
 			p := make([]byte, n)
 			if _, err := io.ReadFull(rs.br, p); err != nil {
@@ -536,6 +537,7 @@ func (rs *relaySession) writeBatch(bp *[]byte) error {
 		w.Reset(nil)
 		writerPool.Put(w)
 	}()
+	yielded := false
 	for {
 		if bp == flushMarker {
 			err := w.Flush()
@@ -552,8 +554,22 @@ func (rs *relaySession) writeBatch(bp *[]byte) error {
 		}
 		select {
 		case bp = <-rs.sendq:
+			yielded = false
 			continue
 		default:
+		}
+		// Let the producers (the E2E sessions) run once before paying a
+		// TLS record and a syscall: under load they queue more packets,
+		// and when idle this costs nothing.
+		if !yielded {
+			yielded = true
+			runtime.Gosched()
+			select {
+			case bp = <-rs.sendq:
+				yielded = false
+				continue
+			default:
+			}
 		}
 		return w.Flush()
 	}
