@@ -41,6 +41,7 @@ the device owner must grant access to, is printed by "burrow id".`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			agentProcs()
 			log, err := g.logger()
 			if err != nil {
 				return err

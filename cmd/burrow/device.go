@@ -39,6 +39,7 @@ The configuration is YAML; an unknown key is an error:
 Deny by default: a client that is not listed reaches nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			agentProcs()
 			if configPath == "" {
 				return usageError(cmd, "--config is required")
 			}

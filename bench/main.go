@@ -1,0 +1,218 @@
+// Command bench measures burrow against the limits of the machine it runs
+// on. It builds the burrow binary, starts relay, device and client agents
+// as separate processes on loopback, drives them with a built-in load
+// generator, and measures, in the same run, three references that make the
+// figures comparable across machines:
+//
+//	raw      the same load straight over loopback TCP
+//	two-hop  through two plain io.Copy forwarders (client → hop → hop → server)
+//	tls-hop  through a forwarder that takes TLS 1.3 in and sends TLS 1.3 out
+//
+// Every scenario runs at least three times; the table gives min / median /
+// max and the ratio to raw, and a JSON file keeps every sample.
+//
+//	go run ./bench              # about 4 minutes
+//	go run ./bench -quick       # under a minute: shorter runs, fewer
+//	                            # samples, no cross-compiled binary sizes
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+type options struct {
+	quick    bool
+	runs     int
+	out      string
+	duration time.Duration // one throughput run of burrow
+	refDur   time.Duration // one throughput run of a reference
+	warmup   time.Duration
+	conns    int           // sequential connections for connect latency
+	cold     int           // cold connects
+	rr       int           // request/response round trips
+	tunnels  int           // concurrent idle tunnels
+	devices  int           // simulated idle devices
+	devRuns  int           // runs of the simulated-device scenario
+	settle   time.Duration // wait before measuring memory at rest
+	gap      time.Duration // between memory samples
+	sizes    bool          // build for small targets (slow on a cold cache)
+	only     string        // comma-separated steps to run; empty runs all
+	profile  string        // directory for CPU profiles of the burrow processes
+}
+
+func main() {
+	if runChild(os.Args[1:]) {
+		return
+	}
+	var o options
+	flag.BoolVar(&o.quick, "quick", false, "shorter runs and fewer samples: under a minute")
+	flag.IntVar(&o.runs, "runs", 3, "runs of each throughput scenario")
+	flag.StringVar(&o.out, "out", "bench-results.json", "where to write every sample as JSON")
+	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices)")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
+	flag.Parse()
+	o.duration, o.refDur, o.warmup = 10*time.Second, 5*time.Second, time.Second
+	o.conns, o.cold, o.rr, o.tunnels, o.devices, o.devRuns = 1000, 10, 5000, 1000, 10000, o.runs
+	o.settle, o.gap, o.sizes = 2*time.Second, time.Second, true
+	if o.quick {
+		o.duration, o.refDur, o.warmup = time.Second, 500*time.Millisecond, 300*time.Millisecond
+		o.conns, o.cold, o.rr, o.tunnels, o.devices, o.devRuns = 300, 3, 1000, 1000, 1000, 1
+		o.settle, o.gap, o.sizes = time.Second, 300*time.Millisecond, false
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// bench holds what a run has set up.
+type bench struct {
+	o       options
+	dir     string
+	burrow  string // path of the built binary
+	self    string // path of this program, for child modes
+	svc     *services
+	results []result
+	procs   []*proc
+}
+
+func run(o options) error {
+	start := time.Now()
+	if _, err := os.Stat("cmd/burrow"); err != nil {
+		return fmt.Errorf("run the benchmark from the repository root (go run ./bench): %w", err)
+	}
+	dir, err := os.MkdirTemp("", "burrow-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, dir: dir, burrow: filepath.Join(dir, "burrow"), self: self}
+	defer b.stopAll()
+
+	step("building burrow")
+	if out, err := exec.Command("go", "build", "-trimpath", "-o", b.burrow, "./cmd/burrow").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	cert, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	if b.svc, err = startServices(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}); err != nil {
+		return err
+	}
+	defer b.svc.close()
+
+	ctx := context.Background()
+	steps := []struct {
+		key, name string
+		f         func(context.Context) error
+	}{
+		{"footprint", "footprint (scenario 7)", b.footprint},
+		{"", "burrow agents", b.startBurrow},
+		{"idle", "idle memory (scenario 5)", b.idleMemory},
+		{"latency", "connect latency (scenario 2)", b.connectLatency},
+		{"rr", "request/response latency (scenario 3)", b.requestResponse},
+		{"tunnels", "1,000 idle tunnels (scenario 5)", b.idleTunnels},
+		{"throughput", "throughput and CPU per GB (scenarios 1, 4)", b.throughput},
+		{"devices", "relay cost per idle device (scenario 6)", b.relayPerDevice},
+	}
+	for _, s := range steps {
+		if o.only != "" && s.key != "" && !slices.Contains(strings.Split(o.only, ","), s.key) {
+			continue
+		}
+		step(s.name)
+		if err := s.f(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	b.report(os.Stdout, time.Since(start))
+	return b.writeJSON()
+}
+
+func step(s string) { fmt.Fprintf(os.Stderr, "bench: %s\n", s) }
+
+func (b *bench) start(name string, path string, args ...string) (*proc, error) {
+	var env []string
+	if b.o.profile != "" && path == b.burrow {
+		env = append(env, "BURROW_CPUPROFILE="+filepath.Join(b.o.profile, strings.ReplaceAll(name, " ", "-")+".pprof"))
+	}
+	p, err := startProc(name, path, env, args...)
+	if err != nil {
+		return nil, err
+	}
+	b.procs = append(b.procs, p)
+	return p, nil
+}
+
+func (b *bench) stopAll() {
+	for _, p := range b.procs {
+		p.stop()
+	}
+	b.procs = nil
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+var (
+	reListening      = regexp.MustCompile(`^listening on (\S+)$`)
+	reRelayListening = regexp.MustCompile(`msg="relay listening"`)
+	reHop            = regexp.MustCompile(`^listening (\S+)$`)
+	reAttached       = regexp.MustCompile(`msg="attached to relay"`)
+	reSim            = regexp.MustCompile(`^attached (\d+)$`)
+)
+
+// idOf runs a burrow command that prints an ID.
+func (b *bench) idOf(args ...string) (string, error) {
+	out, err := exec.Command(b.burrow, args...).Output()
+	if err != nil {
+		return "", fmt.Errorf("burrow %s: %w", strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// writeJSON writes every result with its samples.
+func (b *bench) writeJSON() error {
+	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	doc := map[string]any{
+		"date":    time.Now().UTC().Format(time.RFC3339),
+		"commit":  strings.TrimSpace(string(commit)),
+		"go":      runtime.Version(),
+		"cpus":    runtime.NumCPU(),
+		"quick":   b.o.quick,
+		"results": b.results,
+	}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(b.o.out, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: every sample is in %s\n", b.o.out)
+	return nil
+}

@@ -1,0 +1,473 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// burrowSetup is the relay, the device and the connect processes.
+type burrowSetup struct {
+	relay, device         *proc
+	relayAddr, relayID    string
+	deviceID, clientKey   string
+	source, greeter, echo *connect
+}
+
+type connect struct {
+	p    *proc
+	addr string
+}
+
+// connect starts "burrow connect" to service and waits until it listens.
+func (b *bench) connect(s *burrowSetup, service string) (*connect, error) {
+	p, err := b.start("connect "+service, b.burrow, "connect", s.deviceID, service,
+		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey)
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.waitFor(reListening, 15*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &connect{p: p, addr: m[1]}, nil
+}
+
+var setup *burrowSetup
+
+// startBurrow starts a relay admitting one device, that device serving the
+// benchmark's services to one client, and a connect process per service.
+func (b *bench) startBurrow(ctx context.Context) error {
+	s := &burrowSetup{clientKey: filepath.Join(b.dir, "client.key")}
+	relayData := filepath.Join(b.dir, "relay")
+	var err error
+	if s.relayID, err = b.idOf("relay", "id", "--data", relayData); err != nil {
+		return err
+	}
+	if s.deviceID, err = b.idOf("id", "--identity", filepath.Join(b.dir, "device.key")); err != nil {
+		return err
+	}
+	clientID, err := b.idOf("id", "--identity", s.clientKey)
+	if err != nil {
+		return err
+	}
+	devices := filepath.Join(b.dir, "devices")
+	if err := os.WriteFile(devices, []byte(s.deviceID+"\n"), 0o600); err != nil {
+		return err
+	}
+	if s.relayAddr, err = freePort(); err != nil {
+		return err
+	}
+	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices); err != nil {
+		return err
+	}
+	if _, err := s.relay.waitFor(reRelayListening, 15*time.Second); err != nil {
+		return err
+	}
+	cfg := filepath.Join(b.dir, "device.yaml")
+	err = os.WriteFile(cfg, fmt.Appendf(nil, `relay: %s
+relay_id: %s
+identity: device.key
+services:
+  source: %s
+  greeter: %s
+  echo: %s
+clients:
+  %s: ["*"]
+`, s.relayAddr, s.relayID, b.svc.source, b.svc.greeter, b.svc.echo, clientID), 0o600)
+	if err != nil {
+		return err
+	}
+	if s.device, err = b.start("device", b.burrow, "device", "--config", cfg); err != nil {
+		return err
+	}
+	if _, err := s.device.waitFor(reAttached, 15*time.Second); err != nil {
+		return err
+	}
+	// Scenario 7: the device agent's idle footprint, attached and serving
+	// no one yet.
+	time.Sleep(b.o.settle)
+	idle, err := rssSamples(s.device.pid(), 3, b.o.gap)
+	if err != nil {
+		return err
+	}
+	b.add(result{Scenario: "7. device agent idle RSS", Setup: "device", Unit: "MiB", Samples: mib(idle),
+		Target: "< 16 MiB", check: below(16)})
+
+	for _, svc := range []struct {
+		name string
+		to   **connect
+	}{{"source", &s.source}, {"greeter", &s.greeter}, {"echo", &s.echo}} {
+		if *svc.to, err = b.connect(s, svc.name); err != nil {
+			return err
+		}
+	}
+	setup = s
+	return nil
+}
+
+// rssSamples reads the RSS of pid n times, gap apart.
+func rssSamples(pid, n int, gap time.Duration) ([]float64, error) {
+	var out []float64
+	for i := range n {
+		if i > 0 {
+			time.Sleep(gap)
+		}
+		v, err := rss(pid)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, float64(v))
+	}
+	return out, nil
+}
+
+func mib(bs []float64) []float64 {
+	out := make([]float64, len(bs))
+	for i, v := range bs {
+		out[i] = v / (1 << 20)
+	}
+	return out
+}
+
+// footprint builds stripped device binaries for small targets.
+func (b *bench) footprint(ctx context.Context) error {
+	if !b.o.sizes {
+		fmt.Fprintln(os.Stderr, "bench:   (binary sizes are measured without -quick)")
+		return nil
+	}
+	for _, t := range []struct{ goos, goarch, goarm, target string }{
+		{"linux", "arm", "7", "< 12 MB"},
+		{"linux", "arm64", "", ""},
+		{"linux", "mipsle", "", ""},
+	} {
+		out := filepath.Join(b.dir, "burrow-"+t.goarch)
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/burrow")
+		cmd.Env = append(os.Environ(), "GOOS="+t.goos, "GOARCH="+t.goarch, "GOARM="+t.goarm, "CGO_ENABLED=0")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build for %s/%s: %v\n%s", t.goos, t.goarch, err, msg)
+		}
+		fi, err := os.Stat(out)
+		if err != nil {
+			return err
+		}
+		name := t.goos + "/" + t.goarch
+		if t.goarm != "" {
+			name += " (GOARM=" + t.goarm + ")"
+		}
+		r := result{Scenario: "7. stripped binary size", Setup: name, Unit: "MB", Samples: []float64{float64(fi.Size()) / 1e6}}
+		if t.target != "" {
+			r.Target, r.check = t.target, below(12)
+		}
+		b.add(r)
+	}
+	return nil
+}
+
+// idleMemory measures each process at rest after one tunnel has been used.
+func (b *bench) idleMemory(ctx context.Context) error {
+	if _, err := requestResponse(ctx, tcpDialer(setup.echo.addr), 10); err != nil {
+		return err
+	}
+	time.Sleep(b.o.settle)
+	for _, p := range []struct {
+		name string
+		p    *proc
+	}{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.echo.p}} {
+		s, err := rssSamples(p.p.pid(), 3, b.o.gap)
+		if err != nil {
+			return err
+		}
+		b.add(result{Scenario: "5. RSS at idle", Setup: p.name, Unit: "MiB", Samples: mib(s)})
+	}
+	return nil
+}
+
+// connectLatency measures fresh connections: raw, through a warm session,
+// and the first connection of a new client (cold: handshake included).
+func (b *bench) connectLatency(ctx context.Context) error {
+	type series struct {
+		setup string
+		dial  dialer
+	}
+	warm := tcpDialer(setup.greeter.addr)
+	if _, err := connectLatency(ctx, warm, 20); err != nil {
+		return err
+	}
+	for _, s := range []series{{"raw", tcpDialer(b.svc.greeter)}, {"burrow (warm)", warm}} {
+		var p50, p99 []float64
+		for range b.o.runs {
+			ds, err := connectLatency(ctx, s.dial, b.o.conns)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.setup, err)
+			}
+			p50 = append(p50, micros(percentile(ds, 50)))
+			p99 = append(p99, micros(percentile(ds, 99)))
+		}
+		r50 := result{Scenario: "2. connect latency p50", Setup: s.setup, Unit: "µs", Samples: p50, lowerBetter: true}
+		if s.setup != "raw" {
+			r50.Target, r50.check = "≤ 12 × raw", ratioAtMost(12)
+		}
+		b.add(r50)
+		b.add(result{Scenario: "2. connect latency p99", Setup: s.setup, Unit: "µs", Samples: p99, lowerBetter: true})
+	}
+	var cold []float64
+	for range b.o.cold {
+		c, err := b.connect(setup, "greeter")
+		if err != nil {
+			return err
+		}
+		ds, err := connectLatency(ctx, tcpDialer(c.addr), 1)
+		c.p.stop()
+		if err != nil {
+			return fmt.Errorf("cold: %w", err)
+		}
+		cold = append(cold, micros(ds[0]))
+	}
+	b.add(result{Scenario: "2. connect latency, cold", Setup: "burrow (cold)", Unit: "µs", Samples: cold, lowerBetter: true})
+	return nil
+}
+
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// requestResponse measures 64-byte round trips on an open tunnel.
+func (b *bench) requestResponse(ctx context.Context) error {
+	for _, s := range []struct {
+		setup string
+		addr  string
+	}{{"raw", b.svc.echo}, {"burrow", setup.echo.addr}} {
+		var p50, p99 []float64
+		for range b.o.runs {
+			ds, err := requestResponse(ctx, tcpDialer(s.addr), b.o.rr)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.setup, err)
+			}
+			p50 = append(p50, micros(percentile(ds, 50)))
+			p99 = append(p99, micros(percentile(ds, 99)))
+		}
+		b.add(result{Scenario: "3. 64-byte round trip p50", Setup: s.setup, Unit: "µs", Samples: p50, lowerBetter: true})
+		b.add(result{Scenario: "3. 64-byte round trip p99", Setup: s.setup, Unit: "µs", Samples: p99, lowerBetter: true})
+	}
+	return nil
+}
+
+// idleTunnels opens many tunnels, each proven to work end to end, leaves
+// them idle and measures every process.
+func (b *bench) idleTunnels(ctx context.Context) error {
+	conns := make([]net.Conn, 0, b.o.tunnels)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	one := make([]byte, 1)
+	for range b.o.tunnels {
+		c, err := net.Dial("tcp", setup.echo.addr)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(one); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			return fmt.Errorf("tunnel %d: %w", len(conns), err)
+		}
+	}
+	time.Sleep(b.o.settle)
+	for _, p := range []struct {
+		name string
+		p    *proc
+	}{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.echo.p}} {
+		s, err := rssSamples(p.p.pid(), 3, b.o.gap)
+		if err != nil {
+			return err
+		}
+		b.add(result{Scenario: "5. RSS with " + strconv.Itoa(b.o.tunnels) + " idle tunnels", Setup: p.name, Unit: "MiB",
+			Samples: mib(s), Target: "< 60 MiB", check: below(60)})
+	}
+	return nil
+}
+
+// throughput measures one and four connections reading from a source, for
+// raw, the two references and burrow, with the CPU each forwarding process
+// spends per GB.
+func (b *bench) throughput(ctx context.Context) error {
+	hop2, err := b.start("hop 2", b.self, "hop", "-to", b.svc.source)
+	if err != nil {
+		return err
+	}
+	m, err := hop2.waitFor(reHop, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	hop1, err := b.start("hop 1", b.self, "hop", "-to", m[1])
+	if err != nil {
+		return err
+	}
+	if m, err = hop1.waitFor(reHop, 10*time.Second); err != nil {
+		return err
+	}
+	twoHop := m[1]
+	tlsHop, err := b.start("tls hop", b.self, "tlshop", "-to", b.svc.tlsSource)
+	if err != nil {
+		return err
+	}
+	if m, err = tlsHop.waitFor(reHop, 10*time.Second); err != nil {
+		return err
+	}
+	tlsAddr := m[1]
+	clientTLS := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}
+
+	type setupT struct {
+		name  string
+		dial  dialer
+		d     time.Duration
+		limit float64 // bits per second; 0: as fast as it goes
+		cpu   []measured
+	}
+	setups := []setupT{
+		{"raw", tcpDialer(b.svc.source), b.o.refDur, 0, nil},
+		{"two-hop", tcpDialer(twoHop), b.o.refDur, 0, []measured{{"hop 1", hop1}, {"hop 2", hop2}}},
+		{"tls-hop", tlsDialer(tlsAddr, clientTLS), b.o.refDur, 0, []measured{{"tls hop", tlsHop}}},
+		{"burrow", tcpDialer(setup.source.addr), b.o.duration, 0,
+			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.source.p}}},
+	}
+	for _, conns := range []int{1, 4} {
+		var burrowRate float64
+		for _, s := range setups {
+			rate, err := b.measureThroughput(ctx, conns, s.name, s.dial, s.d, s.limit, s.cpu)
+			if err != nil {
+				return err
+			}
+			if s.name == "burrow" {
+				burrowRate = rate
+			}
+		}
+		// The TLS forwarder again, held to burrow's rate: a process that
+		// waits between bursts pays a wake-up for each, which one running
+		// flat out does not. This is the like-for-like reference for the
+		// relay's CPU per GB.
+		held := setups[2]
+		if _, err := b.measureThroughput(ctx, conns, "tls-hop at burrow's rate", held.dial, held.d, burrowRate, held.cpu); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type measured struct {
+	name string
+	p    *proc
+}
+
+// measureThroughput runs one throughput setup b.o.runs times, adds its
+// rows, and returns its median rate in bits per second.
+func (b *bench) measureThroughput(ctx context.Context, conns int, name string, dial dialer, d time.Duration, limit float64, procs []measured) (float64, error) {
+	var rates []float64
+	cpu := make([][]float64, len(procs))
+	for range b.o.runs {
+		used := make([]time.Duration, len(procs))
+		window := func(start bool) {
+			for i, m := range procs {
+				t, _ := cpuTime(m.p.pid())
+				if start {
+					used[i] = t
+				} else {
+					used[i] = t - used[i]
+				}
+			}
+		}
+		bps, moved, err := throughput(ctx, dial, conns, b.o.warmup, d, limit, window)
+		if err != nil {
+			return 0, fmt.Errorf("%s, %d connections: %w", name, conns, err)
+		}
+		rates = append(rates, bps/1e9)
+		for i := range procs {
+			cpu[i] = append(cpu[i], used[i].Seconds()/(float64(moved)/1e9))
+		}
+	}
+	r := result{Scenario: fmt.Sprintf("1. throughput, %d connection%s", conns, plural(conns)), Setup: name, Unit: "Gbit/s", Samples: rates}
+	if name == "burrow" && conns == 1 {
+		r.Target, r.check = "≥ 0.08 × raw", ratioAtLeast(0.08)
+	}
+	b.add(r)
+	median := b.results[len(b.results)-1].Median * 1e9
+	for i, m := range procs {
+		cr := result{Scenario: fmt.Sprintf("4. CPU per GB, %d connection%s", conns, plural(conns)), Setup: name + ": " + m.name,
+			Unit: "CPU s/GB", Samples: cpu[i], lowerBetter: true}
+		if m.name == "relay" {
+			cr.Target, cr.check = "≤ 1.5 × tls-hop", againstSetup("tls-hop: tls hop", 1.5)
+		}
+		b.add(cr)
+	}
+	return median, nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// relayPerDevice measures the RSS a fresh relay gains per attached idle
+// device, with simulated devices: each a real TCP+TLS relay session.
+func (b *bench) relayPerDevice(ctx context.Context) error {
+	addr, err := freePort()
+	if err != nil {
+		return err
+	}
+	data := filepath.Join(b.dir, "relay-open")
+	id, err := b.idOf("relay", "id", "--data", data)
+	if err != nil {
+		return err
+	}
+	var before, after []float64
+	var n int
+	for run := range b.o.devRuns {
+		// A fresh relay each run, so that no run inherits another's heap.
+		relay, err := b.start("open relay", b.burrow, "relay", "--listen", addr, "--data", data, "--open", "--log-level", "warn")
+		if err != nil {
+			return err
+		}
+		time.Sleep(b.o.settle)
+		rss0, err := rss(relay.pid())
+		if err != nil {
+			return err
+		}
+		sim, err := b.start("simulated devices", b.self, "simdevices", "-n", strconv.Itoa(b.o.devices), "-relay", addr, "-relay-id", id)
+		if err != nil {
+			return err
+		}
+		m, err := sim.waitFor(reSim, 4*time.Minute)
+		if err != nil {
+			return err
+		}
+		n, _ = strconv.Atoi(m[1])
+		time.Sleep(b.o.settle + time.Second)
+		rss1, err := rss(relay.pid())
+		if err != nil {
+			return err
+		}
+		sim.stop()
+		relay.stop()
+		before, after = append(before, float64(rss0)), append(after, float64(rss1))
+		fmt.Fprintf(os.Stderr, "bench:   run %d: relay RSS %.1f → %.1f MiB with %d devices\n", run+1, float64(rss0)/(1<<20), float64(rss1)/(1<<20), n)
+	}
+	per := make([]float64, len(before))
+	for i := range before {
+		per[i] = (after[i] - before[i]) / float64(n) / 1024
+	}
+	b.add(result{Scenario: fmt.Sprintf("6. relay RSS per attached idle device (%d devices)", n), Setup: "relay", Unit: "KiB",
+		Samples: per, lowerBetter: true, Target: "≤ 16 KiB", check: below(16)})
+	return nil
+}
