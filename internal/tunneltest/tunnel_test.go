@@ -21,6 +21,7 @@ import (
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/israce"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
@@ -698,7 +699,7 @@ func TestSlowReader(t *testing.T) {
 	if beside < alone/2 {
 		t.Fatalf("a stalled tunnel slowed another from %.1f to %.1f MiB/s", alone, beside)
 	}
-	if !raceEnabled && beside < 10 {
+	if !israce.Enabled && beside < 10 {
 		t.Fatalf("second tunnel moved %.1f MiB/s beside a stalled one, want at least 10", beside)
 	}
 }
