@@ -141,7 +141,7 @@ func simDevicesMain(args []string) error {
 	n := fs.Int("n", 1000, "")
 	relayAddr := fs.String("relay", "", "")
 	relayID := fs.String("relay-id", "", "")
-	concurrency := fs.Int("concurrency", 32, "")
+	concurrency := fs.Int("concurrency", 64, "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
 	flag.Parse()
-	o.duration, o.refDur, o.warmup = 10*time.Second, 5*time.Second, time.Second
+	o.duration, o.refDur, o.warmup = 10*time.Second, 3*time.Second, time.Second
 	o.conns, o.cold, o.rr, o.tunnels, o.devices, o.devRuns = 1000, 10, 5000, 1000, 10000, o.runs
 	o.settle, o.gap, o.sizes = 2*time.Second, time.Second, true
 	if o.quick {

@@ -260,7 +260,9 @@ func (c *Client) dial(ctx context.Context, ds *deviceSession, device identity.ID
 	ds.sess = s
 	c.wg.Go(func() {
 		<-s.Context().Done()
-		c.log.Info("session closed", "device", device.String(), "reason", context.Cause(s.Context()).Error())
+		st := s.Stats()
+		c.log.Info("session closed", "device", device.String(), "reason", context.Cause(s.Context()).Error(),
+			"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
 	})
 }
 

@@ -274,8 +274,10 @@ func (d *Device) serveSession(s *session.Session) {
 	info := d.sessions[s]
 	delete(d.sessions, s)
 	d.mu.Unlock()
+	st := s.Stats()
 	log.Info("session closed", "reason", context.Cause(s.Context()).Error(),
-		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)
+		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total,
+		"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
 }
 
 // authorize decides a tunnel request. On success it returns the service's

@@ -377,3 +377,60 @@ func TestAccept(t *testing.T) {
 		t.Fatal("Accept did not return after its context was cancelled")
 	}
 }
+
+// TestAcceptOutlivesQuiet: a session served through Accept that falls quiet
+// (and so waits on another goroutine) keeps Accept waiting until it ends.
+func TestAcceptOutlivesQuiet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for a session to fall quiet")
+	}
+	srv, err := New(Config{Identity: newIdentity(t), AllowDevice: allowAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		tc := tls.Server(c, srv.TLSConfig())
+		br := bufio.NewReader(tc)
+		if _, err := http.ReadRequest(br); err != nil {
+			tc.Close()
+			return
+		}
+		io.WriteString(tc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: burrow-relay\r\nConnection: Upgrade\r\n\r\n")
+		srv.Accept(ctx, tc, br)
+	}()
+	a := connect(t, ln.Addr().String())
+	a.hello(newIdentity(t), relayproto.RoleClient, 1, 1, a.exporter())
+	if typ, _ := a.read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("got %s", typ)
+	}
+	time.Sleep(idleProbe + 500*time.Millisecond) // quiet: the wait moves to another goroutine
+	select {
+	case <-returned:
+		t.Fatal("Accept returned while its session was alive")
+	default:
+	}
+	// The quiet session still serves.
+	a.write(relayproto.FramePing, []byte("12345678"))
+	if typ, _ := a.read(); typ != relayproto.FramePong {
+		t.Fatalf("got %s, want pong", typ)
+	}
+	cancel()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return after its context was cancelled")
+	}
+}

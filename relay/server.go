@@ -267,6 +267,7 @@ func (s *Server) Accept(ctx context.Context, conn net.Conn, br *bufio.Reader) {
 		defer close(done)
 		if sess := s.accept(conn, bufio.NewReadWriter(br, bufio.NewWriter(conn))); sess != nil {
 			sess.run()
+			<-sess.finished
 		}
 	}) {
 		conn.Close()

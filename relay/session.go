@@ -32,8 +32,9 @@ type session struct {
 
 	q *sendQueue
 
-	endOnce sync.Once
-	ended   atomic.Pointer[error] // why the session ended; nil while it runs
+	endOnce  sync.Once
+	ended    atomic.Pointer[error] // why the session ended; nil while it runs
+	finished chan struct{}         // closed when finish is done
 
 	goAwayOnce sync.Once
 	goAwayMsg  atomic.Pointer[relayproto.GoAway] // sent as the session closes
@@ -65,12 +66,13 @@ var (
 
 func newSession(s *Server, conn net.Conn, br *bufio.Reader, role relayproto.Role, addr relayproto.Addr) *session {
 	sess := &session{
-		srv:   s,
-		conn:  conn,
-		src:   conn,
-		role:  role,
-		addr:  addr,
-		start: time.Now(),
+		srv:      s,
+		conn:     conn,
+		src:      conn,
+		role:     role,
+		addr:     addr,
+		start:    time.Now(),
+		finished: make(chan struct{}),
 	}
 	// Keep what the upgrade's reader already holds, and not the reader.
 	if n := br.Buffered(); n > 0 {
@@ -115,8 +117,9 @@ func (sess *session) goAway(f relayproto.GoAway) {
 	})
 }
 
-// run serves the session until it ends, then unregisters it and closes the
-// connection.
+// run serves the session. It returns when the session ends or, sooner,
+// when the agent falls quiet and another goroutine takes over (see serve);
+// sess.finished is closed once the session has ended and been cleaned up.
 func (sess *session) run() {
 	sess.srv.log.Info("agent attached", sess.logAttrs()...)
 	sess.serve()
@@ -169,6 +172,7 @@ func (sess *session) finish(err error) {
 		"packets_in", sess.pktsIn.Load(), "bytes_in", sess.bytesIn.Load(),
 		"packets_out", sess.pktsOut.Load(), "bytes_out", sess.bytesOut.Load(),
 		"dropped", sess.dropped.Load())...)
+	close(sess.finished)
 }
 
 // logAttrs name the session in log lines. They are made when needed, not
