@@ -176,6 +176,12 @@ func (b *bench) idleMemory(ctx context.Context) error {
 	if _, err := requestResponse(ctx, tcpDialer(setup.echo.addr), 10); err != nil {
 		return err
 	}
+	return b.restingRSS(result{Scenario: "5. RSS at idle"})
+}
+
+// restingRSS waits for the processes to settle, then adds a row like
+// row for the RSS of each of relay, device and client.
+func (b *bench) restingRSS(row result) error {
 	time.Sleep(b.o.settle)
 	for _, p := range []struct {
 		name string
@@ -185,7 +191,9 @@ func (b *bench) idleMemory(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		b.add(result{Scenario: "5. RSS at idle", Setup: p.name, Unit: "MiB", Samples: mib(s)})
+		r := row
+		r.Setup, r.Unit, r.Samples = p.name, "MiB", mib(s)
+		b.add(r)
 	}
 	return nil
 }
@@ -282,19 +290,8 @@ func (b *bench) idleTunnels(ctx context.Context) error {
 			return fmt.Errorf("tunnel %d: %w", len(conns), err)
 		}
 	}
-	time.Sleep(b.o.settle)
-	for _, p := range []struct {
-		name string
-		p    *proc
-	}{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.echo.p}} {
-		s, err := rssSamples(p.p.pid(), 3, b.o.gap)
-		if err != nil {
-			return err
-		}
-		b.add(result{Scenario: "5. RSS with " + strconv.Itoa(b.o.tunnels) + " idle tunnels", Setup: p.name, Unit: "MiB",
-			Samples: mib(s), Target: "< 60 MiB", check: below(60)})
-	}
-	return nil
+	return b.restingRSS(result{Scenario: "5. RSS with " + strconv.Itoa(b.o.tunnels) + " idle tunnels",
+		Target: "< 60 MiB", check: below(60)})
 }
 
 // throughput measures one and four connections reading from a source, for
