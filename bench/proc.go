@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -157,26 +156,4 @@ func rss(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
-// settledRSS waits for the process's RSS to stop falling (the Go runtime
-// returns freed memory to the system in the background) and returns it.
-func settledRSS(ctx context.Context, pid int, settle time.Duration) (int64, error) {
-	last, err := rss(pid)
-	if err != nil {
-		return 0, err
-	}
-	for end := time.Now().Add(settle); time.Now().Before(end); {
-		select {
-		case <-ctx.Done():
-			return last, nil
-		case <-time.After(250 * time.Millisecond):
-		}
-		v, err := rss(pid)
-		if err != nil {
-			return 0, err
-		}
-		last = v
-	}
-	return last, nil
 }

@@ -102,7 +102,7 @@ func TestLoadRejects(t *testing.T) {
 
 // handshake runs a TLS 1.3 handshake between two identities, the client
 // pinning want.
-func handshake(t *testing.T, server, client *Identity, want ID) (clientErr, serverErr error, serverSaw ID) {
+func handshake(t *testing.T, server, client *Identity, want ID) (serverSaw ID, clientErr, serverErr error) {
 	t.Helper()
 	sc, err := server.Certificate()
 	if err != nil {
@@ -137,7 +137,7 @@ func handshake(t *testing.T, server, client *Identity, want ID) (clientErr, serv
 	clientErr = cli.Handshake()
 	b.Close()
 	<-done
-	return clientErr, serverErr, serverSaw
+	return serverSaw, clientErr, serverErr
 }
 
 func TestPinnedTLS(t *testing.T) {
@@ -145,7 +145,7 @@ func TestPinnedTLS(t *testing.T) {
 	cli, _ := Generate()
 	other, _ := Generate()
 
-	cerr, serr, saw := handshake(t, dev, cli, dev.ID())
+	saw, cerr, serr := handshake(t, dev, cli, dev.ID())
 	if cerr != nil || serr != nil {
 		t.Fatalf("pinned handshake failed: client %v, server %v", cerr, serr)
 	}
@@ -153,7 +153,7 @@ func TestPinnedTLS(t *testing.T) {
 		t.Fatal("server did not see the client's ID")
 	}
 
-	cerr, _, _ = handshake(t, dev, cli, other.ID())
+	_, cerr, _ = handshake(t, dev, cli, other.ID())
 	var km *KeyMismatchError
 	if !errors.As(cerr, &km) || !errors.Is(cerr, ErrKeyMismatch) {
 		t.Fatalf("wrong pin: err = %v, want a KeyMismatchError", cerr)
