@@ -12,10 +12,13 @@
 //  2. The agent sends "GET /burrow HTTP/1.1" with "Upgrade: burrow-relay"
 //     and, without waiting for the answer, its [ClientHello] frame. The hello
 //     is signed by the agent's key over a TLS exporter value, so it proves the
-//     key and cannot be replayed on another connection.
+//     key and cannot be replayed on another connection. A device follows it
+//     with its access list ([FrameAccess]), a client with its pairing
+//     intents ([FramePairIntent]).
 //  3. The relay answers "101 Switching Protocols" and then either a
 //     [ServerHello] (also signed over the exporter, with the relay's identity
-//     key) or a [Refuse] frame, after which it closes.
+//     key) or a [Refuse] frame, after which it closes. A device is reachable
+//     from then on, by the clients its list names.
 //  4. Frames flow both ways: [SendPacket] from the agent names a destination,
 //     and the relay delivers it as [RecvPacket] naming the source, or answers
 //     [PeerGone]. [Ping]/[Pong] keep the session alive. [GoAway] announces the
@@ -77,6 +80,10 @@ const (
 	MaxMessageLen = 1024
 	// AddrLen is the length of an encoded agent address.
 	AddrLen = identity.IDLen + 8
+	// MaxAccessPerFrame bounds the entries of one access frame.
+	MaxAccessPerFrame = 1024
+	// MaxAccessEntries bounds a device's whole access list.
+	MaxAccessEntries = 64 * MaxAccessPerFrame
 )
 
 // FrameType says what a frame carries.
@@ -110,6 +117,20 @@ const (
 	// lastSeenUnix u64 (0 = unknown). The relay could not deliver to peer.
 	FramePeerGone FrameType = 0x12
 
+	// FrameAccess (device → relay): flags u8, count u16,
+	// count × (kind u8, value [32]). The device's access list: the client
+	// IDs that may reach it (kind 1) and the relay tokens of its pending
+	// invites (kind 2). A list may span frames: the first has flag
+	// AccessFirst, the last AccessLast; the relay applies a list once it
+	// is complete, replacing the previous one. Until a device has sent a
+	// complete list, the relay routes nothing to it.
+	FrameAccess FrameType = 0x13
+	// FramePairIntent (client → relay): device ID [32], token [32]. The
+	// client is pairing with the device using the invite whose relay token
+	// this is; while the device lists the token, the relay lets this
+	// client reach it.
+	FramePairIntent FrameType = 0x14
+
 	// FramePing (either way): data [8]. The receiver answers FramePong.
 	FramePing FrameType = 0x20
 	// FramePong (either way): data [8], copied from the ping.
@@ -135,6 +156,10 @@ func (t FrameType) String() string {
 		return "recv-packet"
 	case FramePeerGone:
 		return "peer-gone"
+	case FrameAccess:
+		return "access"
+	case FramePairIntent:
+		return "pair-intent"
 	case FramePing:
 		return "ping"
 	case FramePong:
@@ -157,6 +182,10 @@ func (t FrameType) MaxLen() uint32 {
 		return AddrLen + MaxPacketLen
 	case FramePeerGone:
 		return AddrLen + 1 + 8
+	case FrameAccess:
+		return 3 + MaxAccessPerFrame*(1+32)
+	case FramePairIntent:
+		return 64
 	case FramePing, FramePong:
 		return 8
 	case FrameGoAway:
@@ -535,6 +564,9 @@ type GoneReason byte
 const (
 	GoneOffline    GoneReason = 1 // the peer is not attached to this relay
 	GoneNotAllowed GoneReason = 2 // the relay does not route between these agents
+	// GoneNotAuthorized: the device has not allowed this client (it is not
+	// on the device's access list, nor pairing with a pending invite).
+	GoneNotAuthorized GoneReason = 3
 )
 
 func (g GoneReason) String() string {
@@ -543,6 +575,8 @@ func (g GoneReason) String() string {
 		return "offline"
 	case GoneNotAllowed:
 		return "not allowed"
+	case GoneNotAuthorized:
+		return "not authorized by the device"
 	}
 	return fmt.Sprintf("gone-%d", byte(g))
 }
@@ -585,6 +619,83 @@ func ParsePing(p []byte) ([8]byte, error) {
 	copy(d[:], p)
 	return d, nil
 }
+
+// Access list entry kinds.
+const (
+	AccessClient byte = 1 // a client ID that may reach the device
+	AccessInvite byte = 2 // the relay token of a pending invite
+)
+
+// Access frame flags.
+const (
+	AccessFirst byte = 1 << 0 // the first frame of a new list
+	AccessLast  byte = 1 << 1 // the list is complete
+)
+
+// An AccessEntry is one entry of a device's access list.
+type AccessEntry struct {
+	Kind  byte
+	Value [32]byte
+}
+
+// AppendAccess appends the payload of an access frame. It holds at most
+// MaxAccessPerFrame entries; callers split longer lists.
+func AppendAccess(b []byte, flags byte, entries []AccessEntry) []byte {
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(entries)))
+	for _, e := range entries {
+		b = append(append(b, e.Kind), e.Value[:]...)
+	}
+	return b
+}
+
+// ParseAccess parses the payload of an access frame, appending its
+// entries to dst.
+func ParseAccess(p []byte, dst []AccessEntry) (flags byte, entries []AccessEntry, err error) {
+	r := reader{b: p}
+	flags = r.u8()
+	n := int(r.u16())
+	if r.err == nil && n > MaxAccessPerFrame {
+		return 0, dst, fmt.Errorf("%w: %d access entries in one frame", ErrMalformed, n)
+	}
+	for range n {
+		e := AccessEntry{Kind: r.u8()}
+		copy(e.Value[:], r.take(32))
+		if r.err != nil {
+			break
+		}
+		dst = append(dst, e)
+	}
+	return flags, dst, r.done()
+}
+
+// PairIntent is a client's notice that it is pairing with Device using
+// the invite whose relay token is Token.
+type PairIntent struct {
+	Device identity.ID
+	Token  [32]byte
+}
+
+// AppendPairIntent appends the payload of a pair-intent frame.
+func AppendPairIntent(b []byte, f PairIntent) []byte {
+	return append(append(b, f.Device[:]...), f.Token[:]...)
+}
+
+// ParsePairIntent parses the payload of a pair-intent frame.
+func ParsePairIntent(p []byte) (PairIntent, error) {
+	r := reader{b: p}
+	var f PairIntent
+	copy(f.Device[:], r.take(32))
+	copy(f.Token[:], r.take(32))
+	return f, r.done()
+}
+
+// Hello extension types.
+const (
+	// ExtEnrollToken (client hello, devices): an enrollment token, which a
+	// relay that does not know the device yet may accept to enroll it.
+	ExtEnrollToken byte = 1
+)
 
 // GoAwayReason says why a relay sent go-away.
 type GoAwayReason byte

@@ -36,6 +36,8 @@ func encodings() []struct {
 	rf := Refuse{Code: RefuseNotAllowed, Message: "device is not allowed"}
 	pg := PeerGone{Peer: testAddr, Reason: GoneOffline, LastSeenUnix: 1700000000}
 	ga := GoAway{Reason: GoAwayShutdown, RetryAfterMillis: 500, Message: "bye"}
+	acc := []AccessEntry{{Kind: AccessClient, Value: [32]byte{1, 2, 3}}, {Kind: AccessInvite, Value: [32]byte{9}}}
+	pi := PairIntent{Device: testAddr.ID, Token: [32]byte{7, 7}}
 	return []struct {
 		name  string
 		t     FrameType
@@ -53,6 +55,19 @@ func encodings() []struct {
 			func(b []byte) (any, error) { return ParsePeerGone(b) }, pg},
 		{"go-away", FrameGoAway, AppendGoAway(nil, ga),
 			func(b []byte) (any, error) { return ParseGoAway(b) }, ga},
+		{"access", FrameAccess, AppendAccess(nil, AccessFirst|AccessLast, acc),
+			func(b []byte) (any, error) {
+				flags, e, err := ParseAccess(b, nil)
+				return struct {
+					Flags   byte
+					Entries []AccessEntry
+				}{flags, e}, err
+			}, struct {
+				Flags   byte
+				Entries []AccessEntry
+			}{AccessFirst | AccessLast, acc}},
+		{"pair-intent", FramePairIntent, AppendPairIntent(nil, pi),
+			func(b []byte) (any, error) { return ParsePairIntent(b) }, pi},
 		{"ping", FramePing, []byte("12345678"),
 			func(b []byte) (any, error) { return ParsePing(b) }, [8]byte([]byte("12345678"))},
 	}
@@ -193,6 +208,14 @@ func TestParseMalformed(t *testing.T) {
 			return err
 		}},
 		{"ping of 7 bytes", func() error { _, err := ParsePing(make([]byte, 7)); return err }},
+		{"access count over the frame limit", func() error {
+			_, _, err := ParseAccess([]byte{0, 0xff, 0xff}, nil)
+			return err
+		}},
+		{"access count beyond the payload", func() error {
+			_, _, err := ParseAccess([]byte{0, 0, 2, 1}, nil)
+			return err
+		}},
 		{"ping of 9 bytes", func() error { _, err := ParsePing(make([]byte, 9)); return err }},
 		{"packet over limit", func() error {
 			_, _, err := ParsePacket(make([]byte, AddrLen+MaxPacketLen+1))
@@ -299,6 +322,14 @@ func FuzzFrame(f *testing.F) {
 		case FrameGoAway:
 			if f, err := ParseGoAway(p); err == nil && !bytes.Equal(AppendGoAway(nil, f), p) {
 				t.Fatal("go-away does not re-encode to itself")
+			}
+		case FrameAccess:
+			if flags, e, err := ParseAccess(p, nil); err == nil && !bytes.Equal(AppendAccess(nil, flags, e), p) {
+				t.Fatal("access does not re-encode to itself")
+			}
+		case FramePairIntent:
+			if f, err := ParsePairIntent(p); err == nil && !bytes.Equal(AppendPairIntent(nil, f), p) {
+				t.Fatal("pair-intent does not re-encode to itself")
 			}
 		}
 	})
