@@ -75,8 +75,10 @@ func TestForwardDoesNotAllocate(t *testing.T) {
 		t.Skip("the race detector makes sync.Pool drop items; .ci/run runs this without it")
 	}
 	_, addr := serve(t, Config{AllowDevice: allowAll})
+	cliID := newIdentity(t)
 	dev := attach(t, addr, newIdentity(t), relayproto.RoleDevice)
-	cli := attach(t, addr, newIdentity(t), relayproto.RoleClient)
+	dev.allow(cliID)
+	cli := attach(t, addr, cliID, relayproto.RoleClient)
 	const pkt, burst = 1200, 10
 	frame := append(relayproto.AppendPacketHeader(nil, relayproto.FrameSendPacket, relayproto.Addr{ID: dev.id.ID()}, pkt), make([]byte, pkt)...)
 	batch := make([]byte, 0, burst*len(frame))

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,12 +92,16 @@ func (a *agent) exporter() []byte {
 	return e
 }
 
+// hello sends a client hello and, for a device, an empty access list.
 func (a *agent) hello(id *identity.Identity, role relayproto.Role, minV, maxV uint16, exporter []byte) {
 	a.id = id
 	p := relayproto.AppendClientHello(nil, relayproto.ClientHello{
 		MinVersion: minV, MaxVersion: maxV, Role: role, Instance: 7, PublicKey: id.PublicKey(),
 	}, exporter, id.Sign)
 	a.write(relayproto.FrameClientHello, p)
+	if role == relayproto.RoleDevice {
+		a.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessFirst|relayproto.AccessLast, nil))
+	}
 }
 
 func (a *agent) write(t relayproto.FrameType, p []byte) {
@@ -130,6 +135,23 @@ func attach(t testing.TB, addr string, id *identity.Identity, role relayproto.Ro
 		t.Fatalf("got %s %+v, want server-hello", typ, f)
 	}
 	return a
+}
+
+// allow sends a device's access list: these clients may reach it. It waits
+// for the relay to have applied it (a ping answered after it).
+func (a *agent) allow(clients ...*identity.Identity) {
+	a.t.Helper()
+	var entries []relayproto.AccessEntry
+	for _, c := range clients {
+		entries = append(entries, relayproto.AccessEntry{Kind: relayproto.AccessClient, Value: c.ID()})
+	}
+	a.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessFirst|relayproto.AccessLast, entries))
+	a.write(relayproto.FramePing, []byte("applied!"))
+	for {
+		if typ, p := a.read(); typ == relayproto.FramePong && string(p) == "applied!" {
+			return
+		}
+	}
 }
 
 func (a *agent) refusal() relayproto.Refuse {
@@ -213,6 +235,7 @@ func TestRouting(t *testing.T) {
 	devID, cliID := newIdentity(t), newIdentity(t)
 	dev := attach(t, addr, devID, relayproto.RoleDevice)
 	cli := attach(t, addr, cliID, relayproto.RoleClient)
+	dev.allow(cliID)
 
 	// Client → device: the device sees the client's address.
 	pkt := []byte("sealed")
@@ -288,8 +311,9 @@ func TestNewerDeviceSessionWins(t *testing.T) {
 func TestQueueDropsNotBlocks(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll, SendQueueLen: 16})
 	stuck := newIdentity(t)
-	attach(t, addr, stuck, relayproto.RoleDevice) // never reads again
-	cli := attach(t, addr, newIdentity(t), relayproto.RoleClient)
+	cliID := newIdentity(t)
+	attach(t, addr, stuck, relayproto.RoleDevice).allow(cliID) // then never reads again
+	cli := attach(t, addr, cliID, relayproto.RoleClient)
 	frame := append(relayproto.AppendPacketHeader(nil, relayproto.FrameSendPacket, relayproto.Addr{ID: stuck.ID()}, 1400), make([]byte, 1400)...)
 	burst := make([]byte, 0, 1000*len(frame))
 	for range 1000 {
@@ -432,5 +456,134 @@ func TestAcceptOutlivesQuiet(t *testing.T) {
 	case <-returned:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Accept did not return after its context was cancelled")
+	}
+}
+
+func (a *agent) sendTo(dst identity.ID, pkt string) {
+	a.t.Helper()
+	a.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: dst}), pkt...))
+}
+
+func (a *agent) expectGone(dst identity.ID, reason relayproto.GoneReason) {
+	a.t.Helper()
+	typ, p := a.read()
+	g, err := relayproto.ParsePeerGone(p)
+	if typ != relayproto.FramePeerGone || err != nil || g.Peer.ID != dst || g.Reason != reason {
+		a.t.Fatalf("got %s %+v %v, want peer-gone (%s)", typ, g, err, reason)
+	}
+}
+
+// TestDeviceMustSendAccessList: a device that sends something else after
+// its hello is refused.
+func TestDeviceMustSendAccessList(t *testing.T) {
+	_, addr := serve(t, Config{AllowDevice: allowAll})
+	a := connect(t, addr)
+	id := newIdentity(t)
+	a.write(relayproto.FrameClientHello, relayproto.AppendClientHello(nil, relayproto.ClientHello{
+		MinVersion: 1, MaxVersion: 1, Role: relayproto.RoleDevice, Instance: 1, PublicKey: id.PublicKey(),
+	}, a.exporter(), id.Sign))
+	a.write(relayproto.FramePing, make([]byte, 8))
+	if f := a.refusal(); f.Code != relayproto.RefuseAuth || !strings.Contains(f.Message, "access list") {
+		t.Fatalf("%+v", f)
+	}
+}
+
+// TestGating: the relay routes to a device only the clients on its access
+// list, or pairing with one of its pending invites, and tells the others
+// at once.
+func TestGating(t *testing.T) {
+	_, addr := serve(t, Config{AllowDevice: allowAll})
+	devID, friendID, strangerID, pairerID := newIdentity(t), newIdentity(t), newIdentity(t), newIdentity(t)
+	dev := attach(t, addr, devID, relayproto.RoleDevice)
+	friend := attach(t, addr, friendID, relayproto.RoleClient)
+	stranger := attach(t, addr, strangerID, relayproto.RoleClient)
+	pairer := attach(t, addr, pairerID, relayproto.RoleClient)
+
+	// The device attached with an empty list: no one gets through.
+	friend.sendTo(devID.ID(), "early")
+	friend.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+
+	// A list across two frames: the friend and an invite token.
+	token := [32]byte{42}
+	dev.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessFirst,
+		[]relayproto.AccessEntry{{Kind: relayproto.AccessClient, Value: friendID.ID()}}))
+	dev.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessLast,
+		[]relayproto.AccessEntry{{Kind: relayproto.AccessInvite, Value: token}}))
+	dev.write(relayproto.FramePing, []byte("applied!"))
+	if typ, _ := dev.read(); typ != relayproto.FramePong {
+		t.Fatalf("got %s", typ)
+	}
+
+	friend.sendTo(devID.ID(), "hello")
+	if typ, p := dev.read(); typ != relayproto.FrameRecvPacket || !strings.HasSuffix(string(p), "hello") {
+		t.Fatalf("device got %s %q", typ, p)
+	}
+	stranger.sendTo(devID.ID(), "let me in")
+	stranger.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+
+	// A wrong token does not help; the listed one does.
+	pairer.write(relayproto.FramePairIntent, relayproto.AppendPairIntent(nil, relayproto.PairIntent{Device: devID.ID(), Token: [32]byte{7}}))
+	pairer.sendTo(devID.ID(), "guess")
+	pairer.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	pairer.write(relayproto.FramePairIntent, relayproto.AppendPairIntent(nil, relayproto.PairIntent{Device: devID.ID(), Token: token}))
+	pairer.sendTo(devID.ID(), "pairing")
+	if typ, p := dev.read(); typ != relayproto.FrameRecvPacket || !strings.HasSuffix(string(p), "pairing") {
+		t.Fatalf("device got %s %q", typ, p)
+	}
+
+	// A new list replaces the old one: the friend is out, the pairer (now
+	// paired) is in, the invite is gone.
+	dev.allow(pairerID)
+	friend.sendTo(devID.ID(), "still?")
+	friend.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	pairer.sendTo(devID.ID(), "paired")
+	if typ, p := dev.read(); typ != relayproto.FrameRecvPacket || !strings.HasSuffix(string(p), "paired") {
+		t.Fatalf("device got %s %q", typ, p)
+	}
+}
+
+func TestEnrollment(t *testing.T) {
+	st, err := OpenStore(filepath.Join(t.TempDir(), "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, addr := serve(t, Config{AllowDevice: st.Enrolled, Enroll: st.Enroll})
+	token, err := st.CreateToken(1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := func(id *identity.Identity, token string) *agent {
+		a := connect(t, addr)
+		h := relayproto.ClientHello{MinVersion: 1, MaxVersion: 1, Role: relayproto.RoleDevice, Instance: 1, PublicKey: id.PublicKey()}
+		if token != "" {
+			h.Extensions = []relayproto.Extension{{Type: relayproto.ExtEnrollToken, Value: []byte(token)}}
+		}
+		a.write(relayproto.FrameClientHello, relayproto.AppendClientHello(nil, h, a.exporter(), id.Sign))
+		a.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessFirst|relayproto.AccessLast, nil))
+		return a
+	}
+	first, second := newIdentity(t), newIdentity(t)
+	if f := hello(first, "").refusal(); f.Code != relayproto.RefuseNotAllowed || !strings.Contains(f.Message, "enrollment token") {
+		t.Fatalf("no token: %+v", f)
+	}
+	if typ, _ := hello(first, token).read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("valid token: got %s", typ)
+	}
+	if !st.Enrolled(first.ID()) {
+		t.Fatal("device not recorded")
+	}
+	// Enrolled now: no token needed.
+	if typ, _ := hello(first, "").read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("enrolled device: got %s", typ)
+	}
+	// The token had one use.
+	if f := hello(second, token).refusal(); f.Code != relayproto.RefuseNotAllowed || !strings.Contains(f.Message, "used up") {
+		t.Fatalf("second use: %+v", f)
+	}
+	expired, _ := st.CreateToken(5, time.Nanosecond)
+	time.Sleep(time.Millisecond)
+	if f := hello(second, expired).refusal(); !strings.Contains(f.Message, "expired") {
+		t.Fatalf("expired token: %+v", f)
 	}
 }

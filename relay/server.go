@@ -46,6 +46,11 @@ type Config struct {
 	// device: a relay admits only the devices it was told about.
 	AllowDevice func(identity.ID) bool
 
+	// Enroll, if set, is asked about a device that AllowDevice does not
+	// allow but that presents an enrollment token: nil admits (and
+	// enrolls) it, an error refuses it and says why.
+	Enroll func(id identity.ID, token string) error
+
 	// Logger receives one line per significant event. Nil discards logs.
 	Logger *slog.Logger
 
@@ -356,9 +361,8 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	addr := relayproto.Addr{ID: id, Instance: hello.Instance}
 	switch hello.Role {
 	case relayproto.RoleDevice:
-		if s.cfg.AllowDevice == nil || !s.cfg.AllowDevice(id) {
-			return nil, refuse(relayproto.RefuseNotAllowed, fmt.Sprintf(
-				"device %s is not allowed on this relay: ask its operator to add this ID to the relay's device list", id))
+		if err := s.admitDevice(id, hello.Extensions); err != nil {
+			return nil, refuse(relayproto.RefuseNotAllowed, err.Error())
 		}
 		addr.Instance = 0 // a device is unique per ID
 	case relayproto.RoleClient:
@@ -366,10 +370,22 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 		return nil, refuse(relayproto.RefuseBadRole, fmt.Sprintf("unknown role %d", hello.Role))
 	}
 
+	// A device sends its access list right behind its hello; it becomes
+	// reachable with it, never without.
+	var access *accessSet
+	if hello.Role == relayproto.RoleDevice {
+		if access, err = readAccessList(brw.Reader); err != nil {
+			return nil, refuse(relayproto.RefuseAuth, "a device must send its access list after its hello: "+err.Error())
+		}
+	}
+
 	// Register before the agent hears it is attached, so that whatever it
 	// sends next finds its peers routable; frames for it wait in its queue
 	// until the write loop starts, after the hello.
 	sess := newSession(s, conn, brw.Reader, hello.Role, addr)
+	if access != nil {
+		sess.access.Store(access)
+	}
 	if err := s.register(sess); err != nil {
 		return nil, refuse(relayproto.RefuseShuttingDown, err.Error())
 	}
@@ -387,6 +403,54 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	}
 	conn.SetDeadline(time.Time{})
 	return sess, nil
+}
+
+// readAccessList reads access frames up to a complete list.
+func readAccessList(r *bufio.Reader) (*accessSet, error) {
+	var entries []relayproto.AccessEntry
+	for {
+		t, n, err := relayproto.ReadHeader(r)
+		if err != nil {
+			return nil, err
+		}
+		if t != relayproto.FrameAccess {
+			return nil, fmt.Errorf("got %s", t)
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(r, p); err != nil {
+			return nil, err
+		}
+		var flags byte
+		flags, entries, err = relayproto.ParseAccess(p, entries)
+		if err != nil {
+			return nil, err
+		}
+		if len(entries) > relayproto.MaxAccessEntries {
+			return nil, fmt.Errorf("more than %d entries", relayproto.MaxAccessEntries)
+		}
+		if flags&relayproto.AccessLast != 0 {
+			return newAccessSet(entries), nil
+		}
+	}
+}
+
+// admitDevice decides whether the device id may attach: it is allowed, or
+// it presents an enrollment token that enrolls it.
+func (s *Server) admitDevice(id identity.ID, exts []relayproto.Extension) error {
+	if s.cfg.AllowDevice != nil && s.cfg.AllowDevice(id) {
+		return nil
+	}
+	for _, e := range exts {
+		if e.Type != relayproto.ExtEnrollToken || s.cfg.Enroll == nil {
+			continue
+		}
+		if err := s.cfg.Enroll(id, string(e.Value)); err != nil {
+			return fmt.Errorf("device %s is not enrolled on this relay, and its enrollment token was refused: %v", id, err)
+		}
+		s.log.Info("device enrolled", "id", id.String())
+		return nil
+	}
+	return fmt.Errorf("device %s is not enrolled on this relay: give it an enrollment token (burrow relay token create) or ask the operator to allow this ID", id)
 }
 
 // register adds sess to the routing tables, replacing (and closing) an
@@ -439,7 +503,16 @@ func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.
 	switch src.role {
 	case relayproto.RoleClient:
 		if d := s.devices[dst.ID]; d != nil {
-			return d, gone
+			// A device is reachable once it has said who may reach it,
+			// and then only by them.
+			switch acc := d.access.Load(); {
+			case acc == nil:
+			case acc.allows(src.addr.ID, src.intents[dst.ID]):
+				return d, gone
+			default:
+				gone.Reason = relayproto.GoneNotAuthorized
+				return nil, gone
+			}
 		}
 		if t, ok := s.lastSeen[dst.ID]; ok {
 			gone.LastSeenUnix = uint64(t.Unix())
@@ -456,6 +529,28 @@ func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.
 		}
 	}
 	return nil, gone
+}
+
+// Online reports whether the device id is attached, and when it was last
+// seen if it is not (zero if the relay does not know).
+func (s *Server) Online(id identity.ID) (bool, time.Time) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.devices[id] != nil {
+		return true, time.Time{}
+	}
+	return false, s.lastSeen[id]
+}
+
+// Disconnect ends the session of the device id, if it is attached, with a
+// go-away saying it was removed.
+func (s *Server) Disconnect(id identity.ID) {
+	s.mu.RLock()
+	d := s.devices[id]
+	s.mu.RUnlock()
+	if d != nil {
+		d.goAway(relayproto.GoAway{Reason: relayproto.GoAwayRemoved, Message: "this device is no longer enrolled on the relay"})
+	}
 }
 
 // Stats returns the server's counters.

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -44,10 +45,15 @@ type session struct {
 	bytesIn, bytesOut atomic.Uint64
 	dropped           atomic.Uint64
 
+	// Devices: who may reach this device, once it has said (nil until then).
+	access atomic.Pointer[accessSet]
+
 	// Owned by the read loop.
 	readDeadline time.Time // the idle deadline in force
 	hdr          [relayproto.HeaderLen]byte
-	touched      []*session // queues pushed to since the last kick
+	accessBuild  []relayproto.AccessEntry // a device's list being received
+	intents      map[identity.ID][32]byte // a client's pairing intents: device → invite token
+	touched      []*session               // queues pushed to since the last kick
 	// Owned by the queue's writer.
 	writeDeadlineAt time.Time
 }
@@ -247,6 +253,14 @@ func (sess *session) readLoop() error {
 				return sess.readErr(err)
 			}
 			sess.forward(bp, buf)
+		case relayproto.FrameAccess, relayproto.FramePairIntent:
+			p := make([]byte, n)
+			if _, err := io.ReadFull(br, p); err != nil {
+				return sess.readErr(err)
+			}
+			if err := sess.control(t, p); err != nil {
+				return err
+			}
 		case relayproto.FramePing:
 			var p [8]byte
 			if n != 8 {
@@ -311,6 +325,86 @@ func (sess *session) readFirstByte() error {
 	}
 	_, err := io.ReadFull(sess.src, sess.hdr[:1])
 	return err
+}
+
+// maxIntents bounds the pairing intents a client may hold at once.
+const maxIntents = 8
+
+// control handles an access or pair-intent frame.
+func (sess *session) control(t relayproto.FrameType, p []byte) error {
+	switch {
+	case t == relayproto.FrameAccess && sess.role == relayproto.RoleDevice:
+		flags, entries, err := relayproto.ParseAccess(p, sess.accessBuild)
+		if err != nil {
+			return err
+		}
+		if flags&relayproto.AccessFirst != 0 {
+			entries = append(entries[:0], entries[len(sess.accessBuild):]...)
+		}
+		if len(entries) > relayproto.MaxAccessEntries {
+			return fmt.Errorf("%w: access list of more than %d entries", relayproto.ErrMalformed, relayproto.MaxAccessEntries)
+		}
+		sess.accessBuild = entries
+		if flags&relayproto.AccessLast != 0 {
+			sess.access.Store(newAccessSet(entries))
+			sess.accessBuild = nil
+		}
+	case t == relayproto.FramePairIntent && sess.role == relayproto.RoleClient:
+		f, err := relayproto.ParsePairIntent(p)
+		if err != nil {
+			return err
+		}
+		if sess.intents == nil {
+			sess.intents = make(map[identity.ID][32]byte)
+		}
+		if _, ok := sess.intents[f.Device]; !ok && len(sess.intents) >= maxIntents {
+			for k := range sess.intents { // forget one
+				delete(sess.intents, k)
+				break
+			}
+		}
+		sess.intents[f.Device] = f.Token
+	}
+	return nil
+}
+
+// An accessSet is who may reach a device. It is never changed once made;
+// a new list replaces it whole.
+type accessSet struct {
+	clients map[identity.ID]struct{}
+	invites map[[32]byte]struct{}
+}
+
+func newAccessSet(entries []relayproto.AccessEntry) *accessSet {
+	a := &accessSet{}
+	for _, e := range entries {
+		switch e.Kind {
+		case relayproto.AccessClient:
+			if a.clients == nil {
+				a.clients = make(map[identity.ID]struct{})
+			}
+			a.clients[identity.ID(e.Value)] = struct{}{}
+		case relayproto.AccessInvite:
+			if a.invites == nil {
+				a.invites = make(map[[32]byte]struct{})
+			}
+			a.invites[e.Value] = struct{}{}
+		}
+	}
+	return a
+}
+
+// allows reports whether client may reach the device: it is listed, or it
+// presented the token of a pending invite.
+func (a *accessSet) allows(client identity.ID, token [32]byte) bool {
+	if _, ok := a.clients[client]; ok {
+		return true
+	}
+	if token == ([32]byte{}) {
+		return false
+	}
+	_, ok := a.invites[token]
+	return ok
 }
 
 // kick starts the writers of the queues pushed to since the last kick.

@@ -1,0 +1,110 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
+)
+
+// The relay's admin API, served on a Unix socket in its data directory
+// (see adminsock), so that enrollment commands go through the running
+// relay that owns the store:
+//
+//	POST   /tokens        {"uses", "ttl" (Go duration)} → {"token"}
+//	GET    /devices       → [EnrolledDevice]
+//	DELETE /devices/{id}
+
+// TokenRequest asks for an enrollment token.
+type TokenRequest struct {
+	Uses int    `json:"uses"`
+	TTL  string `json:"ttl,omitempty"`
+}
+
+// AdminHandler returns the handler of the admin API of srv and its store.
+func AdminHandler(srv *Server, st *Store) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /tokens", func(w http.ResponseWriter, r *http.Request) {
+		var req TokenRequest
+		if err := adminsock.ReadJSON(r, &req); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var ttl time.Duration
+		if req.TTL != "" {
+			var err error
+			if ttl, err = time.ParseDuration(req.TTL); err != nil {
+				http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		tok, err := st.CreateToken(req.Uses, ttl)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		adminsock.WriteJSON(w, map[string]string{"token": tok})
+	})
+	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
+		devs, err := st.Devices()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		for i := range devs {
+			devs[i].Online, devs[i].LastSeen = srv.Online(devs[i].ID)
+		}
+		adminsock.WriteJSON(w, devs)
+	})
+	mux.HandleFunc("DELETE /devices/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := identity.ParseID(r.PathValue("id"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := st.Remove(id); err != nil {
+			status := http.StatusInternalServerError
+			if errors.Is(err, ErrNotEnrolled) {
+				status = http.StatusNotFound
+			}
+			http.Error(w, err.Error(), status)
+			return
+		}
+		srv.Disconnect(id)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+// An AdminClient calls a running relay's admin API.
+type AdminClient struct{ c *adminsock.Client }
+
+// NewAdminClient returns a client of the admin socket at path.
+func NewAdminClient(path string) *AdminClient { return &AdminClient{c: adminsock.NewClient(path)} }
+
+// CreateToken asks for an enrollment token.
+func (a *AdminClient) CreateToken(ctx context.Context, uses int, ttl time.Duration) (string, error) {
+	req := TokenRequest{Uses: uses}
+	if ttl != 0 {
+		req.TTL = ttl.String()
+	}
+	var out struct{ Token string }
+	err := a.c.Call(ctx, "POST", "/tokens", req, &out)
+	return out.Token, err
+}
+
+// Devices lists the enrolled devices.
+func (a *AdminClient) Devices(ctx context.Context) ([]EnrolledDevice, error) {
+	var out []EnrolledDevice
+	err := a.c.Call(ctx, "GET", "/devices", nil, &out)
+	return out, err
+}
+
+// Remove un-enrolls a device and disconnects it.
+func (a *AdminClient) Remove(ctx context.Context, id identity.ID) error {
+	return a.c.Call(ctx, "DELETE", "/devices/"+url.PathEscape(id.String()), nil, nil)
+}

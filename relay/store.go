@@ -1,0 +1,234 @@
+package relay
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/burrow-tunnel/burrow/identity"
+)
+
+// A Store is the relay's own state, kept in an embedded database (bbolt)
+// in the relay's data directory: the devices it enrolled and the
+// enrollment tokens it issued. Every change is one transaction, so a crash
+// leaves the old state or the new one. A Store is safe for concurrent use;
+// one process at a time can open it.
+type Store struct {
+	db *bolt.DB
+
+	mu       sync.RWMutex
+	enrolled map[identity.ID]bool // mirror of the devices bucket; guarded by mu
+}
+
+var (
+	bucketDevices = []byte("devices")
+	bucketTokens  = []byte("tokens")
+)
+
+// ErrStoreBusy is returned by [OpenStore] when another process (a running
+// relay) has the store open.
+var ErrStoreBusy = errors.New("relay state is in use by another process (is the relay running?)")
+
+// OpenStore opens (creating if needed) the store at path.
+func OpenStore(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s: %w", path, ErrStoreBusy)
+		}
+		return nil, fmt.Errorf("open relay state: %w", err)
+	}
+	s := &Store{db: db, enrolled: make(map[identity.ID]bool)}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDevices, bucketTokens} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketDevices).ForEach(func(k, _ []byte) error {
+			if len(k) == identity.IDLen {
+				s.enrolled[identity.ID(k)] = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open relay state: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Enrolled reports whether the device with id is enrolled.
+func (s *Store) Enrolled(id identity.ID) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.enrolled[id]
+}
+
+// EnrolledDevice is a device the relay enrolled.
+type EnrolledDevice struct {
+	ID       identity.ID `json:"id"`
+	Enrolled time.Time   `json:"enrolled"`
+	Online   bool        `json:"online"`
+	LastSeen time.Time   `json:"last_seen,omitzero"`
+}
+
+type deviceRecord struct {
+	Enrolled time.Time `json:"enrolled"`
+}
+
+type tokenRecord struct {
+	Uses    int       `json:"uses"` // left
+	Expires time.Time `json:"expires,omitzero"`
+	Created time.Time `json:"created"`
+}
+
+var tokenEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// tokenKey is what the store keeps of a token: its hash, never the token.
+func tokenKey(token string) []byte {
+	h := sha256.Sum256([]byte("burrow enrollment token\x00" + strings.ToLower(strings.TrimSpace(token))))
+	return h[:]
+}
+
+// CreateToken issues an enrollment token good for uses devices (at least
+// 1) until ttl from now (0: no expiry). The token is returned once; the
+// store keeps only its hash.
+func (s *Store) CreateToken(uses int, ttl time.Duration) (string, error) {
+	if uses < 1 {
+		return "", fmt.Errorf("token uses must be at least 1, got %d", uses)
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	token := "enroll-" + tokenEncoding.EncodeToString(b[:])
+	rec := tokenRecord{Uses: uses, Created: time.Now().UTC()}
+	if ttl > 0 {
+		rec.Expires = rec.Created.Add(ttl)
+	}
+	v, _ := json.Marshal(rec)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).Put(tokenKey(token), v)
+	})
+	if err != nil {
+		return "", fmt.Errorf("save token: %w", err)
+	}
+	return token, nil
+}
+
+// Errors of [Store.Enroll], matched with [errors.Is].
+var (
+	ErrTokenUnknown = errors.New("enrollment token unknown or used up")
+	ErrTokenExpired = errors.New("enrollment token expired")
+)
+
+// Enroll enrolls the device id with token, spending one use of it. A
+// device already enrolled needs no token.
+func (s *Store) Enroll(id identity.ID, token string) error {
+	if s.Enrolled(id) {
+		return nil
+	}
+	now := time.Now().UTC()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		tb := tx.Bucket(bucketTokens)
+		key := tokenKey(token)
+		v := tb.Get(key)
+		if v == nil {
+			return ErrTokenUnknown
+		}
+		var rec tokenRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("token record: %w", err)
+		}
+		if !rec.Expires.IsZero() && now.After(rec.Expires) {
+			tb.Delete(key)
+			return ErrTokenExpired
+		}
+		if rec.Uses--; rec.Uses <= 0 {
+			if err := tb.Delete(key); err != nil {
+				return err
+			}
+		} else {
+			v, _ := json.Marshal(rec)
+			if err := tb.Put(key, v); err != nil {
+				return err
+			}
+		}
+		d, _ := json.Marshal(deviceRecord{Enrolled: now})
+		return tx.Bucket(bucketDevices).Put(id[:], d)
+	})
+	if errors.Is(err, ErrTokenExpired) {
+		// The expired token was deleted; that change is worth keeping,
+		// but bbolt rolled it back with the error. Delete it again.
+		s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTokens).Delete(tokenKey(token)) })
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.enrolled[id] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// Add enrolls the device id without a token.
+func (s *Store) Add(id identity.ID) error {
+	d, _ := json.Marshal(deviceRecord{Enrolled: time.Now().UTC()})
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDevices).Put(id[:], d) }); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.enrolled[id] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// ErrNotEnrolled is returned by [Store.Remove] for a device not enrolled.
+var ErrNotEnrolled = errors.New("device not enrolled")
+
+// Remove un-enrolls the device id.
+func (s *Store) Remove(id identity.ID) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		if b.Get(id[:]) == nil {
+			return ErrNotEnrolled
+		}
+		return b.Delete(id[:])
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.enrolled, id)
+	s.mu.Unlock()
+	return nil
+}
+
+// Devices returns the enrolled devices, oldest enrollment first.
+func (s *Store) Devices() ([]EnrolledDevice, error) {
+	var out []EnrolledDevice
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var rec deviceRecord
+			if len(k) != identity.IDLen || json.Unmarshal(v, &rec) != nil {
+				return nil
+			}
+			out = append(out, EnrolledDevice{ID: identity.ID(k), Enrolled: rec.Enrolled})
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b EnrolledDevice) int { return a.Enrolled.Compare(b.Enrolled) })
+	return out, err
+}
