@@ -26,9 +26,15 @@ func pair(tb testing.TB) (cli, dev *Conn) {
 	}
 	go srv.Serve(ln)
 	tb.Cleanup(func() { srv.Close() })
+	cliID, _ := identity.Generate()
 	open := func(role relayproto.Role) *Conn {
-		id, _ := identity.Generate()
-		c, err := Listen(Config{Identity: id, Role: role, Relay: RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}})
+		id := cliID
+		var access func() ([]identity.ID, [][32]byte)
+		if role == relayproto.RoleDevice {
+			id, _ = identity.Generate()
+			access = func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil }
+		}
+		c, err := Listen(Config{Identity: id, Role: role, Relay: RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}, Access: access})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -40,7 +46,29 @@ func pair(tb testing.TB) (cli, dev *Conn) {
 		}
 		return c
 	}
-	return open(relayproto.RoleClient), open(relayproto.RoleDevice)
+	cli, dev = open(relayproto.RoleClient), open(relayproto.RoleDevice)
+	// The relay routes to the device once its access list is in: probe
+	// until a packet arrives.
+	buf := make([]byte, 2048)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		cli.WriteTo([]byte("probe"), dev.LocalAddr())
+		dev.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := dev.ReadFrom(buf); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("the relay never routed to the device")
+		}
+	}
+	// Drain probes still in flight.
+	for {
+		dev.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := dev.ReadFrom(buf); err != nil {
+			break
+		}
+	}
+	dev.SetReadDeadline(time.Time{})
+	return cli, dev
 }
 
 // BenchmarkPath measures 1,200-byte packets from a client's Conn through a

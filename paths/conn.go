@@ -109,6 +109,14 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between attach attempts.
 	// Zero means 250ms and 8s.
 	MinBackoff, MaxBackoff time.Duration
+	// EnrollToken, for a device, is presented to a relay that has not
+	// enrolled it yet. Empty presents none.
+	EnrollToken string
+	// Access, for a device, says who may reach it: the client IDs, and the
+	// relay tokens of its pending invites. It is asked at every attach and
+	// after [Conn.AccessChanged]; the relay routes no one else to the
+	// device. Nil lets no one through.
+	Access func() (clients []identity.ID, invites [][32]byte)
 }
 
 func (c *Config) validate() error {
@@ -135,17 +143,20 @@ type PeerGone struct {
 
 // Status describes a [Conn]'s relay attachment.
 type Status struct {
-	Attached     bool
-	Relay        string      // the relay's address
-	RelayID      identity.ID // proven by the relay in this session
-	Since        time.Time   // when the current state began
-	ObservedAddr string      // our address as the relay sees it
-	RTT          time.Duration
+	Attached     bool          `json:"attached"`
+	Relay        string        `json:"relay"`              // the relay's address
+	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay in this session
+	Since        time.Time     `json:"since"`              // when the current state began
+	ObservedAddr string        `json:"observed,omitempty"` // our address as the relay sees it
+	RTT          time.Duration `json:"rtt,omitempty"`
 	// LastError is why the last attach attempt or session failed; nil
-	// while attached.
-	LastError error
+	// while attached. Error is its text, which survives JSON.
+	LastError error  `json:"-"`
+	Error     string `json:"error,omitempty"`
 	// Sent, Received and Dropped count packets since the Conn started.
-	Sent, Received, Dropped uint64
+	Sent     uint64 `json:"sent"`
+	Received uint64 `json:"received"`
+	Dropped  uint64 `json:"dropped"`
 }
 
 // A Conn is an agent's packet connection to its peers. Create it with
@@ -171,6 +182,10 @@ type Conn struct {
 
 	peersMu sync.RWMutex
 	peers   map[Addr]*peer // guarded by peersMu
+
+	ctlMu      sync.Mutex
+	intents    map[identity.ID][32]byte // a client's pairing intents; guarded by ctlMu
+	ctlVersion uint64                   // counts changes to the above; guarded by ctlMu
 
 	sent, received, dropped atomic.Uint64
 }
@@ -239,6 +254,9 @@ func (c *Conn) Status() Status {
 	st := c.status
 	c.mu.Unlock()
 	st.Sent, st.Received, st.Dropped = c.sent.Load(), c.received.Load(), c.dropped.Load()
+	if st.LastError != nil {
+		st.Error = st.LastError.Error()
+	}
 	return st
 }
 

@@ -95,6 +95,10 @@ func (c *Conn) attachLoop() {
 		lastMsg = ""
 		start := time.Now()
 		c.cur.Store(rs)
+		// State that changed while attaching goes out now.
+		if frames, v := c.stateFrames(); v != rs.stateSent {
+			rs.sendBlocking(frames)
+		}
 		c.setStatus(func(s *Status) {
 			*s = Status{Attached: true, Relay: c.cfg.Relay.Addr, RelayID: rs.relayID, Since: start, ObservedAddr: rs.observed}
 		})
@@ -169,6 +173,9 @@ type relaySession struct {
 	hdr       [relayproto.HeaderLen]byte
 	flushed   chan struct{} // closed when the write loop reaches flushMarker
 	drainOnce sync.Once     // queues flushMarker at most once
+	// stateSent is the version of the access list and intents this session
+	// sent while attaching (see stateFrames).
+	stateSent uint64
 }
 
 // flushMarker, queued behind other frames, makes the write loop flush and
@@ -238,15 +245,27 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 	// TLS connection, so it needs no answer first.
 	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: %s\r\nUser-Agent: burrow\r\n\r\n",
 		relayproto.UpgradePath, relay.Addr, relayproto.UpgradeToken)
-	hello := relayproto.AppendClientHello(nil, relayproto.ClientHello{
+	ch := relayproto.ClientHello{
 		MinVersion: relayproto.MinVersion,
 		MaxVersion: relayproto.MaxVersion,
 		Role:       c.cfg.Role,
 		Instance:   c.instance,
 		PublicKey:  c.cfg.Identity.PublicKey(),
-	}, exporter, c.cfg.Identity.Sign)
+	}
+	if c.cfg.EnrollToken != "" && c.cfg.Role == relayproto.RoleDevice {
+		ch.Extensions = append(ch.Extensions, relayproto.Extension{Type: relayproto.ExtEnrollToken, Value: []byte(c.cfg.EnrollToken)})
+	}
+	hello := relayproto.AppendClientHello(nil, ch, exporter, c.cfg.Identity.Sign)
 	msg := append([]byte(req), relayproto.AppendHeader(nil, relayproto.FrameClientHello, len(hello))...)
-	if _, err := conn.Write(append(msg, hello...)); err != nil {
+	msg = append(msg, hello...)
+	// Right behind the hello goes what the relay must know before anything
+	// else: a device's access list (the relay makes the device reachable
+	// only once it has it), a client's pairing intents.
+	frames, sent := c.stateFrames()
+	for _, f := range frames {
+		msg = append(msg, f...)
+	}
+	if _, err := conn.Write(msg); err != nil {
 		return nil, fmt.Errorf("relay upgrade: %w", err)
 	}
 	br := bufio.NewReaderSize(conn, 4096)
@@ -304,6 +323,7 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 		flushed:   make(chan struct{}),
 	}
 	rs.ctx, rs.cancel = context.WithCancelCause(c.ctx)
+	rs.stateSent = sent
 	return rs, nil
 }
 
@@ -391,7 +411,10 @@ func (rs *relaySession) serve(c *Conn) error {
 	return err
 }
 
-var errRelayIdle = errors.New("relay sent nothing for 3 keepalive intervals")
+var (
+	errRelayIdle    = errors.New("relay sent nothing for 3 keepalive intervals")
+	errStateNotSent = errors.New("could not send the access list to the relay: its session is stalled")
+)
 
 func (rs *relaySession) readLoop(c *Conn) error {
 	var deadlineSetAt time.Time

@@ -8,18 +8,21 @@ import (
 	"strings"
 )
 
-// The tunnel-stream header. Every stream a client opens starts with a
-// request; the device answers with a reply before any service byte flows.
+// The stream header. Every stream a client opens starts with a request;
+// the device answers with a reply before any service byte flows.
 //
-//	request: version u8 (=1), kind u8 (1 = tunnel),
-//	         serviceLen u8, service [serviceLen],
+//	request: version u8 (=1), kind u8,
+//	         kind 1 (tunnel): serviceLen u8, service [serviceLen]
+//	         kind 2 (pair):   secretLen u8, secret [secretLen]
 //	         extLen u16, ext [extLen] (type-length-value, unknown types skipped)
 //	reply:   code u8, detailLen u16, detail [detailLen],
 //	         count u8, count × (nameLen u8, name [nameLen])  (services the
 //	         client may use, sent with CodeUnknownService)
 const (
 	headerVersion = 1
-	kindTunnel    = 1
+
+	// maxSecretLen bounds a pairing request's secret.
+	maxSecretLen = 64
 
 	// MaxServiceLen is the longest service name.
 	MaxServiceLen = 63
@@ -54,15 +57,30 @@ func ValidService(name string) error {
 	return nil
 }
 
-// Request is the header a client sends on a new tunnel stream.
+// Kind says what a stream is for.
+type Kind byte
+
+// Stream kinds.
+const (
+	KindTunnel Kind = 1 // a tunnel to Request.Service
+	KindPair   Kind = 2 // pairing with an invite's secret, Request.Secret
+)
+
+// Request is the header a client sends on a new stream.
 type Request struct {
-	Service string
+	Kind    Kind
+	Service string // KindTunnel
+	Secret  []byte // KindPair
 }
 
 // AppendRequest appends the encoding of r.
 func AppendRequest(b []byte, r Request) []byte {
-	b = append(b, headerVersion, kindTunnel, byte(len(r.Service)))
-	b = append(b, r.Service...)
+	field := r.Service
+	if r.Kind == KindPair {
+		field = string(r.Secret)
+	}
+	b = append(b, headerVersion, byte(r.Kind), byte(len(field)))
+	b = append(b, field...)
 	return append(b, 0, 0) // no extensions
 }
 
@@ -85,12 +103,14 @@ func ReadRequest(r io.Reader) (Request, error) {
 	if fixed[0] != headerVersion {
 		return Request{}, fmt.Errorf("%w: version %d", ErrBadHeader, fixed[0])
 	}
-	if fixed[1] != kindTunnel {
-		return Request{}, fmt.Errorf("%w: stream kind %d", ErrBadHeader, fixed[1])
-	}
-	n := int(fixed[2])
-	if n > MaxServiceLen {
+	kind, n := Kind(fixed[1]), int(fixed[2])
+	switch {
+	case kind == KindTunnel && n > MaxServiceLen:
 		return Request{}, fmt.Errorf("%w: service name of %d bytes", ErrBadHeader, n)
+	case kind == KindPair && n > maxSecretLen:
+		return Request{}, fmt.Errorf("%w: secret of %d bytes", ErrBadHeader, n)
+	case kind != KindTunnel && kind != KindPair:
+		return Request{}, fmt.Errorf("%w: stream kind %d", ErrBadHeader, kind)
 	}
 	name := make([]byte, n+2)
 	if err := readFull(r, name); err != nil {
@@ -103,7 +123,10 @@ func ReadRequest(r io.Reader) (Request, error) {
 	if _, err := io.CopyN(io.Discard, r, int64(extLen)); err != nil {
 		return Request{}, truncated(err)
 	}
-	req := Request{Service: string(name[:n])}
+	if kind == KindPair {
+		return Request{Kind: kind, Secret: name[:n:n]}, nil
+	}
+	req := Request{Kind: kind, Service: string(name[:n])}
 	if err := ValidService(req.Service); err != nil {
 		return Request{}, fmt.Errorf("%w: %w", ErrBadHeader, err)
 	}

@@ -12,7 +12,7 @@ import (
 
 func TestRequestRoundTrip(t *testing.T) {
 	for _, svc := range []string{"http", "rtsp", "a", "ssh-2", "cam_1.main", strings.Repeat("x", MaxServiceLen)} {
-		b := AppendRequest(nil, Request{Service: svc})
+		b := AppendRequest(nil, Request{Kind: KindTunnel, Service: svc})
 		got, err := ParseRequest(b)
 		if err != nil || got.Service != svc {
 			t.Fatalf("%q: got %+v, %v", svc, got, err)
@@ -26,7 +26,7 @@ func TestRequestRoundTrip(t *testing.T) {
 }
 
 func TestRequestRejects(t *testing.T) {
-	valid := AppendRequest(nil, Request{Service: "http"})
+	valid := AppendRequest(nil, Request{Kind: KindTunnel, Service: "http"})
 	tests := []struct {
 		name string
 		b    []byte
@@ -35,9 +35,9 @@ func TestRequestRejects(t *testing.T) {
 		{"kind 9", append([]byte{1, 9}, valid[2:]...)},
 		{"name too long", append([]byte{1, 1, 64}, bytes.Repeat([]byte{'a'}, 66)...)},
 		{"empty name", []byte{1, 1, 0, 0, 0}},
-		{"host:port as name", AppendRequest(nil, Request{Service: "127.0.0.1:22"})},
-		{"uppercase", AppendRequest(nil, Request{Service: "HTTP"})},
-		{"leading dash", AppendRequest(nil, Request{Service: "-x"})},
+		{"host:port as name", AppendRequest(nil, Request{Kind: KindTunnel, Service: "127.0.0.1:22"})},
+		{"uppercase", AppendRequest(nil, Request{Kind: KindTunnel, Service: "HTTP"})},
+		{"leading dash", AppendRequest(nil, Request{Kind: KindTunnel, Service: "-x"})},
 		{"extensions over limit", []byte{1, 1, 1, 'a', 0xff, 0xff}},
 		{"trailing bytes", append(bytes.Clone(valid), 0)},
 	}
@@ -47,6 +47,19 @@ func TestRequestRejects(t *testing.T) {
 				t.Fatal("parsed without error")
 			}
 		})
+	}
+	// A pairing request carries a secret.
+	pair := AppendRequest(nil, Request{Kind: KindPair, Secret: []byte("0123456789abcdef")})
+	if r, err := ParseRequest(pair); err != nil || r.Kind != KindPair || string(r.Secret) != "0123456789abcdef" {
+		t.Fatalf("pair request: %+v, %v", r, err)
+	}
+	for n := range len(pair) {
+		if _, err := ParseRequest(pair[:n]); err == nil {
+			t.Fatalf("pair request prefix of %d bytes parsed", n)
+		}
+	}
+	if _, err := ParseRequest(append([]byte{1, 2, 65}, make([]byte, 67)...)); err == nil {
+		t.Fatal("secret of 65 bytes parsed")
 	}
 	// Unknown extensions are skipped.
 	withExt := append([]byte{1, 1, 4, 'h', 't', 't', 'p', 0, 3}, 7, 0, 0)
@@ -103,21 +116,27 @@ func TestWriteHeaderFuzzSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("FuzzRequest", "http", AppendRequest(nil, Request{Service: "http"}))
+	write("FuzzRequest", "http", AppendRequest(nil, Request{Kind: KindTunnel, Service: "http"}))
+	write("FuzzRequest", "pair", AppendRequest(nil, Request{Kind: KindPair, Secret: []byte("0123456789abcdef")}))
 	write("FuzzReply", "ok", AppendReply(nil, Reply{Code: CodeOK}))
 	write("FuzzReply", "unknown", AppendReply(nil, Reply{Code: CodeUnknownService, Allowed: []string{"http", "rtsp"}}))
 	write("FuzzReply", "unreachable", AppendReply(nil, Reply{Code: CodeServiceUnreachable, Detail: "connection refused"}))
 }
 
 func FuzzRequest(f *testing.F) {
-	f.Add(AppendRequest(nil, Request{Service: "http"}))
+	f.Add(AppendRequest(nil, Request{Kind: KindTunnel, Service: "http"}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := ParseRequest(b)
 		if err != nil {
 			return
 		}
-		if err := ValidService(r.Service); err != nil {
-			t.Fatalf("parsed an invalid service name: %v", err)
+		if r.Kind == KindTunnel {
+			if err := ValidService(r.Service); err != nil {
+				t.Fatalf("parsed an invalid service name: %v", err)
+			}
+		}
+		if again, err := ParseRequest(AppendRequest(nil, r)); err != nil || again.Kind != r.Kind || again.Service != r.Service || string(again.Secret) != string(r.Secret) {
+			t.Fatalf("request %+v does not round-trip: %v", r, err)
 		}
 	})
 }

@@ -30,11 +30,15 @@ const ALPN = "burrow/1"
 // PacketSize is the size of the QUIC packets a session sends.
 const PacketSize = 1452
 
+// A CloseCode says why a session was closed.
+type CloseCode = quic.ApplicationErrorCode
+
 // Connection close codes a session uses, beyond QUIC's own.
 const (
-	CloseNormal        quic.ApplicationErrorCode = 0
-	CloseNotAuthorized quic.ApplicationErrorCode = 0x101 // the device does not know this client
-	CloseShutdown      quic.ApplicationErrorCode = 0x103 // the agent is stopping
+	CloseNormal        CloseCode = 0
+	CloseNotAuthorized CloseCode = 0x101 // the device does not know this client
+	CloseRevoked       CloseCode = 0x102 // the device revoked this client
+	CloseShutdown      CloseCode = 0x103 // the agent is stopping
 )
 
 // Stream reset codes.
@@ -138,8 +142,8 @@ func dialError(err error) error {
 	if km, ok := errors.AsType[*identity.KeyMismatchError](err); ok {
 		return km
 	}
-	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && ae.ErrorCode == CloseNotAuthorized {
-		return &RefusedError{Reply: Reply{Code: CodeNotAuthorized, Detail: ae.ErrorMessage}}
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && (ae.ErrorCode == CloseNotAuthorized || ae.ErrorCode == CloseRevoked) {
+		return &RefusedError{Reply: Reply{Code: CodeNotAuthorized, Detail: ae.ErrorMessage}, revoked: ae.ErrorCode == CloseRevoked}
 	}
 	return err
 }
@@ -204,7 +208,7 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 func (s *Session) Context() context.Context { return s.conn.Context() }
 
 // Close ends the session, telling the peer code and msg.
-func (s *Session) Close(code quic.ApplicationErrorCode, msg string) error {
+func (s *Session) Close(code CloseCode, msg string) error {
 	return s.conn.CloseWithError(code, msg)
 }
 
@@ -234,6 +238,8 @@ type RefusedError struct {
 	Device  identity.ID
 	Service string
 	Reply
+	revoked bool // the device revoked this client's access
+	pairing bool // a refusal of a pairing request
 }
 
 // Sentinels matched by [RefusedError] with [errors.Is], one per code.
@@ -263,12 +269,18 @@ func (e *RefusedError) Error() string {
 	if !e.Device.IsZero() {
 		dev = "device " + e.Device.Short()
 	}
+	if e.pairing {
+		return fmt.Sprintf("%s refused the invite: %s", dev, e.Detail)
+	}
 	switch e.Code {
 	case CodeNotAuthorized:
-		if e.Service == "" {
-			return fmt.Sprintf("not authorized: %s does not know this client; ask its owner to add your ID (burrow id)", dev)
+		if e.revoked {
+			return fmt.Sprintf("not authorized: %s revoked this client's access", dev)
 		}
-		return fmt.Sprintf("not authorized for service %q on %s: ask its owner to grant it to your ID (burrow id)", e.Service, dev)
+		if e.Service == "" {
+			return fmt.Sprintf("not authorized: %s does not know this client; ask its owner for an invite", dev)
+		}
+		return fmt.Sprintf("not authorized for service %q on %s: ask its owner to grant it to you", e.Service, dev)
 	case CodeUnknownService:
 		return fmt.Sprintf("unknown service %q on %s; services you may use: %s", e.Service, dev, quoteList(e.Allowed))
 	case CodeServiceUnreachable:

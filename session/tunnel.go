@@ -133,8 +133,8 @@ func (t *Tunnel) Reply() error {
 // because the device does not know this client.
 func (s *Session) streamError(err error) error {
 	for _, e := range []error{err, context.Cause(s.conn.Context())} {
-		if code, msg, ok := PeerClosedError(e); ok && code == CloseNotAuthorized {
-			return &RefusedError{Device: s.peer, Reply: Reply{Code: CodeNotAuthorized, Detail: msg}}
+		if code, msg, ok := PeerClosedError(e); ok && (code == CloseNotAuthorized || code == CloseRevoked) {
+			return &RefusedError{Device: s.peer, Reply: Reply{Code: CodeNotAuthorized, Detail: msg}, revoked: code == CloseRevoked}
 		}
 	}
 	return err
@@ -156,7 +156,7 @@ func (s *Session) StartTunnel(ctx context.Context, service string) (*Tunnel, err
 		}
 		return nil, s.streamError(fmt.Errorf("open tunnel: %w", err))
 	}
-	if _, err := str.Write(AppendRequest(nil, Request{Service: service})); err != nil {
+	if _, err := str.Write(AppendRequest(nil, Request{Kind: KindTunnel, Service: service})); err != nil {
 		str.CancelRead(streamAborted)
 		str.CancelWrite(streamAborted)
 		return nil, s.streamError(fmt.Errorf("open tunnel: %w", err))
@@ -225,9 +225,4 @@ func (in *Incoming) Accept() (*Tunnel, error) {
 
 // Refuse answers with a refusal and closes the stream; nothing the client
 // sent is read.
-func (in *Incoming) Refuse(rep Reply) error {
-	in.str.CancelRead(streamClosed)
-	_, err := in.str.Write(AppendReply(nil, rep))
-	in.str.Close()
-	return err
-}
+func (in *Incoming) Refuse(rep Reply) error { return in.Answer(rep) }
