@@ -4,8 +4,11 @@
 // service, dials the address configured for that service (never an address
 // from the wire) and joins the two connections.
 //
-// Access is denied by default: a client the configuration does not name
-// reaches nothing, and a client reaches only the services listed for it.
+// Access is denied by default. A client reaches nothing unless it is listed
+// in the configuration or has paired with an invite (pair.go), and then
+// only the services of its role; revocation closes its sessions at once.
+// The device tells its relay who may reach it, so that the relay drops
+// everyone else's packets, but decides every tunnel itself.
 package device
 
 import (
@@ -22,27 +25,38 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/pipe"
+	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
 )
 
-// AllServices, in a client's service list, grants every service.
+// AllServices, in a list of services, grants every service.
 const AllServices = "*"
 
 // Config configures a [Device].
 type Config struct {
 	// Identity is the device's key; clients pin its ID. Required.
 	Identity *identity.Identity
+	// Name is what the device calls itself in invites. Optional.
+	Name string
 	// Relay is the relay the device attaches to. Required.
 	Relay paths.RelayConfig
+	// EnrollToken is presented to a relay that has not enrolled this
+	// device yet. Optional.
+	EnrollToken string
 	// Services maps a service name to the host:port it is served on. These
 	// are the only addresses the device ever dials. Required, non-empty.
 	Services map[string]string
+	// Roles maps a role name to the services it grants ([AllServices] for
+	// all). Paired clients have a role. Nil: no roles, so no invites.
+	Roles map[string][]string
 	// Clients maps a client ID to the services it may open ([AllServices]
-	// for all). A client not listed reaches nothing; nil or empty lets no
-	// one in.
+	// for all): users fixed by the configuration. Nil or empty: none.
 	Clients map[identity.ID][]string
+	// StateDir holds the paired users and pending invites. Empty disables
+	// pairing: only Clients get in.
+	StateDir string
 	// Logger receives one line per significant event. Nil discards logs.
 	Logger *slog.Logger
 	// DialRelay opens the TCP connection to the relay. Nil uses net.Dialer.
@@ -59,6 +73,11 @@ func (c *Config) validate() error {
 	if c.Identity == nil {
 		return errors.New("device: Config.Identity is required")
 	}
+	if c.Name != "" {
+		if err := pairing.ValidName(c.Name); err != nil {
+			return fmt.Errorf("device: name: %w", err)
+		}
+	}
 	if len(c.Services) == 0 {
 		return errors.New("device: no services configured: list at least one under services")
 	}
@@ -70,18 +89,32 @@ func (c *Config) validate() error {
 			return fmt.Errorf("device: service %s: address %q: want host:port", name, addr)
 		}
 	}
-	for id, svcs := range c.Clients {
-		if id.IsZero() {
-			return errors.New("device: clients: zero client ID")
-		}
+	check := func(who string, svcs []string) error {
 		for _, s := range svcs {
 			if s == AllServices {
 				continue
 			}
 			if _, ok := c.Services[s]; !ok {
-				return fmt.Errorf("device: client %s: service %q is not defined under services (defined: %s)",
-					id, s, joinSorted(slices.Collect(maps.Keys(c.Services))))
+				return fmt.Errorf("device: %s: service %q is not defined under services (defined: %s)",
+					who, s, joinSorted(slices.Collect(maps.Keys(c.Services))))
 			}
+		}
+		return nil
+	}
+	for role, svcs := range c.Roles {
+		if err := pairing.ValidName(role); err != nil {
+			return fmt.Errorf("device: roles: %w", err)
+		}
+		if err := check("role "+role, svcs); err != nil {
+			return err
+		}
+	}
+	for id, svcs := range c.Clients {
+		if id.IsZero() {
+			return errors.New("device: clients: zero client ID")
+		}
+		if err := check("client "+id.String(), svcs); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -97,6 +130,7 @@ func joinSorted(names []string) string {
 type Device struct {
 	cfg Config
 	log *slog.Logger
+	st  *store // nil without a state directory
 
 	pc *paths.Conn
 	ep *session.Endpoint
@@ -107,6 +141,9 @@ type Device struct {
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
+	users    map[identity.ID]User              // paired users; guarded by mu
+	invites  map[[32]byte]pendingInvite        // by verifier; guarded by mu
+	guard    pairGuard                         // guarded by mu
 	sessions map[*session.Session]*sessionInfo // guarded by mu
 	closed   bool                              // guarded by mu
 }
@@ -133,35 +170,69 @@ func New(cfg Config) (*Device, error) {
 		d := &net.Dialer{}
 		cfg.DialService = d.DialContext
 	}
-	d := &Device{cfg: cfg, log: cfg.Logger, sessions: make(map[*session.Session]*sessionInfo)}
-	if len(cfg.Clients) == 0 {
-		d.log.Warn("no clients configured: no one can reach this device's services")
+	d := &Device{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		users:    make(map[identity.ID]User),
+		invites:  make(map[[32]byte]pendingInvite),
+		sessions: make(map[*session.Session]*sessionInfo),
+	}
+	if cfg.StateDir != "" {
+		st, err := openStore(cfg.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("device: %w", err)
+		}
+		users, invites, err := st.load()
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("device: %w", err)
+		}
+		d.st, d.users, d.invites = st, users, invites
+	}
+	if len(cfg.Clients) == 0 && len(d.users) == 0 {
+		if len(cfg.Roles) == 0 || d.st == nil {
+			d.log.Warn("no clients configured and no way to pair: no one can reach this device's services")
+		} else {
+			d.log.Info("no clients yet: make an invite with burrow device invite")
+		}
 	}
 	pc, err := paths.Listen(paths.Config{
-		Identity: cfg.Identity,
-		Role:     relayproto.RoleDevice,
-		Relay:    cfg.Relay,
-		Dial:     cfg.DialRelay,
-		Logger:   cfg.Logger,
+		Identity:    cfg.Identity,
+		Role:        relayproto.RoleDevice,
+		Relay:       cfg.Relay,
+		Dial:        cfg.DialRelay,
+		Logger:      cfg.Logger,
+		EnrollToken: cfg.EnrollToken,
+		Access:      d.accessList,
 	})
 	if err != nil {
+		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
 	if err != nil {
 		pc.Close()
+		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	ln, err := ep.Listen()
 	if err != nil {
 		ep.Close()
 		pc.Close()
+		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	d.pc, d.ep, d.ln = pc, ep, ln
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Go(d.acceptLoop)
+	d.wg.Go(d.expireInvites)
 	return d, nil
+}
+
+func (d *Device) closeStore() {
+	if d.st != nil {
+		d.st.close()
+	}
 }
 
 // ID returns the device's ID.
@@ -173,18 +244,19 @@ func (d *Device) WaitAttached(ctx context.Context) error { return d.pc.WaitAttac
 
 // Status describes a running device.
 type Status struct {
-	Relay    paths.Status
-	Sessions []SessionStatus
+	Relay    paths.Status    `json:"relay"`
+	Sessions []SessionStatus `json:"sessions"`
 }
 
 // SessionStatus describes one client's session.
 type SessionStatus struct {
-	Client  identity.ID
-	Since   time.Time
-	Path    string // "relay"
-	RTT     time.Duration
-	Tunnels int // open now
-	Total   int // opened since the session began
+	Client  identity.ID   `json:"client"`
+	Name    string        `json:"name,omitempty"`
+	Since   time.Time     `json:"since"`
+	Path    string        `json:"path"` // "relay"
+	RTT     time.Duration `json:"rtt"`
+	Tunnels int           `json:"tunnels"` // open now
+	Total   int           `json:"total"`   // opened since the session began
 }
 
 // Status returns the device's relay attachment and open sessions.
@@ -195,6 +267,7 @@ func (d *Device) Status() Status {
 	for s, info := range d.sessions {
 		st.Sessions = append(st.Sessions, SessionStatus{
 			Client:  s.PeerID(),
+			Name:    d.nameLocked(s.PeerID()),
 			Since:   info.since,
 			Path:    "relay",
 			RTT:     s.Stats().RTT,
@@ -204,6 +277,14 @@ func (d *Device) Status() Status {
 	}
 	slices.SortFunc(st.Sessions, func(a, b SessionStatus) int { return a.Since.Compare(b.Since) })
 	return st
+}
+
+// nameLocked returns the user name of a client, or "".
+func (d *Device) nameLocked(id identity.ID) string {
+	if u, ok := d.users[id]; ok {
+		return u.Name
+	}
+	return ""
 }
 
 // Close closes every session and tunnel, detaches from the relay and waits
@@ -216,16 +297,60 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
-	for s := range d.sessions {
+	sessions := slices.Collect(maps.Keys(d.sessions))
+	d.mu.Unlock()
+	for _, s := range sessions {
 		s.Close(session.CloseShutdown, "device is shutting down")
 	}
-	d.mu.Unlock()
 	d.cancel()
 	d.ln.Close()
 	d.wg.Wait()
 	d.ep.Close()
-	return d.pc.Close()
+	err := d.pc.Close()
+	d.closeStore()
+	return err
 }
+
+// access returns the services client may open, and whether the device
+// knows client at all.
+func (d *Device) access(client identity.ID) ([]string, bool) {
+	if svcs, ok := d.cfg.Clients[client]; ok {
+		return svcs, true
+	}
+	d.mu.Lock()
+	u, ok := d.users[client]
+	d.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	return d.cfg.Roles[u.Role], true
+}
+
+// accessList is who may reach this device, for the relay: every user, and
+// the relay tokens of pending invites. paths calls it; it must not call
+// paths.
+func (d *Device) accessList() ([]identity.ID, [][32]byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clients := slices.Collect(maps.Keys(d.cfg.Clients))
+	for id := range d.users {
+		if _, dup := d.cfg.Clients[id]; !dup {
+			clients = append(clients, id)
+		}
+	}
+	var tokens [][32]byte
+	now := time.Now()
+	for _, in := range d.invites {
+		if now.Before(in.Expires) {
+			tokens = append(tokens, in.RelayToken)
+		}
+	}
+	return clients, tokens
+}
+
+// unknownGrace is how long a client the device does not know may keep a
+// session open, to pair.
+const unknownGrace = time.Minute
 
 func (d *Device) acceptLoop() {
 	for {
@@ -236,7 +361,8 @@ func (d *Device) acceptLoop() {
 			}
 			return
 		}
-		if _, known := d.access(s.PeerID()); !known {
+		_, known := d.access(s.PeerID())
+		if !known && !d.pairable() {
 			d.log.Warn("session refused: unknown client", "client", s.PeerID().String())
 			s.Close(session.CloseNotAuthorized, fmt.Sprintf("client %s is not authorized on device %s", s.PeerID().Short(), d.ID().Short()))
 			continue
@@ -249,15 +375,23 @@ func (d *Device) acceptLoop() {
 		}
 		d.sessions[s] = &sessionInfo{since: time.Now()}
 		d.mu.Unlock()
+		if !known {
+			// Time to pair, and no more.
+			d.wg.Go(func() {
+				t := time.NewTimer(unknownGrace)
+				defer t.Stop()
+				select {
+				case <-t.C:
+					if _, ok := d.access(s.PeerID()); !ok {
+						s.Close(session.CloseNotAuthorized, "not paired in time")
+					}
+				case <-s.Context().Done():
+				case <-d.ctx.Done():
+				}
+			})
+		}
 		d.wg.Go(func() { d.serveSession(s) })
 	}
-}
-
-// access returns the services client may open, and whether the device
-// knows client at all.
-func (d *Device) access(client identity.ID) ([]string, bool) {
-	svcs, ok := d.cfg.Clients[client]
-	return svcs, ok
 }
 
 func (d *Device) serveSession(s *session.Session) {
@@ -268,14 +402,24 @@ func (d *Device) serveSession(s *session.Session) {
 		if err != nil {
 			break
 		}
-		d.wg.Go(func() { d.serveTunnel(s, in, log) })
+		d.wg.Go(func() { d.serveStream(s, in, log) })
 	}
 	d.mu.Lock()
 	info := d.sessions[s]
 	delete(d.sessions, s)
+	_, paired := d.users[s.PeerID()]
 	d.mu.Unlock()
+	if paired && d.st != nil {
+		if err := d.st.touch(s.PeerID(), time.Now()); err != nil {
+			log.Warn("recording when the user was last seen failed", "err", err)
+		}
+	}
+	reason := "device closed"
+	if cause := context.Cause(s.Context()); cause != nil {
+		reason = cause.Error()
+	}
 	st := s.Stats()
-	log.Info("session closed", "reason", context.Cause(s.Context()).Error(),
+	log.Info("session closed", "reason", reason,
 		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total,
 		"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
 }
@@ -304,13 +448,22 @@ func (d *Device) authorize(client identity.ID, service string) (string, *session
 	return addr, nil
 }
 
-func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, log *slog.Logger) {
+// serveStream answers one stream: a pairing or a tunnel.
+func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog.Logger) {
 	req, err := in.Request()
 	if err != nil {
-		log.Warn("tunnel refused: bad request", "stream", in.ID(), "err", err)
+		log.Warn("stream refused: bad request", "stream", in.ID(), "err", err)
 		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: err.Error()})
 		return
 	}
+	if req.Kind == session.KindPair {
+		d.pair(s, in, req.Secret, log)
+		return
+	}
+	d.serveTunnel(s, in, req, log)
+}
+
+func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req session.Request, log *slog.Logger) {
 	log = log.With("service", req.Service, "stream", in.ID())
 	addr, refusal := d.authorize(s.PeerID(), req.Service)
 	if refusal != nil {
@@ -359,4 +512,19 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, log *slog
 		attrs = append(attrs, "err", res.Err)
 	}
 	log.Info("tunnel closed", attrs...)
+}
+
+// closeSessionsOf closes every session of client with code and msg.
+func (d *Device) closeSessionsOf(client identity.ID, code session.CloseCode, msg string) {
+	d.mu.Lock()
+	var victims []*session.Session
+	for s := range d.sessions {
+		if s.PeerID() == client {
+			victims = append(victims, s)
+		}
+	}
+	d.mu.Unlock()
+	for _, s := range victims {
+		s.Close(code, msg)
+	}
 }

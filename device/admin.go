@@ -1,0 +1,112 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
+)
+
+// The device's admin API, served on a Unix socket (see adminsock): the
+// device subcommands change and read the running agent's state through it.
+//
+//	POST   /invites        {"role", "ttl" (Go duration), "name"} → {"invite", "expires"}
+//	GET    /users          → [User]
+//	DELETE /users/{name|id}
+//	GET    /status         → Status
+
+// InviteRequest asks for an invite.
+type InviteRequest struct {
+	Role string `json:"role,omitempty"`
+	TTL  string `json:"ttl,omitempty"`
+	Name string `json:"name,omitempty"`
+}
+
+// InviteAnswer is a new invite.
+type InviteAnswer struct {
+	Invite  string    `json:"invite"`
+	Expires time.Time `json:"expires"`
+}
+
+// AdminHandler returns the handler of the admin API.
+func (d *Device) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /invites", func(w http.ResponseWriter, r *http.Request) {
+		var req InviteRequest
+		if err := adminsock.ReadJSON(r, &req); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var ttl time.Duration
+		if req.TTL != "" {
+			var err error
+			if ttl, err = time.ParseDuration(req.TTL); err != nil {
+				http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		in, err := d.Invite(req.Role, ttl, req.Name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		adminsock.WriteJSON(w, InviteAnswer{Invite: in.String(), Expires: in.Expires})
+	})
+	mux.HandleFunc("GET /users", func(w http.ResponseWriter, r *http.Request) {
+		adminsock.WriteJSON(w, d.Users())
+	})
+	mux.HandleFunc("DELETE /users/{who}", func(w http.ResponseWriter, r *http.Request) {
+		u, err := d.Revoke(r.PathValue("who"))
+		switch {
+		case errors.Is(err, ErrUnknownUser):
+			http.Error(w, err.Error(), http.StatusNotFound)
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		default:
+			adminsock.WriteJSON(w, u)
+		}
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		adminsock.WriteJSON(w, d.Status())
+	})
+	return mux
+}
+
+// An AdminClient calls a running device's admin API.
+type AdminClient struct{ c *adminsock.Client }
+
+// NewAdminClient returns a client of the admin socket at path.
+func NewAdminClient(path string) *AdminClient {
+	return &AdminClient{c: adminsock.NewClient(path)}
+}
+
+// Invite asks for an invite.
+func (a *AdminClient) Invite(ctx context.Context, req InviteRequest) (InviteAnswer, error) {
+	var out InviteAnswer
+	err := a.c.Call(ctx, "POST", "/invites", req, &out)
+	return out, err
+}
+
+// Users lists the users.
+func (a *AdminClient) Users(ctx context.Context) ([]User, error) {
+	var out []User
+	err := a.c.Call(ctx, "GET", "/users", nil, &out)
+	return out, err
+}
+
+// Revoke revokes a paired user.
+func (a *AdminClient) Revoke(ctx context.Context, nameOrID string) (User, error) {
+	var out User
+	err := a.c.Call(ctx, "DELETE", "/users/"+url.PathEscape(nameOrID), nil, &out)
+	return out, err
+}
+
+// Status returns the device's status.
+func (a *AdminClient) Status(ctx context.Context) (Status, error) {
+	var out Status
+	err := a.c.Call(ctx, "GET", "/status", nil, &out)
+	return out, err
+}

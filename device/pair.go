@@ -1,0 +1,297 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/pairing"
+	"github.com/burrow-tunnel/burrow/session"
+)
+
+// Pairing: the device owner makes an invite (Invite); a client presents its
+// secret inside an E2E session (pair); the device adds the client with the
+// invite's role, in the same transaction that spends the invite. The secret
+// itself is never stored or logged: the store keeps its verifier, the relay
+// is told its relay token.
+
+// Limits on invites.
+const (
+	DefaultInviteTTL = 15 * time.Minute
+	MaxInviteTTL     = 7 * 24 * time.Hour
+	maxPending       = 100 // pending invites at once
+)
+
+// Errors of invites, users and revocation, matched with errors.Is.
+var (
+	ErrNoState        = errors.New("pairing needs a state directory (state in the config file)")
+	ErrUnknownRole    = errors.New("unknown role")
+	ErrUnknownUser    = errors.New("no such paired user")
+	ErrConfigUser     = errors.New("user is defined in the config file")
+	ErrTooManyInvites = errors.New("too many pending invites")
+)
+
+// Invite makes a single-use invite for a client with role, valid for ttl
+// (0: DefaultInviteTTL). name, if set, is the user's name once paired.
+func (d *Device) Invite(role string, ttl time.Duration, name string) (pairing.Invite, error) {
+	if d.st == nil {
+		return pairing.Invite{}, ErrNoState
+	}
+	if role == "" {
+		roles := slices.Sorted(maps.Keys(d.cfg.Roles))
+		if len(roles) != 1 {
+			return pairing.Invite{}, fmt.Errorf("%w: choose one with --role (defined: %s)", ErrUnknownRole, strings.Join(roles, ", "))
+		}
+		role = roles[0]
+	}
+	if _, ok := d.cfg.Roles[role]; !ok {
+		return pairing.Invite{}, fmt.Errorf("%w %q (defined in the config file: %s)", ErrUnknownRole, role, joinSorted(slices.Collect(maps.Keys(d.cfg.Roles))))
+	}
+	if ttl == 0 {
+		ttl = DefaultInviteTTL
+	}
+	if ttl < 0 || ttl > MaxInviteTTL {
+		return pairing.Invite{}, fmt.Errorf("invite lifetime %v: want up to %v", ttl, MaxInviteTTL)
+	}
+	if name != "" {
+		if err := pairing.ValidName(name); err != nil {
+			return pairing.Invite{}, err
+		}
+	}
+	now := time.Now()
+	secret := pairing.NewSecret()
+	in := pendingInvite{
+		Verifier:   secret.Verifier(),
+		RelayToken: secret.RelayToken(),
+		Role:       role,
+		Name:       name,
+		Created:    now.UTC(),
+		Expires:    now.Add(ttl).UTC(),
+	}
+	d.mu.Lock()
+	if len(d.invites) >= maxPending {
+		d.mu.Unlock()
+		return pairing.Invite{}, fmt.Errorf("%w (%d): let some expire first", ErrTooManyInvites, maxPending)
+	}
+	d.mu.Unlock()
+	if err := d.st.addInvite(in); err != nil {
+		return pairing.Invite{}, fmt.Errorf("save invite: %w", err)
+	}
+	d.mu.Lock()
+	d.invites[in.Verifier] = in
+	d.mu.Unlock()
+	d.pc.AccessChanged()
+	d.log.Info("invite made", "role", role, "name", name, "expires", in.Expires.Format(time.RFC3339))
+	return pairing.Invite{
+		Device:  d.ID(),
+		Relay:   d.cfg.Relay.Addr,
+		RelayID: d.cfg.Relay.ID,
+		Secret:  secret,
+		Expires: in.Expires.Truncate(time.Second),
+		Name:    d.cfg.Name,
+	}, nil
+}
+
+// Users returns the clients the device lets in: those of the config file
+// and those that paired, by name.
+func (d *Device) Users() []User {
+	d.mu.Lock()
+	users := slices.Collect(maps.Values(d.users))
+	d.mu.Unlock()
+	for id, svcs := range d.cfg.Clients {
+		users = append(users, User{ID: id, Name: "config-" + id.Short(), Services: svcs, FromConfig: true})
+	}
+	slices.SortFunc(users, func(a, b User) int { return strings.Compare(a.Name, b.Name) })
+	return users
+}
+
+// Revoke removes the paired user named by name or ID: its sessions and
+// tunnels close at once, the relay stops routing it, and it cannot come
+// back without a new invite.
+func (d *Device) Revoke(nameOrID string) (User, error) {
+	if d.st == nil {
+		return User{}, ErrNoState
+	}
+	d.mu.Lock()
+	var u User
+	found := false
+	for _, cand := range d.users {
+		if cand.Name == nameOrID || cand.ID.String() == strings.ToLower(nameOrID) {
+			u, found = cand, true
+			break
+		}
+	}
+	d.mu.Unlock()
+	if !found {
+		if id, err := identity.ParseID(nameOrID); err == nil {
+			if _, ok := d.cfg.Clients[id]; ok {
+				return User{}, fmt.Errorf("%w: remove it from clients there", ErrConfigUser)
+			}
+		}
+		return User{}, fmt.Errorf("%w %q", ErrUnknownUser, nameOrID)
+	}
+	if err := d.st.revoke(u.ID); err != nil {
+		return User{}, fmt.Errorf("revoke: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.users, u.ID)
+	d.mu.Unlock()
+	d.pc.AccessChanged()
+	if _, still := d.cfg.Clients[u.ID]; !still {
+		d.closeSessionsOf(u.ID, session.CloseRevoked, "access revoked by the device owner")
+	}
+	d.log.Info("user revoked", "name", u.Name, "client", u.ID.String())
+	return u, nil
+}
+
+// pairable reports whether an unknown client may keep a session, to pair:
+// only while invites are pending.
+func (d *Device) pairable() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	for _, in := range d.invites {
+		if now.Before(in.Expires) {
+			return true
+		}
+	}
+	return false
+}
+
+// A pairGuard refuses pairing for a while after repeated wrong secrets: 5
+// failures within a minute lock pairing for 10 s, doubling with each
+// lockout that follows within an hour (up to 10 minutes).
+type pairGuard struct {
+	failures    int
+	firstFail   time.Time
+	lockouts    int
+	lastLockout time.Time
+	lockedUntil time.Time
+}
+
+const (
+	maxFailures   = 5
+	failureWindow = time.Minute
+	baseLockout   = 10 * time.Second
+	maxLockout    = 10 * time.Minute
+)
+
+// check returns how long pairing stays refused, 0 if it is open.
+func (g *pairGuard) check(now time.Time) time.Duration {
+	if now.Before(g.lockedUntil) {
+		return g.lockedUntil.Sub(now)
+	}
+	return 0
+}
+
+// fail records a wrong secret.
+func (g *pairGuard) fail(now time.Time) {
+	if now.Sub(g.firstFail) > failureWindow {
+		g.failures, g.firstFail = 0, now
+	}
+	g.failures++
+	if g.failures < maxFailures {
+		return
+	}
+	if now.Sub(g.lastLockout) > time.Hour {
+		g.lockouts = 0
+	}
+	lock := min(baseLockout<<g.lockouts, maxLockout)
+	g.lockouts++
+	g.lastLockout, g.lockedUntil = now, now.Add(lock)
+	g.failures = 0
+}
+
+// pair answers a pairing request on stream in.
+func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, log *slog.Logger) {
+	client := s.PeerID()
+	now := time.Now()
+	d.mu.Lock()
+	wait := d.guard.check(now)
+	d.mu.Unlock()
+	if wait > 0 {
+		// Refused without looking at the secret.
+		log.Warn("pairing refused: too many wrong invites", "retry_in", wait.Round(time.Second).String())
+		in.Answer(session.Reply{Code: session.CodeRateLimited,
+			Detail: fmt.Sprintf("too many failed pairing attempts; try again in %s", wait.Round(time.Second))})
+		return
+	}
+	if d.st == nil || len(secret) != pairing.SecretLen {
+		d.pairFailed(now)
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: ErrInviteUnknown.Error()})
+		return
+	}
+	verifier := pairing.Secret(secret).Verifier()
+	u, err := d.st.redeem(verifier, client, now)
+	switch {
+	case errors.Is(err, ErrInviteExpired):
+		log.Warn("pairing refused: invite expired")
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite expired: ask the device owner for a new one"})
+		return
+	case errors.Is(err, ErrInviteUnknown):
+		d.pairFailed(now)
+		log.Warn("pairing refused: invite unknown or already used")
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
+		return
+	case err != nil:
+		log.Error("pairing failed: state not saved", "err", err)
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "the device could not save the pairing: " + err.Error()})
+		return
+	}
+	d.mu.Lock()
+	delete(d.invites, verifier)
+	d.users[client] = u
+	d.mu.Unlock()
+	d.pc.AccessChanged()
+	svcs := slices.DeleteFunc(slices.Clone(d.cfg.Roles[u.Role]), func(s string) bool { return s == AllServices })
+	if slices.Contains(d.cfg.Roles[u.Role], AllServices) {
+		svcs = slices.Sorted(maps.Keys(d.cfg.Services))
+	}
+	log.Info("client paired", "name", u.Name, "role", u.Role)
+	in.Answer(session.Reply{Code: session.CodeOK, Detail: u.Role, Allowed: svcs})
+}
+
+func (d *Device) pairFailed(now time.Time) {
+	d.mu.Lock()
+	d.guard.fail(now)
+	d.mu.Unlock()
+}
+
+// inviteSweep is how often expired invites are dropped.
+const inviteSweep = 10 * time.Second
+
+// expireInvites drops expired invites, from the store and the relay.
+func (d *Device) expireInvites() {
+	t := time.NewTicker(inviteSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case now := <-t.C:
+			d.mu.Lock()
+			var gone [][32]byte
+			for v, in := range d.invites {
+				if now.After(in.Expires) {
+					gone = append(gone, v)
+					delete(d.invites, v)
+				}
+			}
+			d.mu.Unlock()
+			if len(gone) == 0 {
+				continue
+			}
+			if d.st != nil {
+				if err := d.st.dropInvites(gone); err != nil {
+					d.log.Warn("dropping expired invites failed", "err", err)
+				}
+			}
+			d.pc.AccessChanged()
+		}
+	}
+}
