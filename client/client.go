@@ -66,6 +66,22 @@ func (e *OfflineError) Error() string {
 // Is makes an OfflineError match [ErrOffline].
 func (e *OfflineError) Is(target error) bool { return target == ErrOffline }
 
+// A NotAllowedError reports that the relay does not route this client to
+// the device, because the device has not allowed it: the relay enforces
+// the device's own list. It matches [session.ErrNotAuthorized].
+type NotAllowedError struct {
+	Device identity.ID
+	Relay  string
+}
+
+func (e *NotAllowedError) Error() string {
+	return fmt.Sprintf("not authorized by the device: device %s has not allowed this client, so relay %s drops its packets; ask the device owner for an invite (burrow pair)",
+		e.Device.Short(), e.Relay)
+}
+
+// Is makes a NotAllowedError match [session.ErrNotAuthorized].
+func (e *NotAllowedError) Is(target error) bool { return target == session.ErrNotAuthorized }
+
 // A Client is a running receiver. Create it with [New]; it is safe for
 // concurrent use.
 type Client struct {
@@ -154,8 +170,13 @@ func (c *Client) peerGone(g paths.PeerGone) {
 	if ds == nil {
 		return
 	}
-	var err error = &OfflineError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr, LastSeen: g.LastSeen}
-	if g.Reason != relayproto.GoneOffline {
+	var err error
+	switch g.Reason {
+	case relayproto.GoneOffline:
+		err = &OfflineError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr, LastSeen: g.LastSeen}
+	case relayproto.GoneNotAuthorized:
+		err = &NotAllowedError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr}
+	default:
 		err = fmt.Errorf("relay %s will not route to device %s (%s)", c.cfg.Relay.Addr, g.Peer.ID.Short(), g.Reason)
 	}
 	select {
