@@ -195,11 +195,6 @@ func TestBinaryEndToEnd(t *testing.T) {
 		io.WriteString(w, "camera admin page")
 	}))
 
-	// The relay refuses to start open to no one.
-	_, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"))
-	if err == nil || !strings.Contains(stderr, "--devices") || !strings.Contains(stderr, "--open") {
-		t.Fatalf("relay with neither --open nor --devices: err %v, stderr %q", err, stderr)
-	}
 	relayIDOut, _, err := run(t, "relay", "id", "--data", filepath.Join(dir, "relay"))
 	if err != nil {
 		t.Fatal(err)
@@ -340,5 +335,130 @@ func TestBinaryDemo(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Fatal("the demo's port still accepts after it stopped")
+	}
+}
+
+// TestBinaryPairing runs enrollment, invites, pairing, connect by name,
+// several forwards, users, status and revocation with the real binary.
+func TestBinaryPairing(t *testing.T) {
+	dir := t.TempDir()
+	relayData := filepath.Join(dir, "relay")
+	home := filepath.Join(dir, "home")
+	web := tunneltest.HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "camera admin page")
+	}))
+	rtsp := tunneltest.HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "camera stream")
+	}))
+
+	// An enrollment token made before the relay runs (on its store), one
+	// while it runs (through its admin socket).
+	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(tokenOut)
+	relayIDOut, _, _ := run(t, "relay", "id", "--data", relayData)
+	relayID := strings.TrimSpace(relayIDOut)
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr := m[1]
+	if out, stderr, err := run(t, "relay", "token", "create", "--data", relayData); err != nil || !strings.HasPrefix(out, "enroll-") {
+		t.Fatalf("token while running: %q %q %v", out, stderr, err)
+	}
+
+	writeCfg := func(name, token string) string {
+		cfg := filepath.Join(dir, name+".yaml")
+		body := fmt.Sprintf("name: %s\nrelay: %s\nrelay_id: %s\nidentity: %s.key\nstate: %s-state\nservices:\n  http: %s\n  rtsp: %s\nroles:\n  viewer: [http, rtsp]\n",
+			name, relayAddr, relayID, name, name, web, rtsp)
+		if token != "" {
+			body += "enroll_token: " + token + "\n"
+		}
+		os.WriteFile(cfg, []byte(body), 0o600)
+		return cfg
+	}
+	cfg := writeCfg("cam", token)
+	dev := start(t, "device", "device", "--config", cfg)
+	dev.waitFor(regexp.MustCompile(`msg="attached to relay"`), 0, 10*time.Second)
+	devID, _, _ := run(t, "id", "--identity", filepath.Join(dir, "cam.key"))
+	devID = strings.TrimSpace(devID)
+
+	// The token had one use; a device without a token is not enrolled.
+	other := start(t, "other device", "device", "--config", writeCfg("other", token))
+	other.waitFor(regexp.MustCompile(`relay attach failed.*used up`), 0, 10*time.Second)
+	none := start(t, "device without token", "device", "--config", writeCfg("none", ""))
+	none.waitFor(regexp.MustCompile(`relay attach failed.*not enrolled on this relay.*burrow relay token create`), 0, 10*time.Second)
+	devs, _, err := run(t, "relay", "devices", "--data", relayData)
+	if err != nil || !strings.Contains(devs, devID) || !strings.Contains(devs, "yes") || strings.Count(devs, "\n") != 2 {
+		t.Fatalf("relay devices: %q %v", devs, err)
+	}
+
+	// Invite (not on a terminal: the invite alone on one line), pair,
+	// connect by name.
+	invite, stderr, err := run(t, "device", "invite", "--config", cfg, "--role", "viewer", "--name", "alice")
+	if err != nil || strings.Count(invite, "\n") != 1 || !strings.HasPrefix(invite, "burrow://pair?") {
+		t.Fatalf("invite: %q %q %v", invite, stderr, err)
+	}
+	invite = strings.TrimSpace(invite)
+	out, stderr, err := run(t, "pair", invite, "--name", "cam1", "--home", home)
+	if err != nil || !strings.Contains(out, "paired with cam1") {
+		t.Fatalf("pair: %q %q %v", out, stderr, err)
+	}
+	if _, stderr, err := run(t, "pair", invite, "--name", "again", "--home", home); err == nil || !strings.Contains(stderr, "already used") {
+		t.Fatalf("second pair with the same invite: %q %v", stderr, err)
+	}
+	out, _, err = run(t, "devices", "--home", home)
+	if err != nil || !strings.Contains(out, "cam1") || !strings.Contains(out, devID) {
+		t.Fatalf("devices: %q %v", out, err)
+	}
+	conn := start(t, "connect", "connect", "cam1", "http", "--home", home)
+	m, connAt := conn.waitFor(reListening, 0, 10*time.Second)
+	if body, err := get(t, m[1]); err != nil || body != "camera admin page" {
+		t.Fatalf("through the tunnel: %q, %v", body, err)
+	}
+
+	// Several forwards from one process.
+	fwd := filepath.Join(dir, "forwards.yaml")
+	os.WriteFile(fwd, []byte("forwards:\n  cam1/http: 127.0.0.1:0\n  cam1/rtsp: 127.0.0.1:0\n"), 0o600)
+	multi := start(t, "connect --config", "connect", "--config", fwd, "--home", home)
+	mh, _ := multi.waitFor(regexp.MustCompile(`^listening on (\S+) for cam1/http$`), 0, 10*time.Second)
+	mr, _ := multi.waitFor(regexp.MustCompile(`^listening on (\S+) for cam1/rtsp$`), 0, 10*time.Second)
+	if body, err := get(t, mh[1]); err != nil || body != "camera admin page" {
+		t.Fatalf("forward cam1/http: %q %v", body, err)
+	}
+	if body, err := get(t, mr[1]); err != nil || body != "camera stream" {
+		t.Fatalf("forward cam1/rtsp: %q %v", body, err)
+	}
+	multi.stop()
+
+	out, _, err = run(t, "device", "users", "--config", cfg)
+	if err != nil || !strings.Contains(out, "alice") || !strings.Contains(out, "viewer") {
+		t.Fatalf("users: %q %v", out, err)
+	}
+	out, _, err = run(t, "device", "status", "--config", cfg)
+	if err != nil || !strings.Contains(out, "attached since") || !strings.Contains(out, "sessions: 1") {
+		t.Fatalf("status: %q %v", out, err)
+	}
+
+	// Revocation: the next connection is refused.
+	out, _, err = run(t, "device", "revoke", "alice", "--config", cfg)
+	if err != nil || !strings.Contains(out, "revoked alice") {
+		t.Fatalf("revoke: %q %v", out, err)
+	}
+	if _, err := get(t, m[1]); err == nil {
+		t.Fatal("a tunnel worked after the revocation")
+	}
+	conn.waitFor(regexp.MustCompile(`not authorized`), connAt, 5*time.Second)
+
+	// Un-enrolled, the device is disconnected and not let back in.
+	if out, stderr, err := run(t, "relay", "devices", "remove", devID, "--data", relayData); err != nil {
+		t.Fatalf("remove: %q %q %v", out, stderr, err)
+	}
+	dev.waitFor(regexp.MustCompile(`relay attach failed.*not enrolled`), 0, 15*time.Second)
+
+	// With the agent stopped, its admin commands say so.
+	dev.stop()
+	if _, stderr, err := run(t, "device", "users", "--config", cfg); err == nil || !strings.Contains(stderr, "not running") {
+		t.Fatalf("users with the agent stopped: %q %v", stderr, err)
 	}
 }

@@ -16,32 +16,54 @@ import (
 
 // deviceFile is the YAML configuration of "burrow device".
 type deviceFile struct {
+	// Name is what the device calls itself in invites.
+	Name string `yaml:"name"`
 	// Relay is the relay's host:port.
 	Relay string `yaml:"relay"`
 	// RelayID pins the relay's key; empty means a CA-signed relay
 	// certificate, checked against the system roots.
 	RelayID string `yaml:"relay_id"`
+	// EnrollToken enrolls the device on a relay that does not know it yet.
+	EnrollToken string `yaml:"enroll_token"`
 	// Identity is the device's key file, relative to the config file's
 	// directory unless absolute; created if missing.
 	Identity string `yaml:"identity"`
+	// State is the directory of paired users and pending invites; by
+	// default "state" beside the identity file.
+	State string `yaml:"state"`
+	// AdminSocket is the admin API's Unix socket; by default admin.sock in
+	// the state directory.
+	AdminSocket string `yaml:"admin_socket"`
 	// Services maps service names to the local addresses they are served on.
 	Services map[string]string `yaml:"services"`
+	// Roles maps role names to the services they grant ("*": all).
+	Roles map[string][]string `yaml:"roles"`
 	// Clients maps client IDs to the services they may open ("*": all).
 	Clients map[string][]string `yaml:"clients"`
 }
 
-// loadDeviceConfig reads and checks a device configuration file and returns
-// the device Config it describes, logging to log.
-func loadDeviceConfig(path string, log *slog.Logger) (device.Config, error) {
-	fail := func(format string, args ...any) (device.Config, error) {
-		return device.Config{}, fmt.Errorf("config %s: %s", path, fmt.Sprintf(format, args...))
+// deviceSetup is a parsed device configuration file.
+type deviceSetup struct {
+	path        string
+	file        deviceFile
+	keyPath     string
+	stateDir    string
+	adminSocket string
+}
+
+// readDeviceConfig reads and checks a device configuration file without
+// touching anything it names.
+func readDeviceConfig(path string) (*deviceSetup, error) {
+	fail := func(format string, args ...any) (*deviceSetup, error) {
+		return nil, fmt.Errorf("config %s: %s", path, fmt.Sprintf(format, args...))
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return device.Config{}, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
-	var f deviceFile
-	if err := yamlstrict.Decode(data, &f); err != nil {
+	ds := &deviceSetup{path: path}
+	f := &ds.file
+	if err := yamlstrict.Decode(data, f); err != nil {
 		if errors.Is(err, yamlstrict.ErrEmpty) {
 			return fail("the file is empty: it needs at least relay, relay_id and services")
 		}
@@ -53,48 +75,90 @@ func loadDeviceConfig(path string, log *slog.Logger) (device.Config, error) {
 	if _, _, err := net.SplitHostPort(f.Relay); err != nil {
 		return fail("relay %q: want host:port, as in relay.example.com:443", f.Relay)
 	}
-	var relayID identity.ID
 	if f.RelayID != "" {
-		if relayID, err = identity.ParseID(f.RelayID); err != nil {
+		if _, err := identity.ParseID(f.RelayID); err != nil {
 			return fail("relay_id: %v", err)
 		}
 	}
 	if len(f.Services) == 0 {
 		return fail("services is empty: name at least one local service, as in \"http: 127.0.0.1:80\"")
 	}
-	clients := make(map[identity.ID][]string, len(f.Clients))
 	for s, svcs := range f.Clients {
-		id, err := identity.ParseID(s)
-		if err != nil {
+		if _, err := identity.ParseID(s); err != nil {
 			return fail("clients: %v", err)
 		}
 		if len(svcs) == 0 {
 			return fail("clients: %s has no services: list them, or [\"*\"] for all", s)
 		}
-		clients[id] = svcs
 	}
-	keyPath := f.Identity
-	if keyPath == "" {
+	for r, svcs := range f.Roles {
+		if len(svcs) == 0 {
+			return fail("roles: %s has no services: list them, or [\"*\"] for all", r)
+		}
+	}
+	rel := func(p string) string {
+		if p != "" && !filepath.IsAbs(p) {
+			return filepath.Join(filepath.Dir(path), p)
+		}
+		return p
+	}
+	ds.keyPath = rel(f.Identity)
+	if ds.keyPath == "" {
 		dir, err := configDir()
 		if err != nil {
 			return fail("identity is missing and %v", err)
 		}
-		keyPath = filepath.Join(dir, "device.key")
-	} else if !filepath.IsAbs(keyPath) {
-		keyPath = filepath.Join(filepath.Dir(path), keyPath)
+		ds.keyPath = filepath.Join(dir, "device.key")
 	}
-	id, created, err := identity.LoadOrCreate(keyPath)
+	ds.stateDir = rel(f.State)
+	if ds.stateDir == "" {
+		ds.stateDir = filepath.Join(filepath.Dir(ds.keyPath), "state")
+	}
+	ds.adminSocket = rel(f.AdminSocket)
+	if ds.adminSocket == "" {
+		ds.adminSocket = filepath.Join(ds.stateDir, "admin.sock")
+	}
+	return ds, nil
+}
+
+// deviceConfig returns the device Config the file describes, loading or
+// creating the identity.
+func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
+	f := ds.file
+	id, created, err := identity.LoadOrCreate(ds.keyPath)
 	if err != nil {
-		return fail("identity: %v", err)
+		return device.Config{}, fmt.Errorf("config %s: identity: %w", ds.path, err)
 	}
 	if created {
-		log.Info("created device identity", "path", keyPath)
+		log.Info("created device identity", "path", ds.keyPath)
 	}
-	return device.Config{
-		Identity: id,
-		Relay:    paths.RelayConfig{Addr: f.Relay, ID: relayID},
-		Services: f.Services,
-		Clients:  clients,
-		Logger:   log,
-	}, nil
+	cfg := device.Config{
+		Identity:    id,
+		Name:        f.Name,
+		Relay:       paths.RelayConfig{Addr: f.Relay},
+		EnrollToken: f.EnrollToken,
+		Services:    f.Services,
+		Roles:       f.Roles,
+		Clients:     make(map[identity.ID][]string, len(f.Clients)),
+		StateDir:    ds.stateDir,
+		Logger:      log,
+	}
+	if f.RelayID != "" {
+		cfg.Relay.ID, _ = identity.ParseID(f.RelayID)
+	}
+	for s, svcs := range f.Clients {
+		id, _ := identity.ParseID(s)
+		cfg.Clients[id] = svcs
+	}
+	return cfg, nil
+}
+
+// loadDeviceConfig reads a device configuration file and returns the
+// device Config it describes.
+func loadDeviceConfig(path string, log *slog.Logger) (device.Config, error) {
+	ds, err := readDeviceConfig(path)
+	if err != nil {
+		return device.Config{}, err
+	}
+	return ds.deviceConfig(log)
 }

@@ -4,37 +4,70 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/yamlstrict"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/session"
 )
 
-func newConnectCmd(g *globals) *cobra.Command {
-	var (
-		relayAddr, relayID, listen, idPath string
-	)
-	cmd := &cobra.Command{
-		Use:   "connect DEVICE SERVICE --relay ADDR --relay-id ID [--listen ADDR]",
-		Short: "Forward a local port to a service on a device",
-		Long: `Listen on a local TCP port and forward every connection to it, end-to-end
-encrypted through the relay, to SERVICE on DEVICE. DEVICE is the device's ID
-(printed by "burrow id" on the device, or logged by "burrow device"); its key
-is pinned: a device proving another key is never spoken to.
+// connectFile is the YAML configuration of "burrow connect --config".
+type connectFile struct {
+	// Forwards maps "device/service" to the local address to listen on;
+	// device is a known device's name or ID.
+	Forwards map[string]string `yaml:"forwards"`
+}
 
-Once it is ready to accept, connect prints one line on stdout:
+// forward is one local listener leading to a service on a device.
+type forward struct {
+	device  identity.ID
+	name    string // as the user wrote it
+	service string
+	listen  string
+	relay   paths.RelayConfig
+}
+
+func newConnectCmd(g *globals) *cobra.Command {
+	var relayAddr, relayID, listen, idPath, configPath string
+	cmd := &cobra.Command{
+		Use:   "connect DEVICE SERVICE [--listen ADDR] | connect --config FILE",
+		Short: "Forward local ports to services on devices",
+		Long: `Listen on a local TCP port and forward every connection to it, end-to-end
+encrypted through the relay, to SERVICE on DEVICE. DEVICE is the name of a
+device this client paired with (burrow devices), or a device ID together
+with --relay and --relay-id. The device's key is pinned: a device proving
+another key is never spoken to.
+
+Once it is ready to accept, connect prints one line on stdout per forward:
 
   listening on 127.0.0.1:41234
 
-Point the application (VLC, a browser, ssh) at that address. Your ID, which
-the device owner must grant access to, is printed by "burrow id".`,
-		Example: `  burrow connect 4xq…7ma rtsp --relay relay.example.com:443 --relay-id k2m…v4a --listen 127.0.0.1:8554
+With --config, one process serves several forwards, each
+"device/service: local address":
+
+  forwards:
+    cam1/rtsp: 127.0.0.1:8554
+    cam1/http: 127.0.0.1:8080`,
+		Example: `  burrow connect cam1 rtsp --listen 127.0.0.1:8554
   vlc rtsp://127.0.0.1:8554/stream`,
 		Args: func(cmd *cobra.Command, args []string) error {
+			if configPath != "" {
+				if len(args) != 0 {
+					return usageError(cmd, "with --config, give no DEVICE or SERVICE")
+				}
+				return nil
+			}
 			if len(args) != 2 {
 				return usageError(cmd, "want DEVICE and SERVICE, got %d arguments", len(args))
 			}
@@ -46,24 +79,24 @@ the device owner must grant access to, is printed by "burrow id".`,
 			if err != nil {
 				return err
 			}
-			dev, err := identity.ParseID(args[0])
+			dir, err := g.homeDir()
 			if err != nil {
-				return fmt.Errorf("device: %w", err)
+				return err
 			}
-			service := args[1]
-			if relayAddr == "" {
-				return usageError(cmd, "--relay is required: the relay's host:port")
+			home := client.Home{Dir: dir}
+			var fwds []forward
+			if configPath != "" {
+				fwds, err = readConnectConfig(configPath, home)
+			} else {
+				var f forward
+				f, err = resolveForward(home, args[0], args[1], listen, relayAddr, relayID)
+				fwds = []forward{f}
 			}
-			rcfg := paths.RelayConfig{Addr: relayAddr}
-			if relayID != "" {
-				if rcfg.ID, err = identity.ParseID(relayID); err != nil {
-					return fmt.Errorf("--relay-id: %w", err)
-				}
+			if err != nil {
+				return err
 			}
 			if idPath == "" {
-				if idPath, err = defaultIdentityPath(); err != nil {
-					return err
-				}
+				idPath = home.IdentityPath()
 			}
 			id, created, err := identity.LoadOrCreate(idPath)
 			if err != nil {
@@ -72,42 +105,140 @@ the device owner must grant access to, is printed by "burrow id".`,
 			if created {
 				log.Info("created client identity", "path", idPath, "id", id.ID().String())
 			}
-			c, err := client.New(client.Config{Identity: id, Relay: rcfg, Logger: log})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			err = c.WaitAttached(ctx)
-			cancel()
-			switch {
-			case cmd.Context().Err() != nil:
-				return nil
-			case err != nil && ctx.Err() == nil:
-				return err // a wrong relay ID, a refusal: retrying will not help
-			case err != nil:
-				log.Warn("relay not reachable yet; still trying, tunnels will fail until it is", "err", err)
-			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listen: %w", err)
-			}
-			if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-				log.Warn("listening beyond loopback: anyone who can reach this address can use the tunnel", "addr", tcp.String())
-			}
-			fmt.Fprintf(g.stdout, "listening on %s\n", ln.Addr())
-			log.Info("forwarding", "listen", ln.Addr().String(), "device", dev.String(), "service", service, "client_id", id.ID().String())
-			if err := c.Forward(cmd.Context(), ln, dev, service); err != nil && !errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			return nil
+			return serveForwards(cmd.Context(), g, log, id, fwds)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&relayAddr, "relay", "", "the relay's host:port")
+	f.StringVar(&relayAddr, "relay", "", "the relay's host:port (for a device ID not paired with)")
 	f.StringVar(&relayID, "relay-id", "", "the relay's ID (pinned); omit only if the relay has a CA-signed certificate")
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "local address to accept connections on")
-	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the user's config directory, under burrow/)")
+	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
+	f.StringVar(&configPath, "config", "", "a file of several forwards (YAML)")
 	return cmd
+}
+
+// resolveForward finds the device and relay of one forward.
+func resolveForward(home client.Home, dev, service, listen, relayAddr, relayID string) (forward, error) {
+	if err := session.ValidService(service); err != nil {
+		return forward{}, err
+	}
+	f := forward{name: dev, service: service, listen: listen}
+	if relayAddr == "" {
+		kd, err := home.Device(dev)
+		if err != nil {
+			if _, idErr := identity.ParseID(dev); idErr == nil {
+				return forward{}, fmt.Errorf("device %s is not one this client paired with: pass --relay and --relay-id, or pair first", dev)
+			}
+			return forward{}, err
+		}
+		f.device, f.relay = kd.ID, paths.RelayConfig{Addr: kd.Relay, ID: kd.RelayID}
+		return f, nil
+	}
+	var err error
+	if f.device, err = identity.ParseID(dev); err != nil {
+		return forward{}, fmt.Errorf("device: %w", err)
+	}
+	f.relay.Addr = relayAddr
+	if relayID != "" {
+		if f.relay.ID, err = identity.ParseID(relayID); err != nil {
+			return forward{}, fmt.Errorf("--relay-id: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// readConnectConfig reads a file of forwards.
+func readConnectConfig(path string, home client.Home) ([]forward, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var cf connectFile
+	if err := yamlstrict.Decode(data, &cf); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(cf.Forwards) == 0 {
+		return nil, fmt.Errorf("config %s: forwards is empty: add \"device/service: 127.0.0.1:PORT\" lines", path)
+	}
+	var out []forward
+	for _, key := range slices.Sorted(maps.Keys(cf.Forwards)) {
+		dev, svc, ok := strings.Cut(key, "/")
+		if !ok {
+			return nil, fmt.Errorf("config %s: forward %q: want device/service", path, key)
+		}
+		f, err := resolveForward(home, dev, svc, cf.Forwards[key], "", "")
+		if err != nil {
+			return nil, fmt.Errorf("config %s: forward %s: %w", path, key, err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// serveForwards runs one client per relay and every forward until ctx is
+// done or a listener fails.
+func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, fwds []forward) error {
+	clients := make(map[paths.RelayConfig]*client.Client)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for _, f := range fwds {
+		if clients[f.relay] != nil {
+			continue
+		}
+		c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log})
+		if err != nil {
+			return err
+		}
+		clients[f.relay] = c
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.WaitAttached(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && wctx.Err() == nil:
+			return err // a wrong relay ID, a refusal: retrying will not help
+		case err != nil:
+			log.Warn("relay not reachable yet; still trying, tunnels will fail until it is", "relay", f.relay.Addr, "err", err)
+		}
+	}
+	lns := make([]net.Listener, len(fwds))
+	for i, f := range fwds {
+		ln, err := net.Listen("tcp", f.listen)
+		if err != nil {
+			for _, l := range lns[:i] {
+				l.Close()
+			}
+			return fmt.Errorf("listen for %s/%s: %w", f.name, f.service, err)
+		}
+		lns[i] = ln
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+			log.Warn("listening beyond loopback: anyone who can reach this address can use the tunnel", "addr", tcp.String())
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for i, f := range fwds {
+		if len(fwds) == 1 {
+			fmt.Fprintf(g.stdout, "listening on %s\n", lns[i].Addr())
+		} else {
+			fmt.Fprintf(g.stdout, "listening on %s for %s/%s\n", lns[i].Addr(), f.name, f.service)
+		}
+		log.Info("forwarding", "listen", lns[i].Addr().String(), "device", f.device.String(), "service", f.service, "client_id", id.ID().String())
+		wg.Go(func() {
+			if err := clients[f.relay].Forward(ctx, lns[i], f.device, f.service); err != nil && !errors.Is(err, net.ErrClosed) {
+				cancel(err)
+			}
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/identity"
 )
 
@@ -17,18 +18,19 @@ func newIDCmd(g *globals) *cobra.Command {
 
 The ID is derived from the agent's Ed25519 public key (the SHA-256 of the
 key, in lowercase base32): it names the agent and lets anyone check its key,
-and it is safe to paste into a shell or a YAML file. Give it to a device
-owner so they can grant you access.
+and it is safe to paste into a shell or a YAML file.
 
-If there is no key at PATH, a new one is created there (mode 0600).`,
+Without --identity it is the client's key, in its home directory (--home,
+$BURROW_HOME, or burrow/ in the user's config directory). If there is no key
+at the path, a new one is created there (mode 0600).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
-				p, err := defaultIdentityPath()
+				home, err := g.homeDir()
 				if err != nil {
 					return err
 				}
-				path = p
+				path = client.Home{Dir: home}.IdentityPath()
 			}
 			id, created, err := identity.LoadOrCreate(path)
 			if err != nil {
@@ -41,6 +43,6 @@ If there is no key at PATH, a new one is created there (mode 0600).`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&path, "identity", "", "key file (default: identity.key in the user's config directory, under burrow/)")
+	cmd.Flags().StringVar(&path, "identity", "", "key file (default: identity.key in the client's home)")
 	return cmd
 }

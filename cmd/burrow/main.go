@@ -90,8 +90,31 @@ func agentProcs() {
 // globals are the flags every command shares.
 type globals struct {
 	logLevel string
+	home     string // --home; see homeDir
 	stdout   io.Writer
 	stderr   io.Writer
+}
+
+// homeDir is the client's home: --home, else BURROW_HOME, else burrow/
+// under the user's config directory.
+func (g *globals) homeDir() (string, error) {
+	if g.home != "" {
+		return g.home, nil
+	}
+	if h := os.Getenv("BURROW_HOME"); h != "" {
+		return h, nil
+	}
+	return configDir()
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // logger returns the logger for --log-level, writing text to stderr.
@@ -122,11 +145,14 @@ Start with "burrow demo" to see all three roles work on this machine.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log detail: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.home, "home", "", "the client's directory: identity and known devices (default: $BURROW_HOME, or burrow/ in the user's config directory)")
 	root.AddCommand(
 		newIDCmd(g),
 		newRelayCmd(g),
 		newDeviceCmd(g),
 		newConnectCmd(g),
+		newPairCmd(g),
+		newDevicesCmd(g),
 		newDemoCmd(g),
 	)
 	return root
@@ -139,15 +165,6 @@ func configDir() (string, error) {
 		return "", fmt.Errorf("no default configuration directory (%w): pass the path explicitly", err)
 	}
 	return filepath.Join(dir, "burrow"), nil
-}
-
-// defaultIdentityPath is the client identity used when --identity is empty.
-func defaultIdentityPath() (string, error) {
-	dir, err := configDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(dir, "identity.key"), nil
 }
 
 // usageError reports a wrong invocation and points at the help.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,24 +9,30 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
 	"github.com/burrow-tunnel/burrow/relay"
 )
 
 // relayGCPercent is the relay's garbage-collection target (see GOGC).
 const relayGCPercent = 25
 
-// relayKeyFile is the relay's identity inside its data directory.
-const relayKeyFile = "relay.key"
+// Files in the relay's data directory.
+const (
+	relayKeyFile    = "relay.key"
+	relayStoreFile  = "relay.db"
+	relayAdminsFile = "admin.sock"
+)
 
 // relayIdentity loads or creates the relay's identity in dataDir.
 func relayIdentity(dataDir string) (*identity.Identity, bool, error) {
 	if dataDir == "" {
-		return nil, false, errors.New("--data is required: the directory where the relay keeps its identity")
+		return nil, false, errors.New("--data is required: the directory where the relay keeps its identity and state")
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("data directory: %w", err)
@@ -41,13 +48,15 @@ func newRelayCmd(g *globals) *cobra.Command {
 		keepAlive                    time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "relay --listen ADDR --data DIR (--devices FILE | --open)",
+		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
 		Short: "Run a relay that devices and clients attach to",
 		Long: `Run a burrow relay: the public server that devices and clients attach to.
 
 Agents attach over TLS through an HTTP upgrade on one port (443 in
 production). The relay pairs clients with devices and forwards their
-packets, which are end-to-end encrypted: it cannot read them.
+packets, which are end-to-end encrypted: it cannot read them. It routes to a
+device only the clients that device allows (the device tells it), and drops
+the rest.
 
 On first start the relay creates its identity in the data directory and
 logs its ID; agents pin the relay by that ID (relay_id, --relay-id). Print it
@@ -55,9 +64,10 @@ with "burrow relay id --data DIR". With --tls-cert and --tls-key the relay
 serves a CA-signed certificate instead, which agents check against their
 trusted roots.
 
-Deny by default: the relay admits only devices listed in --devices FILE (one
-device ID per line, "#" comments; re-read when it changes), or any device
-with --open. With neither it refuses to start.`,
+Deny by default: the relay admits only devices it enrolled, which present an
+enrollment token once ("burrow relay token create"), devices listed in
+--devices FILE (one device ID per line, "#" comments; re-read when it
+changes), or, with --open, any device.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -71,21 +81,8 @@ with --open. With neither it refuses to start.`,
 			if os.Getenv("GOGC") == "" {
 				debug.SetGCPercent(relayGCPercent)
 			}
-			var allow func(identity.ID) bool
-			switch {
-			case open && devicesFile != "":
+			if open && devicesFile != "" {
 				return usageError(cmd, "--open and --devices exclude each other: --open admits any device")
-			case open:
-				allow = func(identity.ID) bool { return true }
-			case devicesFile != "":
-				l, err := relay.LoadDeviceList(devicesFile, log)
-				if err != nil {
-					return err
-				}
-				allow = l.Allow
-				log.Info("device list loaded", "path", devicesFile, "devices", l.Len())
-			default:
-				return usageError(cmd, "refusing to start a relay no device may attach to: pass --devices FILE (device IDs allowed, one per line) or --open (any device)")
 			}
 			if (tlsCert == "") != (tlsKey == "") {
 				return usageError(cmd, "--tls-cert and --tls-key go together")
@@ -97,7 +94,29 @@ with --open. With neither it refuses to start.`,
 			if created {
 				log.Info("created relay identity", "path", filepath.Join(dataDir, relayKeyFile))
 			}
-			cfg := relay.Config{Identity: id, AllowDevice: allow, Logger: log, KeepAlive: keepAlive}
+			st, err := relay.OpenStore(filepath.Join(dataDir, relayStoreFile))
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			allow := st.Enrolled
+			switch {
+			case open:
+				allow = func(identity.ID) bool { return true }
+				log.Warn("relay is open: any device may attach")
+			case devicesFile != "":
+				l, err := relay.LoadDeviceList(devicesFile, log)
+				if err != nil {
+					return err
+				}
+				allow = func(id identity.ID) bool { return l.Allow(id) || st.Enrolled(id) }
+				log.Info("device list loaded", "path", devicesFile, "devices", l.Len())
+			default:
+				if devs, _ := st.Devices(); len(devs) == 0 {
+					log.Info("no device enrolled yet: make an enrollment token with burrow relay token create --data " + dataDir)
+				}
+			}
+			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive}
 			if tlsCert != "" {
 				cfg.GetCertificate, err = relay.CertFile(tlsCert, tlsKey)
 				if err != nil {
@@ -108,13 +127,27 @@ with --open. With neither it refuses to start.`,
 			if err != nil {
 				return err
 			}
+			adminPath := filepath.Join(dataDir, relayAdminsFile)
+			adminLn, err := adminsock.Listen(adminPath)
+			if err != nil {
+				return err
+			}
+			defer os.Remove(adminPath)
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
+				adminLn.Close()
 				return fmt.Errorf("listen: %w", err)
 			}
-			if open {
-				log.Warn("relay is open: any device may attach")
-			}
+			ctx, stopAdmin := context.WithCancel(cmd.Context())
+			adminDone := make(chan struct{})
+			go func() {
+				defer close(adminDone)
+				adminsock.Serve(ctx, adminLn, relay.AdminHandler(srv, st))
+			}()
+			defer func() {
+				stopAdmin()
+				<-adminDone
+			}()
 			log.Info("relay listening", "addr", ln.Addr().String(), "id", id.ID().String())
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
@@ -135,12 +168,12 @@ with --open. With neither it refuses to start.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", ":443", "TCP address to serve agents on")
-	f.StringVar(&dataDir, "data", "", "directory for the relay's identity (created if missing)")
 	f.StringVar(&devicesFile, "devices", "", "file of device IDs allowed to attach, one per line")
 	f.BoolVar(&open, "open", false, "allow any device to attach")
 	f.StringVar(&tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of the self-signed one")
 	f.StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.DurationVar(&keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
+	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 
 	idCmd := &cobra.Command{
 		Use:   "id --data DIR",
@@ -158,7 +191,125 @@ with --open. With neither it refuses to start.`,
 			return nil
 		},
 	}
-	idCmd.Flags().StringVar(&dataDir, "data", "", "the relay's data directory")
-	cmd.AddCommand(idCmd)
+	cmd.AddCommand(idCmd, newRelayTokenCmd(g, &dataDir), newRelayDevicesCmd(g, &dataDir))
+	return cmd
+}
+
+// withRelayState runs online through the running relay's admin socket, or,
+// if no relay runs on dataDir, offline on its store.
+func withRelayState(ctx context.Context, dataDir string, online func(*relay.AdminClient) error, offline func(*relay.Store) error) error {
+	if dataDir == "" {
+		return errors.New("--data is required: the relay's data directory")
+	}
+	err := online(relay.NewAdminClient(filepath.Join(dataDir, relayAdminsFile)))
+	if !errors.Is(err, adminsock.ErrNotRunning) {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	st, err := relay.OpenStore(filepath.Join(dataDir, relayStoreFile))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return offline(st)
+}
+
+func newRelayTokenCmd(g *globals, dataDir *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Manage enrollment tokens",
+	}
+	var uses int
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create --data DIR [--uses N] [--ttl D]",
+		Short: "Print a new enrollment token",
+		Long: `Print a new enrollment token. A device whose configuration carries it
+(enroll_token) is enrolled the first time it attaches, and needs no token
+afterwards. The token works for --uses devices, until --ttl has passed.
+The relay keeps only a hash of it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var tok string
+			err := withRelayState(cmd.Context(), *dataDir,
+				func(a *relay.AdminClient) (err error) {
+					tok, err = a.CreateToken(cmd.Context(), uses, ttl)
+					return err
+				},
+				func(st *relay.Store) (err error) {
+					tok, err = st.CreateToken(uses, ttl)
+					return err
+				})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, tok)
+			return nil
+		},
+	}
+	create.Flags().IntVar(&uses, "uses", 1, "how many devices may enroll with it")
+	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (0: no expiry)")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func newRelayDevicesCmd(g *globals, dataDir *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "devices --data DIR",
+		Short: "List enrolled devices, with their online state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var devs []relay.EnrolledDevice
+			running := true
+			err := withRelayState(cmd.Context(), *dataDir,
+				func(a *relay.AdminClient) (err error) {
+					devs, err = a.Devices(cmd.Context())
+					return err
+				},
+				func(st *relay.Store) (err error) {
+					running = false
+					devs, err = st.Devices()
+					return err
+				})
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tENROLLED\tONLINE\tLAST SEEN")
+			for _, d := range devs {
+				online := "no"
+				switch {
+				case !running:
+					online = "? (relay not running)"
+				case d.Online:
+					online = "yes"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, when(d.Enrolled), online, when(d.LastSeen))
+			}
+			return tw.Flush()
+		},
+	}
+	remove := &cobra.Command{
+		Use:   "remove ID --data DIR",
+		Short: "Un-enroll a device (and disconnect it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := identity.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			err = withRelayState(cmd.Context(), *dataDir,
+				func(a *relay.AdminClient) error { return a.Remove(cmd.Context(), id) },
+				func(st *relay.Store) error { return st.Remove(id) })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "removed %s\n", id)
+			return nil
+		},
+	}
+	cmd.AddCommand(remove)
 	return cmd
 }

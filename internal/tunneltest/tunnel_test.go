@@ -471,7 +471,8 @@ func TestWrongDeviceKey(t *testing.T) {
 
 	// An impostor attached to the relay as the pinned ID that runs its E2E
 	// sessions with another key.
-	pc, err := paths.Listen(paths.Config{Identity: pinned, Role: relayproto.RoleDevice, Relay: r.Pin(), Logger: Logger(t)})
+	pc, err := paths.Listen(paths.Config{Identity: pinned, Role: relayproto.RoleDevice, Relay: r.Pin(), Logger: Logger(t),
+		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cid.ID()}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

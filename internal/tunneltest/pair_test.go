@@ -1,0 +1,358 @@
+package tunneltest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/pairing"
+	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relayproto"
+	"github.com/burrow-tunnel/burrow/session"
+)
+
+// pairingDevice starts a device with roles viewer (rtsp) and admin (all),
+// a state directory and no fixed clients.
+func pairingDevice(t *testing.T, r *Relay, rtsp, http string) *device.Device {
+	t.Helper()
+	return StartDevice(t, r, device.Config{
+		Name:     "cam",
+		Services: map[string]string{"rtsp": rtsp, "http": http},
+		Roles:    map[string][]string{"viewer": {"rtsp"}, "admin": {device.AllServices}},
+		StateDir: t.TempDir(),
+	})
+}
+
+func ctx10(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// echoOnce opens a tunnel, sends a line and checks it comes back.
+func echoOnce(t *testing.T, c *client.Client, dev identity.ID, service string) error {
+	t.Helper()
+	tun, err := c.Dial(ctx10(t), dev, service)
+	if err != nil {
+		return err
+	}
+	defer tun.Close()
+	tun.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tun.Write([]byte("ping")); err != nil {
+		return err
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(tun, b); err != nil {
+		return err
+	}
+	if string(b) != "ping" {
+		return errors.New("echo mismatch")
+	}
+	return nil
+}
+
+// TestInvitePairConnect: invite → pair → connect → data flows; the same
+// invite fails the second time; an expired invite fails.
+func TestInvitePairConnect(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, "127.0.0.1:1")
+	inv, err := d.Invite("viewer", time.Minute, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The invite travels as a string.
+	inv, err = pairing.Parse(inv.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := StartClient(t, r, nil)
+	p, err := alice.Pair(ctx10(t), inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Role != "viewer" || len(p.Services) != 1 || p.Services[0] != "rtsp" {
+		t.Fatalf("paired %+v", p)
+	}
+	if err := echoOnce(t, alice, d.ID(), "rtsp"); err != nil {
+		t.Fatal(err)
+	}
+	users := d.Users()
+	if len(users) != 1 || users[0].Name != "alice" || users[0].Role != "viewer" || users[0].ID != alice.ID() {
+		t.Fatalf("users %+v", users)
+	}
+
+	// Used: another client is stopped at the relay (the invite's token is
+	// no longer listed).
+	bob := StartClient(t, r, nil)
+	if _, err := bob.Pair(ctx10(t), inv); err == nil || !strings.Contains(err.Error(), "expired, was used") {
+		t.Fatalf("second use: err = %v", err)
+	}
+	// Expired.
+	short, err := d.Invite("viewer", time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := bob.Pair(ctx10(t), short); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired invite: err = %v", err)
+	}
+	if err := echoOnce(t, bob, d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("bob after failed pairing: err = %v", err)
+	}
+}
+
+// TestPairingSurvivesRestart: paired users and pending invites are kept in
+// the state directory.
+func TestPairingSurvivesRestart(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	state := t.TempDir()
+	id := NewIdentity(t)
+	cfg := device.Config{Identity: id, Services: map[string]string{"rtsp": rtsp.Addr},
+		Roles: map[string][]string{"viewer": {"rtsp"}}, StateDir: state}
+	d := StartDevice(t, r, cfg)
+	inv1, _ := d.Invite("", time.Minute, "first")
+	inv2, _ := d.Invite("", time.Minute, "second")
+	c1 := StartClient(t, r, nil)
+	if _, err := c1.Pair(ctx10(t), inv1); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	c1.Close()
+
+	d = StartDevice(t, r, cfg)
+	c1 = StartClient(t, r, nil)
+	if err := echoOnce(t, c1, d.ID(), "rtsp"); err == nil {
+		t.Fatal("a new client got in")
+	}
+	c2 := StartClient(t, r, nil)
+	if _, err := c2.Pair(ctx10(t), inv2); err != nil {
+		t.Fatalf("invite made before the restart: %v", err)
+	}
+	if err := echoOnce(t, c2, d.ID(), "rtsp"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Users()); n != 2 {
+		t.Fatalf("%d users after restart, want 2", n)
+	}
+}
+
+// TestRoles: a viewer opens rtsp but not http, on the session it already
+// has too, and the http service never sees a connection.
+func TestRoles(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	httpSrv := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, httpSrv.Addr)
+	inv, _ := d.Invite("viewer", time.Minute, "")
+	c := StartClient(t, r, nil)
+	if _, err := c.Pair(ctx10(t), inv); err != nil {
+		t.Fatal(err)
+	}
+	if err := echoOnce(t, c, d.ID(), "rtsp"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Dial(ctx10(t), d.ID(), "http")
+	if !errors.Is(err, session.ErrNotAuthorized) || !strings.Contains(err.Error(), `"http"`) {
+		t.Fatalf("viewer → http: err = %v", err)
+	}
+	if err := echoOnce(t, c, d.ID(), "rtsp"); err != nil {
+		t.Fatalf("rtsp after the refusal: %v", err)
+	}
+	if n := httpSrv.Accepted.Load(); n != 0 {
+		t.Fatalf("http accepted %d connections", n)
+	}
+}
+
+// TestRevoke: revocation closes the client's open tunnel within a second
+// and refuses its next attempt; another client is unaffected.
+func TestRevoke(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, "127.0.0.1:1")
+	pair := func(name string) *client.Client {
+		inv, err := d.Invite("viewer", time.Minute, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := StartClient(t, r, nil)
+		if _, err := c.Pair(ctx10(t), inv); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	mallory, alice := pair("mallory"), pair("alice")
+	open := func(c *client.Client) net.Conn {
+		tun, err := c.Dial(ctx10(t), d.ID(), "rtsp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tun.Close() })
+		tun.Write([]byte("x"))
+		io.ReadFull(tun, make([]byte, 1))
+		return tun
+	}
+	mt, at := open(mallory), open(alice)
+
+	if _, err := d.Revoke("mallory"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	mt.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := mt.Read(make([]byte, 1))
+	if err == nil || time.Since(start) > time.Second {
+		t.Fatalf("revoked tunnel: read %v after %v, want it closed within 1s", err, time.Since(start))
+	}
+	if _, err := mallory.Dial(ctx10(t), d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("revoked client's next tunnel: err = %v", err)
+	}
+	// Alice's open tunnel and new ones still work.
+	at.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := at.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(at, make([]byte, 1)); err != nil {
+		t.Fatalf("alice's tunnel after the revocation: %v", err)
+	}
+	if err := echoOnce(t, alice, d.ID(), "rtsp"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Revoke("nobody"); !errors.Is(err, device.ErrUnknownUser) {
+		t.Fatalf("revoke nobody: err = %v", err)
+	}
+}
+
+// TestRelayDropsStrangers: a client the device never allowed is told "not
+// authorized by the device" by the relay, and the device receives not one
+// packet from it.
+func TestRelayDropsStrangers(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, "127.0.0.1:1")
+	stranger := StartClient(t, r, nil)
+	time.Sleep(100 * time.Millisecond) // let the device's own start-up traffic settle
+	before := d.Status().Relay.Received
+	start := time.Now()
+	_, err := stranger.Dial(ctx10(t), d.ID(), "rtsp")
+	if !errors.Is(err, session.ErrNotAuthorized) || !strings.Contains(err.Error(), "not authorized by the device") {
+		t.Fatalf("stranger: err = %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("refused after %v", took)
+	}
+	for range 5 {
+		stranger.Dial(ctx10(t), d.ID(), "rtsp")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := d.Status().Relay.Received - before; got != 0 {
+		t.Fatalf("the device received %d packets from a client it never allowed", got)
+	}
+	if n := rtsp.Accepted.Load(); n != 0 {
+		t.Fatalf("rtsp accepted %d connections", n)
+	}
+}
+
+// TestPairWithWrongDeviceKey: an invite whose device ID is answered by
+// another key fails with a key mismatch; the impostor never gets a
+// session, so never a stream carrying the secret.
+func TestPairWithWrongDeviceKey(t *testing.T) {
+	r := StartRelay(t)
+	pinned, actual := NewIdentity(t), NewIdentity(t)
+	secret := pairing.NewSecret()
+	pc, err := paths.Listen(paths.Config{Identity: pinned, Role: relayproto.RoleDevice, Relay: r.Pin(), Logger: Logger(t),
+		Access: func() ([]identity.ID, [][32]byte) { return nil, [][32]byte{secret.RelayToken()} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: actual})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	ln, err := ep.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sessions := make(chan *session.Session, 1)
+	go func() {
+		if s, err := ln.Accept(context.Background()); err == nil {
+			sessions <- s
+		}
+	}()
+	if err := pc.WaitAttached(ctx10(t)); err != nil {
+		t.Fatal(err)
+	}
+	c := StartClient(t, r, nil)
+	inv := pairing.Invite{Device: pinned.ID(), Relay: r.Addr, RelayID: r.Identity.ID(), Secret: secret, Expires: time.Now().Add(time.Minute)}
+	_, err = c.Pair(ctx10(t), inv)
+	if !errors.Is(err, identity.ErrKeyMismatch) {
+		t.Fatalf("err = %v, want a key mismatch", err)
+	}
+	select {
+	case <-sessions:
+		t.Fatal("the impostor got a session")
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// TestPairingBruteForce: after five wrong secrets, the sixth attempt, even
+// with the right secret, is refused without being checked; once the lock
+// ends, the right secret (never spent) works.
+func TestPairingBruteForce(t *testing.T) {
+	t.Parallel() // it waits out a 10s lock
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, "127.0.0.1:1")
+	inv, err := d.Invite("viewer", time.Minute, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An attacker who knows the invite's relay token (say, the relay) but
+	// not its secret, talking to the device directly.
+	id := NewIdentity(t)
+	pc, err := paths.Listen(paths.Config{Identity: id, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetPairIntent(d.ID(), inv.Secret.RelayToken())
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	s, err := ep.Dial(ctx10(t), paths.Addr{ID: d.ID()}, d.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(session.CloseNormal, "")
+	for i := range 5 {
+		wrong := pairing.NewSecret()
+		_, err := s.Pair(ctx10(t), wrong[:])
+		if !errors.Is(err, session.ErrNotAuthorized) {
+			t.Fatalf("wrong secret %d: err = %v", i+1, err)
+		}
+	}
+	start := time.Now()
+	_, err = s.Pair(ctx10(t), inv.Secret[:])
+	if !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "try again in") {
+		t.Fatalf("sixth attempt: err = %v, want a refusal without a check", err)
+	}
+	if n := len(d.Users()); n != 0 {
+		t.Fatalf("%d users after the lock", n)
+	}
+	time.Sleep(10*time.Second - time.Since(start) + 100*time.Millisecond)
+	if _, err := s.Pair(ctx10(t), inv.Secret[:]); err != nil {
+		t.Fatalf("right secret after the lock: %v", err)
+	}
+}
