@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/burrow-tunnel/burrow/identity"
 )
@@ -61,7 +62,7 @@ func openStore(dir string) (*store, error) {
 	path := filepath.Join(dir, "device.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w", path, ErrStateBusy)
 		}
 		return nil, fmt.Errorf("open device state %s: %w", path, err)

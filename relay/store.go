@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/burrow-tunnel/burrow/identity"
 )
@@ -42,7 +43,7 @@ var ErrStoreBusy = errors.New("relay state is in use by another process (is the 
 func OpenStore(path string) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w", path, ErrStoreBusy)
 		}
 		return nil, fmt.Errorf("open relay state: %w", err)

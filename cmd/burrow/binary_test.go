@@ -462,3 +462,30 @@ func TestBinaryPairing(t *testing.T) {
 		t.Fatalf("users with the agent stopped: %q %v", stderr, err)
 	}
 }
+
+// TestBinaryHome: client commands keep their files under --home, else
+// $BURROW_HOME.
+func TestBinaryHome(t *testing.T) {
+	envHome, flagHome := filepath.Join(t.TempDir(), "env"), filepath.Join(t.TempDir(), "flag")
+	cmd := exec.Command(binary(t), "id")
+	cmd.Env = append(os.Environ(), "BURROW_HOME="+envHome)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(envHome, "identity.key")); err != nil {
+		t.Fatalf("BURROW_HOME: %v", err)
+	}
+	cmd = exec.Command(binary(t), "id", "--home", flagHome)
+	cmd.Env = append(os.Environ(), "BURROW_HOME="+envHome)
+	out2, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(flagHome, "identity.key")); err != nil || string(out) == string(out2) {
+		t.Fatalf("--home does not win over BURROW_HOME: %v", err)
+	}
+	if _, stderr, err := run(t, "connect", "nope", "http", "--home", flagHome); err == nil || !strings.Contains(stderr, "unknown device") {
+		t.Fatalf("connect to an unknown name: %q %v", stderr, err)
+	}
+}

@@ -2,10 +2,14 @@ package tunneltest
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -354,5 +358,59 @@ func TestPairingBruteForce(t *testing.T) {
 	time.Sleep(10*time.Second - time.Since(start) + 100*time.Millisecond)
 	if _, err := s.Pair(ctx10(t), inv.Secret[:]); err != nil {
 		t.Fatalf("right secret after the lock: %v", err)
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestSecretNeverLogged: no log line of device, client or relay carries an
+// invite's secret, in any encoding, through a pairing and a failed one.
+func TestSecretNeverLogged(t *testing.T) {
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := StartDevice(t, r, device.Config{
+		Services: map[string]string{"rtsp": rtsp.Addr},
+		Roles:    map[string][]string{"viewer": {"rtsp"}},
+		StateDir: t.TempDir(),
+		Logger:   log,
+	})
+	inv, err := d.Invite("", time.Minute, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(t, client.Config{Relay: r.Pin(), Logger: log})
+	if err := c.WaitAttached(ctx10(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pair(ctx10(t), inv); err != nil {
+		t.Fatal(err)
+	}
+	c.Pair(ctx10(t), inv) // used: refused
+	all := logs.String()
+	for _, form := range []string{inv.Secret.String(), fmt.Sprintf("%x", inv.Secret[:]), fmt.Sprintf("%X", inv.Secret[:]), base64.StdEncoding.EncodeToString(inv.Secret[:])} {
+		if strings.Contains(all, form) {
+			t.Fatalf("a log line carries the secret (%s)", form)
+		}
+	}
+	if !strings.Contains(all, "client paired") {
+		t.Fatal("the capture missed the pairing: the check would prove nothing")
 	}
 }
