@@ -587,3 +587,106 @@ func TestEnrollment(t *testing.T) {
 		t.Fatalf("expired token: %+v", f)
 	}
 }
+
+// TestUDPBindingIsNoReflector: the relay's UDP port answers only binding
+// requests that carry a current session's token, with the address it saw,
+// and never with more bytes than it received.
+func TestUDPBindingIsNoReflector(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	srv, addr := serve(t, Config{AllowDevice: allowAll, UDPPort: port})
+	udpDone := make(chan struct{})
+	go func() {
+		defer close(udpDone)
+		srv.ServeUDP(pc)
+	}()
+	t.Cleanup(func() { srv.Close(); <-udpDone })
+
+	a := connect(t, addr)
+	exp := a.exporter()
+	a.hello(newIdentity(t), relayproto.RoleClient, 1, 1, exp)
+	typ, p := a.read()
+	if typ != relayproto.FrameServerHello {
+		t.Fatalf("got %s, want server-hello", typ)
+	}
+	sh, err := relayproto.ParseServerHello(p, exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var binding relayproto.UDPBinding
+	for _, e := range sh.Extensions {
+		if e.Type == relayproto.ExtUDPBinding {
+			if binding, err = relayproto.ParseUDPBinding(e.Value); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if binding.Port != uint16(port) {
+		t.Fatalf("hello offers UDP port %d, want %d", binding.Port, port)
+	}
+
+	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	relayUDP := pc.LocalAddr()
+	// ask sends p and returns the answer, or nil after a quiet wait.
+	ask := func(p []byte) []byte {
+		t.Helper()
+		if _, err := probe.WriteTo(p, relayUDP); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2048)
+		probe.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, _, err := probe.ReadFrom(buf)
+		if err != nil {
+			return nil
+		}
+		if n > len(p) {
+			t.Fatalf("answered %d bytes to a request of %d", n, len(p))
+		}
+		return buf[:n]
+	}
+	txid := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
+	wrong := binding.Token
+	wrong[0] ^= 1
+	good := relayproto.AppendBindingRequest(nil, binding.Token, txid)
+	for name, p := range map[string][]byte{
+		"empty":          {},
+		"one byte":       {relayproto.UDPBindingRequest},
+		"garbage":        []byte(strings.Repeat("x", 1200)),
+		"wrong token":    relayproto.AppendBindingRequest(nil, wrong, txid),
+		"short request":  good[:relayproto.BindingRequestLen-1],
+		"long request":   append(append([]byte(nil), good...), 0),
+		"zero token":     relayproto.AppendBindingRequest(nil, [16]byte{}, txid),
+		"response frame": relayproto.AppendBindingResponse(nil, txid, probe.LocalAddr().(*net.UDPAddr).AddrPort()),
+	} {
+		if got := ask(p); got != nil {
+			t.Errorf("%s: answered %x", name, got)
+		}
+	}
+	resp := ask(good)
+	if resp == nil {
+		t.Fatal("an authenticated binding request got no answer")
+	}
+	gotTx, observed, err := relayproto.ParseBindingResponse(resp)
+	if err != nil || gotTx != txid || observed != probe.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("answer %v %v %v, want txid %v and %v", gotTx, observed, err, txid, probe.LocalAddr())
+	}
+	if st := srv.Stats(); st.UDPAnswered != 1 || st.UDPIgnored != 8 {
+		t.Fatalf("stats: answered %d ignored %d, want 1 and 8", st.UDPAnswered, st.UDPIgnored)
+	}
+
+	// Once the session ends, its token is worth nothing.
+	a.conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for ask(good) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the token of an ended session is still answered")
+		}
+	}
+}

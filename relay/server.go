@@ -15,6 +15,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -45,6 +46,10 @@ type Config struct {
 	// AllowDevice reports whether a device may attach. Nil allows no
 	// device: a relay admits only the devices it was told about.
 	AllowDevice func(identity.ID) bool
+
+	// UDPPort, if not zero, is the relay's UDP port for binding requests
+	// (see ServeUDP): agents are told it, with a token for their session.
+	UDPPort int
 
 	// Enroll, if set, is asked about a device that AllowDevice does not
 	// allow but that presents an enrollment token: nil admits (and
@@ -84,6 +89,8 @@ type Stats struct {
 	BytesForwarded   uint64 // packet bytes delivered
 	PacketsDropped   uint64 // dropped because a queue was full
 	PeerGone         uint64 // peer-gone answers sent
+	UDPAnswered      uint64 // binding requests answered
+	UDPIgnored       uint64 // UDP datagrams not answered
 }
 
 // A Server is a relay. Create it with [New]; it is safe for concurrent use.
@@ -97,17 +104,20 @@ type Server struct {
 
 	wg sync.WaitGroup // every goroutine the server started
 
-	mu       sync.RWMutex
-	closed   bool                         // guarded by mu
-	devices  map[identity.ID]*session     // guarded by mu
-	clients  map[relayproto.Addr]*session // guarded by mu
-	lastSeen map[identity.ID]time.Time    // devices that detached; guarded by mu
-	https    map[*http.Server]struct{}    // from Serve; guarded by mu
-	pending  map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
+	mu        sync.RWMutex
+	closed    bool                         // guarded by mu
+	devices   map[identity.ID]*session     // guarded by mu
+	clients   map[relayproto.Addr]*session // guarded by mu
+	lastSeen  map[identity.ID]time.Time    // devices that detached; guarded by mu
+	https     map[*http.Server]struct{}    // from Serve; guarded by mu
+	pending   map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
+	udpTokens map[[16]byte]*session        // binding tokens; guarded by mu
+	udps      map[net.PacketConn]struct{}  // from ServeUDP; guarded by mu
 
 	writers *writers // write every session's send queue
 
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
+	udpAnswered, udpIgnored                  atomic.Uint64
 }
 
 // maxLastSeen bounds the memory spent remembering when devices were seen.
@@ -134,6 +144,8 @@ func New(cfg Config) (*Server, error) {
 		lastSeen:  make(map[identity.ID]time.Time),
 		https:     make(map[*http.Server]struct{}),
 		pending:   make(map[net.Conn]struct{}),
+		udpTokens: make(map[[16]byte]*session),
+		udps:      make(map[net.PacketConn]struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -234,6 +246,56 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}) {
 		conn.Close()
+	}
+}
+
+// ServeUDP answers binding requests on pc until [Server.Close] (see
+// relayproto.AppendBindingRequest): an agent attached over TCP learns the
+// address its UDP socket has as the relay sees it. Requests that carry no
+// current session's token get no answer; an answer is never larger than
+// its request.
+func (s *Server) ServeUDP(pc net.PacketConn) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		pc.Close()
+		return net.ErrClosed
+	}
+	s.udps[pc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			s.mu.RLock()
+			closed := s.closed
+			s.mu.RUnlock()
+			if closed {
+				return net.ErrClosed
+			}
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		tok, txid, err := relayproto.ParseBindingRequest(buf[:n])
+		if err != nil {
+			s.udpIgnored.Add(1)
+			continue
+		}
+		s.mu.RLock()
+		sess := s.udpTokens[tok]
+		s.mu.RUnlock()
+		ua, ok := from.(*net.UDPAddr)
+		if sess == nil || !ok {
+			s.udpIgnored.Add(1)
+			continue
+		}
+		resp := relayproto.AppendBindingResponse(buf[n:n], txid, ua.AddrPort())
+		pc.WriteTo(resp, from)
+		s.udpAnswered.Add(1)
 	}
 }
 
@@ -389,12 +451,17 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	if err := s.register(sess); err != nil {
 		return nil, refuse(relayproto.RefuseShuttingDown, err.Error())
 	}
-	sh := relayproto.AppendServerHello(nil, relayproto.ServerHello{
+	hello2 := relayproto.ServerHello{
 		Version:         version,
 		KeepAliveMillis: uint32(s.keepAlive / time.Millisecond),
 		PublicKey:       s.cfg.Identity.PublicKey(),
 		ObservedAddr:    conn.RemoteAddr().String(),
-	}, exporter, s.cfg.Identity.Sign)
+	}
+	if s.cfg.UDPPort != 0 {
+		hello2.Extensions = append(hello2.Extensions, relayproto.Extension{Type: relayproto.ExtUDPBinding,
+			Value: relayproto.AppendUDPBinding(nil, relayproto.UDPBinding{Port: uint16(s.cfg.UDPPort), Token: sess.udpToken})})
+	}
+	sh := relayproto.AppendServerHello(nil, hello2, exporter, s.cfg.Identity.Sign)
 	brw.Write(relayproto.AppendHeader(nil, relayproto.FrameServerHello, len(sh)))
 	brw.Write(sh)
 	if err := brw.Flush(); err != nil {
@@ -461,6 +528,10 @@ func (s *Server) register(sess *session) error {
 	if s.closed {
 		return errors.New("relay is shutting down")
 	}
+	if s.cfg.UDPPort != 0 {
+		rand.Read(sess.udpToken[:])
+		s.udpTokens[sess.udpToken] = sess
+	}
 	// From here Close reaches the session through the routing tables, with a
 	// go-away, rather than by closing its connection.
 	delete(s.pending, sess.conn)
@@ -483,6 +554,9 @@ func (s *Server) register(sess *session) error {
 func (s *Server) unregister(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.udpTokens[sess.udpToken] == sess {
+		delete(s.udpTokens, sess.udpToken)
+	}
 	if sess.role == relayproto.RoleDevice {
 		if s.devices[sess.addr.ID] == sess {
 			delete(s.devices, sess.addr.ID)
@@ -562,6 +636,8 @@ func (s *Server) Stats() Stats {
 	st.BytesForwarded = s.forwardedBytes.Load()
 	st.PacketsDropped = s.dropped.Load()
 	st.PeerGone = s.gone.Load()
+	st.UDPAnswered = s.udpAnswered.Load()
+	st.UDPIgnored = s.udpIgnored.Load()
 	return st
 }
 
@@ -580,6 +656,9 @@ func (s *Server) Close() error {
 	s.https = nil
 	for c := range s.pending {
 		c.Close()
+	}
+	for pc := range s.udps {
+		pc.Close()
 	}
 	// A session replaced by a newer one has had its go-away already.
 	bye := relayproto.GoAway{Reason: relayproto.GoAwayShutdown, RetryAfterMillis: 500, Message: "relay is shutting down"}

@@ -47,6 +47,8 @@ type session struct {
 
 	// Devices: who may reach this device, once it has said (nil until then).
 	access atomic.Pointer[accessSet]
+	// udpToken lets the agent ask the relay's UDP port for its address.
+	udpToken [16]byte
 
 	// Owned by the read loop.
 	readDeadline time.Time // the idle deadline in force

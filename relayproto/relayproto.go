@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 
 	"github.com/burrow-tunnel/burrow/identity"
 )
@@ -695,7 +696,104 @@ const (
 	// ExtEnrollToken (client hello, devices): an enrollment token, which a
 	// relay that does not know the device yet may accept to enroll it.
 	ExtEnrollToken byte = 1
+	// ExtUDPBinding (server hello): the relay's UDP port u16 and this
+	// session's binding token [16]; see [AppendBindingRequest].
+	ExtUDPBinding byte = 2
 )
+
+// UDPBinding is the value of a server hello's ExtUDPBinding.
+type UDPBinding struct {
+	Port  uint16
+	Token [16]byte
+}
+
+// AppendUDPBinding appends the extension value of b.
+func AppendUDPBinding(dst []byte, b UDPBinding) []byte {
+	return append(binary.BigEndian.AppendUint16(dst, b.Port), b.Token[:]...)
+}
+
+// ParseUDPBinding parses the extension value of a UDP binding.
+func ParseUDPBinding(p []byte) (UDPBinding, error) {
+	r := reader{b: p}
+	b := UDPBinding{Port: r.u16()}
+	copy(b.Token[:], r.take(16))
+	return b, r.done()
+}
+
+// The relay's UDP port answers binding requests: an agent learns the
+// address its UDP socket has as the relay sees it (its public address
+// behind NAT). Only agents attached over TCP can ask, with their session's
+// binding token; anything else gets no answer, and an answer is never
+// larger than its request, so the port is no reflector.
+//
+//	request:  type u8 (0x51), token [16], txid [8], padding to BindingRequestLen
+//	response: type u8 (0x52), txid [8], family u8 (4 or 6), ip [4|16], port u16
+const (
+	UDPBindingRequest  byte = 0x51
+	UDPBindingResponse byte = 0x52
+	// BindingRequestLen is the size of every binding request.
+	BindingRequestLen = 64
+)
+
+// AppendBindingRequest appends a binding request.
+func AppendBindingRequest(b []byte, token [16]byte, txid [8]byte) []byte {
+	start := len(b)
+	b = append(append(append(b, UDPBindingRequest), token[:]...), txid[:]...)
+	return append(b, make([]byte, BindingRequestLen-(len(b)-start))...)
+}
+
+// ParseBindingRequest parses a binding request.
+func ParseBindingRequest(p []byte) (token [16]byte, txid [8]byte, err error) {
+	if len(p) != BindingRequestLen || p[0] != UDPBindingRequest {
+		return token, txid, ErrMalformed
+	}
+	copy(token[:], p[1:17])
+	copy(txid[:], p[17:25])
+	return token, txid, nil
+}
+
+// AppendBindingResponse appends a binding response.
+func AppendBindingResponse(b []byte, txid [8]byte, addr netip.AddrPort) []byte {
+	b = append(append(b, UDPBindingResponse), txid[:]...)
+	ip := addr.Addr().Unmap()
+	if ip.Is4() {
+		a := ip.As4()
+		b = append(append(b, 4), a[:]...)
+	} else {
+		a := ip.As16()
+		b = append(append(b, 6), a[:]...)
+	}
+	return binary.BigEndian.AppendUint16(b, addr.Port())
+}
+
+// ParseBindingResponse parses a binding response.
+func ParseBindingResponse(p []byte) (txid [8]byte, addr netip.AddrPort, err error) {
+	r := reader{b: p}
+	if r.u8() != UDPBindingResponse && r.err == nil {
+		return txid, addr, ErrMalformed
+	}
+	copy(txid[:], r.take(8))
+	var ip netip.Addr
+	switch r.u8() {
+	case 4:
+		if v := r.take(4); v != nil {
+			ip = netip.AddrFrom4([4]byte(v))
+		}
+	case 6:
+		if v := r.take(16); v != nil {
+			ip = netip.AddrFrom16([16]byte(v))
+		}
+	default:
+		if r.err == nil {
+			r.err = ErrMalformed
+		}
+	}
+	port := r.u16()
+	if err := r.done(); err != nil {
+		return txid, addr, err
+	}
+	return txid, netip.AddrPortFrom(ip, port), nil
+}
 
 // GoAwayReason says why a relay sent go-away.
 type GoAwayReason byte

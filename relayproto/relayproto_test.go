@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -332,5 +333,49 @@ func FuzzFrame(f *testing.F) {
 				t.Fatal("pair-intent does not re-encode to itself")
 			}
 		}
+	})
+}
+
+func TestBindingCodec(t *testing.T) {
+	tok, txid := [16]byte{1, 2, 3}, [8]byte{9, 8, 7}
+	req := AppendBindingRequest(nil, tok, txid)
+	gotTok, gotTx, err := ParseBindingRequest(req)
+	if err != nil || gotTok != tok || gotTx != txid || len(req) != BindingRequestLen {
+		t.Fatalf("request: %v %v %v len %d", gotTok, gotTx, err, len(req))
+	}
+	for _, addr := range []string{"192.0.2.7:4242", "[2001:db8::1]:65535"} {
+		a := netip.MustParseAddrPort(addr)
+		resp := AppendBindingResponse(nil, txid, a)
+		if len(resp) > BindingRequestLen {
+			t.Fatalf("a response of %d bytes for a request of %d", len(resp), BindingRequestLen)
+		}
+		gotTx, gotAddr, err := ParseBindingResponse(resp)
+		if err != nil || gotTx != txid || gotAddr != a {
+			t.Fatalf("%s: %v %v %v", addr, gotTx, gotAddr, err)
+		}
+		for n := range len(resp) {
+			if _, _, err := ParseBindingResponse(resp[:n]); err == nil {
+				t.Fatalf("%s: prefix of %d bytes parsed", addr, n)
+			}
+		}
+	}
+	b := UDPBinding{Port: 443, Token: tok}
+	if got, err := ParseUDPBinding(AppendUDPBinding(nil, b)); err != nil || got != b {
+		t.Fatalf("binding extension: %v %v", got, err)
+	}
+}
+
+func FuzzBinding(f *testing.F) {
+	f.Add(AppendBindingResponse(nil, [8]byte{1}, netip.MustParseAddrPort("192.0.2.1:1")))
+	f.Add(AppendBindingRequest(nil, [16]byte{1}, [8]byte{2}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ParseBindingRequest(b)
+		if tx, a, err := ParseBindingResponse(b); err == nil {
+			// An IPv4-mapped IPv6 address re-encodes as IPv4.
+			if !a.Addr().Is4In6() && !bytes.Equal(AppendBindingResponse(nil, tx, a), b) {
+				t.Fatalf("response %x does not re-encode", b)
+			}
+		}
+		ParseUDPBinding(b)
 	})
 }
