@@ -2,10 +2,14 @@
 // [net.PacketConn] whose addresses are peers ([Addr]: an agent ID), not
 // sockets; the E2E session above sees one stable address per peer.
 //
-// Today every packet travels over the agent's relay session: a TLS
-// connection to the relay, kept alive and re-established with backoff when
-// it is lost (see relay.go). A direct UDP path will sit beside it, chosen per
-// peer, without the session layer noticing.
+// Every packet can travel over the agent's relay session: a TLS connection
+// to the relay, kept alive and re-established with backoff when it is lost
+// (see relay.go). Beside it, the Conn keeps one UDP socket for direct paths
+// (see direct.go): once the layer above has an E2E session with a peer, it
+// starts a [Direct] for it, which looks for a direct path by hole punching,
+// moves the peer's packets onto it when a probe crosses, and back to the
+// relay when probes stop crossing. The session above sees the same peer
+// address throughout and notices nothing.
 package paths
 
 import (
@@ -17,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -45,8 +50,9 @@ func (a Addr) String() string {
 // interned, so that reading a packet allocates nothing, and carry their
 // string, because QUIC compares addresses that are not UDP by String.
 type peer struct {
-	addr Addr
-	str  string
+	addr   Addr
+	str    string
+	direct atomic.Pointer[Direct] // the peer's direct path search, if any
 }
 
 func (p *peer) Network() string { return "burrow" }
@@ -71,6 +77,13 @@ func (c *Conn) peerOf(a Addr) *peer {
 			c.peers = make(map[Addr]*peer)
 		}
 		p = &peer{addr: a, str: a.String()}
+		if c.ds != nil {
+			c.ds.mu.Lock()
+			if d := c.ds.byPeer[a]; d != nil {
+				p.direct.Store(d)
+			}
+			c.ds.mu.Unlock()
+		}
 		c.peers[a] = p
 	}
 	return p
@@ -117,6 +130,23 @@ type Config struct {
 	// after [Conn.AccessChanged]; the relay routes no one else to the
 	// device. Nil lets no one through.
 	Access func() (clients []identity.ID, invites [][32]byte)
+
+	// DisableDirect keeps every packet on the relay: no UDP socket, no
+	// direct paths.
+	DisableDirect bool
+	// DirectPort is the UDP port of the socket for direct paths; zero
+	// picks one.
+	DirectPort int
+	// ListenUDP, if set, opens the socket for direct paths instead (tests
+	// use it to put the socket in a network namespace).
+	ListenUDP func() (UDPConn, error)
+	// DirectAddrs, if set, are the addresses offered to peers as this
+	// agent's direct candidates (with the socket's port) instead of its
+	// interfaces' addresses. The address the relay sees is offered too.
+	DirectAddrs []netip.Addr
+	// InterfaceAddrs, if set, lists the interface addresses instead of the
+	// system (tests).
+	InterfaceAddrs func() ([]netip.Addr, error)
 }
 
 func (c *Config) validate() error {
@@ -187,8 +217,15 @@ type Conn struct {
 	intents    map[identity.ID][32]byte // a client's pairing intents; guarded by ctlMu
 	ctlVersion uint64                   // counts changes to the above; guarded by ctlMu
 
+	ds    *directSocket // nil if direct paths are off
+	epoch time.Time     // for now
+
 	sent, received, dropped atomic.Uint64
 }
+
+// now returns the monotonic time since the Conn started, cheaply
+// comparable in atomics.
+func (c *Conn) now() int64 { return int64(time.Since(c.epoch)) }
 
 // An inPacket waits in the receive queue; its bytes are (*buf)[off:end].
 type inPacket struct {
@@ -228,6 +265,7 @@ func Listen(cfg Config) (*Conn, error) {
 		changed:      make(chan struct{}),
 		readDeadline: makeDeadline(),
 		peers:        make(map[Addr]*peer),
+		epoch:        time.Now(),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -235,6 +273,14 @@ func Listen(cfg Config) (*Conn, error) {
 	c.log = c.log.With("relay", cfg.Relay.Addr)
 	c.status = Status{Relay: cfg.Relay.Addr, Since: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if !cfg.DisableDirect {
+		if err := c.listenDirect(); err != nil {
+			// The relay still carries everything.
+			c.log.Warn("direct paths are off", "err", err)
+		} else {
+			c.wg.Go(c.directReadLoop)
+		}
+	}
 	c.wg.Go(c.attachLoop)
 	return c, nil
 }
@@ -297,32 +343,44 @@ func (c *Conn) WaitAttached(ctx context.Context) error {
 	}
 }
 
-// WriteTo sends p to the peer addr, which must be an [Addr]. It never
-// blocks: with no relay session, or a full send queue, the packet is
-// dropped (and counted), as a network would; the E2E session retransmits.
-func (c *Conn) WriteTo(p []byte, addr net.Addr) (int, error) {
+// WriteTo sends b to the peer addr, which must be an [Addr] or an address
+// ReadFrom returned: over the peer's direct path if it has a working one,
+// else over the relay. It never blocks: with no relay session, or a full
+// send queue, the packet is dropped (and counted), as a network would; the
+// E2E session retransmits.
+func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
 	var dst Addr
+	var p *peer
 	switch a := addr.(type) {
 	case Addr:
 		dst = a
+		if c.ds != nil {
+			p = c.peerOf(a)
+		}
 	case *peer:
-		dst = a.addr
+		dst, p = a.addr, a
 	default:
 		return 0, fmt.Errorf("paths: address %v is %T, want paths.Addr", addr, addr)
 	}
-	if len(p) > relayproto.MaxPacketLen {
-		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(p), relayproto.MaxPacketLen)
+	if len(b) > relayproto.MaxPacketLen {
+		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(b), relayproto.MaxPacketLen)
+	}
+	if p != nil {
+		if d := p.direct.Load(); d != nil && len(b) <= MaxDirectPacket && d.send(b) {
+			c.sent.Add(1)
+			return len(b), nil
+		}
 	}
 	rs := c.cur.Load()
-	if rs == nil || !rs.send(relayproto.Addr(dst), p) {
+	if rs == nil || !rs.send(relayproto.Addr(dst), b) {
 		c.dropped.Add(1)
-		return len(p), nil
+		return len(b), nil
 	}
 	c.sent.Add(1)
-	return len(p), nil
+	return len(b), nil
 }
 
 // ReadFrom reads the next packet from any peer.
@@ -381,6 +439,9 @@ func (c *Conn) Close() error {
 		rs.drain(closeDrain)
 	}
 	c.cancel()
+	if c.ds != nil {
+		c.ds.udp.Close()
+	}
 	c.wg.Wait()
 	for {
 		select {

@@ -103,6 +103,9 @@ func (c *Conn) attachLoop() {
 			*s = Status{Attached: true, Relay: c.cfg.Relay.Addr, RelayID: rs.relayID, Since: start, ObservedAddr: rs.observed}
 		})
 		c.log.Info("attached to relay", "relay_id", rs.relayID.String(), "observed_addr", rs.observed)
+		if c.ds != nil && rs.udpBinding != nil {
+			c.wg.Go(func() { c.bind(rs, *rs.udpBinding) })
+		}
 		err = rs.serve(c)
 		c.cur.Store(nil)
 		if c.ctx.Err() != nil {
@@ -163,6 +166,9 @@ type relaySession struct {
 	relayID   identity.ID
 	observed  string
 	keepAlive time.Duration
+	// udpBinding is the relay's offer to tell the direct socket its
+	// public address; nil if it made none.
+	udpBinding *relayproto.UDPBinding
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -324,6 +330,13 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 	}
 	rs.ctx, rs.cancel = context.WithCancelCause(c.ctx)
 	rs.stateSent = sent
+	for _, e := range sh.Extensions {
+		if e.Type == relayproto.ExtUDPBinding {
+			if b, err := relayproto.ParseUDPBinding(e.Value); err == nil {
+				rs.udpBinding = &b
+			}
+		}
+	}
 	return rs, nil
 }
 

@@ -724,13 +724,15 @@ func ParseUDPBinding(p []byte) (UDPBinding, error) {
 // address its UDP socket has as the relay sees it (its public address
 // behind NAT). Only agents attached over TCP can ask, with their session's
 // binding token; anything else gets no answer, and an answer is never
-// larger than its request, so the port is no reflector.
+// larger than its request, so the port is no reflector. The types have
+// bit 0x40 clear, so that an agent's UDP socket tells them from QUIC
+// packets, which always have it set.
 //
-//	request:  type u8 (0x51), token [16], txid [8], padding to BindingRequestLen
-//	response: type u8 (0x52), txid [8], family u8 (4 or 6), ip [4|16], port u16
+//	request:  type u8 (0x31), token [16], txid [8], padding to BindingRequestLen
+//	response: type u8 (0x32), txid [8], family u8 (4 or 6), ip [4|16], port u16
 const (
-	UDPBindingRequest  byte = 0x51
-	UDPBindingResponse byte = 0x52
+	UDPBindingRequest  byte = 0x31
+	UDPBindingResponse byte = 0x32
 	// BindingRequestLen is the size of every binding request.
 	BindingRequestLen = 64
 )

@@ -1,0 +1,981 @@
+package paths
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// Direct paths.
+//
+// Besides its relay session, an agent keeps one UDP socket. Once two
+// agents share an E2E session (which always starts over the relay), the
+// layer above carries this file's signalling messages between their
+// [Direct]s, in order, and they look for a direct path:
+//
+//  1. Each side sends its candidates: its interfaces' addresses with the
+//     socket's port, and the address the relay saw that socket send from.
+//  2. On the other's candidates, each side sends them openers: datagrams
+//     with a TTL of 2, which pass its own NAT (creating the mapping that
+//     will let the peer's probes in) and die before the peer's. Then it
+//     says ready. Without openers, whichever probe reached the other NAT
+//     first would leave a record there that makes a Linux NAT (and many
+//     home routers) give that NAT's own outgoing probes another port, and
+//     neither side's probes would ever get through.
+//  3. Once it has sent openers and heard ready, each side probes every
+//     candidate of the other several times a second for a few seconds.
+//     Probes are as big as the largest packet the path must carry and
+//     carry a MAC under a key only the two agents know (agreed inside the
+//     E2E session), so only the real peer can answer one. The first answer
+//     moves this side's packets to that address. The E2E session above
+//     still sees the same peer address and notices nothing.
+//
+// While the path is in use, small probes keep checking it (every 250ms
+// while packets flow, every 2s when idle). If none is answered for a second
+// while packets flow, packets go back to the relay at once; after 6.5s
+// without an answer the path is dropped and the search starts again later,
+// with backoff.
+//
+// Datagrams on the socket, told from QUIC packets (which always have bit
+// 0x40 of their first byte set) by their type:
+//
+//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding
+//	reply  (0x22): type, pathID [8], txid [8], mac [16]
+//	opener (0x23): type, pathID [8]
+//
+// pathID names the prober's direction of one Direct; mac is the first 16
+// bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid). A reply echoes the
+// probe's pathID and txid. A reply is never larger than its probe.
+//
+// Signalling messages (carried by the layer above):
+//
+//	candidates: type u8 (1), round u32, count u8, count × (family u8 (4|6), ip [4|16], port u16)
+//	ready:      type u8 (2), round u32
+const (
+	// MaxDirectPacket is the largest packet a direct path carries: a path
+	// is used only once a probe this big has crossed it.
+	MaxDirectPacket = 1452
+
+	msgProbe  byte = 0x21
+	msgReply  byte = 0x22
+	msgOpener byte = 0x23
+	probeLen       = 1 + 8 + 8 + 16
+
+	sigCandidates byte = 1
+	sigReady      byte = 2
+
+	maxCandidates = 16
+	openerTTL     = 2
+
+	discoveryEvery  = 200 * time.Millisecond // probes to every candidate
+	discoveryFor    = 5 * time.Second        // a round's probing
+	heartbeatActive = 250 * time.Millisecond // probes on the path while packets flow
+	heartbeatIdle   = 2 * time.Second        // and while they do not
+	activeWindow    = 3 * time.Second        // packets flow: one was sent this recently
+	trustActive     = time.Second            // use the path only if it answered this recently
+	trustIdle       = heartbeatIdle + time.Second
+	lostAfter       = 6500 * time.Millisecond // then drop the path and search again
+	kickGap         = 50 * time.Millisecond   // between probes asked for by the sender
+	retryMin        = 2 * time.Second
+	retryMax        = 30 * time.Second
+	maxRoutes       = 8 // remote addresses remembered per Direct
+)
+
+// A UDPConn is the socket of direct paths. *net.UDPConn implements it.
+type UDPConn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+	Close() error
+}
+
+// ErrNoDirect is returned by [Conn.StartDirect] when direct paths are off.
+var ErrNoDirect = errors.New("paths: direct paths are disabled")
+
+// PathInfo says how packets to a peer travel.
+type PathInfo struct {
+	// Direct is true when packets go over a direct path, to Addr.
+	Direct bool           `json:"direct"`
+	Addr   netip.AddrPort `json:"addr,omitzero"`
+	// RTT is the direct path's last probe round trip.
+	RTT time.Duration `json:"rtt,omitempty"`
+	// Since is when packets last changed path; zero if they never did.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// String returns "direct ADDR" or "relay".
+func (p PathInfo) String() string {
+	if p.Direct {
+		return "direct " + p.Addr.String()
+	}
+	return "relay"
+}
+
+// directSocket is a Conn's UDP socket and what it knows.
+type directSocket struct {
+	udp  UDPConn
+	port uint16
+
+	// ttlMu: sending openers changes the socket's TTL; every other send
+	// holds it shared.
+	ttlMu            sync.RWMutex
+	ttl4, hops6      int // the socket's own values, restored after openers
+	canTTL           bool
+	observed         atomic.Pointer[netip.AddrPort] // from the relay's UDP port
+	binding          atomic.Pointer[bindingRequest]
+	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
+	dropped, strange atomic.Uint64
+
+	mu     sync.Mutex
+	ids    map[[8]byte]*Direct // both path IDs of every Direct; guarded by mu
+	byPeer map[Addr]*Direct    // guarded by mu
+}
+
+type bindingRequest struct {
+	to   netip.AddrPort
+	txid [8]byte
+}
+
+// listenDirect opens the socket of direct paths.
+func (c *Conn) listenDirect() error {
+	var udp UDPConn
+	var err error
+	if c.cfg.ListenUDP != nil {
+		udp, err = c.cfg.ListenUDP()
+	} else {
+		udp, err = net.ListenUDP("udp", &net.UDPAddr{Port: c.cfg.DirectPort})
+	}
+	if err != nil {
+		return fmt.Errorf("paths: socket for direct paths: %w", err)
+	}
+	ds := &directSocket{udp: udp, ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct)}
+	if ua, ok := udp.LocalAddr().(*net.UDPAddr); ok {
+		ds.port = uint16(ua.Port)
+	}
+	ds.ttl4, ds.hops6, ds.canTTL = socketTTL(udp)
+	routes := make(map[netip.AddrPort]*Direct)
+	ds.routes.Store(&routes)
+	c.ds = ds
+	return nil
+}
+
+// write sends b to addr from the direct socket.
+func (ds *directSocket) write(b []byte, addr netip.AddrPort) error {
+	ds.ttlMu.RLock()
+	_, err := ds.udp.WriteToUDPAddrPort(b, addr)
+	ds.ttlMu.RUnlock()
+	return err
+}
+
+// writeLowTTL sends each of msgs with a TTL that ends them two hops away.
+func (ds *directSocket) writeLowTTL(msgs [][]byte, to []netip.AddrPort) {
+	if !ds.canTTL {
+		return // they would travel all the way: worse than none
+	}
+	ds.ttlMu.Lock()
+	defer ds.ttlMu.Unlock()
+	if setSocketTTL(ds.udp, openerTTL, openerTTL) != nil {
+		setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
+		return
+	}
+	for i, m := range msgs {
+		ds.udp.WriteToUDPAddrPort(m, to[i])
+	}
+	setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
+}
+
+// readLoop reads the direct socket until it is closed.
+func (c *Conn) directReadLoop() {
+	ds := c.ds
+	for {
+		bp := packetPool.Get().(*[]byte)
+		buf := (*bp)[:cap(*bp)]
+		n, from, err := ds.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			packetPool.Put(bp)
+			if c.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// An ICMP error reported on the socket, or the like: the
+			// socket itself is fine.
+			continue
+		}
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		b := buf[:n]
+		if n > 0 && b[0]&0x40 != 0 {
+			// A QUIC packet: from a peer only if it proved this address.
+			if d := (*ds.routes.Load())[from]; d != nil {
+				c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
+				continue
+			}
+			ds.dropped.Add(1)
+			packetPool.Put(bp)
+			continue
+		}
+		c.directMessage(b, from)
+		packetPool.Put(bp)
+	}
+}
+
+// directMessage handles a datagram that is not a QUIC packet.
+func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
+	ds := c.ds
+	if len(b) == 0 {
+		ds.strange.Add(1)
+		return
+	}
+	switch b[0] {
+	case msgProbe, msgReply:
+		if len(b) < probeLen || b[0] == msgReply && len(b) != probeLen {
+			ds.strange.Add(1)
+			return
+		}
+		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
+		ds.mu.Lock()
+		d := ds.ids[id]
+		ds.mu.Unlock()
+		if d == nil || !hmac.Equal(b[17:33], d.mac(b[0], id, txid)) {
+			ds.strange.Add(1)
+			return
+		}
+		if b[0] == msgProbe {
+			if id != d.theirID {
+				return // our own probe, looped back to us
+			}
+			reply := make([]byte, 0, probeLen)
+			reply = append(append(append(reply, msgReply), id[:]...), txid[:]...)
+			reply = append(reply, d.mac(msgReply, id, txid)...)
+			ds.write(reply, from)
+			d.provenFrom(from)
+			return
+		}
+		if id == d.myID {
+			d.replied(txid, from)
+		}
+	case msgOpener:
+		// Its work was done on the way; nothing to do here.
+	case relayproto.UDPBindingResponse:
+		req := ds.binding.Load()
+		txid, addr, err := relayproto.ParseBindingResponse(b)
+		if req == nil || err != nil || from != req.to || txid != req.txid {
+			ds.strange.Add(1)
+			return
+		}
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		if old := ds.observed.Swap(&addr); old == nil || *old != addr {
+			c.log.Debug("relay sees our UDP socket", "addr", addr.String())
+		}
+		ds.binding.CompareAndSwap(req, nil)
+	default:
+		ds.strange.Add(1)
+	}
+}
+
+// bindingAttempts and bindingEvery pace binding requests.
+const (
+	bindingAttempts = 5
+	bindingEvery    = 500 * time.Millisecond
+)
+
+// bind asks the relay's UDP port (port, with token) for the address of the
+// direct socket, until it answers or rs ends.
+func (c *Conn) bind(rs *relaySession, b relayproto.UDPBinding) {
+	ta, ok := rs.conn.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	to := netip.AddrPortFrom(ip.Unmap(), b.Port)
+	req := &bindingRequest{to: to}
+	rand.Read(req.txid[:])
+	c.ds.binding.Store(req)
+	msg := relayproto.AppendBindingRequest(nil, b.Token, req.txid)
+	t := time.NewTicker(bindingEvery)
+	defer t.Stop()
+	for range bindingAttempts {
+		if c.ds.binding.Load() != req {
+			return // answered
+		}
+		c.ds.write(msg, to)
+		select {
+		case <-t.C:
+		case <-rs.ctx.Done():
+			return
+		}
+	}
+	if c.ds.binding.CompareAndSwap(req, nil) {
+		c.log.Debug("relay's UDP port did not answer", "addr", to.String())
+	}
+}
+
+// LocalCandidates returns the addresses at which peers may reach this
+// agent's direct socket: the configured or interface addresses with its
+// port, and the address the relay saw it from. Nil if direct paths are off.
+func (c *Conn) LocalCandidates() []netip.AddrPort {
+	if c.ds == nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	if obs := c.ds.observed.Load(); obs != nil {
+		out = append(out, *obs)
+	}
+	addrs := c.cfg.DirectAddrs
+	if len(addrs) == 0 {
+		list := c.cfg.InterfaceAddrs
+		if list == nil {
+			list = interfaceAddrs
+		}
+		all, err := list()
+		if err != nil {
+			c.log.Debug("listing interface addresses failed", "err", err)
+		}
+		for _, a := range all {
+			if usableCandidate(a) && !a.IsLoopback() {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	for _, a := range addrs {
+		ap := netip.AddrPortFrom(a.Unmap(), c.ds.port)
+		if !slices.Contains(out, ap) {
+			out = append(out, ap)
+		}
+	}
+	if len(out) > maxCandidates {
+		out = out[:maxCandidates]
+	}
+	return out
+}
+
+// usableCandidate reports whether a may be offered or probed: a unicast
+// address that needs no zone.
+func usableCandidate(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLinkLocalUnicast() &&
+		a.Zone() == "" && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// interfaceAddrs lists the addresses of the interfaces that are up.
+func interfaceAddrs() ([]netip.Addr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// DirectConfig configures a [Direct].
+type DirectConfig struct {
+	// Key is a secret only this agent and the peer know, agreed inside
+	// their E2E session: at least 16 bytes. Required.
+	Key []byte
+	// Initiator is true on exactly one of the two sides (the client): it
+	// starts the search.
+	Initiator bool
+	// Signal delivers a message to the peer's [Direct.Receive], in order,
+	// over the E2E session. It may block briefly. Required.
+	Signal func(msg []byte)
+}
+
+// A Direct looks for, uses and watches a direct path to one peer. Create it
+// with [Conn.StartDirect]; it is safe for concurrent use.
+type Direct struct {
+	c       *Conn
+	peer    *peer
+	key     []byte
+	myID    [8]byte // in the probes this side sends
+	theirID [8]byte // in the probes the peer sends
+	cfg     DirectConfig
+	log     *slog.Logger
+
+	// Read by every send.
+	path     atomic.Pointer[directPath] // the proven path; nil if none
+	lastSend atomic.Int64               // Conn.now of the last packet sent to the peer
+	kick     atomic.Bool                // the sender asks for a probe on the path now
+
+	wake chan struct{} // cap 1: the run loop has work
+	done chan struct{} // closed by Close
+
+	mu         sync.Mutex
+	closed     bool                    // guarded by mu
+	round      uint32                  // the search round; guarded by mu
+	remote     []netip.AddrPort        // the peer's candidates this round; guarded by mu
+	opened     bool                    // openers sent this round; guarded by mu
+	peerReady  bool                    // the peer sent its openers this round; guarded by mu
+	probeUntil time.Time               // probing the candidates until then; guarded by mu
+	lastProbe  time.Time               // the last probe of the candidates; guarded by mu
+	lastBeat   time.Time               // the last probe on the path; guarded by mu
+	retryAt    time.Time               // start a round then, if not zero; guarded by mu
+	retries    int                     // rounds that failed in a row; guarded by mu
+	sent       map[[8]byte]probeRecord // probes awaiting an answer; guarded by mu
+	routes     []netip.AddrPort        // addresses proven for the peer; guarded by mu
+	since      time.Time               // of the last path change; guarded by mu
+}
+
+// directPath is a proven path; lastReply and rtt change as probes return.
+type directPath struct {
+	addr      netip.AddrPort
+	lastReply atomic.Int64 // Conn.now
+	rtt       atomic.Int64
+}
+
+type probeRecord struct {
+	to netip.AddrPort
+	at time.Time
+}
+
+// maxOutstanding bounds the probes a Direct remembers; answers slower
+// than staleProbe are not waited for.
+const (
+	maxOutstanding = 512
+	staleProbe     = 2 * time.Second
+)
+
+// StartDirect starts looking for a direct path to peer (an [Addr] or an
+// address [Conn.ReadFrom] returned). A Direct started earlier for the same
+// peer is closed. It fails with [ErrNoDirect] if direct paths are off.
+func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error) {
+	if c.ds == nil {
+		return nil, ErrNoDirect
+	}
+	if len(cfg.Key) < 16 || cfg.Signal == nil {
+		return nil, errors.New("paths: DirectConfig needs a Key of 16 bytes or more and a Signal")
+	}
+	var p *peer
+	switch a := peerAddr.(type) {
+	case Addr:
+		p = c.peerOf(a)
+	case *peer:
+		p = a
+	default:
+		return nil, fmt.Errorf("paths: address %v is %T, want paths.Addr", peerAddr, peerAddr)
+	}
+	d := &Direct{
+		c:    c,
+		peer: p,
+		key:  slices.Clone(cfg.Key),
+		cfg:  cfg,
+		log:  c.log.With("peer", p.addr.ID.Short()),
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+		sent: make(map[[8]byte]probeRecord),
+	}
+	mine, theirs := "responder", "initiator"
+	if cfg.Initiator {
+		mine, theirs = theirs, mine
+	}
+	d.myID = [8]byte(d.hmac([]byte("burrow direct path " + mine)))
+	d.theirID = [8]byte(d.hmac([]byte("burrow direct path " + theirs)))
+
+	ds := c.ds
+	ds.mu.Lock()
+	old := ds.byPeer[p.addr]
+	ds.byPeer[p.addr] = d
+	ds.ids[d.myID] = d
+	ds.ids[d.theirID] = d
+	ds.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	p.direct.Store(d)
+	if c.ctx.Err() != nil {
+		d.Close()
+		return nil, ErrClosed
+	}
+	c.wg.Go(d.run)
+	return d, nil
+}
+
+func (d *Direct) hmac(parts ...[]byte) []byte {
+	m := hmac.New(sha256.New, d.key)
+	for _, p := range parts {
+		m.Write(p)
+	}
+	return m.Sum(nil)
+}
+
+func (d *Direct) mac(typ byte, id, txid [8]byte) []byte {
+	return d.hmac([]byte{typ}, id[:], txid[:])[:16]
+}
+
+// Close stops using and looking for the direct path: packets to the peer
+// go over the relay again.
+func (d *Direct) Close() {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.closed = true
+	routes := d.routes
+	d.mu.Unlock()
+	close(d.done)
+	d.path.Store(nil)
+	d.peer.direct.CompareAndSwap(d, nil)
+	ds := d.c.ds
+	ds.mu.Lock()
+	if ds.byPeer[d.peer.addr] == d {
+		delete(ds.byPeer, d.peer.addr)
+	}
+	for _, id := range [][8]byte{d.myID, d.theirID} {
+		if ds.ids[id] == d {
+			delete(ds.ids, id)
+		}
+	}
+	ds.updateRoutesLocked(func(m map[netip.AddrPort]*Direct) {
+		for _, a := range routes {
+			if m[a] == d {
+				delete(m, a)
+			}
+		}
+	})
+	ds.mu.Unlock()
+}
+
+// updateRoutesLocked replaces the route table with a copy changed by f.
+func (ds *directSocket) updateRoutesLocked(f func(map[netip.AddrPort]*Direct)) {
+	m := make(map[netip.AddrPort]*Direct, len(*ds.routes.Load())+1)
+	for a, d := range *ds.routes.Load() {
+		m[a] = d
+	}
+	f(m)
+	ds.routes.Store(&m)
+}
+
+// provenFrom records that the peer sent a valid probe or reply from addr:
+// QUIC packets from there are the peer's.
+func (d *Direct) provenFrom(addr netip.AddrPort) {
+	d.mu.Lock()
+	if d.closed || slices.Contains(d.routes, addr) {
+		d.mu.Unlock()
+		return
+	}
+	var evicted netip.AddrPort
+	if len(d.routes) >= maxRoutes {
+		evicted = d.routes[0]
+		d.routes = slices.Delete(d.routes, 0, 1)
+	}
+	d.routes = append(d.routes, addr)
+	d.mu.Unlock()
+	ds := d.c.ds
+	ds.mu.Lock()
+	ds.updateRoutesLocked(func(m map[netip.AddrPort]*Direct) {
+		if evicted.IsValid() && m[evicted] == d {
+			delete(m, evicted)
+		}
+		m[addr] = d
+	})
+	ds.mu.Unlock()
+}
+
+// send sends a packet over the direct path if there is one the peer
+// answered on recently, and reports whether it did.
+func (d *Direct) send(p []byte) bool {
+	path := d.path.Load()
+	if path == nil {
+		return false
+	}
+	now := d.c.now()
+	d.lastSend.Store(now)
+	if now-path.lastReply.Load() > int64(trustActive) {
+		// Not answered lately: the relay carries it while a probe asks.
+		if !d.kick.Swap(true) {
+			d.poke()
+		}
+		return false
+	}
+	return d.c.ds.write(p, path.addr) == nil
+}
+
+func (d *Direct) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Path says how packets to the peer travel now.
+func (d *Direct) Path() PathInfo {
+	d.mu.Lock()
+	since := d.since
+	d.mu.Unlock()
+	path := d.path.Load()
+	if path == nil {
+		return PathInfo{Since: since}
+	}
+	now := d.c.now()
+	trust := int64(trustIdle)
+	if now-d.lastSend.Load() < int64(activeWindow) {
+		trust = int64(trustActive)
+	}
+	if now-path.lastReply.Load() > trust {
+		return PathInfo{Since: since}
+	}
+	return PathInfo{Direct: true, Addr: path.addr, RTT: time.Duration(path.rtt.Load()), Since: since}
+}
+
+// Path says how packets to peer travel now: over the relay unless a
+// [Direct] for it has a working path.
+func (c *Conn) Path(peerAddr net.Addr) PathInfo {
+	var p *peer
+	switch a := peerAddr.(type) {
+	case Addr:
+		p = c.peerOf(a)
+	case *peer:
+		p = a
+	}
+	if p != nil {
+		if d := p.direct.Load(); d != nil {
+			return d.Path()
+		}
+	}
+	return PathInfo{}
+}
+
+// Receive handles a signalling message from the peer's Direct.
+func (d *Direct) Receive(msg []byte) error {
+	if len(msg) < 5 {
+		return fmt.Errorf("paths: signalling message of %d bytes", len(msg))
+	}
+	round := binary.BigEndian.Uint32(msg[1:5])
+	switch msg[0] {
+	case sigCandidates:
+		cands, err := parseCandidates(msg[5:])
+		if err != nil {
+			return err
+		}
+		d.gotCandidates(round, cands)
+	case sigReady:
+		if len(msg) != 5 {
+			return fmt.Errorf("paths: ready message of %d bytes", len(msg))
+		}
+		d.mu.Lock()
+		if round == d.round && !d.closed {
+			d.peerReady = true
+			d.maybeProbeLocked()
+		}
+		d.mu.Unlock()
+	}
+	// Other types come from newer peers: ignored.
+	return nil
+}
+
+// gotCandidates handles the peer's candidates for round.
+func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
+	d.mu.Lock()
+	if d.closed || round < d.round {
+		d.mu.Unlock()
+		return
+	}
+	var mine []byte
+	if round > d.round {
+		// The peer started a round: join it.
+		d.newRoundLocked(round)
+		mine = d.candidatesMsg(round)
+	}
+	if d.remote != nil {
+		d.mu.Unlock()
+		return // a repeat
+	}
+	// A peer may not make this agent probe its own loopback services,
+	// unless this agent offers loopback addresses itself (a demo, a test).
+	loopback := slices.ContainsFunc(d.c.cfg.DirectAddrs, netip.Addr.IsLoopback)
+	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool {
+		return !usableCandidate(a.Addr()) || a.Port() == 0 || a.Addr().IsLoopback() && !loopback
+	})
+	if d.remote == nil {
+		d.remote = []netip.AddrPort{}
+	}
+	remote := d.remote
+	d.mu.Unlock()
+	if mine != nil {
+		d.cfg.Signal(mine)
+	}
+
+	// Openers, then ready: only then may the peer's probes cross.
+	msgs := make([][]byte, len(remote))
+	for i := range remote {
+		msgs[i] = append([]byte{msgOpener}, d.myID[:]...)
+	}
+	d.c.ds.writeLowTTL(msgs, remote)
+	d.mu.Lock()
+	if round != d.round || d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.opened = true
+	d.maybeProbeLocked()
+	d.mu.Unlock()
+	d.cfg.Signal(binary.BigEndian.AppendUint32([]byte{sigReady}, round))
+}
+
+// newRoundLocked forgets the last round's search (not the path in use).
+func (d *Direct) newRoundLocked(round uint32) {
+	d.round = round
+	d.remote = nil
+	d.opened, d.peerReady = false, false
+	d.probeUntil = time.Time{}
+	d.retryAt = time.Time{}
+}
+
+// maybeProbeLocked starts probing once both sides have sent openers.
+func (d *Direct) maybeProbeLocked() {
+	if d.opened && d.peerReady && d.probeUntil.IsZero() {
+		d.probeUntil = time.Now().Add(discoveryFor)
+		d.poke()
+	}
+}
+
+// candidatesMsg encodes this side's candidates for round.
+func (d *Direct) candidatesMsg(round uint32) []byte {
+	b := binary.BigEndian.AppendUint32([]byte{sigCandidates}, round)
+	return appendCandidates(b, d.c.LocalCandidates())
+}
+
+// appendCandidates appends the encoding of a candidate list (at most
+// maxCandidates).
+func appendCandidates(b []byte, cands []netip.AddrPort) []byte {
+	b = append(b, byte(len(cands)))
+	for _, a := range cands {
+		ip := a.Addr()
+		if ip.Is4() {
+			v := ip.As4()
+			b = append(append(b, 4), v[:]...)
+		} else {
+			v := ip.As16()
+			b = append(append(b, 6), v[:]...)
+		}
+		b = binary.BigEndian.AppendUint16(b, a.Port())
+	}
+	return b
+}
+
+// parseCandidates parses the body of a candidates message.
+func parseCandidates(b []byte) ([]netip.AddrPort, error) {
+	bad := errors.New("paths: malformed candidates")
+	if len(b) < 1 || int(b[0]) > maxCandidates {
+		return nil, bad
+	}
+	n := int(b[0])
+	b = b[1:]
+	out := make([]netip.AddrPort, 0, n)
+	for range n {
+		if len(b) < 1 {
+			return nil, bad
+		}
+		var ip netip.Addr
+		switch {
+		case b[0] == 4 && len(b) >= 7:
+			ip = netip.AddrFrom4([4]byte(b[1:5]))
+			b = b[5:]
+		case b[0] == 6 && len(b) >= 19:
+			ip = netip.AddrFrom16([16]byte(b[1:17])).Unmap()
+			b = b[17:]
+		default:
+			return nil, bad
+		}
+		out = append(out, netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b)))
+		b = b[2:]
+	}
+	if len(b) != 0 {
+		return nil, bad
+	}
+	return out, nil
+}
+
+// replied handles a valid reply to one of this side's probes.
+func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
+	now := time.Now()
+	d.mu.Lock()
+	rec, ok := d.sent[txid]
+	if !ok || d.closed {
+		d.mu.Unlock()
+		return // answered already, or not ours to trust: a replay
+	}
+	delete(d.sent, txid)
+	rtt := now.Sub(rec.at)
+	path := d.path.Load()
+	switch {
+	case path != nil && path.addr == rec.to:
+		path.lastReply.Store(d.c.now())
+		path.rtt.Store(int64(rtt))
+	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive):
+		// The first path to answer, or one that answers while the one in
+		// use does not.
+		np := &directPath{addr: rec.to}
+		np.lastReply.Store(d.c.now())
+		np.rtt.Store(int64(rtt))
+		d.path.Store(np)
+		d.since = now
+		d.retries = 0
+		d.retryAt = time.Time{}
+		d.probeUntil = now // done searching
+		d.log.Info("direct path", "addr", rec.to.String(), "rtt", rtt.Round(10*time.Microsecond).String())
+	}
+	d.mu.Unlock()
+	d.provenFrom(from)
+}
+
+// probe sends a probe of size bytes to addr; mu must be held.
+func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time) {
+	var txid [8]byte
+	rand.Read(txid[:])
+	if len(d.sent) >= maxOutstanding {
+		// Forget the probes nobody answered.
+		for k, r := range d.sent {
+			if now.Sub(r.at) > staleProbe {
+				delete(d.sent, k)
+			}
+		}
+		if len(d.sent) >= maxOutstanding {
+			return
+		}
+	}
+	d.sent[txid] = probeRecord{to: addr, at: now}
+	b := make([]byte, size)
+	b[0] = msgProbe
+	copy(b[1:], d.myID[:])
+	copy(b[9:], txid[:])
+	copy(b[17:], d.mac(msgProbe, d.myID, txid))
+	d.c.ds.write(b, addr)
+}
+
+// run keeps the search, the probes and the retries on schedule.
+func (d *Direct) run() {
+	if d.cfg.Initiator {
+		d.startRound()
+	}
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		next := d.tick(time.Now())
+		t.Reset(time.Until(next))
+		select {
+		case <-t.C:
+		case <-d.wake:
+		case <-d.done:
+			return
+		case <-d.c.ctx.Done():
+			d.Close()
+			return
+		}
+	}
+}
+
+// startRound starts a new search round: this side's candidates go to the
+// peer, which answers with its own.
+func (d *Direct) startRound() {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.newRoundLocked(d.round + 1)
+	msg := d.candidatesMsg(d.round)
+	d.mu.Unlock()
+	d.cfg.Signal(msg)
+}
+
+// tick does what is due at now and returns when to come back.
+func (d *Direct) tick(now time.Time) time.Time {
+	d.mu.Lock()
+	next := now.Add(time.Hour)
+	at := func(t time.Time) {
+		if t.Before(next) {
+			next = t
+		}
+	}
+	startRound := false
+	if path := d.path.Load(); path != nil {
+		age := time.Duration(d.c.now() - path.lastReply.Load())
+		if age >= lostAfter {
+			d.path.Store(nil)
+			d.since = now
+			d.log.Info("direct path lost: packets go over the relay", "addr", path.addr.String())
+			d.scheduleRetryLocked(now)
+		} else {
+			every := heartbeatIdle
+			if time.Duration(d.c.now()-d.lastSend.Load()) < activeWindow {
+				every = heartbeatActive
+			}
+			kicked := d.kick.Swap(false) && now.Sub(d.lastBeat) >= kickGap
+			if kicked || now.Sub(d.lastBeat) >= every {
+				d.probeLocked(path.addr, probeLen, now)
+				d.lastBeat = now
+			}
+			at(d.lastBeat.Add(every))
+			at(now.Add(lostAfter - age))
+		}
+	}
+	if !d.probeUntil.IsZero() && now.Before(d.probeUntil) {
+		if now.Sub(d.lastProbe) >= discoveryEvery {
+			for _, a := range d.remote {
+				d.probeLocked(a, MaxDirectPacket, now)
+			}
+			d.lastProbe = now
+		}
+		at(d.lastProbe.Add(discoveryEvery))
+		at(d.probeUntil)
+	} else if !d.probeUntil.IsZero() && d.path.Load() == nil && d.retryAt.IsZero() {
+		// The round ended with no path.
+		d.log.Debug("no direct path found", "round", d.round, "candidates", len(d.remote))
+		d.scheduleRetryLocked(now)
+	}
+	if !d.retryAt.IsZero() {
+		if !now.Before(d.retryAt) {
+			d.retryAt = time.Time{}
+			startRound = true
+		} else {
+			at(d.retryAt)
+		}
+	}
+	d.mu.Unlock()
+	if startRound {
+		d.startRound()
+		return now // look again at once
+	}
+	return next
+}
+
+// scheduleRetryLocked plans the next round after a failed one, with
+// backoff.
+func (d *Direct) scheduleRetryLocked(now time.Time) {
+	b := backoff{min: retryMin, max: retryMax, n: d.retries}
+	d.retries++
+	d.retryAt = now.Add(b.next())
+}
+
+// ttlSetter is a socket that is not a system one (an in-memory network in
+// tests) but models TTLs.
+type ttlSetter interface {
+	DefaultTTL() int
+	SetTTL(ttl int) error
+}

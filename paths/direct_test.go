@@ -1,0 +1,521 @@
+package paths
+
+import (
+	"bytes"
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// udpNet is an in-memory UDP network for synctest bubbles: sockets by
+// address, a filter that drops datagrams, a tap that sees them, and a way
+// to inject datagrams with any source address.
+type udpNet struct {
+	mu    sync.Mutex
+	socks map[netip.AddrPort]*memUDP
+	drop  func(from, to netip.AddrPort, b []byte) bool // guarded by mu
+	tap   func(from, to netip.AddrPort, b []byte)      // guarded by mu
+}
+
+func newUDPNet() *udpNet { return &udpNet{socks: make(map[netip.AddrPort]*memUDP)} }
+
+type datagram struct {
+	from netip.AddrPort
+	b    []byte
+}
+
+// memUDP is a socket on a udpNet. Datagrams sent with a TTL of 2 or less
+// die on the way, as openers do between two NATs.
+type memUDP struct {
+	n         *udpNet
+	addr      netip.AddrPort
+	in        chan datagram
+	ttl       atomic.Int32
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (n *udpNet) listen(addr string) *memUDP {
+	s := &memUDP{n: n, addr: netip.MustParseAddrPort(addr), in: make(chan datagram, 4096), done: make(chan struct{})}
+	s.ttl.Store(64)
+	n.mu.Lock()
+	n.socks[s.addr] = s
+	n.mu.Unlock()
+	return s
+}
+
+func (n *udpNet) setDrop(f func(from, to netip.AddrPort, b []byte) bool) {
+	n.mu.Lock()
+	n.drop = f
+	n.mu.Unlock()
+}
+
+func (n *udpNet) setTap(f func(from, to netip.AddrPort, b []byte)) {
+	n.mu.Lock()
+	n.tap = f
+	n.mu.Unlock()
+}
+
+// send carries b from from to to, unless dropped.
+func (n *udpNet) send(from, to netip.AddrPort, b []byte) {
+	n.mu.Lock()
+	dst, drop, tap := n.socks[to], n.drop, n.tap
+	n.mu.Unlock()
+	if tap != nil {
+		tap(from, to, b)
+	}
+	if dst == nil || drop != nil && drop(from, to, b) {
+		return
+	}
+	select {
+	case dst.in <- datagram{from: from, b: bytes.Clone(b)}:
+	default:
+	}
+}
+
+func (s *memUDP) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	select {
+	case d := <-s.in:
+		return copy(b, d.b), d.from, nil
+	case <-s.done:
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+}
+
+func (s *memUDP) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
+	if s.ttl.Load() > 2 {
+		s.n.send(s.addr, to, b)
+	}
+	return len(b), nil
+}
+
+func (s *memUDP) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(s.addr) }
+func (s *memUDP) DefaultTTL() int     { return 64 }
+func (s *memUDP) SetTTL(ttl int) error {
+	s.ttl.Store(int32(ttl))
+	return nil
+}
+
+func (s *memUDP) Close() error {
+	s.closeOnce.Do(func() { close(s.done) })
+	return nil
+}
+
+// directPair is a device and a client attached to one in-memory relay, each
+// with a socket on an in-memory UDP network, and a Direct on each side
+// whose signalling the test carries.
+type directPair struct {
+	dev, cli     *Conn
+	dSock, cSock *memUDP
+	dDir, cDir   *Direct
+	udp          *udpNet
+	relayStats   func() uint64 // packets the relay forwarded
+}
+
+func newDirectPair(t *testing.T) *directPair {
+	t.Helper()
+	m := newMemNet()
+	srv := startRelay(t, m, 15*time.Second)
+	un := newUDPNet()
+	p := &directPair{udp: un, relayStats: func() uint64 { return srv.Stats().PacketsForwarded }}
+	p.dSock = un.listen("10.0.0.1:4000")
+	p.cSock = un.listen("10.0.0.2:5000")
+	devID, _ := identity.Generate()
+	cliID, _ := identity.Generate()
+	var err error
+	p.dev, err = Listen(Config{Identity: devID, Role: relayproto.RoleDevice,
+		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
+		Access:      func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
+		ListenUDP:   func() (UDPConn, error) { return p.dSock, nil },
+		DirectAddrs: []netip.Addr{p.dSock.addr.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.dev.Close() })
+	p.cli, err = Listen(Config{Identity: cliID, Role: relayproto.RoleClient,
+		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
+		ListenUDP:   func() (UDPConn, error) { return p.cSock, nil },
+		DirectAddrs: []netip.Addr{p.cSock.addr.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cli.Close() })
+	for _, c := range []*Conn{p.dev, p.cli} {
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// start starts a Direct on each side with key, their signalling carried in
+// order by one goroutine per direction.
+func (p *directPair) start(t *testing.T, key []byte) {
+	t.Helper()
+	toDev, toCli := make(chan []byte, 64), make(chan []byte, 64)
+	var err error
+	p.cDir, err = p.cli.StartDirect(p.dev.LocalAddr(), DirectConfig{Key: key, Initiator: true,
+		Signal: func(m []byte) { toDev <- m }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dDir, err = p.dev.StartDirect(p.cli.LocalAddr(), DirectConfig{Key: key,
+		Signal: func(m []byte) { toCli <- m }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	carry := func(ch chan []byte, d *Direct) {
+		for {
+			select {
+			case m := <-ch:
+				if err := d.Receive(m); err != nil {
+					t.Errorf("Receive: %v", err)
+				}
+			case <-d.done:
+				return
+			}
+		}
+	}
+	go carry(toDev, p.dDir)
+	go carry(toCli, p.cDir)
+	t.Cleanup(func() {
+		p.cDir.Close()
+		p.dDir.Close()
+	})
+}
+
+// exchange sends one packet each way and checks that both arrive.
+func (p *directPair) exchange(t *testing.T) {
+	t.Helper()
+	want := make([]byte, 1200)
+	rand.Read(want)
+	want[0] |= 0x40 // as a QUIC packet's first byte
+	buf := make([]byte, 2048)
+	for _, dir := range []struct{ from, to *Conn }{{p.cli, p.dev}, {p.dev, p.cli}} {
+		if _, err := dir.from.WriteTo(want, dir.to.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		dir.to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, from, err := dir.to.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from.String() != dir.from.LocalAddr().String() || !bytes.Equal(buf[:n], want) {
+			t.Fatalf("got %d bytes from %v", n, from)
+		}
+	}
+}
+
+func newKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+// waitPath polls until both sides' paths satisfy ok, or fails after limit.
+func (p *directPair) waitPath(t *testing.T, limit time.Duration, ok func(PathInfo) bool, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !ok(p.cDir.Path()) || !ok(p.dDir.Path()) {
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not after %v: client %v, device %v", what, limit, p.cDir.Path(), p.dDir.Path())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func isDirect(pi PathInfo) bool { return pi.Direct }
+func isRelay(pi PathInfo) bool  { return !pi.Direct }
+
+// TestDirectPath: two agents that can reach each other go direct within
+// a second, and then the relay forwards none of their packets.
+func TestDirectPath(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.exchange(t) // over the relay
+		p.start(t, newKey())
+		took := p.waitPath(t, time.Second, isDirect, "direct")
+		if got, want := p.cDir.Path().Addr, p.dSock.addr; got != want {
+			t.Fatalf("client's path goes to %v, want %v", got, want)
+		}
+		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
+			t.Fatalf("device's path goes to %v, want %v", got, want)
+		}
+		if p.cli.Path(p.dev.LocalAddr()) != p.cDir.Path() {
+			t.Fatalf("Conn.Path %v, Direct.Path %v", p.cli.Path(p.dev.LocalAddr()), p.cDir.Path())
+		}
+		t.Logf("direct after %v, rtt %v", took, p.cDir.Path().RTT)
+		before := p.relayStats()
+		for range 50 {
+			p.exchange(t)
+		}
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay forwarded %d packets on a direct path", n)
+		}
+	})
+}
+
+// TestDirectFallback: when the direct path stops carrying datagrams,
+// packets go over the relay within 3s (here within about one second) and
+// still arrive; once the path works again, the agents find it again.
+func TestDirectFallback(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+
+		// Packets flow, as a stream's would.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			pkt := make([]byte, 100)
+			pkt[0] = 0x40
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+					p.cli.WriteTo(pkt, p.dev.LocalAddr())
+					p.dev.WriteTo(pkt, p.cli.LocalAddr())
+				}
+			}
+		})
+		wg.Go(func() { drain(p.dev, stop) })
+		wg.Go(func() { drain(p.cli, stop) })
+		time.Sleep(time.Second)
+
+		p.udp.setDrop(func(_, _ netip.AddrPort, _ []byte) bool { return true })
+		cut := time.Now()
+		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
+		t.Logf("on the relay %v after the cut", took)
+		// Packets arrive over the relay.
+		before := p.relayStats()
+		time.Sleep(500 * time.Millisecond)
+		if p.relayStats()-before < 10 {
+			t.Fatalf("relay forwarded %d packets after the cut", p.relayStats()-before)
+		}
+		close(stop)
+		wg.Wait()
+		p.exchange(t)
+
+		// Cut long enough for the path to be given up, then lifted.
+		time.Sleep(10*time.Second - time.Since(cut))
+		p.udp.setDrop(nil)
+		took = p.waitPath(t, retryMax+discoveryFor, isDirect, "direct again")
+		t.Logf("direct again %v after the cut was lifted", took)
+		p.exchange(t)
+	})
+}
+
+func drain(c *Conn, stop chan struct{}) {
+	buf := make([]byte, 2048)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		c.ReadFrom(buf)
+	}
+}
+
+// TestDirectSpoofing: datagrams from the peer's real address that do not
+// carry the agreed key never move a path, never keep a dead one alive, and
+// never make the agent accept packets from an address.
+func TestDirectSpoofing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		// The agents cannot reach each other, but an attacker sees every
+		// datagram and can send from any address.
+		var mu sync.Mutex
+		var seen []datagram
+		var dst []netip.AddrPort
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			mu.Lock()
+			seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
+			dst = append(dst, to)
+			mu.Unlock()
+		})
+		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
+			return from == p.dSock.addr || from == p.cSock.addr
+		})
+		p.start(t, newKey())
+		for range 30 {
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			for i, d := range seen {
+				if len(d.b) == 0 || d.b[0] != msgProbe {
+					continue
+				}
+				// A reply with the probe's path ID and txid, and a wrong
+				// MAC; a probe of the attacker's own with a wrong MAC; the
+				// probe itself reflected; a QUIC-looking packet.
+				reply := append([]byte{msgReply}, d.b[1:probeLen]...)
+				reply[20] ^= 1
+				probe := bytes.Clone(d.b)
+				probe[25] ^= 1
+				quic := append([]byte{0x40}, d.b[1:100]...)
+				for _, b := range [][]byte{reply, probe, d.b, quic} {
+					p.udp.inject(dst[i], d.from, b)
+				}
+			}
+			seen, dst = nil, nil
+			mu.Unlock()
+		}
+		if p.cDir.Path().Direct || p.dDir.Path().Direct {
+			t.Fatalf("spoofed datagrams moved a path: client %v, device %v", p.cDir.Path(), p.dDir.Path())
+		}
+		if n := len(*p.cli.ds.routes.Load()) + len(*p.dev.ds.routes.Load()); n != 0 {
+			t.Fatalf("%d addresses accepted as the peer's", n)
+		}
+		if p.cli.ds.strange.Load() == 0 || p.dev.ds.strange.Load() == 0 || p.cli.ds.dropped.Load() == 0 {
+			t.Fatal("the spoofed datagrams did not arrive")
+		}
+		p.udp.setTap(nil)
+		p.udp.setDrop(nil)
+		// The real path still works.
+		p.waitPath(t, retryMax+discoveryFor, isDirect, "direct once the path works")
+	})
+}
+
+// TestDirectReplay: once the path is cut, replaying the peer's earlier
+// valid replies (from its address) does not keep the path in use.
+func TestDirectReplay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		var mu sync.Mutex
+		var replies []datagram
+		var dst []netip.AddrPort
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && b[0] == msgReply {
+				mu.Lock()
+				replies = append(replies, datagram{from: from, b: bytes.Clone(b)})
+				dst = append(dst, to)
+				mu.Unlock()
+			}
+		})
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		time.Sleep(3 * time.Second) // heartbeats: more replies to capture
+		p.udp.setTap(nil)
+		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool { return true })
+		mu.Lock()
+		if len(replies) < 2 {
+			t.Fatalf("captured %d replies", len(replies))
+		}
+		old, to := replies, dst
+		mu.Unlock()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for {
+				for i, d := range old {
+					p.udp.inject(d.from, to[i], d.b)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		})
+		p.waitPath(t, 3*time.Second, isRelay, "back on the relay despite replays")
+		close(stop)
+		wg.Wait()
+	})
+}
+
+// inject delivers b to to as if from from, past the drop filter.
+func (n *udpNet) inject(from, to netip.AddrPort, b []byte) {
+	n.mu.Lock()
+	dst := n.socks[to]
+	n.mu.Unlock()
+	if dst != nil {
+		dst.in <- datagram{from: from, b: bytes.Clone(b)}
+	}
+}
+
+// TestDirectOff: with direct paths disabled there is no socket and no
+// Direct; everything goes over the relay.
+func TestDirectOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		srv := startRelay(t, m, 15*time.Second)
+		id, _ := identity.Generate()
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, DisableDirect: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.StartDirect(Addr{ID: id.ID()}, DirectConfig{Key: newKey(), Signal: func([]byte) {}}); err != ErrNoDirect {
+			t.Fatalf("StartDirect: %v, want ErrNoDirect", err)
+		}
+		if c.LocalCandidates() != nil || c.Path(Addr{ID: id.ID()}).Direct {
+			t.Fatal("direct state with direct paths off")
+		}
+	})
+}
+
+// TestCandidates: the candidate list's encoding round-trips, and
+// truncated or overlong lists are refused.
+func TestCandidates(t *testing.T) {
+	cands := []netip.AddrPort{
+		netip.MustParseAddrPort("192.0.2.1:4000"),
+		netip.MustParseAddrPort("[2001:db8::1]:443"),
+	}
+	d := &Direct{c: &Conn{cfg: Config{DirectAddrs: []netip.Addr{cands[0].Addr(), cands[1].Addr()}}}}
+	d.c.ds = &directSocket{port: 4000}
+	msg := d.candidatesMsg(7)
+	if msg[0] != sigCandidates || msg[4] != 7 {
+		t.Fatalf("header % x", msg[:5])
+	}
+	got, err := parseCandidates(msg[5:])
+	want := []netip.AddrPort{cands[0], netip.AddrPortFrom(cands[1].Addr(), 4000)}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, %v; want %v", got, err, want)
+	}
+	for i := range len(msg) - 5 {
+		if _, err := parseCandidates(msg[5 : 5+i]); err == nil {
+			t.Errorf("truncated to %d bytes: accepted", i)
+		}
+	}
+	if _, err := parseCandidates(append(bytes.Clone(msg[5:]), 0)); err == nil {
+		t.Error("trailing byte accepted")
+	}
+	if _, err := parseCandidates([]byte{maxCandidates + 1}); err == nil {
+		t.Error("too many candidates accepted")
+	}
+	if _, err := parseCandidates([]byte{1, 5, 1, 2, 3, 4, 0, 1}); err == nil {
+		t.Error("family 5 accepted")
+	}
+}
+
+func FuzzCandidates(f *testing.F) {
+	d := &Direct{c: &Conn{cfg: Config{DirectAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}}}}
+	d.c.ds = &directSocket{port: 4000}
+	f.Add(d.candidatesMsg(1)[5:])
+	f.Add([]byte{0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cands, err := parseCandidates(b)
+		if err != nil {
+			return
+		}
+		// What parses encodes to what parses the same.
+		again, err := parseCandidates(appendCandidates(nil, cands))
+		if err != nil || !reflect.DeepEqual(again, cands) {
+			t.Fatalf("% x parsed to %v, and its encoding to %v, %v", b, cands, again, err)
+		}
+	})
+}
