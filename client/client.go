@@ -36,6 +36,8 @@ type Config struct {
 	// DialTimeout bounds establishing a session with a device, relay
 	// attachment included. Zero means 15s.
 	DialTimeout time.Duration
+	// Direct configures direct paths to devices (on unless disabled).
+	Direct paths.DirectOptions
 }
 
 func (c *Config) validate() error {
@@ -107,6 +109,12 @@ type deviceSession struct {
 	err    error
 	cancel context.CancelCauseFunc // of the dial in progress
 
+	// ctlReady is closed once the session's control stream is open (ctl)
+	// or failed to open (ctlErr).
+	ctlReady chan struct{}
+	ctl      *session.Control
+	ctlErr   error
+
 	// gone is cancelled, with an *OfflineError, when the relay says the
 	// device is gone while this session is up: tunnels waiting for the
 	// device's reply fail at once. recvWhenGone is how many packets the
@@ -138,6 +146,7 @@ func New(cfg Config) (*Client, error) {
 		Dial:       cfg.DialRelay,
 		Logger:     cfg.Logger,
 		OnPeerGone: c.peerGone,
+		Direct:     cfg.Direct,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
@@ -213,7 +222,7 @@ func (c *Client) session(ctx context.Context, device identity.ID) (*session.Sess
 		}
 	}
 	if ds == nil {
-		ds = &deviceSession{ready: make(chan struct{})}
+		ds = &deviceSession{ready: make(chan struct{}), ctlReady: make(chan struct{})}
 		ds.gone, ds.goneCancel = context.WithCancelCause(c.ctx)
 		c.devices[device] = ds
 		dialCtx, cancel := context.WithCancelCause(c.ctx)
@@ -279,12 +288,90 @@ func (c *Client) dial(ctx context.Context, ds *deviceSession, device identity.ID
 	c.log.Info("session opened", "device", device.String(), "path", "relay",
 		"handshake", time.Since(start).Round(time.Microsecond).String())
 	ds.sess = s
+	c.wg.Go(func() { c.runControl(ds, device) })
 	c.wg.Go(func() {
 		<-s.Context().Done()
 		st := s.Stats()
 		c.log.Info("session closed", "device", device.String(), "reason", context.Cause(s.Context()).Error(),
 			"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
 	})
+}
+
+// controlTimeout bounds opening a session's control stream.
+const controlTimeout = 10 * time.Second
+
+// runControl opens and serves the control stream of ds's session: pings,
+// and the search for a direct path.
+func (c *Client) runControl(ds *deviceSession, device identity.ID) {
+	log := c.log.With("device", device.String())
+	ctx, cancel := context.WithTimeout(ds.sess.Context(), controlTimeout)
+	ds.ctl, ds.ctlErr = ds.sess.OpenControl(ctx)
+	cancel()
+	close(ds.ctlReady)
+	if ds.ctlErr != nil {
+		if ds.sess.Context().Err() == nil {
+			log.Debug("no control stream: the session stays on the relay", "err", ds.ctlErr)
+		}
+		return
+	}
+	err := ds.ctl.Run(session.ControlOptions{
+		DisableDirect: c.cfg.Direct.Disable,
+		OnPath:        func(p paths.PathInfo) { log.Info("session path", p.LogAttrs()...) },
+	})
+	if ds.sess.Context().Err() == nil && c.ctx.Err() == nil {
+		log.Debug("control stream ended", "err", err)
+	}
+}
+
+// A PingResult is one ping's outcome.
+type PingResult struct {
+	RTT  time.Duration
+	Path paths.PathInfo // the path the session used when the answer came
+}
+
+// Ping measures the round trip to device through the session's control
+// stream, opening the session if needed.
+func (c *Client) Ping(ctx context.Context, device identity.ID) (PingResult, error) {
+	s, _, err := c.session(ctx, device)
+	if err != nil {
+		return PingResult{}, err
+	}
+	c.mu.Lock()
+	ds := c.devices[device]
+	c.mu.Unlock()
+	if ds == nil || ds.sess != s {
+		return PingResult{}, errors.New("client: the session ended")
+	}
+	select {
+	case <-ds.ctlReady:
+	case <-ctx.Done():
+		return PingResult{}, context.Cause(ctx)
+	}
+	if ds.ctlErr != nil {
+		return PingResult{}, ds.ctlErr
+	}
+	rtt, err := ds.ctl.Ping(ctx)
+	if err != nil {
+		return PingResult{}, err
+	}
+	return PingResult{RTT: rtt, Path: s.Path()}, nil
+}
+
+// Path says how packets of the session with device travel now (over the
+// relay if there is no session).
+func (c *Client) Path(device identity.ID) paths.PathInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ds := c.devices[device]; ds != nil {
+		select {
+		case <-ds.ready:
+			if ds.sess != nil {
+				return ds.sess.Path()
+			}
+		default:
+		}
+	}
+	return paths.PathInfo{}
 }
 
 // Dial opens a tunnel to service on device and waits for the device to

@@ -67,6 +67,8 @@ type Config struct {
 	DialService func(ctx context.Context, network, addr string) (net.Conn, error)
 	// ServiceDialTimeout bounds dialing a service. Zero means 5s.
 	ServiceDialTimeout time.Duration
+	// Direct configures direct paths to clients (on unless disabled).
+	Direct paths.DirectOptions
 }
 
 func (c *Config) validate() error {
@@ -204,6 +206,7 @@ func New(cfg Config) (*Device, error) {
 		Logger:      cfg.Logger,
 		EnrollToken: cfg.EnrollToken,
 		Access:      d.accessList,
+		Direct:      cfg.Direct,
 	})
 	if err != nil {
 		d.closeStore()
@@ -253,8 +256,8 @@ type SessionStatus struct {
 	Client  identity.ID   `json:"client"`
 	Name    string        `json:"name,omitempty"`
 	Since   time.Time     `json:"since"`
-	Path    string        `json:"path"` // "relay"
-	RTT     time.Duration `json:"rtt"`
+	Path    string        `json:"path"`    // "relay" or "direct ADDR"
+	RTT     time.Duration `json:"rtt"`     // of the path in use
 	Tunnels int           `json:"tunnels"` // open now
 	Total   int           `json:"total"`   // opened since the session began
 }
@@ -265,12 +268,17 @@ func (d *Device) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for s, info := range d.sessions {
+		path := s.Path()
+		rtt := s.Stats().RTT
+		if path.Direct {
+			rtt = path.RTT
+		}
 		st.Sessions = append(st.Sessions, SessionStatus{
 			Client:  s.PeerID(),
 			Name:    d.nameLocked(s.PeerID()),
 			Since:   info.since,
-			Path:    "relay",
-			RTT:     s.Stats().RTT,
+			Path:    path.String(),
+			RTT:     rtt,
 			Tunnels: info.tunnels,
 			Total:   info.total,
 		})
@@ -456,11 +464,36 @@ func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog
 		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: err.Error()})
 		return
 	}
-	if req.Kind == session.KindPair {
+	switch req.Kind {
+	case session.KindPair:
 		d.pair(s, in, req.Secret, log)
+	case session.KindControl:
+		d.serveControl(s, in, log)
+	default:
+		d.serveTunnel(s, in, req, log)
+	}
+}
+
+// serveControl serves a session's control stream: pings, and the search
+// for a direct path. Only clients the device knows get one: a direct path
+// search makes the device send probes to addresses the client names.
+func (d *Device) serveControl(s *session.Session, in *session.Incoming, log *slog.Logger) {
+	if _, known := d.access(s.PeerID()); !known {
+		in.Refuse(session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"})
 		return
 	}
-	d.serveTunnel(s, in, req, log)
+	ctl, err := in.AcceptControl()
+	if err != nil {
+		log.Debug("control stream failed", "err", err)
+		return
+	}
+	err = ctl.Run(session.ControlOptions{
+		DisableDirect: d.cfg.Direct.Disable,
+		OnPath:        func(p paths.PathInfo) { log.Info("session path", p.LogAttrs()...) },
+	})
+	if s.Context().Err() == nil && d.ctx.Err() == nil {
+		log.Debug("control stream ended", "err", err)
+	}
 }
 
 func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req session.Request, log *slog.Logger) {

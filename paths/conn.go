@@ -131,21 +131,26 @@ type Config struct {
 	// device. Nil lets no one through.
 	Access func() (clients []identity.ID, invites [][32]byte)
 
-	// DisableDirect keeps every packet on the relay: no UDP socket, no
-	// direct paths.
-	DisableDirect bool
-	// DirectPort is the UDP port of the socket for direct paths; zero
-	// picks one.
-	DirectPort int
-	// ListenUDP, if set, opens the socket for direct paths instead (tests
-	// use it to put the socket in a network namespace).
-	ListenUDP func() (UDPConn, error)
-	// DirectAddrs, if set, are the addresses offered to peers as this
-	// agent's direct candidates (with the socket's port) instead of its
+	// Direct configures direct paths.
+	Direct DirectOptions
+}
+
+// DirectOptions configure a Conn's direct paths.
+type DirectOptions struct {
+	// Disable keeps every packet on the relay: no UDP socket, no direct
+	// paths.
+	Disable bool
+	// Port is the UDP port of the socket for direct paths; zero picks one.
+	Port int
+	// Addrs, if set, are the addresses offered to peers as this agent's
+	// direct candidates (with the socket's port) instead of its
 	// interfaces' addresses. The address the relay sees is offered too.
-	DirectAddrs []netip.Addr
-	// InterfaceAddrs, if set, lists the interface addresses instead of the
-	// system (tests).
+	Addrs []netip.Addr
+	// ListenUDP, if set, opens the socket instead (tests use it to put
+	// the socket in a network namespace).
+	ListenUDP func() (UDPConn, error)
+	// InterfaceAddrs, if set, lists the interface addresses instead of
+	// the system (tests).
 	InterfaceAddrs func() ([]netip.Addr, error)
 }
 
@@ -273,7 +278,7 @@ func Listen(cfg Config) (*Conn, error) {
 	c.log = c.log.With("relay", cfg.Relay.Addr)
 	c.status = Status{Relay: cfg.Relay.Addr, Since: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if !cfg.DisableDirect {
+	if !cfg.Direct.Disable {
 		if err := c.listenDirect(); err != nil {
 			// The relay still carries everything.
 			c.log.Warn("direct paths are off", "err", err)

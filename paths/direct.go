@@ -123,6 +123,14 @@ func (p PathInfo) String() string {
 	return "relay"
 }
 
+// LogAttrs returns the path as log attributes: path, and rtt when direct.
+func (p PathInfo) LogAttrs() []any {
+	if p.Direct {
+		return []any{"path", p.String(), "rtt", p.RTT.Round(10 * time.Microsecond).String()}
+	}
+	return []any{"path", p.String()}
+}
+
 // directSocket is a Conn's UDP socket and what it knows.
 type directSocket struct {
 	udp  UDPConn
@@ -152,10 +160,10 @@ type bindingRequest struct {
 func (c *Conn) listenDirect() error {
 	var udp UDPConn
 	var err error
-	if c.cfg.ListenUDP != nil {
-		udp, err = c.cfg.ListenUDP()
+	if c.cfg.Direct.ListenUDP != nil {
+		udp, err = c.cfg.Direct.ListenUDP()
 	} else {
-		udp, err = net.ListenUDP("udp", &net.UDPAddr{Port: c.cfg.DirectPort})
+		udp, err = net.ListenUDP("udp", &net.UDPAddr{Port: c.cfg.Direct.Port})
 	}
 	if err != nil {
 		return fmt.Errorf("paths: socket for direct paths: %w", err)
@@ -331,9 +339,9 @@ func (c *Conn) LocalCandidates() []netip.AddrPort {
 	if obs := c.ds.observed.Load(); obs != nil {
 		out = append(out, *obs)
 	}
-	addrs := c.cfg.DirectAddrs
+	addrs := c.cfg.Direct.Addrs
 	if len(addrs) == 0 {
-		list := c.cfg.InterfaceAddrs
+		list := c.cfg.Direct.InterfaceAddrs
 		if list == nil {
 			list = interfaceAddrs
 		}
@@ -707,7 +715,7 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 	}
 	// A peer may not make this agent probe its own loopback services,
 	// unless this agent offers loopback addresses itself (a demo, a test).
-	loopback := slices.ContainsFunc(d.c.cfg.DirectAddrs, netip.Addr.IsLoopback)
+	loopback := slices.ContainsFunc(d.c.cfg.Direct.Addrs, netip.Addr.IsLoopback)
 	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool {
 		return !usableCandidate(a.Addr()) || a.Port() == 0 || a.Addr().IsLoopback() && !loopback
 	})
@@ -838,7 +846,7 @@ func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 		d.retries = 0
 		d.retryAt = time.Time{}
 		d.probeUntil = now // done searching
-		d.log.Info("direct path", "addr", rec.to.String(), "rtt", rtt.Round(10*time.Microsecond).String())
+		d.log.Debug("direct path", "addr", rec.to.String(), "rtt", rtt.Round(10*time.Microsecond).String())
 	}
 	d.mu.Unlock()
 	d.provenFrom(from)
@@ -919,7 +927,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 		if age >= lostAfter {
 			d.path.Store(nil)
 			d.since = now
-			d.log.Info("direct path lost: packets go over the relay", "addr", path.addr.String())
+			d.log.Debug("direct path lost: packets go over the relay", "addr", path.addr.String())
 			d.scheduleRetryLocked(now)
 		} else {
 			every := heartbeatIdle

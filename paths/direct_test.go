@@ -134,17 +134,17 @@ func newDirectPair(t *testing.T) *directPair {
 	var err error
 	p.dev, err = Listen(Config{Identity: devID, Role: relayproto.RoleDevice,
 		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
-		Access:      func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
-		ListenUDP:   func() (UDPConn, error) { return p.dSock, nil },
-		DirectAddrs: []netip.Addr{p.dSock.addr.Addr()}})
+		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
+		Direct: DirectOptions{ListenUDP: func() (UDPConn, error) { return p.dSock, nil },
+			Addrs: []netip.Addr{p.dSock.addr.Addr()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.dev.Close() })
 	p.cli, err = Listen(Config{Identity: cliID, Role: relayproto.RoleClient,
 		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
-		ListenUDP:   func() (UDPConn, error) { return p.cSock, nil },
-		DirectAddrs: []netip.Addr{p.cSock.addr.Addr()}})
+		Direct: DirectOptions{ListenUDP: func() (UDPConn, error) { return p.cSock, nil },
+			Addrs: []netip.Addr{p.cSock.addr.Addr()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +454,7 @@ func TestDirectOff(t *testing.T) {
 		srv := startRelay(t, m, 15*time.Second)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, DisableDirect: true})
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -475,7 +475,7 @@ func TestCandidates(t *testing.T) {
 		netip.MustParseAddrPort("192.0.2.1:4000"),
 		netip.MustParseAddrPort("[2001:db8::1]:443"),
 	}
-	d := &Direct{c: &Conn{cfg: Config{DirectAddrs: []netip.Addr{cands[0].Addr(), cands[1].Addr()}}}}
+	d := &Direct{c: &Conn{cfg: Config{Direct: DirectOptions{Addrs: []netip.Addr{cands[0].Addr(), cands[1].Addr()}}}}}
 	d.c.ds = &directSocket{port: 4000}
 	msg := d.candidatesMsg(7)
 	if msg[0] != sigCandidates || msg[4] != 7 {
@@ -503,7 +503,7 @@ func TestCandidates(t *testing.T) {
 }
 
 func FuzzCandidates(f *testing.F) {
-	d := &Direct{c: &Conn{cfg: Config{DirectAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}}}}
+	d := &Direct{c: &Conn{cfg: Config{Direct: DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}}}}}
 	d.c.ds = &directSocket{port: 4000}
 	f.Add(d.candidatesMsg(1)[5:])
 	f.Add([]byte{0})

@@ -241,7 +241,7 @@ func TestKeepAliveDetectsDeadRelay(t *testing.T) {
 		srv := startRelay(t, m, keepAlive)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, DisableDirect: true})
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,7 +294,7 @@ func TestReattachAfterOutage(t *testing.T) {
 		}
 		m.down.Store(true)
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, DisableDirect: true})
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,7 +345,7 @@ func TestWritesBatched(t *testing.T) {
 			return cc, nil
 		}
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, DisableDirect: true})
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 //	request: version u8 (=1), kind u8,
 //	         kind 1 (tunnel): serviceLen u8, service [serviceLen]
 //	         kind 2 (pair):   secretLen u8, secret [secretLen]
+//	         kind 3 (control): 0 u8
 //	         extLen u16, ext [extLen] (type-length-value, unknown types skipped)
 //	reply:   code u8, detailLen u16, detail [detailLen],
 //	         count u8, count × (nameLen u8, name [nameLen])  (services the
@@ -62,8 +63,9 @@ type Kind byte
 
 // Stream kinds.
 const (
-	KindTunnel Kind = 1 // a tunnel to Request.Service
-	KindPair   Kind = 2 // pairing with an invite's secret, Request.Secret
+	KindTunnel  Kind = 1 // a tunnel to Request.Service
+	KindPair    Kind = 2 // pairing with an invite's secret, Request.Secret
+	KindControl Kind = 3 // the session's control stream (control.go)
 )
 
 // Request is the header a client sends on a new stream.
@@ -109,7 +111,9 @@ func ReadRequest(r io.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("%w: service name of %d bytes", ErrBadHeader, n)
 	case kind == KindPair && n > maxSecretLen:
 		return Request{}, fmt.Errorf("%w: secret of %d bytes", ErrBadHeader, n)
-	case kind != KindTunnel && kind != KindPair:
+	case kind == KindControl && n != 0:
+		return Request{}, fmt.Errorf("%w: control request with a field of %d bytes", ErrBadHeader, n)
+	case kind != KindTunnel && kind != KindPair && kind != KindControl:
 		return Request{}, fmt.Errorf("%w: stream kind %d", ErrBadHeader, kind)
 	}
 	name := make([]byte, n+2)
@@ -123,8 +127,11 @@ func ReadRequest(r io.Reader) (Request, error) {
 	if _, err := io.CopyN(io.Discard, r, int64(extLen)); err != nil {
 		return Request{}, truncated(err)
 	}
-	if kind == KindPair {
+	switch kind {
+	case KindPair:
 		return Request{Kind: kind, Secret: name[:n:n]}, nil
+	case KindControl:
+		return Request{Kind: kind}, nil
 	}
 	req := Request{Kind: kind, Service: string(name[:n])}
 	if err := ValidService(req.Service); err != nil {

@@ -61,6 +61,14 @@ func TestRequestRejects(t *testing.T) {
 	if _, err := ParseRequest(append([]byte{1, 2, 65}, make([]byte, 67)...)); err == nil {
 		t.Fatal("secret of 65 bytes parsed")
 	}
+	// A control request carries nothing.
+	ctl := AppendRequest(nil, Request{Kind: KindControl})
+	if r, err := ParseRequest(ctl); err != nil || r.Kind != KindControl || r.Service != "" {
+		t.Fatalf("control request: %+v, %v", r, err)
+	}
+	if _, err := ParseRequest([]byte{1, 3, 1, 'x', 0, 0}); err == nil {
+		t.Fatal("control request with a field parsed")
+	}
 	// Unknown extensions are skipped.
 	withExt := append([]byte{1, 1, 4, 'h', 't', 't', 'p', 0, 3}, 7, 0, 0)
 	if r, err := ParseRequest(withExt); err != nil || r.Service != "http" {

@@ -6,7 +6,10 @@
 //
 // Each tunnelled TCP connection is one QUIC stream ([Tunnel]). The stream
 // starts with a [Request] naming a service, and the device answers with a
-// [Reply] before any service byte flows (header.go).
+// [Reply] before any service byte flows (header.go). One more stream, the
+// control stream ([Control]), carries pings and the path layer's
+// signalling: over it the two agents find a direct path, which the path
+// layer then uses under the session without the session noticing.
 package session
 
 import (
@@ -22,13 +25,15 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/paths"
 )
 
 // ALPN names the E2E protocol and its version in the TLS handshake.
 const ALPN = "burrow/1"
 
-// PacketSize is the size of the QUIC packets a session sends.
-const PacketSize = 1452
+// PacketSize is the size of the QUIC packets a session sends: the largest
+// a direct path carries.
+const PacketSize = paths.MaxDirectPacket
 
 // A CloseCode says why a session was closed.
 type CloseCode = quic.ApplicationErrorCode
@@ -65,10 +70,11 @@ type Config struct {
 // dials sessions (client) and accepts them (device). It is safe for
 // concurrent use.
 type Endpoint struct {
-	cfg  Config
-	cert tls.Certificate
-	tr   *quic.Transport
-	qcfg *quic.Config
+	cfg   Config
+	cert  tls.Certificate
+	tr    *quic.Transport
+	qcfg  *quic.Config
+	paths pathLayer // nil if pc cannot look for direct paths
 }
 
 // NewEndpoint returns an endpoint on pc. The endpoint does not own pc:
@@ -91,6 +97,7 @@ func NewEndpoint(pc net.PacketConn, cfg Config) (*Endpoint, error) {
 		cfg.MaxTunnels = 4096
 	}
 	e := &Endpoint{cfg: cfg, cert: cert}
+	e.paths, _ = pc.(pathLayer)
 	// The reset key comes from the identity key, so that a restarted agent
 	// can still tell a peer that the session it remembers is gone.
 	rk, err := hkdf.Key(sha256.New, cfg.Identity.PrivateKey().Seed(), nil, "burrow quic stateless reset", 32)
@@ -134,7 +141,7 @@ func (e *Endpoint) Dial(ctx context.Context, addr net.Addr, device identity.ID) 
 	if err != nil {
 		return nil, dialError(err)
 	}
-	return &Session{conn: c, peer: device}, nil
+	return &Session{conn: c, peer: device, paths: e.paths}, nil
 }
 
 // dialError turns a QUIC dial failure into the error a user should see.
@@ -163,11 +170,14 @@ func (e *Endpoint) Listen() (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Listener{l: l}, nil
+	return &Listener{l: l, paths: e.paths}, nil
 }
 
 // A Listener accepts sessions.
-type Listener struct{ l *quic.Listener }
+type Listener struct {
+	l     *quic.Listener
+	paths pathLayer
+}
 
 // Accept waits for the next session. It fails only when the listener is
 // closed or ctx is done.
@@ -184,7 +194,7 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 			c.CloseWithError(CloseNotAuthorized, "no client key")
 			continue
 		}
-		return &Session{conn: c, peer: peer}, nil
+		return &Session{conn: c, peer: peer, paths: l.paths}, nil
 	}
 }
 
@@ -194,8 +204,9 @@ func (l *Listener) Close() error { return l.l.Close() }
 // A Session is an E2E connection between one client and one device. It is
 // safe for concurrent use.
 type Session struct {
-	conn *quic.Conn
-	peer identity.ID
+	conn  *quic.Conn
+	peer  identity.ID
+	paths pathLayer // nil if the packets cannot take a direct path
 }
 
 // PeerID returns the ID of the key the peer proved.

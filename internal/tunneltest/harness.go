@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,15 +120,28 @@ func (r *Relay) Start() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	// The UDP port for binding requests: the TCP port's number if free.
+	udp, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		udp, err = net.ListenPacket("udp", "127.0.0.1:0")
+	}
+	if err != nil {
+		ln.Close()
+		r.t.Fatal(err)
+	}
 	srv, err := relay.New(relay.Config{
 		Identity:       r.Identity,
 		AllowDevice:    r.Allow,
 		GetCertificate: r.GetCertificate,
+		UDPPort:        udp.LocalAddr().(*net.UDPAddr).Port,
 		Logger:         Logger(r.t).With("role", "relay"),
 	})
 	if err != nil {
+		ln.Close()
+		udp.Close()
 		r.t.Fatal(err)
 	}
+	r.wg.Go(func() { srv.ServeUDP(udp) })
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.srv, r.ln, r.Addr = srv, ln, ln.Addr().String()
@@ -185,8 +199,22 @@ func (r *Relay) Pin() paths.RelayConfig {
 	return paths.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}
 }
 
+// Loopback are the direct-path options that keep an agent's direct paths
+// on loopback: tests that want direct paths use them. Agents the harness
+// starts without Direct.Addrs have direct paths off, so that no test sends
+// to the machine's other addresses.
+var Loopback = paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+
+// directDefault turns direct paths off unless the test gave addresses.
+func directDefault(o *paths.DirectOptions) {
+	if len(o.Addrs) == 0 && o.InterfaceAddrs == nil {
+		o.Disable = true
+	}
+}
+
 // StartDevice starts a device on r with cfg; Identity, Relay and Logger
-// are filled in if unset. It waits until the device is attached.
+// are filled in if unset, and direct paths are off unless cfg.Direct gives
+// addresses (see [Loopback]). It waits until the device is attached.
 func StartDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
 	t.Helper()
 	if cfg.Identity == nil {
@@ -198,6 +226,7 @@ func StartDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t).With("role", "device")
 	}
+	directDefault(&cfg.Direct)
 	d, err := device.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +254,8 @@ func StartClient(t testing.TB, r *Relay, id *identity.Identity) *client.Client {
 }
 
 // NewClient starts a client with cfg (Identity and Logger filled in if
-// unset) without waiting for it to attach.
+// unset, direct paths as for [StartDevice]) without waiting for it to
+// attach.
 func NewClient(t testing.TB, cfg client.Config) *client.Client {
 	t.Helper()
 	if cfg.Identity == nil {
@@ -234,6 +264,7 @@ func NewClient(t testing.TB, cfg client.Config) *client.Client {
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t).With("role", "client")
 	}
+	directDefault(&cfg.Direct)
 	c, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)
