@@ -231,12 +231,15 @@ services:
   http: %s
 clients:
   %s: [http]
+direct_addrs: [127.0.0.1]
 `, relayAddr, relayID, web, clientID)), 0o600)
 	dev := start(t, "device", "device", "--config", cfg)
 	_, devAt := dev.waitFor(reAttached, 0, 10*time.Second)
 
+	// (Without loopback candidates of its own, a client with direct
+	// paths on would offer this machine's other addresses.)
 	conn := start(t, "connect", "connect", deviceID, "http", "--relay", relayAddr, "--relay-id", relayID,
-		"--identity", filepath.Join(dir, "client.key"))
+		"--identity", filepath.Join(dir, "client.key"), "--no-direct")
 	m, connAt := conn.waitFor(reListening, 0, 10*time.Second)
 	local := m[1]
 	body, err := get(t, local)
@@ -319,9 +322,22 @@ func TestBinaryDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"came through a burrow tunnel", "relay", "device agent", "relayed"} {
+	for _, want := range []string{"came through a burrow tunnel", "relay", "device agent"} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("demo page does not say %q:\n%s", want, body)
+		}
+	}
+	// The page names the path: relayed at first, direct on loopback soon.
+	if !strings.Contains(body, "relayed") && !strings.Contains(body, "direct 127.0.0.1:") {
+		t.Fatalf("demo page names no path:\n%s", body)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(body, "direct 127.0.0.1:"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the demo's session did not go direct:\n%s", body)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if body, err = get(t, addr); err != nil {
+			t.Fatal(err)
 		}
 	}
 	demo.cmd.Process.Signal(os.Interrupt)
@@ -369,7 +385,7 @@ func TestBinaryPairing(t *testing.T) {
 
 	writeCfg := func(name, token string) string {
 		cfg := filepath.Join(dir, name+".yaml")
-		body := fmt.Sprintf("name: %s\nrelay: %s\nrelay_id: %s\nidentity: %s.key\nstate: %s-state\nservices:\n  http: %s\n  rtsp: %s\nroles:\n  viewer: [http, rtsp]\n",
+		body := fmt.Sprintf("name: %s\nrelay: %s\nrelay_id: %s\nidentity: %s.key\nstate: %s-state\nservices:\n  http: %s\n  rtsp: %s\nroles:\n  viewer: [http, rtsp]\ndirect_addrs: [127.0.0.1]\n",
 			name, relayAddr, relayID, name, name, web, rtsp)
 		if token != "" {
 			body += "enroll_token: " + token + "\n"
@@ -411,7 +427,7 @@ func TestBinaryPairing(t *testing.T) {
 	if err != nil || !strings.Contains(out, "cam1") || !strings.Contains(out, devID) {
 		t.Fatalf("devices: %q %v", out, err)
 	}
-	conn := start(t, "connect", "connect", "cam1", "http", "--home", home)
+	conn := start(t, "connect", "connect", "cam1", "http", "--home", home, "--no-direct")
 	m, connAt := conn.waitFor(reListening, 0, 10*time.Second)
 	if body, err := get(t, m[1]); err != nil || body != "camera admin page" {
 		t.Fatalf("through the tunnel: %q, %v", body, err)
@@ -419,7 +435,7 @@ func TestBinaryPairing(t *testing.T) {
 
 	// Several forwards from one process.
 	fwd := filepath.Join(dir, "forwards.yaml")
-	os.WriteFile(fwd, []byte("forwards:\n  cam1/http: 127.0.0.1:0\n  cam1/rtsp: 127.0.0.1:0\n"), 0o600)
+	os.WriteFile(fwd, []byte("forwards:\n  cam1/http: 127.0.0.1:0\n  cam1/rtsp: 127.0.0.1:0\ndirect_addrs: [127.0.0.1]\n"), 0o600)
 	multi := start(t, "connect --config", "connect", "--config", fwd, "--home", home)
 	mh, _ := multi.waitFor(regexp.MustCompile(`^listening on (\S+) for cam1/http$`), 0, 10*time.Second)
 	mr, _ := multi.waitFor(regexp.MustCompile(`^listening on (\S+) for cam1/rtsp$`), 0, 10*time.Second)
@@ -429,7 +445,20 @@ func TestBinaryPairing(t *testing.T) {
 	if body, err := get(t, mr[1]); err != nil || body != "camera stream" {
 		t.Fatalf("forward cam1/rtsp: %q %v", body, err)
 	}
+	// This client offers loopback candidates: its session goes direct,
+	// and both ends say so.
+	multi.waitFor(regexp.MustCompile(`msg="session path" .*path="direct 127\.0\.0\.1:\d+" rtt=`), 0, 10*time.Second)
+	out, _, err = run(t, "device", "status", "--config", cfg)
+	if err != nil || !regexp.MustCompile(`(?m)^\S+\s+alice\s+.*direct 127\.0\.0\.1:\d+\s+\S+s\s+\d+\s+\d+$`).MatchString(out) {
+		t.Fatalf("status with a direct session: %q %v", out, err)
+	}
 	multi.stop()
+
+	// Ping through a session kept on the relay.
+	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "2", "--interval", "100ms")
+	if err != nil || !regexp.MustCompile(`(?m)^seq=2 rtt=\d+\.\d{3}ms path=relay$`).MatchString(out) || !strings.Contains(out, "2 sent, 2 answered") {
+		t.Fatalf("ping: %q %q %v", out, stderr, err)
+	}
 
 	out, _, err = run(t, "device", "users", "--config", cfg)
 	if err != nil || !strings.Contains(out, "alice") || !strings.Contains(out, "viewer") {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -40,6 +41,27 @@ type deviceFile struct {
 	Roles map[string][]string `yaml:"roles"`
 	// Clients maps client IDs to the services they may open ("*": all).
 	Clients map[string][]string `yaml:"clients"`
+	// Direct, DirectPort and DirectAddrs configure direct paths.
+	Direct      *bool    `yaml:"direct"`
+	DirectPort  int      `yaml:"direct_port"`
+	DirectAddrs []string `yaml:"direct_addrs"`
+}
+
+// directOptions checks an agent's direct-path settings: direct (default
+// on, and off with noDirect), the UDP port and the addresses to offer.
+func directOptions(direct *bool, port int, addrs []string, noDirect bool) (paths.DirectOptions, error) {
+	o := paths.DirectOptions{Disable: noDirect || direct != nil && !*direct, Port: port}
+	if port < 0 || port > 65535 {
+		return o, fmt.Errorf("direct_port %d: want 0 (any) to 65535", port)
+	}
+	for _, a := range addrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return o, fmt.Errorf("direct_addrs: %q is not an IP address", a)
+		}
+		o.Addrs = append(o.Addrs, ip)
+	}
+	return o, nil
 }
 
 // deviceSetup is a parsed device configuration file.
@@ -79,6 +101,9 @@ func readDeviceConfig(path string) (*deviceSetup, error) {
 		if _, err := identity.ParseID(f.RelayID); err != nil {
 			return fail("relay_id: %v", err)
 		}
+	}
+	if _, err := directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false); err != nil {
+		return fail("%v", err)
 	}
 	if len(f.Services) == 0 {
 		return fail("services is empty: name at least one local service, as in \"http: 127.0.0.1:80\"")
@@ -143,6 +168,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		StateDir:    ds.stateDir,
 		Logger:      log,
 	}
+	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
 	if f.RelayID != "" {
 		cfg.Relay.ID, _ = identity.ParseID(f.RelayID)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,10 +32,16 @@ services:
   rtsp: 127.0.0.1:554
 clients:
   `+clientID.String()+`: [rtsp]
+direct: false
+direct_port: 41641
+direct_addrs: [192.0.2.10, "2001:db8::10"]
 `)
 	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if d := cfg.Direct; !d.Disable || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
+		t.Fatalf("direct %+v", d)
 	}
 	if cfg.Relay.Addr != "relay.example.com:443" || cfg.Relay.ID != relayID {
 		t.Fatalf("relay %+v", cfg.Relay)
@@ -68,6 +75,9 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"bad client id", base + "services:\n  http: 127.0.0.1:80\nclients:\n  alice: [http]\n", `clients: invalid ID "alice"`},
 		{"client without services", base + "services:\n  http: 127.0.0.1:80\nclients:\n  " + client + ": []\n", "has no services"},
 		{"not yaml", "relay: [\n", "config"},
+		{"bad direct address", base + "services:\n  http: 127.0.0.1:80\ndirect_addrs: [home]\n", `direct_addrs: "home" is not an IP address`},
+		{"bad direct port", base + "services:\n  http: 127.0.0.1:80\ndirect_port: 70000\n", "direct_port 70000"},
+		{"direct not a bool", base + "services:\n  http: 127.0.0.1:80\ndirect: sometimes\n", "direct"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

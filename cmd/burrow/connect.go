@@ -27,6 +27,11 @@ type connectFile struct {
 	// Forwards maps "device/service" to the local address to listen on;
 	// device is a known device's name or ID.
 	Forwards map[string]string `yaml:"forwards"`
+	// Direct, DirectPort and DirectAddrs configure direct paths, as in a
+	// device's file.
+	Direct      *bool    `yaml:"direct"`
+	DirectPort  int      `yaml:"direct_port"`
+	DirectAddrs []string `yaml:"direct_addrs"`
 }
 
 // forward is one local listener leading to a service on a device.
@@ -40,6 +45,7 @@ type forward struct {
 
 func newConnectCmd(g *globals) *cobra.Command {
 	var relayAddr, relayID, listen, idPath, configPath string
+	var noDirect bool
 	cmd := &cobra.Command{
 		Use:   "connect DEVICE SERVICE [--listen ADDR] | connect --config FILE",
 		Short: "Forward local ports to services on devices",
@@ -58,7 +64,15 @@ With --config, one process serves several forwards, each
 
   forwards:
     cam1/rtsp: 127.0.0.1:8554
-    cam1/http: 127.0.0.1:8080`,
+    cam1/http: 127.0.0.1:8080
+  direct: true          # false: keep every session on the relay
+  direct_port: 0        # UDP port for direct paths (0: any)
+  direct_addrs: []      # addresses offered to devices (default: the interfaces')
+
+A session with a device starts on the relay and moves to a direct UDP path
+(hole punching) once one works, and back if it stops working; connections
+never notice. Each change is logged ("session path"). --no-direct (or
+direct: false) keeps all traffic on the relay.`,
 		Example: `  burrow connect cam1 rtsp --listen 127.0.0.1:8554
   vlc rtsp://127.0.0.1:8554/stream`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -85,8 +99,9 @@ With --config, one process serves several forwards, each
 			}
 			home := client.Home{Dir: dir}
 			var fwds []forward
+			var direct paths.DirectOptions
 			if configPath != "" {
-				fwds, err = readConnectConfig(configPath, home)
+				fwds, direct, err = readConnectConfig(configPath, home)
 			} else {
 				var f forward
 				f, err = resolveForward(home, args[0], args[1], listen, relayAddr, relayID)
@@ -105,7 +120,10 @@ With --config, one process serves several forwards, each
 			if created {
 				log.Info("created client identity", "path", idPath, "id", id.ID().String())
 			}
-			return serveForwards(cmd.Context(), g, log, id, fwds)
+			if noDirect {
+				direct.Disable = true
+			}
+			return serveForwards(cmd.Context(), g, log, id, direct, fwds)
 		},
 	}
 	f := cmd.Flags()
@@ -114,6 +132,7 @@ With --config, one process serves several forwards, each
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "local address to accept connections on")
 	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	f.StringVar(&configPath, "config", "", "a file of several forwards (YAML)")
+	f.BoolVar(&noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 	return cmd
 }
 
@@ -148,36 +167,40 @@ func resolveForward(home client.Home, dev, service, listen, relayAddr, relayID s
 }
 
 // readConnectConfig reads a file of forwards.
-func readConnectConfig(path string, home client.Home) ([]forward, error) {
+func readConnectConfig(path string, home client.Home) ([]forward, paths.DirectOptions, error) {
+	var direct paths.DirectOptions
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, direct, fmt.Errorf("config: %w", err)
 	}
 	var cf connectFile
 	if err := yamlstrict.Decode(data, &cf); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, direct, fmt.Errorf("config %s: %w", path, err)
+	}
+	if direct, err = directOptions(cf.Direct, cf.DirectPort, cf.DirectAddrs, false); err != nil {
+		return nil, direct, fmt.Errorf("config %s: %w", path, err)
 	}
 	if len(cf.Forwards) == 0 {
-		return nil, fmt.Errorf("config %s: forwards is empty: add \"device/service: 127.0.0.1:PORT\" lines", path)
+		return nil, direct, fmt.Errorf("config %s: forwards is empty: add \"device/service: 127.0.0.1:PORT\" lines", path)
 	}
 	var out []forward
 	for _, key := range slices.Sorted(maps.Keys(cf.Forwards)) {
 		dev, svc, ok := strings.Cut(key, "/")
 		if !ok {
-			return nil, fmt.Errorf("config %s: forward %q: want device/service", path, key)
+			return nil, direct, fmt.Errorf("config %s: forward %q: want device/service", path, key)
 		}
 		f, err := resolveForward(home, dev, svc, cf.Forwards[key], "", "")
 		if err != nil {
-			return nil, fmt.Errorf("config %s: forward %s: %w", path, key, err)
+			return nil, direct, fmt.Errorf("config %s: forward %s: %w", path, key, err)
 		}
 		out = append(out, f)
 	}
-	return out, nil
+	return out, direct, nil
 }
 
 // serveForwards runs one client per relay and every forward until ctx is
 // done or a listener fails.
-func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, fwds []forward) error {
+func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, direct paths.DirectOptions, fwds []forward) error {
 	clients := make(map[paths.RelayConfig]*client.Client)
 	defer func() {
 		for _, c := range clients {
@@ -188,7 +211,7 @@ func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identi
 		if clients[f.relay] != nil {
 			continue
 		}
-		c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log})
+		c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log, Direct: direct})
 		if err != nil {
 			return err
 		}

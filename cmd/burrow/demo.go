@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -98,22 +99,34 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 	go d.web.Serve(webLn)
 	cleanups = append(cleanups, func() { d.web.Close() })
 
+	relayLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { relayLn.Close() })
+	d.relayAddr = relayLn.Addr().String()
+	relayUDP, err := net.ListenPacket("udp", d.relayAddr)
+	if err != nil {
+		if relayUDP, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			return nil, err
+		}
+	}
+	cleanups = append(cleanups, func() { relayUDP.Close() })
 	d.relay, err = relay.New(relay.Config{
 		Identity:    relayID,
 		AllowDevice: func(id identity.ID) bool { return id == deviceID.ID() },
+		UDPPort:     relayUDP.LocalAddr().(*net.UDPAddr).Port,
 		Logger:      log.With("role", "relay"),
 	})
 	if err != nil {
 		return nil, err
 	}
-	relayLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	d.relayAddr = relayLn.Addr().String()
 	go d.relay.Serve(relayLn)
+	go d.relay.ServeUDP(relayUDP)
 	cleanups = append(cleanups, func() { d.relay.Close() })
 	pin := paths.RelayConfig{Addr: d.relayAddr, ID: relayID.ID()}
+	// Both agents are on this machine: their direct path is on loopback.
+	direct := paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 
 	d.device, err = device.New(device.Config{
 		Identity: deviceID,
@@ -121,13 +134,14 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 		Services: map[string]string{"http": d.webAddr},
 		Clients:  map[identity.ID][]string{clientID.ID(): {"http"}},
 		Logger:   log.With("role", "device"),
+		Direct:   direct,
 	})
 	if err != nil {
 		return nil, err
 	}
 	cleanups = append(cleanups, func() { d.device.Close() })
 
-	d.client, err = client.New(client.Config{Identity: clientID, Relay: pin, Logger: log.With("role", "client")})
+	d.client, err = client.New(client.Config{Identity: clientID, Relay: pin, Logger: log.With("role", "client"), Direct: direct})
 	if err != nil {
 		return nil, err
 	}
@@ -181,8 +195,10 @@ agent dialed out to the relay, and the page travelled back the same way.</p>
 <li>browser → <b>client agent</b> at <code>{{.ClientAddr}}</code> (client {{.ClientID}})</li>
 <li>client agent → <b>relay</b> at <code>{{.RelayAddr}}</code> (relay {{.RelayID}}), over TLS.
 Inside it, client and device run one end-to-end QUIC session (TLS 1.3, both keys pinned);
-the relay forwards its packets without the keys to read them.</li>
-<li>relay → <b>device agent</b> (device {{.DeviceID}}), which checked that client {{.ClientID}} may open service
+the relay forwards its packets without the keys to read them. Within moments the two agents
+find a direct UDP path (hole punching) and the session's packets move onto it, skipping the
+relay, without the tunnel noticing.</li>
+<li>→ <b>device agent</b> (device {{.DeviceID}}), which checked that client {{.ClientID}} may open service
 <code>http</code> and dialed the address configured for it</li>
 <li>device agent → this <b>web server</b> at <code>{{.WebAddr}}</code>, which sees the tunnel as a local
 connection from <code>{{.SeenFrom}}</code></li>
@@ -219,8 +235,14 @@ func (d *demo) page(w http.ResponseWriter, r *http.Request) {
 	tunnels := 0
 	for _, s := range st.Sessions {
 		tunnels += s.Tunnels
-		if s.Client == d.client.ID() && s.RTT > 0 {
+		if s.Client != d.client.ID() {
+			continue
+		}
+		if s.RTT > 0 {
 			data["RTT"] = s.RTT.Round(10 * time.Microsecond).String()
+		}
+		if s.Path != "relay" {
+			data["Path"] = s.Path + " (UDP, end to end; the relay no longer carries it)"
 		}
 	}
 	data["Tunnels"] = tunnels

@@ -20,6 +20,7 @@ import (
 
 func newDeviceCmd(g *globals) *cobra.Command {
 	var configPath string
+	var noDirect bool
 	cmd := &cobra.Command{
 		Use:   "device --config PATH",
 		Short: "Run the device agent, serving local services to authorized clients",
@@ -46,6 +47,13 @@ The configuration is YAML; an unknown key is an error:
     admin: ["*"]
   clients:                            # fixed clients: ID -> services ("*" = all)
     <client ID>: [rtsp]
+  direct: true                        # false: keep every session on the relay
+  direct_port: 0                      # UDP port for direct paths (0: any)
+  direct_addrs: []                    # addresses offered to clients (default: the interfaces')
+
+Sessions start on the relay and move to a direct UDP path (hole punching)
+when one works, and back when it stops working; tunnels never notice.
+--no-direct (or direct: false) keeps all traffic on the relay.
 
 Deny by default: a client that is neither listed nor paired reaches nothing.
 While it runs, "burrow device invite", "users", "revoke" and "status" (with
@@ -67,6 +75,9 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 			cfg, err := ds.deviceConfig(log)
 			if err != nil {
 				return err
+			}
+			if noDirect {
+				cfg.Direct.Disable = true
 			}
 			d, err := device.New(cfg)
 			if err != nil {
@@ -110,6 +121,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 		},
 	}
 	cmd.PersistentFlags().StringVar(&configPath, "config", "", "device configuration file (YAML)")
+	cmd.Flags().BoolVar(&noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 
 	// admin returns a client of the running agent's admin socket.
 	admin := func(cmd *cobra.Command) (*device.AdminClient, error) {

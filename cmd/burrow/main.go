@@ -153,6 +153,7 @@ Start with "burrow demo" to see all three roles work on this machine.`,
 		newConnectCmd(g),
 		newPairCmd(g),
 		newDevicesCmd(g),
+		newPingCmd(g),
 		newDemoCmd(g),
 	)
 	return root

@@ -46,6 +46,8 @@ func newRelayCmd(g *globals) *cobra.Command {
 		open                         bool
 		tlsCert, tlsKey              string
 		keepAlive                    time.Duration
+		udpListen                    string
+		noUDP                        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
@@ -67,7 +69,14 @@ trusted roots.
 Deny by default: the relay admits only devices it enrolled, which present an
 enrollment token once ("burrow relay token create"), devices listed in
 --devices FILE (one device ID per line, "#" comments; re-read when it
-changes), or, with --open, any device.`,
+changes), or, with --open, any device.
+
+The relay also listens on UDP, on the same port number as --listen unless
+--udp-listen says otherwise: there it tells an attached agent the public
+address of its UDP socket, which agents use to find a direct path to each
+other (hole punching). Only agents attached over TCP get an answer, never
+larger than their request. --no-udp turns this off; sessions then go direct
+only between agents that reach each other's local addresses.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -116,7 +125,26 @@ changes), or, with --open, any device.`,
 					log.Info("no device enrolled yet: make an enrollment token with burrow relay token create --data " + dataDir)
 				}
 			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			defer ln.Close()
+			var udp net.PacketConn
+			if !noUDP {
+				if udpListen == "" {
+					udpListen = ln.Addr().String()
+				}
+				if udp, err = net.ListenPacket("udp", udpListen); err != nil {
+					log.Warn("no UDP port: agents will find direct paths only through their local addresses", "err", err)
+				} else {
+					defer udp.Close()
+				}
+			}
 			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive}
+			if udp != nil {
+				cfg.UDPPort = udp.LocalAddr().(*net.UDPAddr).Port
+			}
 			if tlsCert != "" {
 				cfg.GetCertificate, err = relay.CertFile(tlsCert, tlsKey)
 				if err != nil {
@@ -133,11 +161,6 @@ changes), or, with --open, any device.`,
 				return err
 			}
 			defer os.Remove(adminPath)
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				adminLn.Close()
-				return fmt.Errorf("listen: %w", err)
-			}
 			ctx, stopAdmin := context.WithCancel(cmd.Context())
 			adminDone := make(chan struct{})
 			go func() {
@@ -148,7 +171,12 @@ changes), or, with --open, any device.`,
 				stopAdmin()
 				<-adminDone
 			}()
-			log.Info("relay listening", "addr", ln.Addr().String(), "id", id.ID().String())
+			udpAddr := "off"
+			if udp != nil {
+				udpAddr = udp.LocalAddr().String()
+				go srv.ServeUDP(udp)
+			}
+			log.Info("relay listening", "addr", ln.Addr().String(), "id", id.ID().String(), "udp", udpAddr)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			select {
@@ -172,6 +200,8 @@ changes), or, with --open, any device.`,
 	f.BoolVar(&open, "open", false, "allow any device to attach")
 	f.StringVar(&tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of the self-signed one")
 	f.StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringVar(&udpListen, "udp-listen", "", "UDP address that tells agents their public address (default: --listen's)")
+	f.BoolVar(&noUDP, "no-udp", false, "do not listen on UDP")
 	f.DurationVar(&keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
 	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 

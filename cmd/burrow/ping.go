@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/paths"
+)
+
+func newPingCmd(g *globals) *cobra.Command {
+	var (
+		relayAddr, relayID, idPath string
+		count                      int
+		interval, timeout          time.Duration
+		noDirect                   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "ping DEVICE [--count N]",
+		Short: "Measure the round trip to a device, and show the path it takes",
+		Long: `Open an end-to-end session with DEVICE (a paired device's name, or an ID
+with --relay and --relay-id) and ping it through the session, printing one
+line per ping with its round-trip time and the path the session used:
+"relay", or "direct ADDR" once hole punching found a direct path.
+
+The first pings go over the relay: a session always starts there, and moves
+to a direct path when one works.`,
+		Example: `  burrow ping cam1
+  burrow ping cam1 --count 10 --interval 200ms`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError(cmd, "want DEVICE, got %d arguments", len(args))
+			}
+			if count < 1 {
+				return usageError(cmd, "--count must be at least 1")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			dir, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			home := client.Home{Dir: dir}
+			f, err := resolveForward(home, args[0], "ping", "", relayAddr, relayID)
+			if err != nil {
+				return err
+			}
+			if idPath == "" {
+				idPath = home.IdentityPath()
+			}
+			id, _, err := identity.LoadOrCreate(idPath)
+			if err != nil {
+				return err
+			}
+			c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log,
+				Direct: paths.DirectOptions{Disable: noDirect}})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return ping(cmd.Context(), g, c, f, count, interval, timeout)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVarP(&count, "count", "c", 5, "how many pings")
+	fl.DurationVarP(&interval, "interval", "i", time.Second, "time between pings")
+	fl.DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait for each answer (the first includes opening the session)")
+	fl.StringVar(&relayAddr, "relay", "", "the relay's host:port (for a device ID not paired with)")
+	fl.StringVar(&relayID, "relay-id", "", "the relay's ID (pinned); omit only if the relay has a CA-signed certificate")
+	fl.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
+	fl.BoolVar(&noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
+	return cmd
+}
+
+// ping pings f's device count times and prints each answer and a summary.
+func ping(ctx context.Context, g *globals, c *client.Client, f forward, count int, interval, timeout time.Duration) error {
+	fmt.Fprintf(g.stdout, "PING %s (%s) via relay %s\n", f.name, f.device.Short(), f.relay.Addr)
+	var (
+		answered         int
+		sum, least, most time.Duration
+		lastErr          error
+	)
+	for seq := 1; seq <= count; seq++ {
+		if seq > 1 {
+			select {
+			case <-time.After(interval):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		res, err := c.Ping(pctx, f.device)
+		cancel()
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			lastErr = err
+			if errors.Is(err, context.DeadlineExceeded) {
+				fmt.Fprintf(g.stdout, "seq=%d no answer within %s\n", seq, timeout)
+			} else {
+				fmt.Fprintf(g.stdout, "seq=%d error: %v\n", seq, err)
+			}
+			continue
+		}
+		answered++
+		sum += res.RTT
+		if answered == 1 || res.RTT < least {
+			least = res.RTT
+		}
+		most = max(most, res.RTT)
+		fmt.Fprintf(g.stdout, "seq=%d rtt=%s path=%s\n", seq, fmtRTT(res.RTT), res.Path)
+	}
+	fmt.Fprintf(g.stdout, "--- %s: %d sent, %d answered", f.name, count, answered)
+	if answered > 0 {
+		fmt.Fprintf(g.stdout, ", rtt min/avg/max %s/%s/%s", fmtRTT(least), fmtRTT(sum/time.Duration(answered)), fmtRTT(most))
+	}
+	fmt.Fprintln(g.stdout)
+	if answered == 0 && lastErr != nil {
+		return fmt.Errorf("no answer from %s: %w", f.name, lastErr)
+	}
+	return nil
+}
+
+// fmtRTT prints a round trip in milliseconds with three decimals.
+func fmtRTT(d time.Duration) string {
+	return fmt.Sprintf("%.3fms", float64(d)/float64(time.Millisecond))
+}
