@@ -188,20 +188,26 @@ func (ds *directSocket) write(b []byte, addr netip.AddrPort) error {
 }
 
 // writeLowTTL sends each of msgs with a TTL that ends them two hops away.
-func (ds *directSocket) writeLowTTL(msgs [][]byte, to []netip.AddrPort) {
+// It sends nothing if it cannot set the TTL: such messages would travel
+// all the way, which is worse than none.
+func (ds *directSocket) writeLowTTL(msgs [][]byte, to []netip.AddrPort) error {
 	if !ds.canTTL {
-		return // they would travel all the way: worse than none
+		return errors.ErrUnsupported
 	}
 	ds.ttlMu.Lock()
 	defer ds.ttlMu.Unlock()
-	if setSocketTTL(ds.udp, openerTTL, openerTTL) != nil {
+	hops6 := -1 // an IPv4 socket has no hop limit to set
+	if ds.hops6 >= 0 {
+		hops6 = openerTTL
+	}
+	if err := setSocketTTL(ds.udp, openerTTL, hops6); err != nil {
 		setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
-		return
+		return err
 	}
 	for i, m := range msgs {
 		ds.udp.WriteToUDPAddrPort(m, to[i])
 	}
-	setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
+	return setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
 }
 
 // readLoop reads the direct socket until it is closed.
@@ -733,7 +739,9 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 	for i := range remote {
 		msgs[i] = append([]byte{msgOpener}, d.myID[:]...)
 	}
-	d.c.ds.writeLowTTL(msgs, remote)
+	if err := d.c.ds.writeLowTTL(msgs, remote); err != nil {
+		d.log.Debug("no openers sent", "err", err)
+	}
 	d.mu.Lock()
 	if round != d.round || d.closed {
 		d.mu.Unlock()

@@ -519,3 +519,40 @@ func FuzzCandidates(f *testing.F) {
 		}
 	})
 }
+
+// TestOpenersOnSystemSocket: openers leave a real socket (IPv4 and dual
+// stack) with the low TTL, and the socket's own TTL comes back after.
+func TestOpenersOnSystemSocket(t *testing.T) {
+	for _, network := range []string{"udp4", "udp"} {
+		t.Run(network, func(t *testing.T) {
+			rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rx.Close()
+			c := &Conn{cfg: Config{Direct: DirectOptions{ListenUDP: func() (UDPConn, error) {
+				return net.ListenUDP(network, &net.UDPAddr{})
+			}}}}
+			if err := c.listenDirect(); err != nil {
+				t.Fatal(err)
+			}
+			defer c.ds.udp.Close()
+			ttl4, hops6, ok := socketTTL(c.ds.udp)
+			if !ok || ttl4 < 32 {
+				t.Fatalf("socket TTL %d, %v", ttl4, ok)
+			}
+			to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+			if err := c.ds.writeLowTTL([][]byte{{msgOpener, 1, 2, 3, 4, 5, 6, 7, 8}}, []netip.AddrPort{to}); err != nil {
+				t.Fatalf("writeLowTTL: %v", err)
+			}
+			rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 64)
+			if n, _, err := rx.ReadFromUDPAddrPort(buf); err != nil || n != 9 || buf[0] != msgOpener {
+				t.Fatalf("opener: %d bytes, %v", n, err)
+			}
+			if t4, h6, _ := socketTTL(c.ds.udp); t4 != ttl4 || h6 != hops6 {
+				t.Fatalf("TTL after openers %d/%d, want %d/%d", t4, h6, ttl4, hops6)
+			}
+		})
+	}
+}

@@ -1,0 +1,448 @@
+//go:build linux
+
+package tunneltest
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/israce"
+	"github.com/burrow-tunnel/burrow/internal/netns"
+	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relay"
+)
+
+// natNet is the test network of the direct-path tests:
+//
+//	         pub (relay; 10.0.1.1, 10.0.2.1; routes between the homes)
+//	        /   \
+//	ra (NAT)     rb (NAT)      WAN 10.0.1.2 / 10.0.2.2, MASQUERADE out of it
+//	|   |        |             LAN 192.168.1.1 / 192.168.2.1
+//	ha  hc       hb            192.168.1.2, 192.168.1.3 / 192.168.2.2
+//
+// ha and hc share ra's LAN (a bridge); hb is alone behind rb. Services run
+// in the test's own namespace on loopback: the device dials them from
+// there.
+type natNet struct {
+	*netns.Net
+	relay     *relay.Server
+	relayAddr string
+	relayID   identity.ID
+}
+
+// hosts are the agents' namespaces and addresses.
+var natHosts = map[string]netip.Addr{
+	"ha": netip.MustParseAddr("192.168.1.2"),
+	"hc": netip.MustParseAddr("192.168.1.3"),
+	"hb": netip.MustParseAddr("192.168.2.2"),
+}
+
+// newNATNet builds the network; masq is the MASQUERADE rule's options
+// (e.g. --random-fully).
+func newNATNet(t *testing.T, masq ...string) *natNet {
+	t.Helper()
+	n := &natNet{Net: netns.New(t)}
+	n.Add("pub", "ra", "rb", "ha", "hb", "hc")
+	n.Link("pub", "pa", "10.0.1.1/24", "ra", "wan", "10.0.1.2/24")
+	n.Link("pub", "pb", "10.0.2.1/24", "rb", "wan", "10.0.2.2/24")
+	n.In("ra", "ip", "link", "add", "br0", "type", "bridge")
+	n.In("ra", "ip", "addr", "add", "192.168.1.1/24", "dev", "br0")
+	n.In("ra", "ip", "link", "set", "br0", "up")
+	n.Link("ra", "la", "", "ha", "eth0", "192.168.1.2/24")
+	n.Link("ra", "lc", "", "hc", "eth0", "192.168.1.3/24")
+	n.In("ra", "ip", "link", "set", "la", "master", "br0")
+	n.In("ra", "ip", "link", "set", "lc", "master", "br0")
+	n.Link("rb", "lan", "192.168.2.1/24", "hb", "eth0", "192.168.2.2/24")
+	for _, r := range []struct{ ns, via string }{{"ra", "10.0.1.1"}, {"rb", "10.0.2.1"}} {
+		n.In(r.ns, "ip", "route", "add", "default", "via", r.via)
+		n.In(r.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		n.In(r.ns, append([]string{"iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"}, masq...)...)
+	}
+	n.In("pub", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	n.In("ha", "ip", "route", "add", "default", "via", "192.168.1.1")
+	n.In("hc", "ip", "route", "add", "default", "via", "192.168.1.1")
+	n.In("hb", "ip", "route", "add", "default", "via", "192.168.2.1")
+
+	// The relay, in pub, on TCP and UDP.
+	id := NewIdentity(t)
+	n.relayID = id.ID()
+	var ln net.Listener
+	var udp net.PacketConn
+	err := n.Do("pub", func() error {
+		var err error
+		if ln, err = net.Listen("tcp4", "0.0.0.0:0"); err != nil {
+			return err
+		}
+		// On the address agents dial, so that answers come from it: pub
+		// has two addresses, and a socket bound to all of them would
+		// answer from the one facing the agent.
+		port := ln.Addr().(*net.TCPAddr).Port
+		udp, err = net.ListenPacket("udp4", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.1"), uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	n.relayAddr = netip.AddrPortFrom(netip.MustParseAddr("10.0.1.1"), uint16(port)).String()
+	n.relay, err = relay.New(relay.Config{
+		Identity:    id,
+		AllowDevice: func(identity.ID) bool { return true },
+		UDPPort:     udp.LocalAddr().(*net.UDPAddr).Port,
+		Logger:      Logger(t).With("role", "relay"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { n.relay.Serve(ln) })
+	wg.Go(func() { n.relay.ServeUDP(udp) })
+	t.Cleanup(func() {
+		n.relay.Close()
+		ln.Close()
+		wg.Wait()
+	})
+	return n
+}
+
+// agent returns the relay and direct-path settings of an agent in host.
+func (n *natNet) agent(host string) (paths.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.Do(host, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	direct := paths.DirectOptions{
+		ListenUDP: func() (paths.UDPConn, error) {
+			var c *net.UDPConn
+			err := n.Do(host, func() error {
+				var err error
+				c, err = net.ListenUDP("udp4", &net.UDPAddr{})
+				return err
+			})
+			return c, err
+		},
+		InterfaceAddrs: func() ([]netip.Addr, error) { return []netip.Addr{natHosts[host]}, nil },
+	}
+	return paths.RelayConfig{Addr: n.relayAddr, ID: n.relayID}, dial, direct
+}
+
+// pair starts a device in devHost serving services, and a client in
+// cliHost that it knows.
+func (n *natNet) pair(t *testing.T, devHost, cliHost string, services map[string]string) (*device.Device, *client.Client) {
+	t.Helper()
+	cid := NewIdentity(t)
+	rc, dial, direct := n.agent(devHost)
+	d, err := device.New(device.Config{
+		Identity:  NewIdentity(t),
+		Relay:     rc,
+		DialRelay: dial,
+		Direct:    direct,
+		Services:  services,
+		Clients:   map[identity.ID][]string{cid.ID(): {device.AllServices}},
+		Logger:    Logger(t).With("role", "device"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	rc, dial, direct = n.agent(cliHost)
+	c, err := client.New(client.Config{Identity: cid, Relay: rc, DialRelay: dial, Direct: direct,
+		Logger: Logger(t).With("role", "client")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, w := range []interface{ WaitAttached(context.Context) error }{d, c} {
+		if err := w.WaitAttached(ctx10(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d, c
+}
+
+// waitPath polls c's path to dev until ok or limit, and returns how long it
+// took.
+func waitPath(t *testing.T, c *client.Client, dev identity.ID, limit time.Duration, ok func(paths.PathInfo) bool, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !ok(c.Path(dev)) {
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not within %v (path %v)", what, limit, c.Path(dev))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func direct(p paths.PathInfo) bool  { return p.Direct }
+func relayed(p paths.PathInfo) bool { return !p.Direct }
+
+// dropUDP is the rule, in pub, that cuts UDP between the NATs (add it with
+// -I, remove it with -D).
+var dropUDP = []string{"FORWARD", "-p", "udp", "-s", "10.0.0.0/16", "-d", "10.0.0.0/16", "-j", "DROP"}
+
+// reader hashes a tunnel's bytes and records the longest wait between two
+// reads.
+type reader struct {
+	n       atomic.Int64
+	maxGap  atomic.Int64 // nanoseconds
+	measure atomic.Bool  // maxGap is recorded only while set
+}
+
+func (r *reader) run(conn net.Conn, size int64) ([32]byte, error) {
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	last := time.Now()
+	for r.n.Load() < size {
+		k, err := conn.Read(buf)
+		h.Write(buf[:k])
+		r.n.Add(int64(k))
+		if now := time.Now(); r.measure.Load() {
+			if gap := int64(now.Sub(last)); gap > r.maxGap.Load() {
+				r.maxGap.Store(gap)
+			}
+			last = now
+		} else {
+			last = now
+		}
+		if err != nil && (err != io.EOF || r.n.Load() != size) {
+			return [32]byte(h.Sum(nil)), err
+		}
+	}
+	return [32]byte(h.Sum(nil)), nil
+}
+
+// streamServer serves a stream of size bytes, paced (a 64 KiB chunk per
+// gap) if gap > 0.
+func streamServer(t *testing.T, seed uint64, size int64, gap time.Duration) *Server {
+	if gap > 0 {
+		return StartServer(t, pacedStream(seed, size, gap))
+	}
+	return StartServer(t, func(c *net.TCPConn) {
+		c.ReadFrom(randomStream(seed, size))
+		c.CloseWrite()
+	})
+}
+
+// TestNATDirectMidStream: two agents behind port-preserving NATs (plain
+// MASQUERADE). A tunnel's stream starts on the relay (UDP between the NATs
+// is held back until 2 MiB have arrived, so that the switch happens under
+// a flowing stream); the session goes direct within 5s of opening; after
+// the switch the relay forwards none of the session's packets; the stream
+// arrives whole (done means 1 and 2).
+func TestNATDirectMidStream(t *testing.T) {
+	size := int64(200 << 20)
+	if israce.Enabled || testing.Short() {
+		size = 32 << 20
+	}
+	n := newNATNet(t)
+	srv := streamServer(t, 7, size, 0)
+	// UDP between the NATs is dropped until the stream flows on the relay.
+	n.In("pub", append([]string{"iptables", "-I"}, dropUDP...)...)
+	d, c := n.pair(t, "ha", "hb", map[string]string{"stream": srv.Addr})
+
+	start := time.Now()
+	tun, err := c.Dial(ctx10(t), d.ID(), "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	var r reader
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := r.run(tun, size)
+		done <- result{s, err}
+	}()
+
+	for r.n.Load() < 2<<20 {
+		time.Sleep(time.Millisecond)
+	}
+	if p := c.Path(d.ID()); p.Direct {
+		t.Fatalf("path %v while UDP was dropped", p)
+	}
+	n.In("pub", append([]string{"iptables", "-D"}, dropUDP...)...)
+	waitPath(t, c, d.ID(), 5*time.Second-time.Since(start), direct, "direct path")
+	took := time.Since(start)
+	atSwitch := r.n.Load()
+	t.Logf("direct %v after the session opened, %d MiB into the stream: %v", took, atSwitch>>20, c.Path(d.ID()))
+	if got := c.Path(d.ID()).Addr.Addr(); got != netip.MustParseAddr("10.0.1.2") {
+		t.Fatalf("direct path to %v, want the device's NAT, 10.0.1.2", got)
+	}
+	time.Sleep(300 * time.Millisecond) // what was in flight on the relay
+	before := n.relay.Stats().PacketsForwarded
+	if before == 0 {
+		t.Fatal("the relay forwarded nothing: the session did not start on it")
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("stream failed after %d bytes: %v", r.n.Load(), res.err)
+	}
+	if want, _, _ := sum(randomStream(7, size)); res.sum != want {
+		t.Fatal("the stream's bytes differ")
+	}
+	if atSwitch >= size {
+		t.Fatal("the stream ended before the switch")
+	}
+	if fwd := n.relay.Stats().PacketsForwarded - before; fwd != 0 {
+		t.Fatalf("the relay forwarded %d packets after the switch", fwd)
+	}
+	t.Logf("%d MiB in %v", size>>20, time.Since(start).Round(time.Millisecond))
+}
+
+// TestNATRandomPorts: behind NATs that pick a random port for every
+// destination (MASQUERADE --random-fully), no direct path exists; the
+// session stays on the relay and works (done means 3).
+func TestNATRandomPorts(t *testing.T) {
+	n := newNATNet(t, "--random-fully")
+	srv := StartServer(t, Echo)
+	d, c := n.pair(t, "ha", "hb", map[string]string{"echo": srv.Addr})
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	// A whole search round, and then some.
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		if p := c.Path(d.ID()); p.Direct {
+			t.Fatalf("direct path %v through port-randomizing NATs", p)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	before := n.relay.Stats().PacketsForwarded
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	if n.relay.Stats().PacketsForwarded == before {
+		t.Fatal("the echo did not cross the relay")
+	}
+}
+
+// TestNATCut: the direct path is cut mid-stream (UDP dropped between the
+// NATs): within 3s the stream flows over the relay, with no error and
+// intact bytes; once the drop is lifted the session goes direct again
+// (done means 4).
+func TestNATCut(t *testing.T) {
+	const size = 48 << 20
+	n := newNATNet(t)
+	srv := streamServer(t, 9, size, 15*time.Millisecond) // about 4 MiB/s: 12s
+	d, c := n.pair(t, "ha", "hb", map[string]string{"stream": srv.Addr})
+	tun, err := c.Dial(ctx10(t), d.ID(), "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	var r reader
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := r.run(tun, size)
+		done <- result{s, err}
+	}()
+	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
+	time.Sleep(time.Second)
+
+	n.In("pub", append([]string{"iptables", "-I"}, dropUDP...)...)
+	cut := time.Now()
+	r.measure.Store(true)
+	took := waitPath(t, c, d.ID(), 3*time.Second, relayed, "back on the relay")
+	relayAt := n.relay.Stats().PacketsForwarded
+	time.Sleep(3 * time.Second)
+	if n.relay.Stats().PacketsForwarded-relayAt < 100 {
+		t.Fatal("the stream does not flow over the relay")
+	}
+	gap := time.Duration(r.maxGap.Load())
+	t.Logf("on the relay %v after the cut; longest wait for bytes %v", took, gap)
+	if gap > 3*time.Second {
+		t.Fatalf("the stream stalled %v after the cut", gap)
+	}
+	r.measure.Store(false)
+
+	// Long enough for the path to be given up: it is found again by a
+	// new search.
+	time.Sleep(9*time.Second - time.Since(cut))
+	n.In("pub", append([]string{"iptables", "-D"}, dropUDP...)...)
+	took = waitPath(t, c, d.ID(), 40*time.Second, direct, "direct again after the cut was lifted")
+	t.Logf("direct again %v after the cut was lifted", took)
+
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("stream failed after %d bytes: %v", r.n.Load(), res.err)
+	}
+	if want, _, _ := sum(randomStream(9, size)); res.sum != want {
+		t.Fatal("the stream's bytes differ")
+	}
+}
+
+// TestNATSameLAN: two agents on one LAN, with no NAT between them, go
+// direct over their local addresses (done means 5).
+func TestNATSameLAN(t *testing.T) {
+	n := newNATNet(t)
+	web := HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("lan")) }))
+	d, c := n.pair(t, "ha", "hc", map[string]string{"http": web})
+	if err := echoHTTP(t, c, d.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
+	if got := c.Path(d.ID()).Addr.Addr(); got != natHosts["ha"] {
+		t.Fatalf("direct path to %v, want the device's LAN address %v", got, natHosts["ha"])
+	}
+	time.Sleep(300 * time.Millisecond)
+	before := n.relay.Stats().PacketsForwarded
+	for range 5 {
+		if err := echoHTTP(t, c, d.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fwd := n.relay.Stats().PacketsForwarded - before; fwd != 0 {
+		t.Fatalf("the relay forwarded %d packets of a direct session", fwd)
+	}
+}
+
+// echoHTTP fetches the device's http service through a tunnel.
+func echoHTTP(t *testing.T, c *client.Client, dev identity.ID) error {
+	t.Helper()
+	tun, err := c.Dial(ctx10(t), dev, "http")
+	if err != nil {
+		return err
+	}
+	defer tun.Close()
+	tun.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tun.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	var got []byte
+	for {
+		k, err := tun.Read(buf)
+		got = append(got, buf[:k]...)
+		if err != nil {
+			break
+		}
+	}
+	if len(got) < 3 || string(got[len(got)-3:]) != "lan" {
+		t.Fatalf("http through the tunnel: %q", got)
+	}
+	return nil
+}
