@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"time"
 )
@@ -18,7 +19,8 @@ type burrowSetup struct {
 	relay, device         *proc
 	relayAddr, relayID    string
 	deviceID, clientKey   string
-	source, greeter, echo *connect
+	source, greeter, echo *connect // relayed (--no-direct)
+	direct                *connect // to source, on a direct path over loopback
 }
 
 type connect struct {
@@ -27,9 +29,15 @@ type connect struct {
 }
 
 // connect starts "burrow connect" to service and waits until it listens.
-func (b *bench) connect(s *burrowSetup, service string) (*connect, error) {
+// Its session stays on the relay unless direct, when it goes direct over
+// loopback.
+func (b *bench) connect(s *burrowSetup, service string, direct bool) (*connect, error) {
+	path := "--no-direct"
+	if direct {
+		path = "--direct-addr=127.0.0.1"
+	}
 	p, err := b.start("connect "+service, b.burrow, "connect", s.deviceID, service,
-		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey)
+		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey, path)
 	if err != nil {
 		return nil, err
 	}
@@ -81,6 +89,7 @@ services:
   echo: %s
 clients:
   %s: ["*"]
+direct_addrs: [127.0.0.1]
 `, s.relayAddr, s.relayID, b.svc.source, b.svc.greeter, b.svc.echo, clientID), 0o600)
 	if err != nil {
 		return err
@@ -105,9 +114,12 @@ clients:
 		name string
 		to   **connect
 	}{{"source", &s.source}, {"greeter", &s.greeter}, {"echo", &s.echo}} {
-		if *svc.to, err = b.connect(s, svc.name); err != nil {
+		if *svc.to, err = b.connect(s, svc.name, false); err != nil {
 			return err
 		}
+	}
+	if s.direct, err = b.connect(s, "source", true); err != nil {
+		return err
 	}
 	setup = s
 	return nil
@@ -228,7 +240,7 @@ func (b *bench) connectLatency(ctx context.Context) error {
 	}
 	var cold []float64
 	for range b.o.cold {
-		c, err := b.connect(setup, "greeter")
+		c, err := b.connect(setup, "greeter", false)
 		if err != nil {
 			return err
 		}
@@ -337,6 +349,13 @@ func (b *bench) throughput(ctx context.Context) error {
 		{"tls-hop", tlsDialer(tlsAddr, clientTLS), b.o.refDur, 0, []measured{{"tls hop", tlsHop}}},
 		{"burrow", tcpDialer(setup.source.addr), b.o.duration, 0,
 			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.source.p}}},
+		{"burrow direct", tcpDialer(setup.direct.addr), b.o.duration, 0,
+			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.direct.p}}},
+	}
+	// Scenario 8: the direct session must be direct before it is
+	// measured. A first connection opens it; the path follows.
+	if err := b.goDirect(ctx, setup.direct); err != nil {
+		return err
 	}
 	for _, conns := range []int{1, 4} {
 		var burrowRate float64
@@ -357,6 +376,26 @@ func (b *bench) throughput(ctx context.Context) error {
 		if _, err := b.measureThroughput(ctx, conns, "tls-hop at burrow's rate", held.dial, held.d, burrowRate, held.cpu); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+var reDirect = regexp.MustCompile(`msg="session path" .*path="direct `)
+
+// goDirect opens c's session with a first connection and waits until the
+// session's path is direct.
+func (b *bench) goDirect(ctx context.Context, c *connect) error {
+	conn, err := net.DialTimeout("tcp", c.addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(conn, make([]byte, 1<<20)); err != nil {
+		return fmt.Errorf("first connection of the direct session: %w", err)
+	}
+	if _, err := c.p.waitFor(reDirect, 10*time.Second); err != nil {
+		return fmt.Errorf("the session did not go direct: %w", err)
 	}
 	return nil
 }

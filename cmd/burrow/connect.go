@@ -46,6 +46,7 @@ type forward struct {
 func newConnectCmd(g *globals) *cobra.Command {
 	var relayAddr, relayID, listen, idPath, configPath string
 	var noDirect bool
+	var directAddrs []string
 	cmd := &cobra.Command{
 		Use:   "connect DEVICE SERVICE [--listen ADDR] | connect --config FILE",
 		Short: "Forward local ports to services on devices",
@@ -123,6 +124,13 @@ direct: false) keeps all traffic on the relay.`,
 			if noDirect {
 				direct.Disable = true
 			}
+			if len(directAddrs) > 0 {
+				flagged, err := directOptions(nil, 0, directAddrs, false)
+				if err != nil {
+					return usageError(cmd, "--direct-addr: %v", err)
+				}
+				direct.Addrs = flagged.Addrs
+			}
 			return serveForwards(cmd.Context(), g, log, id, direct, fwds)
 		},
 	}
@@ -133,6 +141,7 @@ direct: false) keeps all traffic on the relay.`,
 	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	f.StringVar(&configPath, "config", "", "a file of several forwards (YAML)")
 	f.BoolVar(&noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
+	f.StringSliceVar(&directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
 	return cmd
 }
 
