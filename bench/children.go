@@ -168,6 +168,11 @@ func simDevicesMain(args []string) error {
 					Relay:      paths.RelayConfig{Addr: *relayAddr, ID: rid},
 					QueueLen:   4,
 					MaxBackoff: time.Second,
+					// A relay session each, as a real device's, but no
+					// UDP socket: 10,000 of them would exhaust the
+					// process's file descriptors, and the relay keeps
+					// nothing more for a device that uses its UDP port.
+					Direct: paths.DirectOptions{Disable: true},
 				})
 				if err == nil {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
