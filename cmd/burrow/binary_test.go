@@ -247,11 +247,15 @@ direct_addrs: [127.0.0.1]
 		t.Fatalf("through the tunnel: %q, %v", body, err)
 	}
 
+	// The relay listened on UDP, on its TCP port's number.
+	relay.waitFor(regexp.MustCompile(`msg="relay listening" .* udp=`+regexp.QuoteMeta(relayAddr)+`$`), 0, time.Second)
+
 	// Relay restart: stop the relay process and start it again on the same
-	// port; the device reattaches by itself and tunnels work within 10s.
+	// port (without UDP this time); the device reattaches by itself and
+	// tunnels work within 10s.
 	relay.stop()
-	relay = start(t, "relay", "relay", "--listen", relayAddr, "--data", filepath.Join(dir, "relay"), "--devices", devices)
-	relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relay = start(t, "relay", "relay", "--listen", relayAddr, "--data", filepath.Join(dir, "relay"), "--devices", devices, "--no-udp")
+	relay.waitFor(regexp.MustCompile(`msg="relay listening" .* udp=off$`), 0, 10*time.Second)
 	restarted := time.Now()
 	dev.waitFor(reAttached, devAt, 10*time.Second)
 	for {

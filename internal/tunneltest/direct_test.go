@@ -119,13 +119,18 @@ func TestDirectOverLoopback(t *testing.T) {
 	}
 }
 
-// TestDirectDisabled: a client with direct paths disabled keeps its
-// session on the relay, whatever the device offers, and works.
+// TestDirectDisabled: when either side has direct paths disabled, the
+// session stays on the relay, whatever the other side offers, and works.
 func TestDirectDisabled(t *testing.T) {
-	srv := StartServer(t, Echo)
 	off := Loopback
 	off.Disable = true
-	r, d, c := directSetup(t, map[string]string{"echo": srv.Addr}, Loopback, off)
+	t.Run("client", func(t *testing.T) { testDirectDisabled(t, Loopback, off) })
+	t.Run("device", func(t *testing.T) { testDirectDisabled(t, off, Loopback) })
+}
+
+func testDirectDisabled(t *testing.T, dev, cli paths.DirectOptions) {
+	srv := StartServer(t, Echo)
+	r, d, c := directSetup(t, map[string]string{"echo": srv.Addr}, dev, cli)
 	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
 		t.Fatal(err)
 	}
