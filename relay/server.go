@@ -24,6 +24,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -265,9 +266,31 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	// Answers leave from the address the request was sent to: on a relay
+	// with several addresses, an answer from another one would not pass
+	// the agent's NAT.
+	udp, _ := pc.(*net.UDPConn)
+	if udp != nil && !enablePktinfo(udp) {
+		udp = nil
+	}
 	buf := make([]byte, 1500)
+	oob := make([]byte, 256)
 	for {
-		n, from, err := pc.ReadFrom(buf)
+		var (
+			n, oobn int
+			from    netip.AddrPort
+			err     error
+		)
+		if udp != nil {
+			n, oobn, _, from, err = udp.ReadMsgUDPAddrPort(buf, oob)
+		} else {
+			var a net.Addr
+			if n, a, err = pc.ReadFrom(buf); err == nil {
+				if ua, ok := a.(*net.UDPAddr); ok {
+					from = ua.AddrPort()
+				}
+			}
+		}
 		if err != nil {
 			s.mu.RLock()
 			closed := s.closed
@@ -288,13 +311,16 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		s.mu.RLock()
 		sess := s.udpTokens[tok]
 		s.mu.RUnlock()
-		ua, ok := from.(*net.UDPAddr)
-		if sess == nil || !ok {
+		if sess == nil || !from.IsValid() {
 			s.udpIgnored.Add(1)
 			continue
 		}
-		resp := relayproto.AppendBindingResponse(buf[n:n], txid, ua.AddrPort())
-		pc.WriteTo(resp, from)
+		resp := relayproto.AppendBindingResponse(buf[n:n], txid, from)
+		if udp != nil {
+			udp.WriteMsgUDPAddrPort(resp, replyOOB(oob[:oobn]), from)
+		} else {
+			pc.WriteTo(resp, net.UDPAddrFromAddrPort(from))
+		}
 		s.udpAnswered.Add(1)
 	}
 }

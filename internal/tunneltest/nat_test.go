@@ -81,14 +81,13 @@ func newNATNet(t *testing.T, masq ...string) *natNet {
 	var udp net.PacketConn
 	err := n.Do("pub", func() error {
 		var err error
-		if ln, err = net.Listen("tcp4", "0.0.0.0:0"); err != nil {
+		if ln, err = net.Listen("tcp", ":0"); err != nil {
 			return err
 		}
-		// On the address agents dial, so that answers come from it: pub
-		// has two addresses, and a socket bound to all of them would
-		// answer from the one facing the agent.
-		port := ln.Addr().(*net.TCPAddr).Port
-		udp, err = net.ListenPacket("udp4", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.1"), uint16(port)).String())
+		// On all of pub's addresses: the relay must answer the agent
+		// behind rb, which sends to 10.0.1.1 through the interface of
+		// 10.0.2.1, from 10.0.1.1, or rb's NAT drops the answer.
+		udp, err = net.ListenPacket("udp", ln.Addr().String())
 		return err
 	})
 	if err != nil {
