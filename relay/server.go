@@ -10,6 +10,11 @@
 // the relay's HTTPS port ([relayproto.UpgradePath]), so one port serves
 // everything. [Server.Serve] runs the HTTPS listener itself; an operator
 // with an HTTPS server of their own can mount the Server on it instead.
+//
+// [Server.ServeUDP] answers attached agents' binding requests on a UDP
+// port, telling each the public address of its UDP socket, which agents
+// need to find a direct path to each other; the relay takes no part in
+// that path.
 package relay
 
 import (
