@@ -152,8 +152,9 @@ type Device struct {
 
 type sessionInfo struct {
 	since   time.Time
-	tunnels int // open now; guarded by Device.mu
-	total   int // opened in this session; guarded by Device.mu
+	tunnels int  // open now; guarded by Device.mu
+	total   int  // opened in this session; guarded by Device.mu
+	control bool // the control stream is open; guarded by Device.mu
 }
 
 // New starts a device: it attaches to the relay in the background and
@@ -482,6 +483,22 @@ func (d *Device) serveControl(s *session.Session, in *session.Incoming, log *slo
 		in.Refuse(session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"})
 		return
 	}
+	d.mu.Lock()
+	info := d.sessions[s]
+	dup := info == nil || info.control
+	if !dup {
+		info.control = true
+	}
+	d.mu.Unlock()
+	if dup {
+		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: "the session has a control stream already"})
+		return
+	}
+	defer func() {
+		d.mu.Lock()
+		info.control = false
+		d.mu.Unlock()
+	}()
 	ctl, err := in.AcceptControl()
 	if err != nil {
 		log.Debug("control stream failed", "err", err)

@@ -2,6 +2,7 @@ package tunneltest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -11,7 +12,10 @@ import (
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relayproto"
+	"github.com/burrow-tunnel/burrow/session"
 )
 
 // pacedStream serves size bytes of randomStream(seed) in 64 KiB chunks,
@@ -150,5 +154,77 @@ func testDirectDisabled(t *testing.T, dev, cli paths.DirectOptions) {
 	}
 	if r.Server().Stats().PacketsForwarded == before {
 		t.Fatal("the ping did not cross the relay")
+	}
+}
+
+// rawSession dials a session to d as id, with direct paths off; with an
+// invite, as a client about to pair (the relay lets it through).
+func rawSession(t *testing.T, r *Relay, id *identity.Identity, d *device.Device, inv *pairing.Invite) *session.Session {
+	t.Helper()
+	pc, err := paths.Listen(paths.Config{Identity: id, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t),
+		Direct: paths.DirectOptions{Disable: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	if inv != nil {
+		pc.SetPairIntent(d.ID(), inv.Secret.RelayToken())
+	}
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ep.Close() })
+	s, err := ep.Dial(ctx10(t), paths.Addr{ID: d.ID()}, d.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(session.CloseNormal, "") })
+	return s
+}
+
+// TestControlStream: the device grants one control stream per session,
+// and only to clients it knows; pings cross it.
+func TestControlStream(t *testing.T) {
+	r := StartRelay(t)
+	srv := StartServer(t, Echo)
+	d := pairingDevice(t, r, srv.Addr, srv.Addr)
+	known := NewIdentity(t)
+	inv, err := d.Invite("viewer", time.Minute, "known")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartClient(t, r, known)
+	if _, err := c.Pair(ctx10(t), inv); err != nil {
+		t.Fatal(err)
+	}
+
+	s := rawSession(t, r, known, d, nil)
+	ctl, err := s.OpenControl(ctx10(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(session.ControlOptions{}) }()
+	if rtt, err := ctl.Ping(ctx10(t)); err != nil || rtt <= 0 {
+		t.Fatalf("ping: %v, %v", rtt, err)
+	}
+	_, err = s.OpenControl(ctx10(t))
+	var refused *session.RefusedError
+	if !errors.As(err, &refused) || refused.Code != session.CodeBadRequest {
+		t.Fatalf("second control stream: %v", err)
+	}
+	s.Close(session.CloseNormal, "")
+	<-done
+
+	// A client the device does not know (here, one about to pair, which
+	// the relay lets through) gets none.
+	inv2, err := d.Invite("viewer", time.Minute, "later")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := rawSession(t, r, NewIdentity(t), d, &inv2)
+	if _, err := stranger.OpenControl(ctx10(t)); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("stranger's control stream: %v", err)
 	}
 }
