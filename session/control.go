@@ -163,21 +163,16 @@ func (c *Control) Run(opts ControlOptions) error {
 	}
 	defer c.str.CancelWrite(streamClosed)
 	defer c.str.CancelRead(streamClosed)
-	var hdr [3]byte
 	buf := make([]byte, maxControlLen)
 	for {
-		if _, err := io.ReadFull(c.str, hdr[:]); err != nil {
+		typ, msg, err := readControl(c.str, buf)
+		if err != nil {
+			if errors.Is(err, ErrBadControl) {
+				return err
+			}
 			return c.sess.streamError(err)
 		}
-		n := int(binary.BigEndian.Uint16(hdr[1:]))
-		if n > maxControlLen {
-			return fmt.Errorf("%w: %d bytes", ErrBadControl, n)
-		}
-		if _, err := io.ReadFull(c.str, buf[:n]); err != nil {
-			return c.sess.streamError(err)
-		}
-		msg := buf[:n]
-		switch hdr[0] {
+		switch typ {
 		case ctlPath:
 			if direct != nil {
 				if err := direct.Receive(msg); err != nil {
@@ -185,14 +180,8 @@ func (c *Control) Run(opts ControlOptions) error {
 				}
 			}
 		case ctlPing:
-			if n != 8 {
-				return fmt.Errorf("%w: ping of %d bytes", ErrBadControl, n)
-			}
 			c.write(ctlPong, msg)
 		case ctlPong:
-			if n != 8 {
-				return fmt.Errorf("%w: pong of %d bytes", ErrBadControl, n)
-			}
 			c.mu.Lock()
 			id := binary.BigEndian.Uint64(msg)
 			if ch := c.pings[id]; ch != nil {
@@ -202,6 +191,35 @@ func (c *Control) Run(opts ControlOptions) error {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// readControl reads one control message into buf (maxControlLen bytes)
+// and returns its type and payload. Pings and pongs must carry 8 bytes.
+func readControl(r io.Reader, buf []byte) (byte, []byte, error) {
+	var hdr [3]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:]))
+	if n > maxControlLen {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrBadControl, n)
+	}
+	if (hdr[0] == ctlPing || hdr[0] == ctlPong) && n != 8 {
+		return 0, nil, fmt.Errorf("%w: ping or pong of %d bytes", ErrBadControl, n)
+	}
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return hdr[0], buf[:n], nil
+}
+
+// appendControl appends a control message.
+func appendControl(b []byte, typ byte, payload []byte) []byte {
+	b = binary.BigEndian.AppendUint16(append(b, typ), uint16(len(payload)))
+	return append(b, payload...)
 }
 
 // watchPath calls onPath whenever the path changes, until done is closed.
@@ -227,8 +245,7 @@ func (c *Control) write(typ byte, payload []byte) {
 	if len(payload) > maxControlLen {
 		return
 	}
-	b := make([]byte, 0, 3+len(payload))
-	b = append(binary.BigEndian.AppendUint16(append(b, typ), uint16(len(payload))), payload...)
+	b := appendControl(make([]byte, 0, 3+len(payload)), typ, payload)
 	c.wmu.Lock()
 	c.str.Write(b)
 	c.wmu.Unlock()
