@@ -67,22 +67,28 @@ func (h Home) Devices() ([]KnownDevice, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseDevices(h.DevicesPath(), data)
+}
+
+// parseDevices parses the known-devices file at path.
+func parseDevices(path string, data []byte) ([]KnownDevice, error) {
 	var f devicesFile
 	if err := yamlstrict.Decode(data, &f); err != nil {
 		if errors.Is(err, yamlstrict.ErrEmpty) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("%s: %w", h.DevicesPath(), err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	var out []KnownDevice
 	for name, d := range f {
 		kd := KnownDevice{Name: name, Relay: d.Relay, Role: d.Role, Services: d.Services, Paired: d.Paired}
+		var err error
 		if kd.ID, err = identity.ParseID(d.ID); err != nil {
-			return nil, fmt.Errorf("%s: device %s: %w", h.DevicesPath(), name, err)
+			return nil, fmt.Errorf("%s: device %s: %w", path, name, err)
 		}
 		if d.RelayID != "" {
 			if kd.RelayID, err = identity.ParseID(d.RelayID); err != nil {
-				return nil, fmt.Errorf("%s: device %s: relay_id: %w", h.DevicesPath(), name, err)
+				return nil, fmt.Errorf("%s: device %s: relay_id: %w", path, name, err)
 			}
 		}
 		out = append(out, kd)

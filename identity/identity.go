@@ -81,6 +81,11 @@ func ParseID(s string) (ID, error) {
 	if err != nil || n != IDLen {
 		return ID{}, fmt.Errorf("%w %q: only letters a-z and digits 2-7 may appear", ErrInvalidID, s)
 	}
+	// The last character carries one bit; its other four must be zero, so
+	// that an ID has one spelling only.
+	if encoding.EncodeToString(id[:]) != s {
+		return ID{}, fmt.Errorf("%w %q: not an ID (its last character would be a or q): check for a typo", ErrInvalidID, s)
+	}
 	return id, nil
 }
 

@@ -47,3 +47,22 @@ func TestParseDeviceListErrors(t *testing.T) {
 		t.Fatalf("err = %v, want it to name line 3", err)
 	}
 }
+
+// FuzzDeviceList: no device list, however malformed, makes parsing panic,
+// and every ID it yields is one the text names.
+func FuzzDeviceList(f *testing.F) {
+	id := newIdentity(f).ID().String()
+	f.Add([]byte("# cameras\n" + id + "  # front door\n\n"))
+	f.Add([]byte("not-an-id\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ids, err := ParseDeviceList(b)
+		if err != nil {
+			return
+		}
+		for id := range ids {
+			if !strings.Contains(strings.ToLower(string(b)), id.String()) {
+				t.Fatalf("ID %v from % q", id, b)
+			}
+		}
+	})
+}

@@ -76,12 +76,18 @@ type deviceSetup struct {
 // readDeviceConfig reads and checks a device configuration file without
 // touching anything it names.
 func readDeviceConfig(path string) (*deviceSetup, error) {
-	fail := func(format string, args ...any) (*deviceSetup, error) {
-		return nil, fmt.Errorf("config %s: %s", path, fmt.Sprintf(format, args...))
-	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parseDeviceConfig(path, data)
+}
+
+// parseDeviceConfig checks the contents of the device configuration file
+// at path.
+func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
+	fail := func(format string, args ...any) (*deviceSetup, error) {
+		return nil, fmt.Errorf("config %s: %s", path, fmt.Sprintf(format, args...))
 	}
 	ds := &deviceSetup{path: path}
 	f := &ds.file

@@ -88,3 +88,38 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDeviceConfig: no device configuration file, however malformed,
+// makes parsing panic, and what parses names a relay and services.
+func FuzzDeviceConfig(f *testing.F) {
+	relayID, clientID := tunneltest.NewIdentity(f).ID().String(), tunneltest.NewIdentity(f).ID().String()
+	f.Add([]byte(`name: front-door
+relay: relay.example.com:443
+relay_id: ` + relayID + `
+enroll_token: enroll-x
+identity: /var/lib/burrow/device.key
+state: /var/lib/burrow/state
+services:
+  http: 127.0.0.1:80
+  rtsp: 127.0.0.1:554
+roles:
+  viewer: [rtsp]
+  admin: ["*"]
+clients:
+  ` + clientID + `: [rtsp]
+direct: false
+direct_port: 41641
+direct_addrs: [192.0.2.10, "2001:db8::10"]
+`))
+	f.Add([]byte("relay: r:1\nservices: {http: \"127.0.0.1:80\"}\n"))
+	f.Add([]byte("relay: [\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ds, err := parseDeviceConfig("fuzz.yaml", data)
+		if err != nil {
+			return
+		}
+		if ds.file.Relay == "" || len(ds.file.Services) == 0 || ds.keyPath == "" {
+			t.Fatalf("accepted without relay, services or identity: %+v", ds)
+		}
+	})
+}

@@ -1,0 +1,49 @@
+package client
+
+import (
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/burrow-tunnel/burrow/identity"
+)
+
+// FuzzDevices: no known-devices file, however malformed, makes parsing
+// panic, and what parses round-trips through the file's encoding.
+func FuzzDevices(f *testing.F) {
+	gen, err := identity.Generate()
+	if err != nil {
+		f.Fatal(err)
+	}
+	id := gen.ID().String()
+	f.Add([]byte("cam1:\n  id: " + id + "\n  relay: relay.example.com:443\n  relay_id: " + id +
+		"\n  role: viewer\n  services: [rtsp, http]\n  paired: 2026-11-26T12:00:00Z\n"))
+	f.Add([]byte("cam1: {id: nope}\n"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		devs, err := parseDevices("devices.yaml", data)
+		if err != nil {
+			return
+		}
+		// What parses is written back as SaveDevice writes it, and reads
+		// back the same.
+		file := devicesFile{}
+		for _, d := range devs {
+			file[d.Name] = toYAML(d)
+		}
+		out, err := yaml.Marshal(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := parseDevices("devices.yaml", out)
+		if err != nil || len(again) != len(devs) {
+			t.Fatalf("%d devices read back as %d: %v\n%s", len(devs), len(again), err, out)
+		}
+		for i := range devs {
+			a, b := devs[i], again[i]
+			if a.Name != b.Name || a.ID != b.ID || a.RelayID != b.RelayID || a.Relay != b.Relay || !a.Paired.Equal(b.Paired) {
+				t.Fatalf("%+v read back as %+v", a, b)
+			}
+		}
+	})
+}
