@@ -287,9 +287,18 @@ type Server struct {
 // StartServer serves handle on a loopback port until the test ends.
 func StartServer(t testing.TB, handle func(*net.TCPConn)) *Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := StartServerAt(t, "127.0.0.1:0", handle)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return s
+}
+
+// StartServerAt serves handle on addr until the test ends (or Close).
+func StartServerAt(t testing.TB, addr string, handle func(*net.TCPConn)) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{Addr: ln.Addr().String(), ln: ln, conns: make(map[net.Conn]struct{})}
 	s.wg.Go(func() {
@@ -314,10 +323,11 @@ func StartServer(t testing.TB, handle func(*net.TCPConn)) *Server {
 		}
 	})
 	t.Cleanup(s.Close)
-	return s
+	return s, nil
 }
 
 // Close stops the server, closes its connections and waits for handlers.
+// It is idempotent.
 func (s *Server) Close() {
 	s.ln.Close()
 	s.mu.Lock()

@@ -350,6 +350,21 @@ func TestServiceUnreachable(t *testing.T) {
 	if !errors.Is(err, session.ErrServiceUnreachable) || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("err = %v, want ErrServiceUnreachable with the dial error", err)
 	}
+
+	// The service comes up (as after a restart): the next tunnel works,
+	// with nothing restarted on the device or the client.
+	srv, err := StartServerAt(t, dead, Echo)
+	if err != nil {
+		t.Skipf("the service's port was taken meanwhile: %v", err)
+	}
+	if err := echoOnce(t, c, d.ID(), "cam"); err != nil {
+		t.Fatalf("after the service came up: %v", err)
+	}
+	// And down again: refused again, and the session is still there.
+	srv.Close()
+	if _, err := c.Dial(ctx, d.ID(), "cam"); !errors.Is(err, session.ErrServiceUnreachable) {
+		t.Fatalf("after the service went down again: %v", err)
+	}
 }
 
 // window returns whether any 32-byte window of payload occurs in data. Any
