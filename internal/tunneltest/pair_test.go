@@ -1,7 +1,9 @@
 package tunneltest
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -412,5 +414,76 @@ func TestSecretNeverLogged(t *testing.T) {
 	}
 	if !strings.Contains(all, "client paired") {
 		t.Fatal("the capture missed the pairing: the check would prove nothing")
+	}
+}
+
+// TestReplayedAttachGetsNowhere: the bytes a device sent inside its TLS
+// connection to the relay (upgrade, signed hello, access list), replayed on
+// a new TLS connection, attach nothing: the hello is bound to the TLS
+// connection it was made for.
+func TestReplayedAttachGetsNowhere(t *testing.T) {
+	r := NewRelay(t)
+	var mu sync.Mutex
+	var bufs []*bytes.Buffer
+	r.Wrap = func(c net.Conn) net.Conn {
+		mu.Lock()
+		defer mu.Unlock()
+		b := new(bytes.Buffer)
+		bufs = append(bufs, b)
+		return recorder{Conn: c, mu: &mu, buf: b}
+	}
+	r.Start()
+	srv := StartServer(t, Echo)
+	cid := NewIdentity(t)
+	d := StartDevice(t, r, device.Config{
+		Services: map[string]string{"echo": srv.Addr},
+		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
+	})
+	time.Sleep(200 * time.Millisecond) // the access list follows the hello
+	mu.Lock()
+	if len(bufs) != 1 {
+		mu.Unlock()
+		t.Fatalf("%d connections recorded, want the device's one", len(bufs))
+	}
+	captured := bytes.Clone(bufs[0].Bytes())
+	mu.Unlock()
+	if !bytes.Contains(captured, []byte("Upgrade")) || len(captured) < 200 {
+		t.Fatalf("captured %d bytes: not the device's attach", len(captured))
+	}
+	d.Close()
+	for r.Server().Stats().Devices != 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	conn, err := tls.Dial("tcp", r.Addr, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(captured); err != nil {
+		t.Fatal(err)
+	}
+	// The relay ends the connection; the device never shows as attached.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, conn)
+		done <- err
+	}()
+	deadline := time.After(10 * time.Second)
+	for {
+		if n := r.Server().Stats().Devices; n != 0 {
+			t.Fatalf("the replayed attach made %d device sessions", n)
+		}
+		select {
+		case err := <-done:
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the relay kept the replaying connection open")
+			}
+			return
+		case <-deadline:
+			t.Fatal("the relay kept the replaying connection open")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
