@@ -76,13 +76,18 @@ type Config struct {
 	// SendQueueLen is how many frames may wait for each agent; beyond it,
 	// packets are dropped (and counted) rather than queued. Zero means 1024.
 	SendQueueLen int
+
+	// MaxPendingPerIP bounds the connections one address (an IPv6 /64)
+	// may hold open before they authenticate; more are closed at once.
+	// Zero means 64. (Only for [Server.Serve]'s own listener.)
+	MaxPendingPerIP int
 }
 
 func (c *Config) validate() error {
 	if c.Identity == nil {
 		return errors.New("relay: Config.Identity is required")
 	}
-	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 {
+	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 || c.MaxPendingPerIP < 0 {
 		return errors.New("relay: negative duration or queue length in Config")
 	}
 	return nil
@@ -91,6 +96,7 @@ func (c *Config) validate() error {
 // Stats are counters of a [Server]'s work since it started.
 type Stats struct {
 	Devices, Clients int    // attached now
+	Pending          int    // connections of Serve's that have not authenticated yet
 	PacketsForwarded uint64 // delivered to a destination's queue
 	BytesForwarded   uint64 // packet bytes delivered
 	PacketsDropped   uint64 // dropped because a queue was full
@@ -117,6 +123,7 @@ type Server struct {
 	lastSeen  map[identity.ID]time.Time    // devices that detached; guarded by mu
 	https     map[*http.Server]struct{}    // from Serve; guarded by mu
 	pending   map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
+	pre       *preauth                     // bounds Serve's connections until they attach
 	udpTokens map[[16]byte]*session        // binding tokens; guarded by mu
 	udps      map[net.PacketConn]struct{}  // from ServeUDP; guarded by mu
 
@@ -166,6 +173,11 @@ func New(cfg Config) (*Server, error) {
 	if s.queueLen == 0 {
 		s.queueLen = 1024
 	}
+	perIP := cfg.MaxPendingPerIP
+	if perIP == 0 {
+		perIP = 64
+	}
+	s.pre = newPreauth(s.hsTimeout, perIP)
 	return s, nil
 }
 
@@ -198,6 +210,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		IdleTimeout:       s.hsTimeout,
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnState:         s.pre.connState,
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -386,6 +399,7 @@ func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) *session {
 	s.pending[conn] = struct{}{}
 	s.mu.Unlock()
 	sess, err := s.handshake(conn, brw)
+	s.pre.done(conn)
 	s.mu.Lock()
 	delete(s.pending, conn)
 	s.mu.Unlock()
@@ -663,6 +677,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RLock()
 	st := Stats{Devices: len(s.devices), Clients: len(s.clients)}
 	s.mu.RUnlock()
+	st.Pending = s.pre.pending()
 	st.PacketsForwarded = s.forwarded.Load()
 	st.BytesForwarded = s.forwardedBytes.Load()
 	st.PacketsDropped = s.dropped.Load()

@@ -10,8 +10,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -484,6 +486,58 @@ func TestReplayedAttachGetsNowhere(t *testing.T) {
 		case <-deadline:
 			t.Fatal("the relay kept the replaying connection open")
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestAttachUnderIdleFlood: while 5,000 connections that never
+// authenticate are held open against the relay (from 100 addresses, within
+// the per-address cap), a real device still attaches in under 2s and a
+// tunnel works.
+func TestAttachUnderIdleFlood(t *testing.T) {
+	const addrs, perAddr = 100, 50
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 2*addrs*perAddr+1000 {
+		t.Skipf("needs %d open files, the limit is %d", 2*addrs*perAddr+1000, lim.Cur)
+	}
+	r := StartRelay(t)
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for i := range addrs {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 3, byte(i+1))}}
+		for range perAddr {
+			c, err := d.Dial("tcp", r.Addr)
+			if err != nil {
+				t.Fatalf("idle connection %d: %v", len(idle), err)
+			}
+			idle = append(idle, c)
+		}
+	}
+	srv := StartServer(t, Echo)
+	cid := NewIdentity(t)
+	start := time.Now()
+	d := StartDevice(t, r, device.Config{
+		Services: map[string]string{"echo": srv.Addr},
+		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
+	})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the device attached after %v with %d idle connections held", took, len(idle))
+	} else {
+		t.Logf("attached in %v with %d idle connections held", took, len(idle))
+	}
+	c := StartClient(t, r, cid)
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	// They were all held, not refused.
+	for _, c := range idle[:10] {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("an idle connection was closed before its time: %v", err)
 		}
 	}
 }
