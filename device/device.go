@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/pipe"
 	"github.com/burrow-tunnel/burrow/pairing"
@@ -69,6 +71,11 @@ type Config struct {
 	ServiceDialTimeout time.Duration
 	// Direct configures direct paths to clients (on unless disabled).
 	Direct paths.DirectOptions
+	// TunnelRate bounds how many tunnels per second one client may open,
+	// with bursts of TunnelBurst; past it, opens are refused as rate
+	// limited. Zero means 100 per second, bursts of 1,000.
+	TunnelRate  float64
+	TunnelBurst int
 }
 
 func (c *Config) validate() error {
@@ -147,6 +154,7 @@ type Device struct {
 	invites  map[[32]byte]pendingInvite        // by verifier; guarded by mu
 	guard    pairGuard                         // guarded by mu
 	sessions map[*session.Session]*sessionInfo // guarded by mu
+	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
 	closed   bool                              // guarded by mu
 }
 
@@ -169,6 +177,12 @@ func New(cfg Config) (*Device, error) {
 	if cfg.ServiceDialTimeout == 0 {
 		cfg.ServiceDialTimeout = 5 * time.Second
 	}
+	if cfg.TunnelRate == 0 {
+		cfg.TunnelRate = 100
+	}
+	if cfg.TunnelBurst == 0 {
+		cfg.TunnelBurst = 1000
+	}
 	if cfg.DialService == nil {
 		d := &net.Dialer{}
 		cfg.DialService = d.DialContext
@@ -179,6 +193,7 @@ func New(cfg Config) (*Device, error) {
 		users:    make(map[identity.ID]User),
 		invites:  make(map[[32]byte]pendingInvite),
 		sessions: make(map[*session.Session]*sessionInfo),
+		limits:   make(map[identity.ID]*rate.Limiter),
 	}
 	if cfg.StateDir != "" {
 		st, err := openStore(cfg.StateDir)
@@ -471,8 +486,38 @@ func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog
 	case session.KindControl:
 		d.serveControl(s, in, log)
 	default:
+		if !d.allowTunnel(s.PeerID()) {
+			log.Debug("tunnel refused: rate limited", "service", req.Service, "stream", in.ID())
+			in.Refuse(session.Reply{Code: session.CodeRateLimited,
+				Detail: fmt.Sprintf("more than %g tunnels per second", d.cfg.TunnelRate)})
+			return
+		}
 		d.serveTunnel(s, in, req, log)
 	}
+}
+
+// maxLimits bounds the clients whose tunnel rates are tracked; past it the
+// ones whose buckets are full again are forgotten.
+const maxLimits = 4096
+
+// allowTunnel takes a token from client's bucket of tunnel opens.
+func (d *Device) allowTunnel(client identity.ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.limits[client]
+	if l == nil {
+		if len(d.limits) >= maxLimits {
+			now := time.Now()
+			for id, l := range d.limits {
+				if l.TokensAt(now) >= float64(d.cfg.TunnelBurst) {
+					delete(d.limits, id)
+				}
+			}
+		}
+		l = rate.NewLimiter(rate.Limit(d.cfg.TunnelRate), d.cfg.TunnelBurst)
+		d.limits[client] = l
+	}
+	return l.Allow()
 }
 
 // serveControl serves a session's control stream: pings, and the search

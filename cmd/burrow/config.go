@@ -45,6 +45,10 @@ type deviceFile struct {
 	Direct      *bool    `yaml:"direct"`
 	DirectPort  int      `yaml:"direct_port"`
 	DirectAddrs []string `yaml:"direct_addrs"`
+	// TunnelRate and TunnelBurst bound the tunnels one client may open per
+	// second.
+	TunnelRate  float64 `yaml:"tunnel_rate"`
+	TunnelBurst int     `yaml:"tunnel_burst"`
 }
 
 // directOptions checks an agent's direct-path settings: direct (default
@@ -111,6 +115,9 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 	if _, err := directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false); err != nil {
 		return fail("%v", err)
 	}
+	if f.TunnelRate < 0 || f.TunnelBurst < 0 {
+		return fail("tunnel_rate and tunnel_burst must not be negative")
+	}
 	if len(f.Services) == 0 {
 		return fail("services is empty: name at least one local service, as in \"http: 127.0.0.1:80\"")
 	}
@@ -175,6 +182,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		Logger:      log,
 	}
 	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
+	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
 	if f.RelayID != "" {
 		cfg.Relay.ID, _ = identity.ParseID(f.RelayID)
 	}

@@ -50,6 +50,8 @@ The configuration is YAML; an unknown key is an error:
   direct: true                        # false: keep every session on the relay
   direct_port: 0                      # UDP port for direct paths (0: any)
   direct_addrs: []                    # addresses offered to clients (default: the interfaces')
+  tunnel_rate: 100                    # tunnels one client may open per second (bursts of
+  tunnel_burst: 1000                  # tunnel_burst); more are refused as rate limited
 
 Sessions start on the relay and move to a direct UDP path (hole punching)
 when one works, and back when it stops working; tunnels never notice.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -880,5 +881,76 @@ func TestPipelinedRefusal(t *testing.T) {
 	}
 	if n := admin.Accepted.Load(); n != 0 {
 		t.Fatalf("the refused service accepted %d connections", n)
+	}
+}
+
+// TestTunnelRateLimit: a client opening tunnels faster than the device's
+// limit gets typed rate-limit refusals, while another client's tunnels, to
+// the same device and to another one, keep working; once the flood stops,
+// the first client may open tunnels again.
+func TestTunnelRateLimit(t *testing.T) {
+	srv := StartServer(t, Echo)
+	r := StartRelay(t)
+	flooder, other := NewIdentity(t), NewIdentity(t)
+	clients := map[identity.ID][]string{flooder.ID(): {"echo"}, other.ID(): {"echo"}}
+	a := StartDevice(t, r, device.Config{Services: map[string]string{"echo": srv.Addr}, Clients: clients,
+		TunnelRate: 20, TunnelBurst: 10})
+	b := StartDevice(t, r, device.Config{Services: map[string]string{"echo": srv.Addr}, Clients: clients})
+	fc, oc := StartClient(t, r, flooder), StartClient(t, r, other)
+
+	stop := make(chan struct{})
+	var limited, opened atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tun, err := fc.Dial(ctx10(t), a.ID(), "echo")
+				switch {
+				case err == nil:
+					opened.Add(1)
+					tun.Close()
+				case errors.Is(err, session.ErrRateLimited):
+					limited.Add(1)
+					if !strings.Contains(err.Error(), "too many tunnels too fast") {
+						t.Errorf("refusal says %q", err)
+					}
+				default:
+					t.Errorf("flooder: %v", err)
+					return
+				}
+			}
+		})
+	}
+	// Meanwhile the other client's tunnels, to both devices, work (it
+	// opens fewer than 20 a second itself).
+	var worst time.Duration
+	for range 15 {
+		for _, dev := range []identity.ID{a.ID(), b.ID()} {
+			start := time.Now()
+			if err := echoOnce(t, oc, dev, "echo"); err != nil {
+				t.Fatalf("the other client, during the flood: %v", err)
+			}
+			worst = max(worst, time.Since(start))
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("flooder: %d opened, %d refused; the other client's slowest echo %v", opened.Load(), limited.Load(), worst)
+	if limited.Load() == 0 {
+		t.Fatal("no open was rate limited")
+	}
+	// 10 at once, then 20 a second, over about 1.5s: well under 100.
+	if n := opened.Load(); n > 100 {
+		t.Fatalf("%d opens let through", n)
+	}
+	time.Sleep(600 * time.Millisecond) // tokens come back
+	if err := echoOnce(t, fc, a.ID(), "echo"); err != nil {
+		t.Fatalf("after the flood: %v", err)
 	}
 }
