@@ -371,3 +371,40 @@ func TestWritesBatched(t *testing.T) {
 		t.Logf("%d packets in %d writes", packets, writes)
 	})
 }
+
+// TestFlappingDamped: two copies of one device (same key) replace each
+// other at the relay; the relay makes each replaced copy wait longer and
+// longer, so that after the first minute there are only a few
+// replacements a minute, not a storm.
+func TestFlappingDamped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		srv := startRelay(t, m, 15*time.Second)
+		id, _ := identity.Generate()
+		for range 2 {
+			c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
+				Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		var perMinute []uint64
+		last := uint64(0)
+		for range 4 {
+			time.Sleep(time.Minute)
+			n := srv.Stats().Replaced
+			perMinute = append(perMinute, n-last)
+			last = n
+		}
+		t.Logf("replacements per minute: %v", perMinute)
+		if last == 0 {
+			t.Fatal("the two copies never replaced each other")
+		}
+		for i, n := range perMinute[1:] {
+			if n > 6 {
+				t.Fatalf("minute %d: %d replacements (all: %v)", i+2, n, perMinute)
+			}
+		}
+	})
+}

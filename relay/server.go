@@ -97,6 +97,7 @@ func (c *Config) validate() error {
 type Stats struct {
 	Devices, Clients int    // attached now
 	Pending          int    // connections of Serve's that have not authenticated yet
+	Replaced         uint64 // sessions replaced by a newer one of the same agent
 	PacketsForwarded uint64 // delivered to a destination's queue
 	BytesForwarded   uint64 // packet bytes delivered
 	PacketsDropped   uint64 // dropped because a queue was full
@@ -124,13 +125,14 @@ type Server struct {
 	https     map[*http.Server]struct{}    // from Serve; guarded by mu
 	pending   map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
 	pre       *preauth                     // bounds Serve's connections until they attach
+	flaps     map[identity.ID][]time.Time  // recent replacements of each device; guarded by mu
 	udpTokens map[[16]byte]*session        // binding tokens; guarded by mu
 	udps      map[net.PacketConn]struct{}  // from ServeUDP; guarded by mu
 
 	writers *writers // write every session's send queue
 
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
-	udpAnswered, udpIgnored                  atomic.Uint64
+	udpAnswered, udpIgnored, replaced        atomic.Uint64
 }
 
 // maxLastSeen bounds the memory spent remembering when devices were seen.
@@ -159,6 +161,7 @@ func New(cfg Config) (*Server, error) {
 		pending:   make(map[net.Conn]struct{}),
 		udpTokens: make(map[[16]byte]*session),
 		udps:      make(map[net.PacketConn]struct{}),
+		flaps:     make(map[identity.ID][]time.Time),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -590,9 +593,51 @@ func (s *Server) register(sess *session) error {
 		s.clients[sess.addr] = sess
 	}
 	if old != nil {
-		old.goAway(relayproto.GoAway{Reason: relayproto.GoAwayReplaced, Message: "a newer session of this agent attached"})
+		s.replaced.Add(1)
+		ga := relayproto.GoAway{Reason: relayproto.GoAwayReplaced, Message: "a newer session of this agent attached"}
+		if sess.role == relayproto.RoleDevice {
+			wait := s.flapDelayLocked(sess.addr.ID, time.Now())
+			if wait > 0 {
+				s.log.Warn("device replaced again and again: are two copies of it running?", "id", sess.addr.ID.String(),
+					"last_minute", len(s.flaps[sess.addr.ID]), "retry_after", wait.String())
+			}
+			ga.RetryAfterMillis = uint32(wait / time.Millisecond)
+		}
+		old.goAway(ga)
 	}
 	return nil
+}
+
+// Flapping: two copies of one device (a cloned firmware image, a restored
+// backup) each replace the other as soon as they reattach. The replaced
+// one is told to wait before retrying, longer the more often the device
+// was replaced in the last minute, so that the relay sees a few
+// replacements a minute rather than a storm.
+const (
+	flapWindow = time.Minute
+	flapFree   = 2                // replacements a minute that cost nothing
+	flapStep   = 10 * time.Second // added per replacement past flapFree
+	maxFlaps   = 4096             // devices whose replacements are remembered
+)
+
+// flapDelayLocked records a replacement of device at now and returns how
+// long the replaced session must wait before attaching again.
+func (s *Server) flapDelayLocked(device identity.ID, now time.Time) time.Duration {
+	recent := s.flaps[device][:0]
+	for _, t := range s.flaps[device] {
+		if now.Sub(t) < flapWindow {
+			recent = append(recent, t)
+		}
+	}
+	recent = append(recent, now)
+	if len(s.flaps) >= maxFlaps {
+		clear(s.flaps) // forget old storms rather than grow
+	}
+	s.flaps[device] = recent
+	if len(recent) <= flapFree {
+		return 0
+	}
+	return min(flapWindow, time.Duration(len(recent)-flapFree)*flapStep)
 }
 
 // unregister removes sess from the routing tables if it is still there.
@@ -678,6 +723,7 @@ func (s *Server) Stats() Stats {
 	st := Stats{Devices: len(s.devices), Clients: len(s.clients)}
 	s.mu.RUnlock()
 	st.Pending = s.pre.pending()
+	st.Replaced = s.replaced.Load()
 	st.PacketsForwarded = s.forwarded.Load()
 	st.BytesForwarded = s.forwardedBytes.Load()
 	st.PacketsDropped = s.dropped.Load()
