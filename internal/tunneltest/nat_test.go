@@ -52,6 +52,13 @@ var natHosts = map[string]netip.Addr{
 // (e.g. --random-fully).
 func newNATNet(t *testing.T, masq ...string) *natNet {
 	t.Helper()
+	return newNATNetKeepAlive(t, 0, masq...)
+}
+
+// newNATNetKeepAlive is newNATNet with the relay's keepalive interval
+// (zero: the default).
+func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *natNet {
+	t.Helper()
 	n := &natNet{Net: netns.New(t)}
 	n.Add("pub", "ra", "rb", "ha", "hb", "hc")
 	n.Link("pub", "pa", "10.0.1.1/24", "ra", "wan", "10.0.1.2/24")
@@ -99,6 +106,7 @@ func newNATNet(t *testing.T, masq ...string) *natNet {
 		Identity:    id,
 		AllowDevice: func(identity.ID) bool { return true },
 		UDPPort:     udp.LocalAddr().(*net.UDPAddr).Port,
+		KeepAlive:   keepAlive,
 		Logger:      Logger(t).With("role", "relay"),
 	})
 	if err != nil {
@@ -444,4 +452,54 @@ func echoHTTP(t *testing.T, c *client.Client, dev identity.ID) error {
 		t.Fatalf("http through the tunnel: %q", got)
 	}
 	return nil
+}
+
+// TestNATBlackhole: the path between the agents and the relay goes dark
+// (iptables DROP, no reset): the relay and both agents notice within 3
+// keepalive intervals, and everything reattaches and works once the path
+// is back (issue 6, item 11).
+func TestNATBlackhole(t *testing.T) {
+	const keepAlive = time.Second
+	n := newNATNetKeepAlive(t, keepAlive)
+	srv := StartServer(t, Echo)
+	d, c := n.pair(t, "ha", "hb", map[string]string{"echo": srv.Addr})
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	// In the home routers: the relay's own traffic does not cross pub's
+	// FORWARD chain.
+	drop := []string{"FORWARD", "-p", "tcp", "-j", "DROP"}
+	for _, r := range []string{"ra", "rb"} {
+		n.In(r, append([]string{"iptables", "-I"}, drop...)...)
+	}
+	dark := time.Now()
+	for _, w := range []struct {
+		name string
+		gone func() bool
+	}{
+		{"relay", func() bool { st := n.relay.Stats(); return st.Devices == 0 && st.Clients == 0 }},
+		{"device", func() bool { return !d.Status().Relay.Attached }},
+		{"client", func() bool { return !c.RelayStatus().Attached }},
+	} {
+		for !w.gone() {
+			if time.Since(dark) > 3*keepAlive+500*time.Millisecond {
+				t.Fatalf("the %s did not notice the dead path within 3 keepalive intervals", w.name)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s noticed after %v", w.name, time.Since(dark).Round(time.Millisecond))
+	}
+	for _, r := range []string{"ra", "rb"} {
+		n.In(r, append([]string{"iptables", "-D"}, drop...)...)
+	}
+	back := time.Now()
+	for _, w := range []interface{ WaitAttached(context.Context) error }{d, c} {
+		if err := w.WaitAttached(ctx10(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("both reattached %v after the path came back", time.Since(back).Round(time.Millisecond))
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatalf("after the path came back: %v", err)
+	}
 }
