@@ -40,13 +40,10 @@ func (d *Device) AdminHandler() http.Handler {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		var ttl time.Duration
-		if req.TTL != "" {
-			var err error
-			if ttl, err = time.ParseDuration(req.TTL); err != nil {
-				http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
-				return
-			}
+		ttl, err := adminsock.ParseTTL(req.TTL)
+		if err != nil {
+			http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+			return
 		}
 		in, err := d.Invite(req.Role, ttl, req.Name)
 		if err != nil {

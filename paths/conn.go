@@ -89,6 +89,18 @@ func (c *Conn) peerOf(a Addr) *peer {
 	return p
 }
 
+// peerFor returns the peer of an address given to the Conn's methods (an
+// [Addr] or one that ReadFrom returned), or nil for any other address.
+func (c *Conn) peerFor(a net.Addr) *peer {
+	switch a := a.(type) {
+	case Addr:
+		return c.peerOf(a)
+	case *peer:
+		return a
+	}
+	return nil
+}
+
 // RelayConfig says which relay an agent attaches to and how it checks it.
 type RelayConfig struct {
 	// Addr is the relay's host:port. Required.

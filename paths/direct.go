@@ -483,13 +483,8 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 	if len(cfg.Key) < 16 || cfg.Signal == nil {
 		return nil, errors.New("paths: DirectConfig needs a Key of 16 bytes or more and a Signal")
 	}
-	var p *peer
-	switch a := peerAddr.(type) {
-	case Addr:
-		p = c.peerOf(a)
-	case *peer:
-		p = a
-	default:
+	p := c.peerFor(peerAddr)
+	if p == nil {
 		return nil, fmt.Errorf("paths: address %v is %T, want paths.Addr", peerAddr, peerAddr)
 	}
 	d := &Direct{
@@ -659,14 +654,7 @@ func (d *Direct) Path() PathInfo {
 // Path says how packets to peer travel now: over the relay unless a
 // [Direct] for it has a working path.
 func (c *Conn) Path(peerAddr net.Addr) PathInfo {
-	var p *peer
-	switch a := peerAddr.(type) {
-	case Addr:
-		p = c.peerOf(a)
-	case *peer:
-		p = a
-	}
-	if p != nil {
+	if p := c.peerFor(peerAddr); p != nil {
 		if d := p.direct.Load(); d != nil {
 			return d.Path()
 		}
@@ -781,15 +769,7 @@ func (d *Direct) candidatesMsg(round uint32) []byte {
 func appendCandidates(b []byte, cands []netip.AddrPort) []byte {
 	b = append(b, byte(len(cands)))
 	for _, a := range cands {
-		ip := a.Addr()
-		if ip.Is4() {
-			v := ip.As4()
-			b = append(append(b, 4), v[:]...)
-		} else {
-			v := ip.As16()
-			b = append(append(b, 6), v[:]...)
-		}
-		b = binary.BigEndian.AppendUint16(b, a.Port())
+		b = relayproto.AppendAddrPort(b, a)
 	}
 	return b
 }
@@ -804,22 +784,12 @@ func parseCandidates(b []byte) ([]netip.AddrPort, error) {
 	b = b[1:]
 	out := make([]netip.AddrPort, 0, n)
 	for range n {
-		if len(b) < 1 {
+		var a netip.AddrPort
+		var err error
+		if a, b, err = relayproto.ParseAddrPort(b); err != nil {
 			return nil, bad
 		}
-		var ip netip.Addr
-		switch {
-		case b[0] == 4 && len(b) >= 7:
-			ip = netip.AddrFrom4([4]byte(b[1:5]))
-			b = b[5:]
-		case b[0] == 6 && len(b) >= 19:
-			ip = netip.AddrFrom16([16]byte(b[1:17])).Unmap()
-			b = b[17:]
-		default:
-			return nil, bad
-		}
-		out = append(out, netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b)))
-		b = b[2:]
+		out = append(out, a)
 	}
 	if len(b) != 0 {
 		return nil, bad

@@ -34,13 +34,10 @@ func AdminHandler(srv *Server, st *Store) http.Handler {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		var ttl time.Duration
-		if req.TTL != "" {
-			var err error
-			if ttl, err = time.ParseDuration(req.TTL); err != nil {
-				http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
-				return
-			}
+		ttl, err := adminsock.ParseTTL(req.TTL)
+		if err != nil {
+			http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+			return
 		}
 		tok, err := st.CreateToken(req.Uses, ttl)
 		if err != nil {

@@ -756,8 +756,27 @@ func ParseBindingRequest(p []byte) (token [16]byte, txid [8]byte, err error) {
 
 // AppendBindingResponse appends a binding response.
 func AppendBindingResponse(b []byte, txid [8]byte, addr netip.AddrPort) []byte {
-	b = append(append(b, UDPBindingResponse), txid[:]...)
-	ip := addr.Addr().Unmap()
+	return AppendAddrPort(append(append(b, UDPBindingResponse), txid[:]...), addr)
+}
+
+// ParseBindingResponse parses a binding response.
+func ParseBindingResponse(p []byte) (txid [8]byte, addr netip.AddrPort, err error) {
+	if len(p) < 9 || p[0] != UDPBindingResponse {
+		return txid, addr, ErrMalformed
+	}
+	copy(txid[:], p[1:9])
+	addr, rest, err := ParseAddrPort(p[9:])
+	if err == nil && len(rest) != 0 {
+		err = ErrMalformed
+	}
+	return txid, addr, err
+}
+
+// AppendAddrPort appends an IP address and port as the binding response
+// (and the agents' direct-path candidates) carry them: family u8 (4 or 6),
+// ip [4|16], port u16. An IPv4-mapped IPv6 address is written as IPv4.
+func AppendAddrPort(b []byte, ap netip.AddrPort) []byte {
+	ip := ap.Addr().Unmap()
 	if ip.Is4() {
 		a := ip.As4()
 		b = append(append(b, 4), a[:]...)
@@ -765,36 +784,22 @@ func AppendBindingResponse(b []byte, txid [8]byte, addr netip.AddrPort) []byte {
 		a := ip.As16()
 		b = append(append(b, 6), a[:]...)
 	}
-	return binary.BigEndian.AppendUint16(b, addr.Port())
+	return binary.BigEndian.AppendUint16(b, ap.Port())
 }
 
-// ParseBindingResponse parses a binding response.
-func ParseBindingResponse(p []byte) (txid [8]byte, addr netip.AddrPort, err error) {
-	r := reader{b: p}
-	if r.u8() != UDPBindingResponse && r.err == nil {
-		return txid, addr, ErrMalformed
-	}
-	copy(txid[:], r.take(8))
+// ParseAddrPort parses an address written by [AppendAddrPort] at the start
+// of b and returns it with the bytes after it.
+func ParseAddrPort(b []byte) (netip.AddrPort, []byte, error) {
 	var ip netip.Addr
-	switch r.u8() {
-	case 4:
-		if v := r.take(4); v != nil {
-			ip = netip.AddrFrom4([4]byte(v))
-		}
-	case 6:
-		if v := r.take(16); v != nil {
-			ip = netip.AddrFrom16([16]byte(v))
-		}
+	switch {
+	case len(b) >= 7 && b[0] == 4:
+		ip, b = netip.AddrFrom4([4]byte(b[1:5])), b[5:]
+	case len(b) >= 19 && b[0] == 6:
+		ip, b = netip.AddrFrom16([16]byte(b[1:17])).Unmap(), b[17:]
 	default:
-		if r.err == nil {
-			r.err = ErrMalformed
-		}
+		return netip.AddrPort{}, nil, ErrMalformed
 	}
-	port := r.u16()
-	if err := r.done(); err != nil {
-		return txid, addr, err
-	}
-	return txid, netip.AddrPortFrom(ip, port), nil
+	return netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b)), b[2:], nil
 }
 
 // GoAwayReason says why a relay sent go-away.

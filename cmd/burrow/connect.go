@@ -111,15 +111,9 @@ direct: false) keeps all traffic on the relay.`,
 			if err != nil {
 				return err
 			}
-			if idPath == "" {
-				idPath = home.IdentityPath()
-			}
-			id, created, err := identity.LoadOrCreate(idPath)
+			id, err := clientIdentity(home, idPath, log)
 			if err != nil {
 				return err
-			}
-			if created {
-				log.Info("created client identity", "path", idPath, "id", id.ID().String())
 			}
 			if noDirect {
 				direct.Disable = true
@@ -143,6 +137,22 @@ direct: false) keeps all traffic on the relay.`,
 	f.BoolVar(&noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 	f.StringSliceVar(&directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
 	return cmd
+}
+
+// clientIdentity loads the client's key from idPath (default: the one in
+// home), creating it if there is none.
+func clientIdentity(home client.Home, idPath string, log *slog.Logger) (*identity.Identity, error) {
+	if idPath == "" {
+		idPath = home.IdentityPath()
+	}
+	id, created, err := identity.LoadOrCreate(idPath)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created client identity", "path", idPath, "id", id.ID().String())
+	}
+	return id, nil
 }
 
 // resolveForward finds the device and relay of one forward.

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/burrow-tunnel/burrow/client"
-	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
 )
 
@@ -55,10 +54,7 @@ to a direct path when one works.`,
 			if err != nil {
 				return err
 			}
-			if idPath == "" {
-				idPath = home.IdentityPath()
-			}
-			id, _, err := identity.LoadOrCreate(idPath)
+			id, err := clientIdentity(home, idPath, log)
 			if err != nil {
 				return err
 			}

@@ -126,6 +126,14 @@ func WriteJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// ParseTTL parses a request's optional duration field: "" is zero.
+func ParseTTL(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	return time.ParseDuration(s)
+}
+
 // ReadJSON decodes a request body into v, strictly.
 func ReadJSON(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))

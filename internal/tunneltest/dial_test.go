@@ -22,12 +22,7 @@ import (
 // package's checks, so that a test can send any bytes on its streams.
 func rawQUIC(t *testing.T, r *Relay, id *identity.Identity, dev identity.ID) *quic.Conn {
 	t.Helper()
-	pc, err := paths.Listen(paths.Config{Identity: id, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t),
-		Direct: paths.DirectOptions{Disable: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := ListenPaths(t, r, paths.Config{Identity: id, Role: relayproto.RoleClient})
 	if err := pc.WaitAttached(ctx10(t)); err != nil {
 		t.Fatal(err)
 	}

@@ -157,16 +157,11 @@ func testDirectDisabled(t *testing.T, dev, cli paths.DirectOptions) {
 	}
 }
 
-// rawSession dials a session to d as id, with direct paths off; with an
-// invite, as a client about to pair (the relay lets it through).
+// rawSession dials a bare E2E session to d as id (direct paths off); with
+// an invite, as a client about to pair (the relay lets it through).
 func rawSession(t *testing.T, r *Relay, id *identity.Identity, d *device.Device, inv *pairing.Invite) *session.Session {
 	t.Helper()
-	pc, err := paths.Listen(paths.Config{Identity: id, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t),
-		Direct: paths.DirectOptions{Disable: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := ListenPaths(t, r, paths.Config{Identity: id, Role: relayproto.RoleClient})
 	if inv != nil {
 		pc.SetPairIntent(d.ID(), inv.Secret.RelayToken())
 	}

@@ -212,6 +212,27 @@ func directDefault(o *paths.DirectOptions) {
 	}
 }
 
+// ListenPaths starts a bare path-layer connection to r with cfg (Relay
+// and Logger filled in if unset, direct paths as for [StartDevice]), for
+// tests that speak below the device and client packages. It is closed when
+// the test ends.
+func ListenPaths(t testing.TB, r *Relay, cfg paths.Config) *paths.Conn {
+	t.Helper()
+	if cfg.Relay.Addr == "" {
+		cfg.Relay = r.Pin()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = Logger(t)
+	}
+	directDefault(&cfg.Direct)
+	pc, err := paths.Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
 // StartDevice starts a device on r with cfg; Identity, Relay and Logger
 // are filled in if unset, and direct paths are off unless cfg.Direct gives
 // addresses (see [Loopback]). It waits until the device is attached.

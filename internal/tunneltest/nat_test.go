@@ -210,6 +210,32 @@ type reader struct {
 	n       atomic.Int64
 	maxGap  atomic.Int64 // nanoseconds
 	measure atomic.Bool  // maxGap is recorded only while set
+	size    int64
+	sum     [32]byte   // set before done is sent on
+	done    chan error // the stream's end
+}
+
+// readStream reads size bytes of conn in the background.
+func readStream(conn net.Conn, size int64) *reader {
+	r := &reader{size: size, done: make(chan error, 1)}
+	go func() {
+		var err error
+		r.sum, err = r.run(conn, size)
+		r.done <- err
+	}()
+	return r
+}
+
+// check waits for the stream's end and checks that it carried
+// randomStream(seed, size) intact.
+func (r *reader) check(t *testing.T, seed uint64) {
+	t.Helper()
+	if err := <-r.done; err != nil {
+		t.Fatalf("stream failed after %d bytes: %v", r.n.Load(), err)
+	}
+	if want, _, _ := sum(randomStream(seed, r.size)); r.sum != want {
+		t.Fatal("the stream's bytes differ")
+	}
 }
 
 func (r *reader) run(conn net.Conn, size int64) ([32]byte, error) {
@@ -270,16 +296,7 @@ func TestNATDirectMidStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tun.Close()
-	var r reader
-	type result struct {
-		sum [32]byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		s, err := r.run(tun, size)
-		done <- result{s, err}
-	}()
+	r := readStream(tun, size)
 
 	for r.n.Load() < 2<<20 {
 		time.Sleep(time.Millisecond)
@@ -300,13 +317,7 @@ func TestNATDirectMidStream(t *testing.T) {
 	if before == 0 {
 		t.Fatal("the relay forwarded nothing: the session did not start on it")
 	}
-	res := <-done
-	if res.err != nil {
-		t.Fatalf("stream failed after %d bytes: %v", r.n.Load(), res.err)
-	}
-	if want, _, _ := sum(randomStream(7, size)); res.sum != want {
-		t.Fatal("the stream's bytes differ")
-	}
+	r.check(t, 7)
 	if atSwitch >= size {
 		t.Fatal("the stream ended before the switch")
 	}
@@ -357,16 +368,7 @@ func TestNATCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tun.Close()
-	var r reader
-	type result struct {
-		sum [32]byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		s, err := r.run(tun, size)
-		done <- result{s, err}
-	}()
+	r := readStream(tun, size)
 	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
 	time.Sleep(time.Second)
 
@@ -393,13 +395,7 @@ func TestNATCut(t *testing.T) {
 	took = waitPath(t, c, d.ID(), 40*time.Second, direct, "direct again after the cut was lifted")
 	t.Logf("direct again %v after the cut was lifted", took)
 
-	res := <-done
-	if res.err != nil {
-		t.Fatalf("stream failed after %d bytes: %v", r.n.Load(), res.err)
-	}
-	if want, _, _ := sum(randomStream(9, size)); res.sum != want {
-		t.Fatal("the stream's bytes differ")
-	}
+	r.check(t, 9)
 }
 
 // TestNATSameLAN: two agents on one LAN, with no NAT between them, go

@@ -275,12 +275,8 @@ func TestPairWithWrongDeviceKey(t *testing.T) {
 	r := StartRelay(t)
 	pinned, actual := NewIdentity(t), NewIdentity(t)
 	secret := pairing.NewSecret()
-	pc, err := paths.Listen(paths.Config{Identity: pinned, Role: relayproto.RoleDevice, Relay: r.Pin(), Logger: Logger(t),
+	pc := ListenPaths(t, r, paths.Config{Identity: pinned, Role: relayproto.RoleDevice,
 		Access: func() ([]identity.ID, [][32]byte) { return nil, [][32]byte{secret.RelayToken()} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
 	ep, err := session.NewEndpoint(pc, session.Config{Identity: actual})
 	if err != nil {
 		t.Fatal(err)
@@ -327,23 +323,7 @@ func TestPairingBruteForce(t *testing.T) {
 	}
 	// An attacker who knows the invite's relay token (say, the relay) but
 	// not its secret, talking to the device directly.
-	id := NewIdentity(t)
-	pc, err := paths.Listen(paths.Config{Identity: id, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	pc.SetPairIntent(d.ID(), inv.Secret.RelayToken())
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ep.Close()
-	s, err := ep.Dial(ctx10(t), paths.Addr{ID: d.ID()}, d.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(session.CloseNormal, "")
+	s := rawSession(t, r, NewIdentity(t), d, &inv)
 	for i := range 5 {
 		wrong := pairing.NewSecret()
 		_, err := s.Pair(ctx10(t), wrong[:])

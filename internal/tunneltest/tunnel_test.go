@@ -496,12 +496,8 @@ func TestWrongDeviceKey(t *testing.T) {
 
 	// An impostor attached to the relay as the pinned ID that runs its E2E
 	// sessions with another key.
-	pc, err := paths.Listen(paths.Config{Identity: pinned, Role: relayproto.RoleDevice, Relay: r.Pin(), Logger: Logger(t),
+	pc := ListenPaths(t, r, paths.Config{Identity: pinned, Role: relayproto.RoleDevice,
 		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cid.ID()}, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
 	ep, err := session.NewEndpoint(pc, session.Config{Identity: actual})
 	if err != nil {
 		t.Fatal(err)
@@ -843,23 +839,9 @@ func TestPipelinedRefusal(t *testing.T) {
 		Services: map[string]string{"admin": admin.Addr, "rtsp": "127.0.0.1:1"},
 		Clients:  map[identity.ID][]string{cid.ID(): {"rtsp"}},
 	})
-	pc, err := paths.Listen(paths.Config{Identity: cid, Role: relayproto.RoleClient, Relay: r.Pin(), Logger: Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cid})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ep.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := ep.Dial(ctx, paths.Addr{ID: d.ID()}, d.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(session.CloseNormal, "")
+	s := rawSession(t, r, cid, d, nil)
 	tun, err := s.StartTunnel(ctx, "admin")
 	if err != nil {
 		t.Fatal(err)
