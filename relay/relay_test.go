@@ -306,6 +306,47 @@ func TestNewerDeviceSessionWins(t *testing.T) {
 	}
 }
 
+// TestOtherKeyCannotClaimDevice: an attach that claims an attached
+// device's ID (its public key in the hello) but cannot sign with that key
+// is refused, and the device's session stays; with the attacker's own key
+// in the hello, it is another ID and touches nothing of the device's.
+func TestOtherKeyCannotClaimDevice(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll})
+	dev, attacker, c := newIdentity(t), newIdentity(t), newIdentity(t)
+	d := attach(t, addr, dev, relayproto.RoleDevice)
+	d.allow(c)
+
+	a := connect(t, addr)
+	p := relayproto.AppendClientHello(nil, relayproto.ClientHello{
+		MinVersion: 1, MaxVersion: 1, Role: relayproto.RoleDevice, PublicKey: dev.PublicKey(),
+	}, a.exporter(), attacker.Sign)
+	a.write(relayproto.FrameClientHello, p)
+	if f := a.refusal(); f.Code != relayproto.RefuseAuth || !strings.Contains(f.Message, "signature") {
+		t.Fatalf("hello with the device's key signed by another: %+v", f)
+	}
+	attach(t, addr, attacker, relayproto.RoleDevice)
+
+	// The device was neither replaced nor told to go away: it still gets
+	// its client's packets.
+	if st := srv.Stats(); st.Devices != 2 || st.Replaced != 0 {
+		t.Fatalf("stats %+v: want 2 devices, none replaced", st)
+	}
+	cl := attach(t, addr, c, relayproto.RoleClient)
+	cl.sendTo(dev.ID(), "still mine")
+	for {
+		typ, p := d.read()
+		if typ == relayproto.FrameGoAway {
+			t.Fatal("the device was told to go away")
+		}
+		if typ == relayproto.FrameRecvPacket {
+			if _, pkt, err := relayproto.ParsePacket(p); err != nil || string(pkt) != "still mine" {
+				t.Fatalf("device got %q, %v", pkt, err)
+			}
+			return
+		}
+	}
+}
+
 // TestQueueDropsNotBlocks: a device that stops reading fills its own queue;
 // packets to it are dropped and counted, and other agents are not slowed.
 func TestQueueDropsNotBlocks(t *testing.T) {
