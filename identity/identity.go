@@ -17,9 +17,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 )
 
@@ -135,9 +137,20 @@ func (i *Identity) Sign(msg []byte) []byte { return ed25519.Sign(i.priv, msg) }
 // pemType is the PEM block type of a key file: PKCS #8, readable by OpenSSL.
 const pemType = "PRIVATE KEY"
 
-// Load reads an identity from a PEM-encoded PKCS #8 Ed25519 key file.
+// Load reads an identity from a PEM-encoded PKCS #8 Ed25519 key file. On
+// Unix, a key file that other users may read or write is refused (as ssh
+// does): whoever reads the key is the agent.
 func Load(path string) (*Identity, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read identity: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("identity %s: other users may read or change this key (mode %04o): run chmod 600 %s",
+			path, fi.Mode().Perm(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
 		return nil, fmt.Errorf("read identity: %w", err)
 	}

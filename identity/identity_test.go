@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -100,6 +101,36 @@ func TestLoadRejects(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: err = %v", err)
+	}
+}
+
+// TestLoadRejectsExposedKey: a key file other users may read or write is
+// refused, with the command that fixes it; the same key at 0600 loads.
+func TestLoadRejectsExposedKey(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no Unix permission bits")
+	}
+	path := filepath.Join(t.TempDir(), "device.key")
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := id.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o666} {
+		os.Chmod(path, mode)
+		_, err := Load(path)
+		if err == nil || !strings.Contains(err.Error(), "chmod 600 "+path) {
+			t.Fatalf("mode %04o: err = %v", mode, err)
+		}
+		if _, _, err := LoadOrCreate(path); err == nil {
+			t.Fatalf("mode %04o: LoadOrCreate accepted the key", mode)
+		}
+	}
+	os.Chmod(path, 0o600)
+	if got, err := Load(path); err != nil || got.ID() != id.ID() {
+		t.Fatalf("mode 0600: %v", err)
 	}
 }
 

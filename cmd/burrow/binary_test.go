@@ -299,6 +299,75 @@ func TestBinaryDeviceConfigErrors(t *testing.T) {
 	}
 }
 
+// TestBinaryRefusesUnsafeConfigs: configurations that would leave an agent
+// or a relay less protected than its owner meant (an unpinned relay, a
+// device no one may reach, a key file others can read, profiles on the
+// network, contradicting admission flags) stop the command at start with
+// a message that names the problem and its fix.
+func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
+	dir := t.TempDir()
+	relayID := tunneltest.NewIdentity(t).ID().String()
+	deviceID := tunneltest.NewIdentity(t).ID().String()
+	clientID := tunneltest.NewIdentity(t).ID().String()
+	file := func(name, body string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	services := "services:\n  http: 127.0.0.1:80\n"
+	exposedKey := filepath.Join(dir, "exposed.key")
+	if err := tunneltest.NewIdentity(t).Save(exposedKey); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(exposedKey, 0o644)
+	tests := []struct {
+		name string
+		env  string // NAME=value, or empty
+		args []string
+		want string
+	}{
+		{"device without relay_id", "", []string{"device", "--config", file("no-pin.yaml",
+			"relay: 127.0.0.1:1\nidentity: d.key\n"+services+"clients:\n  "+clientID+": [http]\n", 0o600)},
+			"relay_id is missing: pin the relay with its ID"},
+		{"device no one may reach", "", []string{"device", "--config", file("closed.yaml",
+			"relay: 127.0.0.1:1\nrelay_id: "+relayID+"\nidentity: d.key\n"+services+"clients: {}\n", 0o600)},
+			"clients and roles are both empty: no one could ever reach this device"},
+		{"device key readable by others", "", []string{"device", "--config", file("exposed.yaml",
+			"relay: 127.0.0.1:1\nrelay_id: "+relayID+"\nidentity: "+exposedKey+"\n"+services+"clients:\n  "+clientID+": [http]\n", 0o600)},
+			"other users may read or change this key (mode 0644): run chmod 600 " + exposedKey},
+		{"connect without --relay-id", "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1"},
+			"--relay-id is missing: pin the relay with its ID"},
+		{"ping without --relay-id", "", []string{"ping", deviceID, "--relay", "127.0.0.1:1"},
+			"--relay-id is missing"},
+		{"connect with a key readable by others", "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1",
+			"--relay-id", relayID, "--identity", exposedKey}, "run chmod 600 " + exposedKey},
+		{"relay open and listed", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r1"),
+			"--open", "--devices", file("devices.txt", deviceID+"\n", 0o600)}, "--open and --devices exclude each other"},
+		{"relay device list missing", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r2"),
+			"--devices", filepath.Join(dir, "missing.txt")}, "missing.txt: no such file"},
+		{"relay certificate without key", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r3"),
+			"--tls-cert", filepath.Join(dir, "cert.pem")}, "--tls-cert and --tls-key go together"},
+		{"profiles on the network", "BURROW_PPROF=0.0.0.0:0", []string{"relay", "--listen", "127.0.0.1:0",
+			"--data", filepath.Join(dir, "r4"), "--open"}, "want a loopback host:port"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if name, value, ok := strings.Cut(tc.env, "="); ok {
+				t.Setenv(name, value)
+			}
+			_, stderr, err := run(t, tc.args...)
+			if err == nil {
+				t.Fatalf("started (or exited cleanly) with stderr %q", stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q, want it to contain %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
 func TestBinaryHelp(t *testing.T) {
 	for _, args := range [][]string{{"help"}, {"--help"}, {"connect", "--help"}, {"relay", "--help"}, {"device", "--help"}, {"id", "--help"}, {"demo", "--help"}} {
 		out, _, err := run(t, args...)

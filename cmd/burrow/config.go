@@ -21,9 +21,12 @@ type deviceFile struct {
 	Name string `yaml:"name"`
 	// Relay is the relay's host:port.
 	Relay string `yaml:"relay"`
-	// RelayID pins the relay's key; empty means a CA-signed relay
-	// certificate, checked against the system roots.
+	// RelayID pins the relay's key. Required unless RelayCA.
 	RelayID string `yaml:"relay_id"`
+	// RelayCA trusts a CA-signed relay certificate, checked against the
+	// system roots, instead of (or besides) a pinned relay ID. It must be
+	// asked for: a forgotten relay_id is an error, not a weaker check.
+	RelayCA bool `yaml:"relay_ca"`
 	// EnrollToken enrolls the device on a relay that does not know it yet.
 	EnrollToken string `yaml:"enroll_token"`
 	// Identity is the device's key file, relative to the config file's
@@ -111,6 +114,9 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 		if _, err := identity.ParseID(f.RelayID); err != nil {
 			return fail("relay_id: %v", err)
 		}
+	} else if !f.RelayCA {
+		return fail("relay_id is missing: pin the relay with its ID (\"burrow relay id --data DIR\" prints it), " +
+			"or set relay_ca: true if the relay serves a CA-signed certificate")
 	}
 	if _, err := directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false); err != nil {
 		return fail("%v", err)
@@ -128,6 +134,10 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 		if len(svcs) == 0 {
 			return fail("clients: %s has no services: list them, or [\"*\"] for all", s)
 		}
+	}
+	if len(f.Clients) == 0 && len(f.Roles) == 0 {
+		return fail("clients and roles are both empty: no one could ever reach this device; " +
+			"list client IDs under clients, or define roles and pair users with \"burrow device invite\"")
 	}
 	for r, svcs := range f.Roles {
 		if len(svcs) == 0 {

@@ -58,6 +58,20 @@ direct_addrs: [192.0.2.10, "2001:db8::10"]
 	}
 }
 
+// TestLoadDeviceConfigRelayCA: relay_ca, asked for, leaves the relay ID
+// zero, so the relay's certificate is checked against the CA roots.
+func TestLoadDeviceConfigRelayCA(t *testing.T) {
+	path := writeConfig(t, "relay: relay.example.com:443\nrelay_ca: true\nidentity: d.key\n"+
+		"services:\n  http: 127.0.0.1:80\nroles:\n  viewer: [http]\n")
+	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Relay.ID.IsZero() || cfg.Relay.Addr != "relay.example.com:443" {
+		t.Fatalf("relay %+v", cfg.Relay)
+	}
+}
+
 func TestLoadDeviceConfigErrors(t *testing.T) {
 	relayID := tunneltest.NewIdentity(t).ID().String()
 	client := tunneltest.NewIdentity(t).ID().String()
@@ -69,7 +83,12 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"unknown key under a section", "relay: r:1\nrelay_id: " + relayID + "\nservices: {http: \"127.0.0.1:80\"}\nclients: {}\nextra: 1\n", `line 5: unknown key "extra"`},
 		{"empty file", "", "empty"},
 		{"missing relay", "services:\n  http: 127.0.0.1:80\n", "relay is missing"},
-		{"relay without port", "relay: r.example.com\nservices:\n  http: 127.0.0.1:80\n", "want host:port"},
+		{"missing relay id", "relay: r:443\nservices:\n  http: 127.0.0.1:80\nclients:\n  " + client + ": [http]\n",
+			"relay_id is missing: pin the relay with its ID"},
+		{"relay_ca not a bool", "relay: r:443\nrelay_ca: yes please\nservices:\n  http: 127.0.0.1:80\n", "relay_ca"},
+		{"no clients, no roles", base + "services:\n  http: 127.0.0.1:80\n", "clients and roles are both empty"},
+		{"empty clients, no roles", base + "services:\n  http: 127.0.0.1:80\nclients: {}\n", "clients and roles are both empty"},
+		{"relay without port", "relay: r.example.com\nrelay_id: " + relayID + "\nservices:\n  http: 127.0.0.1:80\n", "want host:port"},
 		{"bad relay id", "relay: r:443\nrelay_id: nope\nservices:\n  http: 127.0.0.1:80\n", "relay_id"},
 		{"no services", base, "services is empty"},
 		{"bad client id", base + "services:\n  http: 127.0.0.1:80\nclients:\n  alice: [http]\n", `clients: invalid ID "alice"`},
@@ -111,6 +130,7 @@ direct: false
 direct_port: 41641
 direct_addrs: [192.0.2.10, "2001:db8::10"]
 `))
+	f.Add([]byte("relay: r:1\nrelay_ca: true\nservices: {http: \"127.0.0.1:80\"}\nroles: {viewer: [http]}\n"))
 	f.Add([]byte("relay: r:1\nservices: {http: \"127.0.0.1:80\"}\n"))
 	f.Add([]byte("relay: [\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -118,8 +138,12 @@ direct_addrs: [192.0.2.10, "2001:db8::10"]
 		if err != nil {
 			return
 		}
-		if ds.file.Relay == "" || len(ds.file.Services) == 0 || ds.keyPath == "" {
+		f := ds.file
+		if f.Relay == "" || len(f.Services) == 0 || ds.keyPath == "" {
 			t.Fatalf("accepted without relay, services or identity: %+v", ds)
+		}
+		if f.RelayID == "" && !f.RelayCA || len(f.Clients) == 0 && len(f.Roles) == 0 {
+			t.Fatalf("accepted an unpinned relay or a device no one may reach: %+v", f)
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/identity"
@@ -44,7 +45,8 @@ type forward struct {
 }
 
 func newConnectCmd(g *globals) *cobra.Command {
-	var relayAddr, relayID, listen, idPath, configPath string
+	var rf relayFlags
+	var listen, idPath, configPath string
 	var noDirect bool
 	var directAddrs []string
 	cmd := &cobra.Command{
@@ -53,8 +55,8 @@ func newConnectCmd(g *globals) *cobra.Command {
 		Long: `Listen on a local TCP port and forward every connection to it, end-to-end
 encrypted through the relay, to SERVICE on DEVICE. DEVICE is the name of a
 device this client paired with (burrow devices), or a device ID together
-with --relay and --relay-id. The device's key is pinned: a device proving
-another key is never spoken to.
+with --relay and --relay-id (or --relay-ca). The device's key is pinned: a
+device proving another key is never spoken to.
 
 Once it is ready to accept, connect prints one line on stdout per forward:
 
@@ -105,7 +107,7 @@ direct: false) keeps all traffic on the relay.`,
 				fwds, direct, err = readConnectConfig(configPath, home)
 			} else {
 				var f forward
-				f, err = resolveForward(home, args[0], args[1], listen, relayAddr, relayID)
+				f, err = resolveForward(home, args[0], args[1], listen, rf)
 				fwds = []forward{f}
 			}
 			if err != nil {
@@ -129,8 +131,7 @@ direct: false) keeps all traffic on the relay.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&relayAddr, "relay", "", "the relay's host:port (for a device ID not paired with)")
-	f.StringVar(&relayID, "relay-id", "", "the relay's ID (pinned); omit only if the relay has a CA-signed certificate")
+	rf.register(f)
 	f.StringVar(&listen, "listen", "127.0.0.1:0", "local address to accept connections on")
 	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	f.StringVar(&configPath, "config", "", "a file of several forwards (YAML)")
@@ -155,13 +156,28 @@ func clientIdentity(home client.Home, idPath string, log *slog.Logger) (*identit
 	return id, nil
 }
 
+// relayFlags name the relay of a device the client did not pair with.
+type relayFlags struct {
+	addr, id string
+	ca       bool
+}
+
+func (rf *relayFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&rf.addr, "relay", "", "the relay's host:port (for a device ID not paired with)")
+	f.StringVar(&rf.id, "relay-id", "", "the relay's ID (pinned); required with --relay unless --relay-ca")
+	f.BoolVar(&rf.ca, "relay-ca", false, "trust the relay's CA-signed certificate (system roots) instead of pinning its ID")
+}
+
 // resolveForward finds the device and relay of one forward.
-func resolveForward(home client.Home, dev, service, listen, relayAddr, relayID string) (forward, error) {
+func resolveForward(home client.Home, dev, service, listen string, rf relayFlags) (forward, error) {
 	if err := session.ValidService(service); err != nil {
 		return forward{}, err
 	}
 	f := forward{name: dev, service: service, listen: listen}
-	if relayAddr == "" {
+	if rf.addr == "" {
+		if rf.id != "" || rf.ca {
+			return forward{}, errors.New("--relay-id and --relay-ca go with --relay")
+		}
 		kd, err := home.Device(dev)
 		if err != nil {
 			if _, idErr := identity.ParseID(dev); idErr == nil {
@@ -176,11 +192,15 @@ func resolveForward(home client.Home, dev, service, listen, relayAddr, relayID s
 	if f.device, err = identity.ParseID(dev); err != nil {
 		return forward{}, fmt.Errorf("device: %w", err)
 	}
-	f.relay.Addr = relayAddr
-	if relayID != "" {
-		if f.relay.ID, err = identity.ParseID(relayID); err != nil {
+	f.relay.Addr = rf.addr
+	switch {
+	case rf.id != "":
+		if f.relay.ID, err = identity.ParseID(rf.id); err != nil {
 			return forward{}, fmt.Errorf("--relay-id: %w", err)
 		}
+	case !rf.ca:
+		return forward{}, errors.New("--relay-id is missing: pin the relay with its ID (\"burrow relay id\" on the relay prints it), " +
+			"or pass --relay-ca if the relay serves a CA-signed certificate")
 	}
 	return f, nil
 }
@@ -208,7 +228,7 @@ func readConnectConfig(path string, home client.Home) ([]forward, paths.DirectOp
 		if !ok {
 			return nil, direct, fmt.Errorf("config %s: forward %q: want device/service", path, key)
 		}
-		f, err := resolveForward(home, dev, svc, cf.Forwards[key], "", "")
+		f, err := resolveForward(home, dev, svc, cf.Forwards[key], relayFlags{})
 		if err != nil {
 			return nil, direct, fmt.Errorf("config %s: forward %s: %w", path, key, err)
 		}

@@ -34,7 +34,8 @@ The configuration is YAML; an unknown key is an error:
 
   name: front-door                    # what the device calls itself in invites
   relay: relay.example.com:443        # host:port of the relay
-  relay_id: <relay ID>                # pinned; omit only with a CA-signed relay certificate
+  relay_id: <relay ID>                # pinned; required unless relay_ca is true
+  relay_ca: false                     # true: trust a CA-signed relay certificate instead
   enroll_token: <token>               # enrolls the device on a relay that does not know it
   identity: /var/lib/burrow/device.key  # created if missing; relative paths are
                                       # relative to this file
@@ -58,6 +59,8 @@ when one works, and back when it stops working; tunnels never notice.
 --no-direct (or direct: false) keeps all traffic on the relay.
 
 Deny by default: a client that is neither listed nor paired reaches nothing.
+A configuration that leaves the relay unpinned without relay_ca, or lets no
+one in at all (no clients and no roles), is refused at start.
 While it runs, "burrow device invite", "users", "revoke" and "status" (with
 the same --config) talk to it through a Unix socket only its user can open.`,
 		Args: cobra.NoArgs,

@@ -33,9 +33,11 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	stopProfile := startProfile()
-	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
-	stopProfile()
+	stopProfile, err := startProfile()
+	if err == nil {
+		err = newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+		stopProfile()
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "burrow:", err)
@@ -44,35 +46,37 @@ func main() {
 }
 
 // startProfile serves performance work. If BURROW_PPROF names a loopback
-// address, the runtime's profiles are served there (net/http/pprof). If
-// BURROW_CPUPROFILE names a file, a CPU profile is written to it until the
-// returned function is called, when the command ends.
-func startProfile() func() {
+// address, the runtime's profiles are served there (net/http/pprof); any
+// other address is an error, since the profiles show what the process
+// holds. If BURROW_CPUPROFILE names a file, a CPU profile is written to it
+// until the returned function is called, when the command ends.
+func startProfile() (func(), error) {
 	if addr := os.Getenv("BURROW_PPROF"); addr != "" {
 		if host, _, err := net.SplitHostPort(addr); err != nil || !net.ParseIP(host).IsLoopback() {
-			fmt.Fprintln(os.Stderr, "burrow: BURROW_PPROF must be a loopback host:port; ignored")
-		} else {
-			go http.ListenAndServe(addr, nil)
+			return nil, fmt.Errorf("BURROW_PPROF=%s: want a loopback host:port, such as 127.0.0.1:6060 (the profiles must not be reachable from the network)", addr)
 		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("BURROW_PPROF: %w", err)
+		}
+		go http.Serve(ln, nil)
 	}
 	path := os.Getenv("BURROW_CPUPROFILE")
 	if path == "" {
-		return func() {}
+		return func() {}, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "burrow: BURROW_CPUPROFILE:", err)
-		return func() {}
+		return nil, fmt.Errorf("BURROW_CPUPROFILE: %w", err)
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
-		fmt.Fprintln(os.Stderr, "burrow: BURROW_CPUPROFILE:", err)
 		f.Close()
-		return func() {}
+		return nil, fmt.Errorf("BURROW_CPUPROFILE: %w", err)
 	}
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
-	}
+	}, nil
 }
 
 // agentProcs runs an agent (device or connect) on one processor unless

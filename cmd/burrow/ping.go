@@ -14,10 +14,11 @@ import (
 
 func newPingCmd(g *globals) *cobra.Command {
 	var (
-		relayAddr, relayID, idPath string
-		count                      int
-		interval, timeout          time.Duration
-		noDirect                   bool
+		rf                relayFlags
+		idPath            string
+		count             int
+		interval, timeout time.Duration
+		noDirect          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "ping DEVICE [--count N]",
@@ -50,7 +51,7 @@ to a direct path when one works.`,
 				return err
 			}
 			home := client.Home{Dir: dir}
-			f, err := resolveForward(home, args[0], "ping", "", relayAddr, relayID)
+			f, err := resolveForward(home, args[0], "ping", "", rf)
 			if err != nil {
 				return err
 			}
@@ -71,8 +72,7 @@ to a direct path when one works.`,
 	fl.IntVarP(&count, "count", "c", 5, "how many pings")
 	fl.DurationVarP(&interval, "interval", "i", time.Second, "time between pings")
 	fl.DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait for each answer (the first includes opening the session)")
-	fl.StringVar(&relayAddr, "relay", "", "the relay's host:port (for a device ID not paired with)")
-	fl.StringVar(&relayID, "relay-id", "", "the relay's ID (pinned); omit only if the relay has a CA-signed certificate")
+	rf.register(fl)
 	fl.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	fl.BoolVar(&noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
 	return cmd
