@@ -76,7 +76,15 @@ type Config struct {
 	// limited. Zero means 100 per second, bursts of 1,000.
 	TunnelRate  float64
 	TunnelBurst int
+	// ReattachSpread spreads this device's return to a relay that dropped
+	// every agent at once (see [paths.Config.ReattachSpread]): a relay
+	// serving thousands of devices must not get them all back in the same
+	// second. Zero means 15s; negative means none.
+	ReattachSpread time.Duration
 }
+
+// DefaultReattachSpread is a device's ReattachSpread unless configured.
+const DefaultReattachSpread = 15 * time.Second
 
 func (c *Config) validate() error {
 	if c.Identity == nil {
@@ -183,6 +191,12 @@ func New(cfg Config) (*Device, error) {
 	if cfg.TunnelBurst == 0 {
 		cfg.TunnelBurst = 1000
 	}
+	switch {
+	case cfg.ReattachSpread == 0:
+		cfg.ReattachSpread = DefaultReattachSpread
+	case cfg.ReattachSpread < 0:
+		cfg.ReattachSpread = 0
+	}
 	if cfg.DialService == nil {
 		d := &net.Dialer{}
 		cfg.DialService = d.DialContext
@@ -215,14 +229,15 @@ func New(cfg Config) (*Device, error) {
 		}
 	}
 	pc, err := paths.Listen(paths.Config{
-		Identity:    cfg.Identity,
-		Role:        relayproto.RoleDevice,
-		Relay:       cfg.Relay,
-		Dial:        cfg.DialRelay,
-		Logger:      cfg.Logger,
-		EnrollToken: cfg.EnrollToken,
-		Access:      d.accessList,
-		Direct:      cfg.Direct,
+		Identity:       cfg.Identity,
+		Role:           relayproto.RoleDevice,
+		Relay:          cfg.Relay,
+		Dial:           cfg.DialRelay,
+		Logger:         cfg.Logger,
+		EnrollToken:    cfg.EnrollToken,
+		Access:         d.accessList,
+		Direct:         cfg.Direct,
+		ReattachSpread: cfg.ReattachSpread,
 	})
 	if err != nil {
 		d.closeStore()

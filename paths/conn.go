@@ -134,6 +134,16 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between attach attempts.
 	// Zero means 250ms and 8s.
 	MinBackoff, MaxBackoff time.Duration
+	// ReattachSpread spreads the return of agents that lost the relay at
+	// the same moment (it crashed or restarted: their connections were
+	// closed or reset together). After such a loss the agent waits a
+	// random time in [0, ReattachSpread) before its first attempt, and at
+	// least a random time in [ReattachSpread/2, ReattachSpread) between
+	// attempts until it is attached again, so that a relay coming back
+	// sees its agents return evenly over ReattachSpread rather than all
+	// at once. A session lost to silence (keepalive) is not spread: its
+	// agents noticed at different moments already. Zero means no spread.
+	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
 	// enrolled it yet. Empty presents none.
 	EnrollToken string
@@ -174,6 +184,8 @@ func (c *Config) validate() error {
 		return errors.New("paths: Config.Role must be device or client")
 	case c.Relay.Addr == "":
 		return errors.New("paths: Config.Relay.Addr is required")
+	case c.MinBackoff < 0 || c.MaxBackoff < 0 || c.ReattachSpread < 0:
+		return errors.New("paths: negative backoff or reattach spread")
 	}
 	if _, _, err := net.SplitHostPort(c.Relay.Addr); err != nil {
 		return fmt.Errorf("paths: relay address %q: %w (want host:port)", c.Relay.Addr, err)

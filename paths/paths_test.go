@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/israce"
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -79,6 +81,7 @@ type memNet struct {
 	down      atomic.Bool // dials fail while set
 	mu        sync.Mutex
 	conns     []*memConn
+	relayEnds []net.Conn // the relay's ends of conns
 }
 
 func newMemNet() *memNet { return &memNet{accept: make(chan net.Conn), done: make(chan struct{})} }
@@ -98,8 +101,21 @@ func (m *memNet) Dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	c := &memConn{Conn: a, cut: make(chan struct{}), closed: make(chan struct{})}
 	m.mu.Lock()
 	m.conns = append(m.conns, c)
+	m.relayEnds = append(m.relayEnds, b)
 	m.mu.Unlock()
 	return c, nil
+}
+
+// crash is the relay process dying: every connection is closed from the
+// relay's end at once, and dials fail until down is cleared.
+func (m *memNet) crash() {
+	m.down.Store(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, b := range m.relayEnds {
+		b.Close()
+	}
+	m.relayEnds, m.conns = nil, nil
 }
 
 // blackhole makes every open connection silently drop what is written and
@@ -315,6 +331,117 @@ func TestReattachAfterOutage(t *testing.T) {
 			t.Fatalf("attached %v after the relay came back, want within the 8s cap", took)
 		}
 	})
+}
+
+// TestReattachAfterRelayCrashIsSpread: 1,000 devices lose the relay at
+// the same instant (it crashed: every connection closed at once, new ones
+// refused until it is back). Every device notices at once; whatever the
+// outage, their attempts are spread out: no second (any window of one
+// second, the outage included) holds more than 20% of them, and all are
+// attached again within the spread and a capped wait of the relay's
+// return. Without the spread the first second after a short outage holds
+// nearly all of them.
+func TestReattachAfterRelayCrashIsSpread(t *testing.T) {
+	const spread = 15 * time.Second
+	agents, outages := 1000, []time.Duration{time.Second, 5 * time.Second, time.Minute}
+	if israce.Enabled {
+		// The handshakes are slow under the race detector; .ci/run runs
+		// the whole test without it too.
+		agents, outages = 250, outages[:1]
+	}
+	for _, outage := range outages {
+		t.Run(outage.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				m := newMemNet()
+				srv := startRelay(t, m, 15*time.Second)
+				var mu sync.Mutex
+				var crashed time.Time
+				var attempts []time.Duration // since the crash
+				dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+					mu.Lock()
+					if !crashed.IsZero() {
+						attempts = append(attempts, time.Since(crashed))
+					}
+					mu.Unlock()
+					return m.Dial(ctx, n, a)
+				}
+				conns := make([]*Conn, agents)
+				for i := range conns {
+					id, _ := identity.Generate()
+					c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
+						Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial,
+						Direct: DirectOptions{Disable: true}, ReattachSpread: spread})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					conns[i] = c
+				}
+				for _, c := range conns {
+					if err := c.WaitAttached(t.Context()); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Long enough attached for the backoff to have reset.
+				time.Sleep(time.Minute)
+
+				mu.Lock()
+				crashed = time.Now()
+				mu.Unlock()
+				m.crash()
+				synctest.Wait()
+				for i, c := range conns {
+					if attached(c) {
+						t.Fatalf("agent %d did not notice the crash", i)
+					}
+				}
+				time.Sleep(outage)
+				m.down.Store(false)
+				back := time.Now()
+				var last time.Duration
+				for _, c := range conns {
+					if err := c.WaitAttached(t.Context()); err != nil {
+						t.Fatal(err)
+					}
+					last = max(last, time.Since(back))
+				}
+				// The last ones waited out the spread, and then at most
+				// one spread wait.
+				if last > 2*spread {
+					t.Errorf("last agent back %v after the relay, want within %v", last, 2*spread)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				busiest, at := busiestSecond(attempts)
+				t.Logf("outage %v: %d attempts, at most %d (%.0f%%) in one second (from %v); all back %v after the relay",
+					outage, len(attempts), busiest, 100*float64(busiest)/float64(len(attempts)), at.Round(time.Millisecond), last.Round(time.Millisecond))
+				if busiest*5 > len(attempts) {
+					t.Errorf("%d of %d attempts within one second (from %v after the crash), want at most 20%%",
+						busiest, len(attempts), at)
+				}
+				if srv.Stats().Devices != agents {
+					t.Errorf("relay has %d devices attached, want %d", srv.Stats().Devices, agents)
+				}
+			})
+		})
+	}
+}
+
+// busiestSecond returns the most times in any window of one second, and
+// where that window starts.
+func busiestSecond(times []time.Duration) (int, time.Duration) {
+	times = slices.Clone(times)
+	slices.Sort(times)
+	best, at, j := 0, time.Duration(0), 0
+	for i, t := range times {
+		for t-times[j] >= time.Second {
+			j++
+		}
+		if i-j+1 > best {
+			best, at = i-j+1, times[j]
+		}
+	}
+	return best, at
 }
 
 // countingConn counts the writes reaching the network.

@@ -66,6 +66,7 @@ func (c *Conn) attachLoop() {
 	var (
 		lastMsg    string    // the last attach error logged
 		lastLogged time.Time // and when
+		spreading  bool      // returning to a relay that dropped everyone (ReattachSpread)
 	)
 	for c.ctx.Err() == nil {
 		rs, err := c.attach(c.ctx)
@@ -89,10 +90,14 @@ func (c *Conn) attachLoop() {
 			if isPermanent(err) {
 				b.n = 64 // only a configuration change helps: retry slowly
 			}
-			c.sleep(b.next())
+			wait := b.next()
+			if spreading {
+				wait = max(wait, c.spread(0.5))
+			}
+			c.sleep(wait)
 			continue
 		}
-		lastMsg = ""
+		lastMsg, spreading = "", false
 		start := time.Now()
 		c.cur.Store(rs)
 		// State that changed while attaching goes out now.
@@ -117,11 +122,24 @@ func (c *Conn) attachLoop() {
 			b.reset()
 		}
 		wait := b.next()
-		if ga := rs.goAway.Load(); ga != nil {
+		switch ga := rs.goAway.Load(); {
+		case ga != nil:
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
+		case c.cfg.ReattachSpread > 0 && !errors.Is(err, errRelayIdle):
+			// Closed or reset without a word: the relay (or its host)
+			// went down, for every agent at once.
+			spreading = true
+			wait = max(wait, c.spread(0))
 		}
 		c.sleep(wait)
 	}
+}
+
+// spread returns a random wait in [from·ReattachSpread, ReattachSpread).
+func (c *Conn) spread(from float64) time.Duration {
+	s := c.cfg.ReattachSpread
+	lo := time.Duration(from * float64(s))
+	return lo + rand.N(s-lo)
 }
 
 func (c *Conn) sleep(d time.Duration) {

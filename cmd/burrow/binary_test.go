@@ -286,6 +286,77 @@ direct_addrs: [127.0.0.1]
 	relay.stop()
 }
 
+// TestBinaryRelayKilled: the relay process is killed (SIGKILL) while a
+// device and a client are attached and a tunnel is in use: both notice at
+// once, keep trying, and once a new relay process serves the same port
+// and identity they are back (the device within its reattach spread) and
+// tunnels work again.
+func TestBinaryRelayKilled(t *testing.T) {
+	dir := t.TempDir()
+	web := tunneltest.HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "camera admin page")
+	}))
+	ids := make(map[string]string)
+	for _, name := range []string{"client", "device"} {
+		out, _, err := run(t, "id", "--identity", filepath.Join(dir, name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[name] = strings.TrimSpace(out)
+	}
+	relayArgs := []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--open", "--no-udp"}
+	relay := start(t, "relay", relayArgs...)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr, relayID := m[1], m[2]
+	const spread = 3 * time.Second
+	cfg := filepath.Join(dir, "device.yaml")
+	os.WriteFile(cfg, fmt.Appendf(nil, "relay: %s\nrelay_id: %s\nidentity: device.key\nservices:\n  http: %s\n"+
+		"clients:\n  %s: [http]\ndirect: false\nreattach_spread: %v\n", relayAddr, relayID, web, ids["client"], spread), 0o600)
+	dev := start(t, "device", "device", "--config", cfg)
+	_, devAt := dev.waitFor(reAttached, 0, 10*time.Second)
+	conn := start(t, "connect", "connect", ids["device"], "http", "--relay", relayAddr, "--relay-id", relayID,
+		"--identity", filepath.Join(dir, "client.key"), "--no-direct")
+	m, _ = conn.waitFor(reListening, 0, 10*time.Second)
+	local := m[1]
+	if body, err := get(t, local); err != nil || body != "camera admin page" {
+		t.Fatalf("through the tunnel: %q, %v", body, err)
+	}
+	// (stdout and stderr are read apart: the log line may come first.)
+	_, connAt := conn.waitFor(reAttached, 0, 10*time.Second)
+
+	relay.cmd.Process.Kill()
+	<-relay.done
+	killed := time.Now()
+	reDetached := regexp.MustCompile(`msg="detached from relay"`)
+	_, devAt = dev.waitFor(reDetached, devAt, 5*time.Second)
+	_, connAt = conn.waitFor(reDetached, connAt, 5*time.Second)
+	t.Logf("both agents noticed within %v", time.Since(killed).Round(time.Millisecond))
+	// Down for longer than the spread: they keep trying.
+	time.Sleep(spread + time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="relay attach failed"`), devAt, time.Second)
+
+	relayArgs[2] = relayAddr
+	relay = start(t, "relay", relayArgs...)
+	relay.waitFor(reRelayListening, 0, 10*time.Second)
+	back := time.Now()
+	// A capped wait at most (the spread, or the backoff's 8s cap).
+	dev.waitFor(reAttached, devAt, 8*time.Second+2*time.Second)
+	t.Logf("device back %v after the relay", time.Since(back).Round(time.Millisecond))
+	for {
+		body, err := get(t, local)
+		if err == nil && body == "camera admin page" {
+			break
+		}
+		if time.Since(back) > 15*time.Second {
+			t.Fatalf("no tunnel 15s after the relay came back: %q, %v", body, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("tunnel worked again %v after the relay came back", time.Since(back).Round(time.Millisecond))
+	conn.stop()
+	dev.stop()
+}
+
 func TestBinaryDeviceConfigErrors(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "device.yaml")
 	os.WriteFile(cfg, []byte("relay: r:443\nservics:\n  http: 127.0.0.1:80\n"), 0o600)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
@@ -52,6 +53,9 @@ type deviceFile struct {
 	// second.
 	TunnelRate  float64 `yaml:"tunnel_rate"`
 	TunnelBurst int     `yaml:"tunnel_burst"`
+	// ReattachSpread spreads the device's return to a relay that dropped
+	// everyone at once; 0s turns it off. Default: device.DefaultReattachSpread.
+	ReattachSpread *time.Duration `yaml:"reattach_spread"`
 }
 
 // directOptions checks an agent's direct-path settings: direct (default
@@ -124,6 +128,9 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 	if f.TunnelRate < 0 || f.TunnelBurst < 0 {
 		return fail("tunnel_rate and tunnel_burst must not be negative")
 	}
+	if f.ReattachSpread != nil && *f.ReattachSpread < 0 {
+		return fail("reattach_spread must not be negative")
+	}
 	if len(f.Services) == 0 {
 		return fail("services is empty: name at least one local service, as in \"http: 127.0.0.1:80\"")
 	}
@@ -193,6 +200,12 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 	}
 	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
+	if f.ReattachSpread != nil {
+		cfg.ReattachSpread = *f.ReattachSpread
+		if cfg.ReattachSpread == 0 {
+			cfg.ReattachSpread = -1 // asked for none
+		}
+	}
 	if f.RelayID != "" {
 		cfg.Relay.ID, _ = identity.ParseID(f.RelayID)
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/tunneltest"
@@ -35,6 +36,7 @@ clients:
 direct: false
 direct_port: 41641
 direct_addrs: [192.0.2.10, "2001:db8::10"]
+reattach_spread: 1m30s
 `)
 	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
 	if err != nil {
@@ -42,6 +44,9 @@ direct_addrs: [192.0.2.10, "2001:db8::10"]
 	}
 	if d := cfg.Direct; !d.Disable || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
 		t.Fatalf("direct %+v", d)
+	}
+	if cfg.ReattachSpread != 90*time.Second {
+		t.Fatalf("reattach spread %v", cfg.ReattachSpread)
 	}
 	if cfg.Relay.Addr != "relay.example.com:443" || cfg.Relay.ID != relayID {
 		t.Fatalf("relay %+v", cfg.Relay)
@@ -96,6 +101,8 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"not yaml", "relay: [\n", "config"},
 		{"bad direct address", base + "services:\n  http: 127.0.0.1:80\ndirect_addrs: [home]\n", `direct_addrs: "home" is not an IP address`},
 		{"bad direct port", base + "services:\n  http: 127.0.0.1:80\ndirect_port: 70000\n", "direct_port 70000"},
+		{"negative reattach spread", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: -1s\n", "reattach_spread must not be negative"},
+		{"reattach spread not a duration", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: soon\n", "reattach_spread"},
 		{"direct not a bool", base + "services:\n  http: 127.0.0.1:80\ndirect: sometimes\n", "direct"},
 	}
 	for _, tc := range tests {

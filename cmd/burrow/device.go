@@ -53,6 +53,9 @@ The configuration is YAML; an unknown key is an error:
   direct_addrs: []                    # addresses offered to clients (default: the interfaces')
   tunnel_rate: 100                    # tunnels one client may open per second (bursts of
   tunnel_burst: 1000                  # tunnel_burst); more are refused as rate limited
+  reattach_spread: 15s                # after a relay crash, return at a random moment
+                                      # within this (so thousands of devices do not
+                                      # all return in the same second); 0s: at once
 
 Sessions start on the relay and move to a direct UDP path (hole punching)
 when one works, and back when it stops working; tunnels never notice.
