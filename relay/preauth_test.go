@@ -2,10 +2,13 @@ package relay
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 // closedWithin reports whether the relay ends c within d: a read returns
@@ -112,5 +115,46 @@ func TestPreauthPerIP(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	a := connect(t, addr) // from 127.0.0.1: room again
+	a.conn.Close()
+}
+
+// TestPreauthGlobalCap: with MaxPending connections pending from many
+// addresses, a new one closes the oldest (not the newest, and not any
+// other), and a real agent still attaches.
+func TestPreauthGlobalCap(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll, MaxPending: 3})
+	dial := func(local string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		for srv.pre.pending() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		return c
+	}
+	var held []net.Conn
+	for i := range 3 {
+		held = append(held, dial(fmt.Sprintf("127.0.0.%d", 10+i)))
+		for srv.pre.pending() < i+1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	newest := dial("127.0.0.20")
+	if !closedWithin(held[0], 2*time.Second) {
+		t.Fatal("the oldest pending connection was kept past the cap")
+	}
+	for _, c := range append(held[1:], newest) {
+		if closedWithin(c, 50*time.Millisecond) {
+			t.Fatal("a newer pending connection was closed")
+		}
+	}
+	if n := srv.pre.pending(); n != 3 {
+		t.Fatalf("%d pending, want 3", n)
+	}
+	// Full: a real agent gets in all the same.
+	a := attach(t, addr, newIdentity(t), relayproto.RoleDevice)
 	a.conn.Close()
 }

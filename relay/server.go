@@ -81,13 +81,18 @@ type Config struct {
 	// may hold open before they authenticate; more are closed at once.
 	// Zero means 64. (Only for [Server.Serve]'s own listener.)
 	MaxPendingPerIP int
+
+	// MaxPending bounds the connections, from all addresses, that have
+	// not authenticated; past it, a new connection closes the oldest.
+	// Zero means 10,000. (Only for [Server.Serve]'s own listener.)
+	MaxPending int
 }
 
 func (c *Config) validate() error {
 	if c.Identity == nil {
 		return errors.New("relay: Config.Identity is required")
 	}
-	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 || c.MaxPendingPerIP < 0 {
+	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 || c.MaxPendingPerIP < 0 || c.MaxPending < 0 {
 		return errors.New("relay: negative duration or queue length in Config")
 	}
 	return nil
@@ -180,7 +185,11 @@ func New(cfg Config) (*Server, error) {
 	if perIP == 0 {
 		perIP = 64
 	}
-	s.pre = newPreauth(s.hsTimeout, perIP)
+	maxPending := cfg.MaxPending
+	if maxPending == 0 {
+		maxPending = 10_000
+	}
+	s.pre = newPreauth(s.hsTimeout, perIP, maxPending)
 	return s, nil
 }
 
