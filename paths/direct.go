@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -91,6 +94,8 @@ const (
 	retryMin        = 2 * time.Second
 	retryMax        = 30 * time.Second
 	maxRoutes       = 8 // remote addresses remembered per Direct
+	peerRoundBurst  = 10
+	peerRoundEvery  = 20 * time.Second
 )
 
 // A UDPConn is the socket of direct paths. *net.UDPConn implements it.
@@ -147,8 +152,29 @@ type directSocket struct {
 	dropped, strange atomic.Uint64
 
 	mu     sync.Mutex
-	ids    map[[8]byte]*Direct // both path IDs of every Direct; guarded by mu
-	byPeer map[Addr]*Direct    // guarded by mu
+	ids    map[[8]byte]*Direct           // both path IDs of every Direct; guarded by mu
+	byPeer map[Addr]*Direct              // guarded by mu
+	rounds map[identity.ID]*rate.Limiter // search rounds each peer may start; guarded by mu
+}
+
+// allowRound reports whether peer may start a search round now: each round
+// makes this agent send openers and probes to addresses the peer chose, so
+// a peer (a known one, but perhaps hostile) starts at most peerRoundBurst
+// in a row and then one per peerRoundEvery, whatever sessions it opens.
+// An honest peer's rounds (at a session's start, then after failures with
+// backoff from retryMin to retryMax) stay well inside.
+func (ds *directSocket) allowRound(peer identity.ID) bool {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	l := ds.rounds[peer]
+	if l == nil {
+		if ds.rounds == nil {
+			ds.rounds = make(map[identity.ID]*rate.Limiter)
+		}
+		l = rate.NewLimiter(rate.Every(peerRoundEvery), peerRoundBurst)
+		ds.rounds[peer] = l
+	}
+	return l.Allow()
 }
 
 type bindingRequest struct {
@@ -692,6 +718,13 @@ func (d *Direct) Receive(msg []byte) error {
 
 // gotCandidates handles the peer's candidates for round.
 func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
+	d.mu.Lock()
+	newer := round > d.round
+	d.mu.Unlock()
+	if newer && !d.c.ds.allowRound(d.peer.addr.ID) {
+		d.log.Debug("direct search round refused: the peer starts too many", "round", round)
+		return
+	}
 	d.mu.Lock()
 	if d.closed || round < d.round {
 		d.mu.Unlock()

@@ -3,9 +3,11 @@ package paths
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -386,6 +388,56 @@ func TestDirectSpoofing(t *testing.T) {
 		p.udp.setDrop(nil)
 		// The real path still works.
 		p.waitPath(t, retryMax+discoveryFor, isDirect, "direct once the path works")
+	})
+}
+
+// TestDirectRoundsLimited: a peer (known to the device, but hostile) that
+// starts a search round every 100ms, each naming 16 addresses of its
+// choice, gets the device to join at most peerRoundBurst rounds and then
+// one per peerRoundEvery, so the probes it can aim at others stay bounded.
+func TestDirectRoundsLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		var victims []netip.AddrPort
+		for i := range maxCandidates {
+			victims = append(victims, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9))
+		}
+		var probes atomic.Int64
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if from == p.dSock.addr && len(b) > 0 && b[0] == msgProbe && slices.Contains(victims, to) {
+				probes.Add(1)
+			}
+		})
+		var joined atomic.Int64
+		d, err := p.dev.StartDirect(p.cli.LocalAddr(), DirectConfig{Key: newKey(), Signal: func(m []byte) {
+			if m[0] == sigReady {
+				joined.Add(1)
+			}
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		const flood = time.Minute
+		rounds := 0
+		for start := time.Now(); time.Since(start) < flood; time.Sleep(100 * time.Millisecond) {
+			rounds++
+			cands := appendCandidates(binary.BigEndian.AppendUint32([]byte{sigCandidates}, uint32(rounds)), victims)
+			if err := d.Receive(cands); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Receive(binary.BigEndian.AppendUint32([]byte{sigReady}, uint32(rounds))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(discoveryFor)
+		synctest.Wait()
+		most := int64(peerRoundBurst + flood/peerRoundEvery)
+		t.Logf("%d rounds asked for in %v: %d joined (at most %d allowed), %d probes (%d KB) to the named addresses",
+			rounds, flood, joined.Load(), most, probes.Load(), probes.Load()*MaxDirectPacket/1000)
+		if n := joined.Load(); n == 0 || n > most {
+			t.Fatalf("joined %d of %d rounds, want 1 to %d", n, rounds, most)
+		}
 	})
 }
 
