@@ -240,3 +240,23 @@ func TestCloseSpreadsRetries(t *testing.T) {
 		t.Fatalf("8 agents were all told to wait %v ms", waits)
 	}
 }
+
+// TestClosingRelaySaysNothingOfPeers: while the relay closes, a packet
+// whose peer's session is already gone is dropped without a peer-gone: the
+// peer did not leave, the relay is closing it, and an agent told otherwise
+// would give up on a peer that comes back with the relay.
+func TestClosingRelaySaysNothingOfPeers(t *testing.T) {
+	srv, err := New(Config{Identity: newIdentity(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &session{srv: srv, role: relayproto.RoleClient}
+	dst := relayproto.Addr{ID: newIdentity(t).ID()}
+	if _, gone := srv.route(src, dst); gone.Reason != relayproto.GoneOffline {
+		t.Fatalf("open relay, absent device: %+v, want offline", gone)
+	}
+	srv.Close()
+	if to, gone := srv.route(src, dst); to != nil || gone != (relayproto.PeerGone{}) {
+		t.Fatalf("closing relay: %v %+v, want nothing to say", to, gone)
+	}
+}
