@@ -111,11 +111,13 @@ func TestShutdownDrains(t *testing.T) {
 		}
 	}
 
-	for _, a := range []*agent{dev, cli} {
+	// Devices are asked back first, clients after them.
+	for i, a := range []*agent{dev, cli} {
 		f, err := relayproto.ParseGoAway(a.readUntil(relayproto.FrameGoAway))
 		retry := time.Duration(f.RetryAfterMillis) * time.Millisecond
-		if err != nil || f.Reason != relayproto.GoAwayShutdown || retry < closeRetryAfter || retry >= closeRetryAfter+minRetrySpread {
-			t.Fatalf("go-away %+v, %v", f, err)
+		from := closeRetryAfter + time.Duration(i)*(minRetrySpread+clientRetryLag)
+		if err != nil || f.Reason != relayproto.GoAwayShutdown || retry < from || retry >= from+minRetrySpread {
+			t.Fatalf("go-away %+v, %v: want a retry after in [%v, %v)", f, err, from, from+minRetrySpread)
 		}
 	}
 	select {

@@ -774,7 +774,9 @@ func (s *Server) Stats() Stats {
 //
 // Each agent is told to wait a different time before it comes back (see
 // retrySpread), so that a relay restarted at once is not met by every
-// agent in the same instant.
+// agent in the same instant; devices are asked back before clients, so
+// that a client that comes back finds its device there rather than
+// hearing that it is offline.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -794,16 +796,16 @@ func (s *Server) Close() error {
 	}
 	// A session replaced by a newer one has had its go-away already.
 	spread := retrySpread(len(s.devices) + len(s.clients))
-	bye := func(sess *session) {
-		wait := closeRetryAfter + mrand.N(spread)
+	bye := func(sess *session, after time.Duration) {
+		wait := after + mrand.N(spread)
 		sess.goAway(relayproto.GoAway{Reason: relayproto.GoAwayShutdown,
 			RetryAfterMillis: uint32(wait / time.Millisecond), Message: "relay is shutting down"})
 	}
 	for sess := range maps.Values(s.devices) {
-		bye(sess)
+		bye(sess, closeRetryAfter)
 	}
 	for sess := range maps.Values(s.clients) {
-		bye(sess)
+		bye(sess, closeRetryAfter+spread+clientRetryLag)
 	}
 	s.mu.Unlock()
 	for hs := range https {
@@ -816,11 +818,14 @@ func (s *Server) Close() error {
 
 // Agents told to go away by a closing relay wait closeRetryAfter and a
 // random share of a spread that grows with their number, so that they
-// come back at about reattachRate a second (within bounds).
+// come back at about reattachRate a second (within bounds). Clients wait
+// one spread and clientRetryLag more than devices, so that they come back
+// after the last device, even one slowed by its handshake.
 const (
 	closeRetryAfter = 500 * time.Millisecond
+	clientRetryLag  = 500 * time.Millisecond
 	reattachRate    = 1000
-	minRetrySpread  = time.Second
+	minRetrySpread  = 250 * time.Millisecond
 	maxRetrySpread  = 30 * time.Second
 )
 
