@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +54,7 @@ func echoLine(conn net.Conn, br *bufio.Reader, line string) error {
 // it has still open, no new connection reaches the relay, and both agents
 // know the relay is draining; the relay closes when the drain period is
 // over even though a tunnel is still busy, and the agents come back to
-// the relay once it runs again.
+// the relay once it runs again, where the busy tunnel goes on.
 func TestRelayDrain(t *testing.T) {
 	r, d, c, fwd := drainSetup(t, -1)
 
@@ -84,16 +85,31 @@ func TestRelayDrain(t *testing.T) {
 	drained := make(chan error, 1)
 	go func() { drained <- r.Shutdown(ctx) }()
 
-	// The busy tunnel streams until the relay closes.
+	// The busy tunnel streams through the drain, and on.
+	var busyLines atomic.Int64
 	busyErr := make(chan error, 1)
+	stopBusy := make(chan struct{})
+	busyDone := make(chan struct{})
 	go func() {
+		defer close(busyDone)
 		for i := 0; ; i++ {
+			select {
+			case <-stopBusy:
+				return
+			default:
+			}
 			if err := echoLine(busy, bbr, fmt.Sprintf("busy %d", i)); err != nil {
 				busyErr <- fmt.Errorf("line %d, %v into the drain: %w", i, time.Since(start), err)
 				return
 			}
+			busyLines.Add(1)
 			time.Sleep(20 * time.Millisecond)
 		}
+	}()
+	defer func() {
+		close(stopBusy)
+		busy.Close()
+		<-busyDone
 	}()
 
 	for deadline := time.Now().Add(10 * time.Second); !d.Status().Relay.Draining || !c.RelayStatus().Draining; {
@@ -146,11 +162,11 @@ func TestRelayDrain(t *testing.T) {
 		t.Fatal("the relay did not close after its drain period")
 	}
 	t.Logf("drain over after %v", time.Since(start).Round(time.Millisecond))
-	busy.Close()
 
 	// The agents reattach to the relay when it runs again, the device
 	// first: the client finds it there, and its session with it, which
-	// outlived the relay, carries a new tunnel at once.
+	// outlived the relay, carries a new tunnel at once, and the busy one
+	// goes on.
 	r.Start()
 	if err := c.WaitAttached(t.Context()); err != nil {
 		t.Fatal(err)
@@ -165,6 +181,16 @@ func TestRelayDrain(t *testing.T) {
 	defer again.Close()
 	if err := echoLine(again, bufio.NewReader(again), "after the restart"); err != nil {
 		t.Fatalf("tunnel after the relay restarted: %v", err)
+	}
+	for n, deadline := busyLines.Load(), time.Now().Add(15*time.Second); busyLines.Load() < n+5; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-busyErr:
+			t.Fatalf("the tunnel busy through the drain failed across the restart: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the tunnel busy through the drain stalled after the restart")
+		}
 	}
 }
 
