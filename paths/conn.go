@@ -203,6 +203,7 @@ type PeerGone struct {
 // Status describes a [Conn]'s relay attachment.
 type Status struct {
 	Attached     bool          `json:"attached"`
+	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this session soon
 	Relay        string        `json:"relay"`              // the relay's address
 	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay in this session
 	Since        time.Time     `json:"since"`              // when the current state began

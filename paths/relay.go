@@ -53,11 +53,14 @@ func (e *UntrustedRelayError) Error() string {
 func (e *UntrustedRelayError) Unwrap() error { return e.Err }
 
 // isPermanent reports whether err is an attach failure that retrying alone
-// will not fix: someone has to change a configuration somewhere.
+// will not fix: someone has to change a configuration somewhere. A relay
+// that is overloaded or shutting down (draining) refuses only for now.
 func isPermanent(err error) bool {
-	var refused *RefusedError
+	if refused, ok := errors.AsType[*RefusedError](err); ok {
+		return refused.Code != relayproto.RefuseOverloaded && refused.Code != relayproto.RefuseShuttingDown
+	}
 	var untrusted *UntrustedRelayError
-	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &refused) || errors.As(err, &untrusted)
+	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted)
 }
 
 // attachLoop keeps the Conn attached to the relay until it is closed.
@@ -116,8 +119,7 @@ func (c *Conn) attachLoop() {
 		if c.ctx.Err() != nil {
 			return
 		}
-		c.setStatus(func(s *Status) { s.Attached = false; s.LastError = err; s.Since = time.Now() })
-		c.log.Warn("detached from relay", "err", err, "after", time.Since(start).Round(time.Millisecond).String())
+		c.setStatus(func(s *Status) { s.Attached, s.Draining, s.LastError, s.Since = false, false, err, time.Now() })
 		if time.Since(start) >= stableSession {
 			b.reset()
 		}
@@ -130,6 +132,13 @@ func (c *Conn) attachLoop() {
 			// went down, for every agent at once.
 			spreading = true
 			wait = max(wait, c.spread(0))
+		}
+		attrs := []any{"err", err, "after", time.Since(start).Round(time.Millisecond).String(), "retry_in", wait.Round(time.Millisecond).String()}
+		if rs.drainNotice.Load() != nil {
+			// Announced: the relay said it would close the session.
+			c.log.Info("detached from draining relay", attrs...)
+		} else {
+			c.log.Warn("detached from relay", attrs...)
 		}
 		c.sleep(wait)
 	}
@@ -192,11 +201,12 @@ type relaySession struct {
 	cancel context.CancelCauseFunc
 	sendq  chan *[]byte // encoded frames; bounded, producers never block
 
-	goAway    atomic.Pointer[relayproto.GoAway]
-	pingSent  atomic.Int64 // UnixNano of the outstanding ping, 0 if none
-	hdr       [relayproto.HeaderLen]byte
-	flushed   chan struct{} // closed when the write loop reaches flushMarker
-	drainOnce sync.Once     // queues flushMarker at most once
+	goAway      atomic.Pointer[relayproto.GoAway]
+	drainNotice atomic.Pointer[relayproto.Drain] // the relay's, if it sent one
+	pingSent    atomic.Int64                     // UnixNano of the outstanding ping, 0 if none
+	hdr         [relayproto.HeaderLen]byte
+	flushed     chan struct{} // closed when the write loop reaches flushMarker
+	drainOnce   sync.Once     // queues flushMarker at most once
 	// stateSent is the version of the access list and intents this session
 	// sent while attaching (see stateFrames).
 	stateSent uint64
@@ -511,6 +521,26 @@ func (rs *relaySession) readLoop(c *Conn) error {
 				return rs.readErr(err)
 			}
 			rs.sendControl(relayproto.FramePong, p[:])
+		case relayproto.FrameDrain:
+			p := make([]byte, n)
+			if _, err := io.ReadFull(rs.br, p); err != nil {
+				return rs.readErr(err)
+			}
+			f, err := relayproto.ParseDrain(p)
+			if err != nil {
+				return err
+			}
+			// Nothing changes here: the session, and the E2E sessions on
+			// it, go on until the relay closes it with a go-away; the
+			// reattach after that is the usual one.
+			if rs.drainNotice.Swap(&f) == nil {
+				c.setStatus(func(s *Status) { s.Draining = true })
+				attrs := []any{"msg", f.Message}
+				if f.WithinMillis != 0 {
+					attrs = append(attrs, "closes_within", (time.Duration(f.WithinMillis) * time.Millisecond).String())
+				}
+				c.log.Info("relay is draining: keeping this session and its tunnels until the relay closes it", attrs...)
+			}
 		case relayproto.FrameGoAway:
 			p := make([]byte, n)
 			if _, err := io.ReadFull(rs.br, p); err != nil {

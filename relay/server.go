@@ -15,6 +15,10 @@
 // port, telling each the public address of its UDP socket, which agents
 // need to find a direct path to each other; the relay takes no part in
 // that path.
+//
+// [Server.Close] stops the relay at once. [Server.Shutdown] drains it
+// first: it accepts no one new but keeps forwarding between the agents it
+// has, so that open tunnels can finish, and then closes.
 package relay
 
 import (
@@ -27,9 +31,12 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +93,12 @@ type Config struct {
 	// not authenticated; past it, a new connection closes the oldest.
 	// Zero means 10,000. (Only for [Server.Serve]'s own listener.)
 	MaxPending int
+
+	// DrainQuiet ends a drain ([Server.Shutdown]) early once no packet has
+	// been forwarded for this long: whatever tunnels are still open are
+	// idle. Zero means 5s; negative means only the drain's context, or the
+	// last client leaving, ends it.
+	DrainQuiet time.Duration
 }
 
 func (c *Config) validate() error {
@@ -119,11 +132,14 @@ type Server struct {
 	keepAlive time.Duration
 	hsTimeout time.Duration
 	queueLen  int
+	quiet     time.Duration // DrainQuiet; 0 if off
 
 	wg sync.WaitGroup // every goroutine the server started
 
 	mu        sync.RWMutex
 	closed    bool                         // guarded by mu
+	draining  bool                         // Shutdown has begun; guarded by mu
+	closedCh  chan struct{}                // closed by Close
 	devices   map[identity.ID]*session     // guarded by mu
 	clients   map[relayproto.Addr]*session // guarded by mu
 	lastSeen  map[identity.ID]time.Time    // devices that detached; guarded by mu
@@ -167,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 		udpTokens: make(map[[16]byte]*session),
 		udps:      make(map[net.PacketConn]struct{}),
 		flaps:     make(map[identity.ID][]time.Time),
+		closedCh:  make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -180,6 +197,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.queueLen == 0 {
 		s.queueLen = 1024
+	}
+	switch {
+	case cfg.DrainQuiet == 0:
+		s.quiet = 5 * time.Second
+	case cfg.DrainQuiet > 0:
+		s.quiet = cfg.DrainQuiet
 	}
 	perIP := cfg.MaxPendingPerIP
 	if perIP == 0 {
@@ -212,8 +235,8 @@ func (s *Server) TLSConfig() *tls.Config {
 }
 
 // Serve accepts TLS connections on ln and serves agents on them until
-// [Server.Close]. It always returns a non-nil error; after Close it is
-// [http.ErrServerClosed].
+// [Server.Close] or [Server.Shutdown]. It always returns a non-nil error;
+// after either it is [http.ErrServerClosed].
 func (s *Server) Serve(ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s,
@@ -225,7 +248,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		ConnState:         s.pre.connState,
 	}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.draining {
 		s.mu.Unlock()
 		ln.Close()
 		return http.ErrServerClosed
@@ -280,14 +303,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ServeUDP answers binding requests on pc until [Server.Close] (see
+// ServeUDP answers binding requests on pc until [Server.Close] or
+// [Server.Shutdown], which close pc (see
 // relayproto.AppendBindingRequest): an agent attached over TCP learns the
 // address its UDP socket has as the relay sees it. Requests that carry no
 // current session's token get no answer; an answer is never larger than
 // its request.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.draining {
 		s.mu.Unlock()
 		pc.Close()
 		return net.ErrClosed
@@ -323,7 +347,7 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		}
 		if err != nil {
 			s.mu.RLock()
-			closed := s.closed
+			closed := s.closed || s.draining
 			s.mu.RUnlock()
 			if closed {
 				return net.ErrClosed
@@ -585,6 +609,9 @@ func (s *Server) register(sess *session) error {
 	if s.closed {
 		return errors.New("relay is shutting down")
 	}
+	if s.draining {
+		return errors.New("relay is shutting down: it is draining the sessions it has and admits no new one")
+	}
 	if s.cfg.UDPPort != 0 {
 		rand.Read(sess.udpToken[:])
 		s.udpTokens[sess.udpToken] = sess
@@ -668,10 +695,17 @@ func (s *Server) unregister(sess *session) {
 	}
 }
 
-// route finds the session a packet from src to dst goes to.
+// route finds the session a packet from src to dst goes to. With no
+// session, it returns what to tell src, or a zero PeerGone if src should be
+// told nothing.
 func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.PeerGone) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.closed {
+		// Every session is ending: a peer missing now is one the relay is
+		// closing, not one that left, and agents must not hear that it did.
+		return nil, relayproto.PeerGone{}
+	}
 	gone := relayproto.PeerGone{Peer: dst, Reason: relayproto.GoneOffline}
 	switch src.role {
 	case relayproto.RoleClient:
@@ -744,7 +778,14 @@ func (s *Server) Stats() Stats {
 
 // Close stops the listeners started by [Server.Serve], tells every attached
 // agent to go away, closes every connection and waits for every goroutine
-// the server started. It is idempotent.
+// the server started. It is idempotent. During [Server.Shutdown], it ends
+// the drain at once.
+//
+// Each agent is told to wait a different time before it comes back (see
+// retrySpread), so that a relay restarted at once is not met by every
+// agent in the same instant; devices are asked back before clients, so
+// that a client that comes back finds its device there rather than
+// hearing that it is offline.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -753,6 +794,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.closedCh)
 	https := s.https
 	s.https = nil
 	for c := range s.pending {
@@ -762,12 +804,17 @@ func (s *Server) Close() error {
 		pc.Close()
 	}
 	// A session replaced by a newer one has had its go-away already.
-	bye := relayproto.GoAway{Reason: relayproto.GoAwayShutdown, RetryAfterMillis: 500, Message: "relay is shutting down"}
+	spread := retrySpread(len(s.devices) + len(s.clients))
+	bye := func(sess *session, after time.Duration) {
+		wait := after + mrand.N(spread)
+		sess.goAway(relayproto.GoAway{Reason: relayproto.GoAwayShutdown,
+			RetryAfterMillis: uint32(wait / time.Millisecond), Message: "relay is shutting down"})
+	}
 	for sess := range maps.Values(s.devices) {
-		sess.goAway(bye)
+		bye(sess, closeRetryAfter)
 	}
 	for sess := range maps.Values(s.clients) {
-		sess.goAway(bye)
+		bye(sess, closeRetryAfter+spread+clientRetryLag)
 	}
 	s.mu.Unlock()
 	for hs := range https {
@@ -776,4 +823,130 @@ func (s *Server) Close() error {
 	s.writers.close()
 	s.wg.Wait()
 	return nil
+}
+
+// Agents told to go away by a closing relay wait closeRetryAfter and a
+// random share of a spread that grows with their number, so that they
+// come back at about reattachRate a second (within bounds). Clients wait
+// one spread and clientRetryLag more than devices, so that they come back
+// after the last device, even one slowed by its handshake.
+const (
+	closeRetryAfter = 500 * time.Millisecond
+	clientRetryLag  = 500 * time.Millisecond
+	reattachRate    = 1000
+	minRetrySpread  = 250 * time.Millisecond
+	maxRetrySpread  = 30 * time.Second
+)
+
+// retrySpread is the spread of the waits of n agents told to go away.
+func retrySpread(n int) time.Duration {
+	return min(max(time.Duration(n)*time.Second/reattachRate, minRetrySpread), maxRetrySpread)
+}
+
+// drainPoll is how often a drain checks whether it is over.
+const drainPoll = 100 * time.Millisecond
+
+// Shutdown shuts the server down gracefully: it drains it, then closes it
+// as [Server.Close] does. Like [http.Server.Shutdown] it first stops
+// accepting: it closes the listeners of [Server.Serve] and the sockets of
+// [Server.ServeUDP], and refuses agents that still reach it (through
+// [Server.Accept] or a connection in mid-handshake). Then it tells every
+// attached agent that the relay is draining ([relayproto.FrameDrain]:
+// keep your session; the relay closes it within ctx's deadline, if ctx
+// has one) and goes on forwarding between them, so that open tunnels
+// continue and can finish. The drain is over
+//
+//   - when ctx is done: give it the drain period as a deadline;
+//   - when no client is attached any more: nothing can flow; or
+//   - when no packet has been forwarded for [Config.DrainQuiet]: whatever
+//     tunnels are open are idle (the keepalives of idle E2E sessions count
+//     as packets, so that many of them can hold a drain to its deadline).
+//
+// Shutdown returns nil if the drain ended before ctx did, ctx's error if
+// ctx ended it, and [http.ErrServerClosed] if [Server.Close] did (or had
+// before Shutdown was called). It may be called more than once; every
+// call returns when the server is closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return http.ErrServerClosed
+	}
+	first := !s.draining
+	s.draining = true
+	var (
+		https    = s.https
+		udps     = slices.Collect(maps.Keys(s.udps))
+		sessions = slices.Collect(maps.Values(s.devices))
+	)
+	sessions = slices.AppendSeq(sessions, maps.Values(s.clients))
+	devices, clients := len(s.devices), len(s.clients)
+	s.https = nil
+	s.mu.Unlock()
+
+	start := time.Now()
+	if first {
+		for hs := range https {
+			hs.Close() // its listener, and connections not upgraded yet
+		}
+		for _, pc := range udps {
+			pc.Close()
+		}
+		f := relayproto.Drain{Message: "relay is shutting down: keep your session, the relay closes it when its tunnels are done"}
+		if dl, ok := ctx.Deadline(); ok {
+			f.WithinMillis = uint32(min(max(time.Until(dl)/time.Millisecond, 1), math.MaxUint32))
+		}
+		p := relayproto.AppendDrain(nil, f)
+		frame := append(relayproto.AppendHeader(nil, relayproto.FrameDrain, len(p)), p...)
+		for _, sess := range sessions {
+			// Advisory, like every control frame: a full queue drops it.
+			if sess.q.push(outFrame{ctl: frame}) {
+				sess.q.kick()
+			}
+		}
+		attrs := []any{"sessions", devices + clients, "devices", devices, "clients", clients}
+		if f.WithinMillis != 0 {
+			attrs = append(attrs, "within", (time.Duration(f.WithinMillis) * time.Millisecond).String())
+		}
+		s.log.Info("relay draining", attrs...)
+	}
+
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	last, lastAt := s.forwarded.Load(), time.Now()
+	var (
+		err    error
+		reason string
+	)
+	for reason == "" {
+		s.mu.RLock()
+		clients := len(s.clients)
+		s.mu.RUnlock()
+		now := time.Now()
+		if n := s.forwarded.Load(); n != last {
+			last, lastAt = n, now
+		}
+		switch {
+		case clients == 0:
+			reason = "no client attached"
+		case s.quiet > 0 && now.Sub(lastAt) >= s.quiet:
+			reason = "no packet forwarded for " + s.quiet.String()
+		default:
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				err, reason = ctx.Err(), "drain period over"
+			case <-s.closedCh:
+				err, reason = http.ErrServerClosed, "closed"
+			}
+		}
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
+		st := s.Stats()
+		s.log.Info("drain over", "reason", reason, "after", time.Since(start).Round(time.Millisecond).String(),
+			"devices", st.Devices, "clients", st.Clients)
+	}
+	s.Close()
+	return err
 }

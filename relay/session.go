@@ -458,6 +458,9 @@ func (sess *session) forward(bp *[]byte, buf []byte) {
 	to, gone := s.route(sess, dst)
 	if to == nil {
 		packetPool.Put(bp)
+		if gone.Reason == 0 {
+			return
+		}
 		s.gone.Add(1)
 		p := relayproto.AppendPeerGone(relayproto.AppendHeader(make([]byte, 0, 64), relayproto.FramePeerGone, relayproto.AddrLen+9), gone)
 		sess.sendControl(sess, p)

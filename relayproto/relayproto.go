@@ -21,12 +21,16 @@
 //     from then on, by the clients its list names.
 //  4. Frames flow both ways: [SendPacket] from the agent names a destination,
 //     and the relay delivers it as [RecvPacket] naming the source, or answers
-//     [PeerGone]. [Ping]/[Pong] keep the session alive. [GoAway] announces the
-//     relay is going away. Unknown frame types are skipped.
+//     [PeerGone]. [Ping]/[Pong] keep the session alive. [Drain] says the
+//     relay is draining: it keeps the session, admits no new one, and
+//     closes within a given time. [GoAway] announces the relay is closing
+//     the session. Unknown frame types are skipped.
 //
 // # Versions
 //
 //	1  first version.
+//	   Added within version 1, as a frame type older agents skip: drain
+//	   (0x31).
 package relayproto
 
 import (
@@ -141,6 +145,13 @@ const (
 	// messageLen u16, message [messageLen]. The relay is closing the
 	// session; the agent reconnects no sooner than retryAfter.
 	FrameGoAway FrameType = 0x30
+	// FrameDrain (relay → agent): withinMillis u32, messageLen u16,
+	// message [messageLen]. The relay is shutting down gracefully: it
+	// keeps this session and forwards its packets, admits no new session,
+	// and closes this one (with a go-away) within withinMillis (0: it did
+	// not say). An agent that does not know the frame skips it and keeps
+	// its session, which is what the frame asks of it.
+	FrameDrain FrameType = 0x31
 )
 
 func (t FrameType) String() string {
@@ -167,6 +178,8 @@ func (t FrameType) String() string {
 		return "pong"
 	case FrameGoAway:
 		return "go-away"
+	case FrameDrain:
+		return "drain"
 	}
 	return fmt.Sprintf("frame-0x%02x", byte(t))
 }
@@ -191,6 +204,8 @@ func (t FrameType) MaxLen() uint32 {
 		return 8
 	case FrameGoAway:
 		return 7 + MaxMessageLen
+	case FrameDrain:
+		return 6 + MaxMessageLen
 	}
 	return MaxFrameLen
 }
@@ -844,6 +859,26 @@ func AppendGoAway(b []byte, f GoAway) []byte {
 func ParseGoAway(p []byte) (GoAway, error) {
 	r := reader{b: p}
 	f := GoAway{Reason: GoAwayReason(r.u8()), RetryAfterMillis: r.u32()}
+	f.Message = parseMessage(&r)
+	return f, r.done()
+}
+
+// Drain tells an agent the relay is draining: its session goes on, and the
+// relay closes it within WithinMillis (0 if the relay did not say).
+type Drain struct {
+	WithinMillis uint32
+	Message      string
+}
+
+// AppendDrain appends the payload of a drain frame.
+func AppendDrain(b []byte, f Drain) []byte {
+	return appendMessage(binary.BigEndian.AppendUint32(b, f.WithinMillis), f.Message)
+}
+
+// ParseDrain parses the payload of a drain frame.
+func ParseDrain(p []byte) (Drain, error) {
+	r := reader{b: p}
+	f := Drain{WithinMillis: r.u32()}
 	f.Message = parseMessage(&r)
 	return f, r.done()
 }

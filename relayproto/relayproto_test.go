@@ -37,6 +37,7 @@ func encodings() []struct {
 	rf := Refuse{Code: RefuseNotAllowed, Message: "device is not allowed"}
 	pg := PeerGone{Peer: testAddr, Reason: GoneOffline, LastSeenUnix: 1700000000}
 	ga := GoAway{Reason: GoAwayShutdown, RetryAfterMillis: 500, Message: "bye"}
+	dr := Drain{WithinMillis: 30000, Message: "relay is draining"}
 	acc := []AccessEntry{{Kind: AccessClient, Value: [32]byte{1, 2, 3}}, {Kind: AccessInvite, Value: [32]byte{9}}}
 	pi := PairIntent{Device: testAddr.ID, Token: [32]byte{7, 7}}
 	return []struct {
@@ -56,6 +57,8 @@ func encodings() []struct {
 			func(b []byte) (any, error) { return ParsePeerGone(b) }, pg},
 		{"go-away", FrameGoAway, AppendGoAway(nil, ga),
 			func(b []byte) (any, error) { return ParseGoAway(b) }, ga},
+		{"drain", FrameDrain, AppendDrain(nil, dr),
+			func(b []byte) (any, error) { return ParseDrain(b) }, dr},
 		{"access", FrameAccess, AppendAccess(nil, AccessFirst|AccessLast, acc),
 			func(b []byte) (any, error) {
 				flags, e, err := ParseAccess(b, nil)
@@ -208,6 +211,10 @@ func TestParseMalformed(t *testing.T) {
 			_, err := ParseClientHello(p, testExporter)
 			return err
 		}},
+		{"drain with trailing byte", func() error {
+			_, err := ParseDrain(append(AppendDrain(nil, Drain{WithinMillis: 1, Message: "x"}), 0))
+			return err
+		}},
 		{"ping of 7 bytes", func() error { _, err := ParsePing(make([]byte, 7)); return err }},
 		{"access count over the frame limit", func() error {
 			_, _, err := ParseAccess([]byte{0, 0xff, 0xff}, nil)
@@ -323,6 +330,10 @@ func FuzzFrame(f *testing.F) {
 		case FrameGoAway:
 			if f, err := ParseGoAway(p); err == nil && !bytes.Equal(AppendGoAway(nil, f), p) {
 				t.Fatal("go-away does not re-encode to itself")
+			}
+		case FrameDrain:
+			if f, err := ParseDrain(p); err == nil && !bytes.Equal(AppendDrain(nil, f), p) {
+				t.Fatal("drain does not re-encode to itself")
 			}
 		case FrameAccess:
 			if flags, e, err := ParseAccess(p, nil); err == nil && !bytes.Equal(AppendAccess(nil, flags, e), p) {

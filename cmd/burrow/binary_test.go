@@ -216,7 +216,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	devices := filepath.Join(dir, "devices.txt")
 	os.WriteFile(devices, []byte("# the camera\n"+deviceID+"\n"), 0o600)
 
-	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--devices", devices)
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--devices", devices, "--drain", "1s")
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	relayAddr := m[1]
 	if m[2] != relayID {
@@ -250,9 +250,9 @@ direct_addrs: [127.0.0.1]
 	// The relay listened on UDP, on its TCP port's number.
 	relay.waitFor(regexp.MustCompile(`msg="relay listening" .* udp=`+regexp.QuoteMeta(relayAddr)+`$`), 0, time.Second)
 
-	// Relay restart: stop the relay process and start it again on the same
-	// port (without UDP this time); the device reattaches by itself and
-	// tunnels work within 10s.
+	// Relay restart: stop the relay process (it drains for up to its
+	// --drain of 1s) and start it again on the same port (without UDP this
+	// time); the device reattaches by itself and tunnels work within 10s.
 	relay.stop()
 	relay = start(t, "relay", "relay", "--listen", relayAddr, "--data", filepath.Join(dir, "relay"), "--devices", devices, "--no-udp")
 	relay.waitFor(regexp.MustCompile(`msg="relay listening" .* udp=off$`), 0, 10*time.Second)
@@ -661,4 +661,156 @@ func TestBinaryHome(t *testing.T) {
 	if _, stderr, err := run(t, "connect", "nope", "http", "--home", flagHome); err == nil || !strings.Contains(stderr, "unknown device") {
 		t.Fatalf("connect to an unknown name: %q %v", stderr, err)
 	}
+}
+
+// echoTunnel runs a relay (with extra flags), a device serving an echo
+// service to one client, and that client's connect, and returns them with
+// the address connect listens on.
+func echoTunnel(t *testing.T, relayFlags ...string) (relay, dev, conn *proc, relayAddr, local string) {
+	t.Helper()
+	dir := t.TempDir()
+	echo := tunneltest.StartServer(t, tunneltest.Echo)
+	id := func(name string) string {
+		out, _, err := run(t, "id", "--identity", filepath.Join(dir, name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	clientID, deviceID := id("client"), id("device")
+	devices := filepath.Join(dir, "devices.txt")
+	os.WriteFile(devices, []byte(deviceID+"\n"), 0o600)
+	relay = start(t, "relay", append([]string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"),
+		"--devices", devices, "--no-udp"}, relayFlags...)...)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr, relayID := m[1], m[2]
+	cfg := filepath.Join(dir, "device.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("relay: %s\nrelay_id: %s\nidentity: device.key\nservices:\n  echo: %s\nclients:\n  %s: [echo]\ndirect_addrs: [127.0.0.1]\n",
+		relayAddr, relayID, echo.Addr, clientID)), 0o600)
+	dev = start(t, "device", "device", "--config", cfg)
+	dev.waitFor(reAttached, 0, 10*time.Second)
+	conn = start(t, "connect", "connect", deviceID, "echo", "--relay", relayAddr, "--relay-id", relayID,
+		"--identity", filepath.Join(dir, "client.key"), "--no-direct")
+	m, _ = conn.waitFor(reListening, 0, 10*time.Second)
+	return relay, dev, conn, relayAddr, m[1]
+}
+
+// echoStream sends a line through the tunnel at local every few
+// milliseconds and reads it back, until stop is closed or a line fails. It
+// reports each echoed line's time on echoed, and its end on the returned
+// channel: nil if stopped, else the error.
+func echoStream(t *testing.T, local string, stop <-chan struct{}, echoed chan<- time.Time) <-chan error {
+	t.Helper()
+	c, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	end := make(chan error, 1)
+	go func() {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				end <- nil
+				return
+			default:
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line := fmt.Sprintf("line %d\n", i)
+			if _, err := io.WriteString(c, line); err != nil {
+				end <- err
+				return
+			}
+			got, err := br.ReadString('\n')
+			if err != nil || got != line {
+				end <- fmt.Errorf("line %d: echoed %q, %v", i, got, err)
+				return
+			}
+			select {
+			case echoed <- time.Now():
+			default:
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return end
+}
+
+// TestBinaryRelayDrain: on SIGTERM the relay drains. A tunnel streaming
+// through it goes on, the agents are told, no new connection reaches the
+// relay, and the relay exits when its drain period (--drain) is over.
+func TestBinaryRelayDrain(t *testing.T) {
+	const drain = 3 * time.Second
+	relay, dev, conn, relayAddr, local := echoTunnel(t, "--drain", drain.String())
+	stop := make(chan struct{})
+	echoed := make(chan time.Time, 1)
+	end := echoStream(t, local, stop, echoed)
+	<-echoed
+
+	relay.cmd.Process.Signal(syscall.SIGTERM)
+	signalled := time.Now()
+	relay.waitFor(regexp.MustCompile(`msg="relay stopping: draining.*" sessions=2 up_to=`+drain.String()), 0, 10*time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="relay is draining`), 0, 10*time.Second)
+	conn.waitFor(regexp.MustCompile(`msg="relay is draining`), 0, 10*time.Second)
+	if c, err := net.DialTimeout("tcp", relayAddr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the draining relay accepted a TCP connection")
+	}
+	// The stream goes on until late in the drain period.
+	for last := signalled; last.Sub(signalled) < drain-time.Second; {
+		select {
+		case last = <-echoed:
+		case err := <-end:
+			t.Fatalf("the tunnel failed %v after SIGTERM, during a drain of %v: %v", time.Since(signalled), drain, err)
+		case <-relay.done:
+			t.Fatalf("the relay exited %v after SIGTERM, with a tunnel busy, before its drain of %v", time.Since(signalled), drain)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the tunnel stalled during the drain")
+		}
+	}
+	select {
+	case <-relay.done:
+	case <-time.After(drain + 10*time.Second):
+		t.Fatalf("the relay did not exit within %v of its drain period", 10*time.Second)
+	}
+	t.Logf("relay exited %v after SIGTERM (--drain %v)", time.Since(signalled).Round(time.Millisecond), drain)
+	if !relay.cmd.ProcessState.Success() {
+		t.Fatalf("relay exited with %v", relay.cmd.ProcessState)
+	}
+	relay.waitFor(regexp.MustCompile(`msg="relay stopped: drain period over"`), 0, time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="detached from draining relay"`), 0, 10*time.Second)
+	close(stop)
+	conn.stop()
+	dev.stop()
+}
+
+// TestBinaryRelaySecondSignal: a second SIGTERM during the drain makes the
+// relay exit at once.
+func TestBinaryRelaySecondSignal(t *testing.T) {
+	const drain = time.Minute
+	relay, dev, conn, _, local := echoTunnel(t, "--drain", drain.String())
+	stop := make(chan struct{})
+	echoed := make(chan time.Time, 1)
+	echoStream(t, local, stop, echoed)
+	<-echoed
+
+	relay.cmd.Process.Signal(syscall.SIGTERM)
+	relay.waitFor(regexp.MustCompile(`msg="relay stopping: draining`), 0, 10*time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="relay is draining`), 0, 10*time.Second)
+	relay.cmd.Process.Signal(syscall.SIGTERM)
+	second := time.Now()
+	select {
+	case <-relay.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the relay did not exit within 10s of a second SIGTERM (--drain %v)", drain)
+	}
+	t.Logf("relay exited %v after the second SIGTERM", time.Since(second).Round(time.Millisecond))
+	if !relay.cmd.ProcessState.Success() {
+		t.Fatalf("relay exited with %v", relay.cmd.ProcessState)
+	}
+	relay.waitFor(regexp.MustCompile(`msg="relay stopped at once \(second signal\)"`), 0, time.Second)
+	close(stop)
+	conn.stop()
+	dev.stop()
 }

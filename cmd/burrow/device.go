@@ -247,8 +247,12 @@ The invite carries a one-time secret: treat it like a password until used.`,
 			}
 			r := st.Relay
 			if r.Attached {
-				fmt.Fprintf(g.stdout, "relay: %s, attached since %s (relay ID %s, rtt %s)\n",
-					r.Relay, r.Since.Local().Format(time.DateTime), r.RelayID.Short(), r.RTT.Round(time.Microsecond))
+				draining := ""
+				if r.Draining {
+					draining = "; the relay is shutting down and will close this session"
+				}
+				fmt.Fprintf(g.stdout, "relay: %s, attached since %s (relay ID %s, rtt %s%s)\n",
+					r.Relay, r.Since.Local().Format(time.DateTime), r.RelayID.Short(), r.RTT.Round(time.Microsecond), draining)
 			} else {
 				fmt.Fprintf(g.stdout, "relay: %s, NOT attached since %s: %s\n", r.Relay, r.Since.Local().Format(time.DateTime), r.Error)
 			}

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -32,17 +33,84 @@ import (
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyStop(context.Background(), sigc, func() {
+		fmt.Fprintln(os.Stderr, "burrow: interrupted again: exiting at once")
+		os.Exit(1)
+	})
 	stopProfile, err := startProfile()
 	if err == nil {
 		err = newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 		stopProfile()
 	}
 	stop()
+	signal.Stop(sigc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "burrow:", err)
 		os.Exit(1)
 	}
+}
+
+// stopper turns interrupts (SIGINT, SIGTERM) into a stop in two steps. The
+// first cancels the command's context: the command stops gracefully. A
+// command whose graceful stop may take a while (the relay drains its
+// tunnels) watches the context [hurryContext] returns, which the second
+// interrupt cancels: it then stops at once. For any other command the
+// second interrupt ends the process at once, as a third does for every
+// command.
+type stopper struct {
+	hurry   context.Context
+	watched atomic.Bool // a command watches hurry
+}
+
+type stopperKey struct{}
+
+// notifyStop returns a context cancelled by the first value on sigc (see
+// stopper); exit ends the process. stop releases the goroutine that reads
+// sigc.
+func notifyStop(parent context.Context, sigc <-chan os.Signal, exit func()) (ctx context.Context, stop func()) {
+	st := &stopper{}
+	var hurry context.CancelFunc
+	st.hurry, hurry = context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.WithValue(parent, stopperKey{}, st))
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-sigc:
+			case <-done:
+				return
+			}
+			switch {
+			case n == 1:
+				cancel()
+			case n == 2 && st.watched.Load():
+				hurry()
+			default:
+				exit()
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		cancel()
+		hurry()
+	}
+}
+
+// hurryContext returns a context that the second interrupt cancels, once
+// the first has cancelled ctx (see stopper): the command that asks for it
+// says it will stop at once then. Without a stopper (ctx does not come
+// from notifyStop) the context is never cancelled.
+func hurryContext(ctx context.Context) context.Context {
+	st, ok := ctx.Value(stopperKey{}).(*stopper)
+	if !ok {
+		return context.Background()
+	}
+	st.watched.Store(true)
+	return st.hurry
 }
 
 // startProfile serves performance work. If BURROW_PPROF names a loopback

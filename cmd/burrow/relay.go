@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -48,6 +49,7 @@ func newRelayCmd(g *globals) *cobra.Command {
 		keepAlive                    time.Duration
 		udpListen                    string
 		noUDP                        bool
+		drain                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
@@ -76,7 +78,14 @@ The relay also listens on UDP, on the same port number as --listen unless
 address of its UDP socket, which agents use to find a direct path to each
 other (hole punching). Only agents attached over TCP get an answer, never
 larger than their request. --no-udp turns this off; sessions then go direct
-only between agents that reach each other's local addresses.`,
+only between agents that reach each other's local addresses.
+
+On SIGTERM or SIGINT the relay drains: it stops accepting connections and
+tells the agents, but goes on forwarding for those attached, so that open
+tunnels can finish. It closes when nothing has been forwarded for a few
+seconds, when no client is left, or after --drain at the latest; agents then
+reattach (to the relay restarted, or another at the address). A second
+signal closes it at once, as does --drain 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -96,6 +105,12 @@ only between agents that reach each other's local addresses.`,
 			if (tlsCert == "") != (tlsKey == "") {
 				return usageError(cmd, "--tls-cert and --tls-key go together")
 			}
+			if drain < 0 {
+				return usageError(cmd, "--drain %v: want a duration of 0 or more", drain)
+			}
+			// Watched from the start, so that a second signal during the
+			// drain closes the relay rather than killing the process.
+			hurry := hurryContext(cmd.Context())
 			id, created, err := relayIdentity(dataDir)
 			if err != nil {
 				return err
@@ -161,7 +176,9 @@ only between agents that reach each other's local addresses.`,
 				return err
 			}
 			defer os.Remove(adminPath)
-			ctx, stopAdmin := context.WithCancel(cmd.Context())
+			// The admin socket serves until the relay has stopped, drain
+			// included.
+			ctx, stopAdmin := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			adminDone := make(chan struct{})
 			go func() {
 				defer close(adminDone)
@@ -181,8 +198,7 @@ only between agents that reach each other's local addresses.`,
 			go func() { errc <- srv.Serve(ln) }()
 			select {
 			case <-cmd.Context().Done():
-				log.Info("relay stopping")
-				srv.Close()
+				stopRelay(hurry, srv, drain, log)
 				<-errc
 				return nil
 			case err := <-errc:
@@ -203,6 +219,7 @@ only between agents that reach each other's local addresses.`,
 	f.StringVar(&udpListen, "udp-listen", "", "UDP address that tells agents their public address (default: --listen's)")
 	f.BoolVar(&noUDP, "no-udp", false, "do not listen on UDP")
 	f.DurationVar(&keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
+	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 
 	idCmd := &cobra.Command{
@@ -223,6 +240,30 @@ only between agents that reach each other's local addresses.`,
 	}
 	cmd.AddCommand(idCmd, newRelayTokenCmd(g, &dataDir), newRelayDevicesCmd(g, &dataDir))
 	return cmd
+}
+
+// stopRelay stops srv once the command's context is done: it drains for
+// up to drain, or until hurry is done (a second signal), then closes.
+func stopRelay(hurry context.Context, srv *relay.Server, drain time.Duration, log *slog.Logger) {
+	if drain == 0 {
+		log.Info("relay stopping")
+		srv.Close()
+		return
+	}
+	st := srv.Stats()
+	log.Info("relay stopping: draining; signal again to stop at once", "sessions", st.Devices+st.Clients, "up_to", drain.String())
+	ctx, cancel := context.WithTimeout(hurry, drain)
+	defer cancel()
+	start := time.Now()
+	err := srv.Shutdown(ctx)
+	switch {
+	case hurry.Err() != nil:
+		log.Info("relay stopped at once (second signal)", "after", time.Since(start).Round(time.Millisecond).String())
+	case err == nil:
+		log.Info("relay stopped: drained", "after", time.Since(start).Round(time.Millisecond).String())
+	default:
+		log.Info("relay stopped: drain period over", "after", time.Since(start).Round(time.Millisecond).String())
+	}
 }
 
 // withRelayState runs online through the running relay's admin socket, or,

@@ -77,6 +77,9 @@ type Relay struct {
 	// GetCertificate, if set before Start, serves a certificate other than
 	// the relay's self-signed one.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// DrainQuiet, if set before Start, is the relay's DrainQuiet (see
+	// Shutdown).
+	DrainQuiet time.Duration
 
 	mu  sync.Mutex
 	srv *relay.Server
@@ -135,6 +138,7 @@ func (r *Relay) Start() {
 		GetCertificate: r.GetCertificate,
 		UDPPort:        udp.LocalAddr().(*net.UDPAddr).Port,
 		Logger:         Logger(r.t).With("role", "relay"),
+		DrainQuiet:     r.DrainQuiet,
 	})
 	if err != nil {
 		ln.Close()
@@ -178,20 +182,39 @@ func (r *Relay) Server() *relay.Server {
 }
 
 // Stop stops the relay and waits for it; it is idempotent.
-func (r *Relay) Stop() {
+func (r *Relay) Stop() { r.stop(nil) }
+
+// Shutdown stops the relay gracefully ([relay.Server.Shutdown]): it drains
+// until ctx is done or nothing is left to drain, then closes. It returns
+// Shutdown's error; once it has returned, the relay can be started again.
+// A relay that is not running returns nil.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	var err error
+	r.stop(func(srv *relay.Server) { err = srv.Shutdown(ctx) })
+	return err
+}
+
+func (r *Relay) stop(shutdown func(*relay.Server)) {
 	r.mu.Lock()
 	srv, ln, hs := r.srv, r.ln, r.hs
-	r.srv, r.ln, r.hs = nil, nil, nil
 	r.mu.Unlock()
 	if srv == nil {
 		return
 	}
 	if hs != nil {
-		hs.Close()
+		hs.Close() // the listener; the relay has the upgraded connections
+	}
+	if shutdown != nil {
+		shutdown(srv)
 	}
 	srv.Close()
 	ln.Close()
 	r.wg.Wait()
+	r.mu.Lock()
+	if r.srv == srv {
+		r.srv, r.ln, r.hs = nil, nil, nil
+	}
+	r.mu.Unlock()
 }
 
 // Pin returns the configuration agents use to attach to r.

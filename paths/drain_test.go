@@ -1,0 +1,227 @@
+package paths
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// subListener takes m's connections until it is closed, leaving m open for
+// the next relay.
+type subListener struct {
+	m    *memNet
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *subListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.done:
+		return nil, net.ErrClosed
+	default:
+	}
+	select {
+	case c := <-l.m.accept:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *subListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *subListener) Addr() net.Addr { return pipeAddr{} }
+
+// serveRelayOn serves a relay of id on m until stop is called.
+func serveRelayOn(t *testing.T, m *memNet, id *identity.Identity, quiet time.Duration) (srv *relay.Server, stop func()) {
+	srv, err := relay.New(relay.Config{Identity: id, AllowDevice: func(identity.ID) bool { return true }, DrainQuiet: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &subListener{m: m, done: make(chan struct{})}
+	hs := &http.Server{Handler: srv}
+	go hs.Serve(tls.NewListener(ln, srv.TLSConfig()))
+	stop = func() {
+		hs.Close()
+		srv.Close()
+	}
+	t.Cleanup(stop)
+	return srv, stop
+}
+
+// waitStatusWithin waits up to d until c's status satisfies ok and returns
+// when it did.
+func waitStatusWithin(t *testing.T, c *Conn, d time.Duration, what string, ok func(Status) bool) time.Time {
+	t.Helper()
+	timeout := time.After(d)
+	for {
+		c.mu.Lock()
+		st, ch := c.status, c.changed
+		c.mu.Unlock()
+		if ok(st) {
+			return time.Now()
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("not %s within %v: %+v", what, d, st)
+		}
+	}
+}
+
+// TestDrainKeepsSession: when the relay drains, both agents hear it and
+// keep their sessions, which carry packets until the relay closes them at
+// the end of the drain; neither hears that its peer left, and both come
+// back once a relay is there again, no sooner than the relay asked. An
+// agent that tries to attach during the drain is refused for now, not for
+// good.
+func TestDrainKeepsSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		relayID, _ := identity.Generate()
+		srv, stop := serveRelayOn(t, m, relayID, -1)
+		devID, _ := identity.Generate()
+		cliID, _ := identity.Generate()
+		var gone atomic.Int64
+		listen := func(id *identity.Identity, role relayproto.Role, access func() ([]identity.ID, [][32]byte)) *Conn {
+			c, err := Listen(Config{Identity: id, Role: role, Relay: RelayConfig{Addr: "relay:443", ID: relayID.ID()},
+				Dial: m.Dial, Direct: DirectOptions{Disable: true}, Access: access,
+				OnPeerGone: func(g PeerGone) { gone.Add(1) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if err := c.WaitAttached(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		dev := listen(devID, relayproto.RoleDevice, func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil })
+		cli := listen(cliID, relayproto.RoleClient, nil)
+
+		// The device answers every packet; the client counts the answers.
+		var answers atomic.Int64
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := dev.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				dev.WriteTo(buf[:n], from)
+			}
+		}()
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := cli.ReadFrom(buf); err != nil {
+					return
+				}
+				answers.Add(1)
+			}
+		}()
+		roundTrip := func() bool {
+			before := answers.Load()
+			cli.WriteTo([]byte("ping"), Addr{ID: devID.ID()})
+			time.Sleep(100 * time.Millisecond)
+			return answers.Load() > before
+		}
+		if !roundTrip() {
+			t.Fatal("no answer before the drain")
+		}
+
+		const period = 10 * time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), period)
+		defer cancel()
+		drained := make(chan error, 1)
+		start := time.Now()
+		go func() { drained <- srv.Shutdown(ctx) }()
+		for _, c := range []*Conn{dev, cli} {
+			waitStatusWithin(t, c, time.Second, "draining", func(s Status) bool { return s.Draining })
+		}
+
+		// Refused for now: the third agent keeps trying, WaitAttached does
+		// not give up on it.
+		late, err := Listen(Config{Identity: relayID, Role: relayproto.RoleClient, Relay: RelayConfig{Addr: "relay:443", ID: relayID.ID()},
+			Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer late.Close()
+		// (Over net.Pipe, which buffers nothing, both ends' TLS close
+		// notices wait for their 5s timeout before the refusal is known.)
+		waitStatusWithin(t, late, time.Minute, "refused", func(s Status) bool { return s.LastError != nil })
+		if _, ok := errors.AsType[*RefusedError](late.Status().LastError); !ok || isPermanent(late.Status().LastError) {
+			t.Fatalf("attaching during the drain: %v, want a refusal for now", late.Status().LastError)
+		}
+		wctx, wcancel := context.WithTimeout(t.Context(), time.Second)
+		waitFrom := time.Now()
+		if err := late.WaitAttached(wctx); err == nil || time.Since(waitFrom) < time.Second {
+			t.Fatalf("WaitAttached during the drain returned %v after %v, want it to wait for its context", err, time.Since(waitFrom))
+		}
+		wcancel()
+
+		// Packets flow until the drain period is over, up to the last
+		// moments of it.
+		for time.Since(start) < period-200*time.Millisecond {
+			if !roundTrip() {
+				t.Fatalf("no answer %v into the drain", time.Since(start))
+			}
+			if !dev.Status().Attached || !cli.Status().Attached {
+				t.Fatalf("an agent detached %v into the drain", time.Since(start))
+			}
+		}
+		// Through the close: bursts, so that the relay is still reading
+		// some when it closes the device's session.
+		for time.Since(start) < period+time.Second {
+			for range 100 {
+				cli.WriteTo([]byte("ping"), Addr{ID: devID.ID()})
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := <-drained; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown returned %v", err)
+		}
+		if took := time.Since(start); took < period {
+			t.Fatalf("the drain took %v, less than its period", took)
+		}
+		synctest.Wait() // the agents read their go-away
+		for _, c := range []*Conn{dev, cli} {
+			if st := c.Status(); st.Attached || st.Draining {
+				t.Fatalf("after the drain: %+v", st)
+			}
+		}
+		if n := gone.Load(); n != 0 {
+			t.Fatalf("agents were told %d times that a peer left", n)
+		}
+
+		// A relay is back: both agents reattach, no sooner than the relay
+		// asked (0.5s at least), and packets flow again.
+		stop()
+		closed := time.Now()
+		serveRelayOn(t, m, relayID, -1)
+		for _, c := range []*Conn{dev, cli} {
+			at := waitStatusWithin(t, c, 10*time.Second, "attached again", func(s Status) bool { return s.Attached })
+			if wait := at.Sub(closed); wait < 500*time.Millisecond {
+				t.Fatalf("reattached %v after the close", wait)
+			}
+		}
+		if !roundTrip() {
+			t.Fatal("no answer through the new relay")
+		}
+	})
+}
