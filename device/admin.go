@@ -47,7 +47,7 @@ func (d *Device) AdminHandler() http.Handler {
 		}
 		in, err := d.Invite(req.Role, ttl, req.Name)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, err.Error(), errorStatus(err))
 			return
 		}
 		adminsock.WriteJSON(w, InviteAnswer{Invite: in.String(), Expires: in.Expires})
@@ -61,7 +61,7 @@ func (d *Device) AdminHandler() http.Handler {
 		case errors.Is(err, ErrUnknownUser):
 			http.Error(w, err.Error(), http.StatusNotFound)
 		case err != nil:
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, err.Error(), errorStatus(err))
 		default:
 			adminsock.WriteJSON(w, u)
 		}
@@ -70,6 +70,18 @@ func (d *Device) AdminHandler() http.Handler {
 		adminsock.WriteJSON(w, d.Status())
 	})
 	return mux
+}
+
+// errorStatus is the HTTP status of a refused admin request: the device's
+// fault (its state cannot be saved) or the request's.
+func errorStatus(err error) int {
+	if errors.Is(err, ErrStateFull) {
+		return http.StatusInsufficientStorage
+	}
+	if _, ok := errors.AsType[*StateError](err); ok {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
 }
 
 // An AdminClient calls a running device's admin API.

@@ -164,6 +164,47 @@ type Device struct {
 	sessions map[*session.Session]*sessionInfo // guarded by mu
 	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
 	closed   bool                              // guarded by mu
+	seenLog  failureLog                        // guarded by mu
+}
+
+// A failureLog rate-limits the warnings of a failure that may repeat on
+// every session: the first, then one per failureLogEvery at most.
+type failureLog struct {
+	failing    bool
+	logged     time.Time
+	suppressed int
+}
+
+const failureLogEvery = 10 * time.Minute
+
+// touched logs the result of recording when a user was last seen. Its
+// failure (a full or read-only state directory) affects nothing else, so
+// it is logged once, then at most every failureLogEvery.
+func (d *Device) touched(err error) {
+	now := time.Now()
+	d.mu.Lock()
+	l := &d.seenLog
+	var logIt bool
+	var suppressed int
+	switch {
+	case err != nil && (!l.failing || now.Sub(l.logged) >= failureLogEvery):
+		logIt, suppressed = true, l.suppressed
+		l.failing, l.logged, l.suppressed = true, now, 0
+	case err != nil:
+		l.suppressed++
+	case l.failing:
+		logIt, suppressed = true, l.suppressed
+		l.failing, l.suppressed = false, 0
+	}
+	d.mu.Unlock()
+	switch {
+	case !logIt:
+	case err != nil:
+		d.log.Warn("cannot record when users were last seen (tunnels are not affected)",
+			"err", err, "failures_not_logged", suppressed, "next_log_after", failureLogEvery.String())
+	default:
+		d.log.Info("recording when users were last seen works again", "failures_not_logged", suppressed)
+	}
 }
 
 type sessionInfo struct {
@@ -220,6 +261,10 @@ func New(cfg Config) (*Device, error) {
 			return nil, fmt.Errorf("device: %w", err)
 		}
 		d.st, d.users, d.invites = st, users, invites
+		if err := st.writable(); err != nil {
+			d.log.Error("the device state cannot be saved: invites, pairing and revocation fail until it can; paired users can still connect",
+				"err", err, "users", len(users), "invites", len(invites))
+		}
 	}
 	if len(cfg.Clients) == 0 && len(d.users) == 0 {
 		if len(cfg.Roles) == 0 || d.st == nil {
@@ -449,9 +494,7 @@ func (d *Device) serveSession(s *session.Session) {
 	_, paired := d.users[s.PeerID()]
 	d.mu.Unlock()
 	if paired && d.st != nil {
-		if err := d.st.touch(s.PeerID(), time.Now()); err != nil {
-			log.Warn("recording when the user was last seen failed", "err", err)
-		}
+		d.touched(d.st.touch(s.PeerID(), time.Now()))
 	}
 	reason := "device closed"
 	if cause := context.Cause(s.Context()); cause != nil {

@@ -80,7 +80,7 @@ func (d *Device) Invite(role string, ttl time.Duration, name string) (pairing.In
 	}
 	d.mu.Unlock()
 	if err := d.st.addInvite(in); err != nil {
-		return pairing.Invite{}, fmt.Errorf("save invite: %w", err)
+		return pairing.Invite{}, fmt.Errorf("cannot save the invite: %w", err)
 	}
 	d.mu.Lock()
 	d.invites[in.Verifier] = in
@@ -136,7 +136,7 @@ func (d *Device) Revoke(nameOrID string) (User, error) {
 		return User{}, fmt.Errorf("%w %q", ErrUnknownUser, nameOrID)
 	}
 	if err := d.st.revoke(u.ID); err != nil {
-		return User{}, fmt.Errorf("revoke: %w", err)
+		return User{}, fmt.Errorf("cannot revoke %s: %w", u.Name, err)
 	}
 	d.mu.Lock()
 	delete(d.users, u.ID)
@@ -239,8 +239,13 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, l
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	case err != nil:
-		log.Error("pairing failed: state not saved", "err", err)
-		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "the device could not save the pairing: " + err.Error()})
+		// The invite is not spent: the client may use it again.
+		log.Error("pairing failed: cannot save it", "err", err)
+		detail := "the device could not store the pairing; the invite stays valid: use it again later"
+		if serr, ok := errors.AsType[*StateError](err); ok {
+			detail = serr.clientDetail()
+		}
+		in.Answer(session.Reply{Code: session.CodeUnavailable, Detail: detail})
 		return
 	}
 	d.mu.Lock()

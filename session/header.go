@@ -151,6 +151,11 @@ const (
 	CodeServiceUnreachable Code = 3 // the device could not dial the service
 	CodeRateLimited        Code = 4 // too many tunnels too fast
 	CodeBadRequest         Code = 5 // the request did not parse
+	// CodeUnavailable: the device cannot do it now, through no fault of the
+	// request (its storage is full or read-only, so it cannot store a
+	// pairing). Sent to pairing requests; the same request may succeed
+	// later.
+	CodeUnavailable Code = 6
 )
 
 func (c Code) String() string {
@@ -167,6 +172,8 @@ func (c Code) String() string {
 		return "rate limited"
 	case CodeBadRequest:
 		return "bad request"
+	case CodeUnavailable:
+		return "unavailable"
 	}
 	return fmt.Sprintf("code %d", byte(c))
 }

@@ -83,6 +83,7 @@ func TestReplyRoundTrip(t *testing.T) {
 		{Code: CodeNotAuthorized, Detail: "service not granted"},
 		{Code: CodeUnknownService, Allowed: []string{"http", "rtsp"}},
 		{Code: CodeServiceUnreachable, Detail: "dial tcp 127.0.0.1:554: connect: connection refused"},
+		{Code: CodeUnavailable, Detail: "the device could not store the pairing: its storage is full"},
 	}
 	for _, want := range tests {
 		b := AppendReply(nil, want)

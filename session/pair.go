@@ -10,7 +10,8 @@ import (
 // the session, and returns the device's answer: on success the reply's
 // Detail names the role granted and Allowed lists its services. A refusal
 // is a [*RefusedError] (CodeNotAuthorized for a wrong, used or expired
-// invite; CodeRateLimited after too many failures).
+// invite; CodeRateLimited after too many failures; CodeUnavailable when the
+// device could not store the pairing).
 func (s *Session) Pair(ctx context.Context, secret []byte) (Reply, error) {
 	str, err := s.conn.OpenStreamSync(ctx)
 	if err != nil {

@@ -259,6 +259,7 @@ var (
 	ErrUnknownService     = errors.New("unknown service")
 	ErrServiceUnreachable = errors.New("service unreachable")
 	ErrRateLimited        = errors.New("rate limited")
+	ErrUnavailable        = errors.New("unavailable")
 )
 
 func (e *RefusedError) Is(target error) bool {
@@ -271,6 +272,8 @@ func (e *RefusedError) Is(target error) bool {
 		return target == ErrServiceUnreachable
 	case CodeRateLimited:
 		return target == ErrRateLimited
+	case CodeUnavailable:
+		return target == ErrUnavailable
 	}
 	return false
 }
@@ -281,6 +284,9 @@ func (e *RefusedError) Error() string {
 		dev = "device " + e.Device.Short()
 	}
 	if e.pairing {
+		if e.Code == CodeUnavailable {
+			return fmt.Sprintf("pairing with %s failed: %s", dev, e.Detail)
+		}
 		return fmt.Sprintf("%s refused the invite: %s", dev, e.Detail)
 	}
 	switch e.Code {
@@ -298,6 +304,8 @@ func (e *RefusedError) Error() string {
 		return fmt.Sprintf("service %q is unreachable on %s: %s", e.Service, dev, e.Detail)
 	case CodeRateLimited:
 		return fmt.Sprintf("%s refused service %q: too many tunnels too fast; try again shortly", dev, e.Service)
+	case CodeUnavailable:
+		return fmt.Sprintf("%s cannot serve %q now: %s", dev, e.Service, e.Detail)
 	}
 	return fmt.Sprintf("%s refused service %q: %s (%s)", dev, e.Service, e.Code, e.Detail)
 }

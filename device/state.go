@@ -1,0 +1,79 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"syscall"
+
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Why the state directory cannot be written, matched with [errors.Is]
+// against a [*StateError].
+var (
+	ErrStateFull     = errors.New("state directory is full")
+	ErrStateReadOnly = errors.New("state directory is read-only")
+	ErrStateDenied   = errors.New("state directory is not writable by the agent")
+)
+
+// A StateError reports that the device could not save to its state
+// directory. The device goes on serving the users it has; what needed
+// saving (an invite, a pairing, a revocation) did not happen, and can be
+// done again once the directory is writable.
+type StateError struct {
+	Dir   string // the state directory
+	Cause error  // ErrStateFull, ErrStateReadOnly, ErrStateDenied, or nil if unknown
+	Err   error  // what failed
+}
+
+func (e *StateError) Error() string {
+	switch e.Cause {
+	case ErrStateFull:
+		return fmt.Sprintf("state directory %s is full (no space left on its file system): free some space there; paired users can still connect", e.Dir)
+	case ErrStateReadOnly:
+		return fmt.Sprintf("state directory %s is read-only (its file system is mounted read-only, or the kernel made it read-only after a storage error): check the storage and make it writable; paired users can still connect", e.Dir)
+	case ErrStateDenied:
+		return fmt.Sprintf("state directory %s is not writable by this agent (permission denied): give the user it runs as write access to it; paired users can still connect", e.Dir)
+	}
+	return fmt.Sprintf("writing state directory %s failed: %v", e.Dir, e.Err)
+}
+
+func (e *StateError) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Cause, e.Err}
+}
+
+// clientDetail says, to the client whose pairing could not be stored, why
+// and what to do; it names no path of the device.
+func (e *StateError) clientDetail() string {
+	why := "its storage failed"
+	switch e.Cause {
+	case ErrStateFull:
+		why = "its storage is full"
+	case ErrStateReadOnly:
+		why = "its storage is read-only"
+	case ErrStateDenied:
+		why = "its storage is not writable"
+	}
+	return "the device could not store the pairing: " + why + "; the invite stays valid: use it again once the device's owner has fixed that"
+}
+
+// stateCause tells why writing the state directory dir failed with err:
+// ErrStateFull, ErrStateReadOnly, ErrStateDenied, or nil for another
+// reason (an I/O error, a corrupt file).
+func stateCause(dir string, err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return ErrStateFull
+	case errors.Is(err, syscall.EROFS), errors.Is(err, berrors.ErrDatabaseReadOnly):
+		return ErrStateReadOnly
+	case errors.Is(err, fs.ErrPermission):
+		return ErrStateDenied
+	}
+	// bbolt reports some failures as text only (growing the file): ask
+	// the file system.
+	return fsCause(dir)
+}
