@@ -91,33 +91,11 @@ type bench struct {
 
 func run(o options) error {
 	start := time.Now()
-	if _, err := os.Stat("cmd/burrow"); err != nil {
-		return fmt.Errorf("run the benchmark from the repository root (go run ./bench): %w", err)
-	}
-	dir, err := os.MkdirTemp("", "burrow-bench-")
+	b, err := newBench(o)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	b := &bench{o: o, dir: dir, burrow: filepath.Join(dir, "burrow"), self: self}
-	defer b.stopAll()
-
-	step("building burrow")
-	if out, err := exec.Command("go", "build", "-trimpath", "-o", b.burrow, "./cmd/burrow").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	cert, err := selfSigned()
-	if err != nil {
-		return err
-	}
-	if b.svc, err = startServices(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}); err != nil {
-		return err
-	}
-	defer b.svc.close()
+	defer b.close()
 
 	ctx := context.Background()
 	steps := []struct {
@@ -144,6 +122,51 @@ func run(o options) error {
 	}
 	b.report(os.Stdout, time.Since(start))
 	return b.writeJSON()
+}
+
+// newBench builds burrow into a temporary directory and starts the
+// services the tunnels lead to; close undoes it all.
+func newBench(o options) (*bench, error) {
+	if _, err := os.Stat("cmd/burrow"); err != nil {
+		return nil, fmt.Errorf("run the benchmark from the repository root (go run ./bench): %w", err)
+	}
+	dir, err := os.MkdirTemp("", "burrow-bench-")
+	if err != nil {
+		return nil, err
+	}
+	b := &bench{o: o, dir: dir, burrow: filepath.Join(dir, "burrow")}
+	if err := b.setUp(); err != nil {
+		b.close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// setUp builds burrow and starts the services.
+func (b *bench) setUp() error {
+	var err error
+	if b.self, err = os.Executable(); err != nil {
+		return err
+	}
+	step("building burrow")
+	if out, err := exec.Command("go", "build", "-trimpath", "-o", b.burrow, "./cmd/burrow").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	cert, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	b.svc, err = startServices(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}})
+	return err
+}
+
+// close stops every process the run started and removes its directory.
+func (b *bench) close() {
+	if b.svc != nil {
+		b.svc.close()
+	}
+	b.stopAll()
+	os.RemoveAll(b.dir)
 }
 
 func step(s string) { fmt.Fprintf(os.Stderr, "bench: %s\n", s) }
