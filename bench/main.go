@@ -14,6 +14,8 @@
 //	go run ./bench              # about 4 minutes
 //	go run ./bench -quick       # under a minute: shorter runs, fewer
 //	                            # samples, no cross-compiled binary sizes
+//	go run ./bench -soak 10m    # the soak test instead (scripts/soak;
+//	                            # see soak.go)
 package main
 
 import (
@@ -51,6 +53,7 @@ type options struct {
 	sizes    bool          // build for small targets (slow on a cold cache)
 	only     string        // comma-separated steps to run; empty runs all
 	profile  string        // directory for CPU profiles of the burrow processes
+	soak     time.Duration // run the soak test this long instead (scripts/soak)
 }
 
 func main() {
@@ -63,7 +66,15 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench-results.json", "where to write every sample as JSON")
 	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
+	flag.DurationVar(&o.soak, "soak", 0, "run the soak test for this long instead of the benchmark (scripts/soak)")
 	flag.Parse()
+	if o.soak > 0 {
+		if err := soak(o); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.duration, o.refDur, o.warmup = 10*time.Second, 3*time.Second, time.Second
 	o.conns, o.cold, o.rr, o.tunnels, o.devices, o.devRuns = 1000, 10, 5000, 1000, 10000, o.runs
 	o.settle, o.gap, o.sizes = 2*time.Second, time.Second, true
@@ -176,10 +187,19 @@ func (b *bench) start(name string, path string, args ...string) (*proc, error) {
 	if b.o.profile != "" && path == b.burrow {
 		env = append(env, "BURROW_CPUPROFILE="+filepath.Join(b.o.profile, strings.ReplaceAll(name, " ", "-")+".pprof"))
 	}
+	var pprofAddr string
+	if b.o.soak > 0 && path == b.burrow {
+		var err error
+		if pprofAddr, err = freePort(); err != nil {
+			return nil, err
+		}
+		env = append(env, "BURROW_PPROF="+pprofAddr)
+	}
 	p, err := startProc(name, path, env, args...)
 	if err != nil {
 		return nil, err
 	}
+	p.pprof = pprofAddr
 	b.procs = append(b.procs, p)
 	return p, nil
 }
