@@ -14,6 +14,8 @@
 //	go run ./bench              # about 4 minutes
 //	go run ./bench -quick       # under a minute: shorter runs, fewer
 //	                            # samples, no cross-compiled binary sizes
+//	go run ./bench -soak 10m    # the soak test instead (scripts/soak;
+//	                            # see soak.go)
 package main
 
 import (
@@ -51,6 +53,7 @@ type options struct {
 	sizes    bool          // build for small targets (slow on a cold cache)
 	only     string        // comma-separated steps to run; empty runs all
 	profile  string        // directory for CPU profiles of the burrow processes
+	soak     time.Duration // run the soak test this long instead (scripts/soak)
 }
 
 func main() {
@@ -63,7 +66,15 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench-results.json", "where to write every sample as JSON")
 	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
+	flag.DurationVar(&o.soak, "soak", 0, "run the soak test for this long instead of the benchmark (scripts/soak)")
 	flag.Parse()
+	if o.soak > 0 {
+		if err := soak(o); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.duration, o.refDur, o.warmup = 10*time.Second, 3*time.Second, time.Second
 	o.conns, o.cold, o.rr, o.tunnels, o.devices, o.devRuns = 1000, 10, 5000, 1000, 10000, o.runs
 	o.settle, o.gap, o.sizes = 2*time.Second, time.Second, true
@@ -91,33 +102,11 @@ type bench struct {
 
 func run(o options) error {
 	start := time.Now()
-	if _, err := os.Stat("cmd/burrow"); err != nil {
-		return fmt.Errorf("run the benchmark from the repository root (go run ./bench): %w", err)
-	}
-	dir, err := os.MkdirTemp("", "burrow-bench-")
+	b, err := newBench(o)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	b := &bench{o: o, dir: dir, burrow: filepath.Join(dir, "burrow"), self: self}
-	defer b.stopAll()
-
-	step("building burrow")
-	if out, err := exec.Command("go", "build", "-trimpath", "-o", b.burrow, "./cmd/burrow").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	cert, err := selfSigned()
-	if err != nil {
-		return err
-	}
-	if b.svc, err = startServices(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}); err != nil {
-		return err
-	}
-	defer b.svc.close()
+	defer b.close()
 
 	ctx := context.Background()
 	steps := []struct {
@@ -146,6 +135,51 @@ func run(o options) error {
 	return b.writeJSON()
 }
 
+// newBench builds burrow into a temporary directory and starts the
+// services the tunnels lead to; close undoes it all.
+func newBench(o options) (*bench, error) {
+	if _, err := os.Stat("cmd/burrow"); err != nil {
+		return nil, fmt.Errorf("run the benchmark from the repository root (go run ./bench): %w", err)
+	}
+	dir, err := os.MkdirTemp("", "burrow-bench-")
+	if err != nil {
+		return nil, err
+	}
+	b := &bench{o: o, dir: dir, burrow: filepath.Join(dir, "burrow")}
+	if err := b.setUp(); err != nil {
+		b.close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// setUp builds burrow and starts the services.
+func (b *bench) setUp() error {
+	var err error
+	if b.self, err = os.Executable(); err != nil {
+		return err
+	}
+	step("building burrow")
+	if out, err := exec.Command("go", "build", "-trimpath", "-o", b.burrow, "./cmd/burrow").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	cert, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	b.svc, err = startServices(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}})
+	return err
+}
+
+// close stops every process the run started and removes its directory.
+func (b *bench) close() {
+	if b.svc != nil {
+		b.svc.close()
+	}
+	b.stopAll()
+	os.RemoveAll(b.dir)
+}
+
 func step(s string) { fmt.Fprintf(os.Stderr, "bench: %s\n", s) }
 
 func (b *bench) start(name string, path string, args ...string) (*proc, error) {
@@ -153,10 +187,19 @@ func (b *bench) start(name string, path string, args ...string) (*proc, error) {
 	if b.o.profile != "" && path == b.burrow {
 		env = append(env, "BURROW_CPUPROFILE="+filepath.Join(b.o.profile, strings.ReplaceAll(name, " ", "-")+".pprof"))
 	}
+	var pprofAddr string
+	if b.o.soak > 0 && path == b.burrow {
+		var err error
+		if pprofAddr, err = freePort(); err != nil {
+			return nil, err
+		}
+		env = append(env, "BURROW_PPROF="+pprofAddr)
+	}
 	p, err := startProc(name, path, env, args...)
 	if err != nil {
 		return nil, err
 	}
+	p.pprof = pprofAddr
 	b.procs = append(b.procs, p)
 	return p, nil
 }

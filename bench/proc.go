@@ -22,9 +22,10 @@ const clockTick = 10 * time.Millisecond
 // proc is a child process whose output is kept (the last lines) and can be
 // waited on for a line.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name  string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	pprof string // the address of its runtime profiles (BURROW_PPROF), if served
 
 	mu    sync.Mutex
 	lines []string

@@ -53,54 +53,8 @@ var setup *burrowSetup
 // startBurrow starts a relay admitting one device, that device serving the
 // benchmark's services to one client, and a connect process per service.
 func (b *bench) startBurrow(ctx context.Context) error {
-	s := &burrowSetup{clientKey: filepath.Join(b.dir, "client.key")}
-	relayData := filepath.Join(b.dir, "relay")
-	var err error
-	if s.relayID, err = b.idOf("relay", "id", "--data", relayData); err != nil {
-		return err
-	}
-	if s.deviceID, err = b.idOf("id", "--identity", filepath.Join(b.dir, "device.key")); err != nil {
-		return err
-	}
-	clientID, err := b.idOf("id", "--identity", s.clientKey)
+	s, err := b.startAgents()
 	if err != nil {
-		return err
-	}
-	devices := filepath.Join(b.dir, "devices")
-	if err := os.WriteFile(devices, []byte(s.deviceID+"\n"), 0o600); err != nil {
-		return err
-	}
-	if s.relayAddr, err = freePort(); err != nil {
-		return err
-	}
-	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices); err != nil {
-		return err
-	}
-	if _, err := s.relay.waitFor(reRelayListening, 15*time.Second); err != nil {
-		return err
-	}
-	// The benchmark opens tunnels faster than the device's default limit
-	// allows a client; it measures burrow, not the limiter.
-	cfg := filepath.Join(b.dir, "device.yaml")
-	err = os.WriteFile(cfg, fmt.Appendf(nil, `relay: %s
-relay_id: %s
-identity: device.key
-services:
-  source: %s
-  greeter: %s
-  echo: %s
-clients:
-  %s: ["*"]
-direct_addrs: [127.0.0.1]
-tunnel_rate: 1000000
-`, s.relayAddr, s.relayID, b.svc.source, b.svc.greeter, b.svc.echo, clientID), 0o600)
-	if err != nil {
-		return err
-	}
-	if s.device, err = b.start("device", b.burrow, "device", "--config", cfg); err != nil {
-		return err
-	}
-	if _, err := s.device.waitFor(reAttached, 15*time.Second); err != nil {
 		return err
 	}
 	// Scenario 7: the device agent's idle footprint, attached and serving
@@ -126,6 +80,62 @@ tunnel_rate: 1000000
 	}
 	setup = s
 	return nil
+}
+
+// startAgents starts a relay admitting one device, and that device serving
+// the benchmark's services to one client, whose key it writes.
+func (b *bench) startAgents() (*burrowSetup, error) {
+	s := &burrowSetup{clientKey: filepath.Join(b.dir, "client.key")}
+	relayData := filepath.Join(b.dir, "relay")
+	var err error
+	if s.relayID, err = b.idOf("relay", "id", "--data", relayData); err != nil {
+		return nil, err
+	}
+	if s.deviceID, err = b.idOf("id", "--identity", filepath.Join(b.dir, "device.key")); err != nil {
+		return nil, err
+	}
+	clientID, err := b.idOf("id", "--identity", s.clientKey)
+	if err != nil {
+		return nil, err
+	}
+	devices := filepath.Join(b.dir, "devices")
+	if err := os.WriteFile(devices, []byte(s.deviceID+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if s.relayAddr, err = freePort(); err != nil {
+		return nil, err
+	}
+	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices); err != nil {
+		return nil, err
+	}
+	if _, err := s.relay.waitFor(reRelayListening, 15*time.Second); err != nil {
+		return nil, err
+	}
+	// The benchmark opens tunnels faster than the device's default limit
+	// allows a client; it measures burrow, not the limiter.
+	cfg := filepath.Join(b.dir, "device.yaml")
+	err = os.WriteFile(cfg, fmt.Appendf(nil, `relay: %s
+relay_id: %s
+identity: device.key
+services:
+  source: %s
+  greeter: %s
+  echo: %s
+clients:
+  %s: ["*"]
+direct_addrs: [127.0.0.1]
+tunnel_rate: 1000000
+`, s.relayAddr, s.relayID, b.svc.source, b.svc.greeter, b.svc.echo, clientID), 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if s.device, err = b.start("device", b.burrow, "device", "--config", cfg); err != nil {
+		return nil, err
+	}
+	if _, err := s.device.waitFor(reAttached, 15*time.Second); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // rssSamples reads the RSS of pid n times, gap apart.

@@ -1,9 +1,9 @@
 //go:build linux
 
 // Package netns builds small networks for tests out of Linux network
-// namespaces, veth pairs and iptables rules, and runs code inside them. It
-// drives the ip and iptables commands, so tests need root; [New] skips the
-// test otherwise.
+// namespaces, veth pairs, iptables rules and lossy links, and runs code
+// inside them. It drives the ip and iptables commands, so tests need root;
+// [New] skips the test otherwise.
 //
 // Sockets keep the namespace they were created in: [Net.Do] runs a
 // function (which opens sockets) on an OS thread moved into a namespace,

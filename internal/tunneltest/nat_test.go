@@ -23,7 +23,18 @@ import (
 	"github.com/burrow-tunnel/burrow/relay"
 )
 
-// natNet is the test network of the direct-path tests:
+// nsNet is a network of namespaces with a relay in one of them, for the
+// tests that need real IP paths between the agents: NATs, lossy links.
+type nsNet struct {
+	*netns.Net
+	hosts     map[string]netip.Addr // the agents' namespaces and addresses
+	noDirect  bool                  // agents keep every session on the relay
+	relay     *relay.Server
+	relayAddr string
+	relayID   identity.ID
+}
+
+// newNATNet builds the test network of the direct-path tests:
 //
 //	         pub (relay; 10.0.1.1, 10.0.2.1; routes between the homes)
 //	        /   \
@@ -33,33 +44,24 @@ import (
 //
 // ha and hc share ra's LAN (a bridge); hb is alone behind rb. Services run
 // in the test's own namespace on loopback: the device dials them from
-// there.
-type natNet struct {
-	*netns.Net
-	relay     *relay.Server
-	relayAddr string
-	relayID   identity.ID
+// there. masq is the MASQUERADE rule's options (e.g. --random-fully).
+func newNATNet(t *testing.T, masq ...string) *nsNet {
+	t.Helper()
+	return newNATNetKeepAlive(t, 0, masq...)
 }
 
-// hosts are the agents' namespaces and addresses.
+// natHosts are the agents' namespaces and addresses in newNATNet.
 var natHosts = map[string]netip.Addr{
 	"ha": netip.MustParseAddr("192.168.1.2"),
 	"hc": netip.MustParseAddr("192.168.1.3"),
 	"hb": netip.MustParseAddr("192.168.2.2"),
 }
 
-// newNATNet builds the network; masq is the MASQUERADE rule's options
-// (e.g. --random-fully).
-func newNATNet(t *testing.T, masq ...string) *natNet {
-	t.Helper()
-	return newNATNetKeepAlive(t, 0, masq...)
-}
-
 // newNATNetKeepAlive is newNATNet with the relay's keepalive interval
 // (zero: the default).
-func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *natNet {
+func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *nsNet {
 	t.Helper()
-	n := &natNet{Net: netns.New(t)}
+	n := &nsNet{Net: netns.New(t), hosts: natHosts}
 	n.Add("pub", "ra", "rb", "ha", "hb", "hc")
 	n.Link("pub", "pa", "10.0.1.1/24", "ra", "wan", "10.0.1.2/24")
 	n.Link("pub", "pb", "10.0.2.1/24", "rb", "wan", "10.0.2.2/24")
@@ -80,20 +82,28 @@ func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *
 	n.In("ha", "ip", "route", "add", "default", "via", "192.168.1.1")
 	n.In("hc", "ip", "route", "add", "default", "via", "192.168.1.1")
 	n.In("hb", "ip", "route", "add", "default", "via", "192.168.2.1")
+	n.startRelay(t, "pub", "10.0.1.1", keepAlive)
+	return n
+}
 
-	// The relay, in pub, on TCP and UDP.
+// startRelay starts the relay in namespace ns, on TCP and UDP, reached at
+// addr (one of ns's addresses), with the given keepalive interval (zero:
+// the default).
+func (n *nsNet) startRelay(t *testing.T, ns, addr string, keepAlive time.Duration) {
+	t.Helper()
 	id := NewIdentity(t)
 	n.relayID = id.ID()
 	var ln net.Listener
 	var udp net.PacketConn
-	err := n.Do("pub", func() error {
+	err := n.Do(ns, func() error {
 		var err error
 		if ln, err = net.Listen("tcp", ":0"); err != nil {
 			return err
 		}
-		// On all of pub's addresses: the relay must answer the agent
-		// behind rb, which sends to 10.0.1.1 through the interface of
-		// 10.0.2.1, from 10.0.1.1, or rb's NAT drops the answer.
+		// On all of ns's addresses: in newNATNet the relay must answer
+		// the agent behind rb, which sends to 10.0.1.1 through the
+		// interface of 10.0.2.1, from 10.0.1.1, or rb's NAT drops the
+		// answer.
 		udp, err = net.ListenPacket("udp", ln.Addr().String())
 		return err
 	})
@@ -101,7 +111,7 @@ func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	n.relayAddr = netip.AddrPortFrom(netip.MustParseAddr("10.0.1.1"), uint16(port)).String()
+	n.relayAddr = netip.AddrPortFrom(netip.MustParseAddr(addr), uint16(port)).String()
 	n.relay, err = relay.New(relay.Config{
 		Identity:    id,
 		AllowDevice: func(identity.ID) bool { return true },
@@ -120,11 +130,10 @@ func newNATNetKeepAlive(t *testing.T, keepAlive time.Duration, masq ...string) *
 		ln.Close()
 		wg.Wait()
 	})
-	return n
 }
 
 // agent returns the relay and direct-path settings of an agent in host.
-func (n *natNet) agent(host string) (paths.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
+func (n *nsNet) agent(host string) (paths.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := n.Do(host, func() error {
@@ -144,14 +153,15 @@ func (n *natNet) agent(host string) (paths.RelayConfig, func(ctx context.Context
 			})
 			return c, err
 		},
-		InterfaceAddrs: func() ([]netip.Addr, error) { return []netip.Addr{natHosts[host]}, nil },
+		InterfaceAddrs: func() ([]netip.Addr, error) { return []netip.Addr{n.hosts[host]}, nil },
+		Disable:        n.noDirect,
 	}
 	return paths.RelayConfig{Addr: n.relayAddr, ID: n.relayID}, dial, direct
 }
 
 // pair starts a device in devHost serving services, and a client in
 // cliHost that it knows.
-func (n *natNet) pair(t *testing.T, devHost, cliHost string, services map[string]string) (*device.Device, *client.Client) {
+func (n *nsNet) pair(t *testing.T, devHost, cliHost string, services map[string]string) (*device.Device, *client.Client) {
 	t.Helper()
 	cid := NewIdentity(t)
 	rc, dial, direct := n.agent(devHost)
