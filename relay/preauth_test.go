@@ -77,20 +77,25 @@ func TestPreauthTrickle(t *testing.T) {
 	}
 }
 
+// dialFrom connects to addr from the loopback address local; the
+// connection is closed when the test ends.
+func dialFrom(t *testing.T, local, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestPreauthPerIP: one address holds at most MaxPendingPerIP connections
 // that have not authenticated; others still get in, and an agent from
 // that address attaches once one of its connections is gone.
 func TestPreauthPerIP(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll, MaxPendingPerIP: 4})
-	dial := func(local string) net.Conn {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := func(local string) net.Conn { return dialFrom(t, local, addr) }
 	var held []net.Conn
 	for range 4 {
 		held = append(held, dial("127.0.0.1"))
@@ -123,18 +128,7 @@ func TestPreauthPerIP(t *testing.T) {
 // other), and a real agent still attaches.
 func TestPreauthGlobalCap(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll, MaxPending: 3})
-	dial := func(local string) net.Conn {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		for srv.pre.pending() == 0 {
-			time.Sleep(time.Millisecond)
-		}
-		return c
-	}
+	dial := func(local string) net.Conn { return dialFrom(t, local, addr) }
 	var held []net.Conn
 	for i := range 3 {
 		held = append(held, dial(fmt.Sprintf("127.0.0.%d", 10+i)))
