@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/israce"
 	"github.com/burrow-tunnel/burrow/pairing"
@@ -26,7 +28,7 @@ func TestMain(m *testing.M) {
 		torture(dir)
 		return
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // torture pairs and revokes users in the store at dir for ever. Operation
