@@ -163,8 +163,14 @@ type Device struct {
 	guard    pairGuard                         // guarded by mu
 	sessions map[*session.Session]*sessionInfo // guarded by mu
 	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
-	closed   bool                              // guarded by mu
-	seenLog  failureLog                        // guarded by mu
+	// unsaved holds the users revoked while the state directory could not
+	// be written: shut out, but still in the store. Guarded by mu.
+	unsaved map[identity.ID]User
+	// revokeMu orders saving a revocation and pairing, so that saving a
+	// revocation late never deletes the client's new pairing.
+	revokeMu sync.Mutex
+	closed   bool       // guarded by mu
+	seenLog  failureLog // guarded by mu
 }
 
 // A failureLog rate-limits the warnings of a failure that may repeat on
@@ -249,6 +255,7 @@ func New(cfg Config) (*Device, error) {
 		invites:  make(map[[32]byte]pendingInvite),
 		sessions: make(map[*session.Session]*sessionInfo),
 		limits:   make(map[identity.ID]*rate.Limiter),
+		unsaved:  make(map[identity.ID]User),
 	}
 	if cfg.StateDir != "" {
 		st, err := openStore(cfg.StateDir)
@@ -262,7 +269,7 @@ func New(cfg Config) (*Device, error) {
 		}
 		d.st, d.users, d.invites = st, users, invites
 		if err := st.writable(); err != nil {
-			d.log.Error("the device state cannot be saved: invites, pairing and revocation fail until it can; paired users can still connect",
+			d.log.Error("the device state cannot be saved: invites and pairing fail, and revocations last only until a restart, until it can; paired users can still connect",
 				"err", err, "users", len(users), "invites", len(invites))
 		}
 	}
@@ -304,7 +311,7 @@ func New(cfg Config) (*Device, error) {
 	d.pc, d.ep, d.ln = pc, ep, ln
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Go(d.acceptLoop)
-	d.wg.Go(d.expireInvites)
+	d.wg.Go(d.sweep)
 	return d, nil
 }
 
@@ -325,6 +332,12 @@ func (d *Device) WaitAttached(ctx context.Context) error { return d.pc.WaitAttac
 type Status struct {
 	Relay    paths.Status    `json:"relay"`
 	Sessions []SessionStatus `json:"sessions"`
+	// StateError says why the state directory could not be written when
+	// the device last tried; "" if it could.
+	StateError string `json:"state_error,omitempty"`
+	// NotSaved names the users revoked while the state directory could
+	// not be written: shut out, but back in after a restart until saved.
+	NotSaved []string `json:"revocations_not_saved,omitempty"`
 }
 
 // SessionStatus describes one client's session.
@@ -341,8 +354,17 @@ type SessionStatus struct {
 // Status returns the device's relay attachment and open sessions.
 func (d *Device) Status() Status {
 	st := Status{Relay: d.pc.Status()}
+	if d.st != nil {
+		if err := d.st.writable(); err != nil {
+			st.StateError = err.Error()
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, u := range d.unsaved {
+		st.NotSaved = append(st.NotSaved, u.Name)
+	}
+	slices.Sort(st.NotSaved)
 	for s, info := range d.sessions {
 		path := s.Path()
 		rtt := s.Stats().RTT
@@ -494,7 +516,11 @@ func (d *Device) serveSession(s *session.Session) {
 	_, paired := d.users[s.PeerID()]
 	d.mu.Unlock()
 	if paired && d.st != nil {
-		d.touched(d.st.touch(s.PeerID(), time.Now()))
+		err := d.st.touch(s.PeerID(), time.Now())
+		d.touched(err)
+		if err == nil {
+			d.saveRevocations() // the state directory may be writable again
+		}
 	}
 	reason := "device closed"
 	if cause := context.Cause(s.Context()); cause != nil {

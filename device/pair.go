@@ -113,18 +113,23 @@ func (d *Device) Users() []User {
 // Revoke removes the paired user named by name or ID: its sessions and
 // tunnels close at once, the relay stops routing it, and it cannot come
 // back without a new invite.
+//
+// A revocation takes effect even when the state directory cannot be
+// written: the user is shut out at once, and the error (matching
+// [ErrRevocationNotSaved] and the [*StateError]) says that it is not saved
+// yet. The device saves it as soon as it can; until then, a restart of the
+// agent would let the user in again.
 func (d *Device) Revoke(nameOrID string) (User, error) {
 	if d.st == nil {
 		return User{}, ErrNoState
 	}
+	d.revokeMu.Lock()
+	defer d.revokeMu.Unlock()
 	d.mu.Lock()
-	var u User
-	found := false
-	for _, cand := range d.users {
-		if cand.Name == nameOrID || cand.ID.String() == strings.ToLower(nameOrID) {
-			u, found = cand, true
-			break
-		}
+	u, found := d.findUserLocked(nameOrID, d.users)
+	if !found {
+		// Revoked already, but not saved: try again.
+		u, found = d.findUserLocked(nameOrID, d.unsaved)
 	}
 	d.mu.Unlock()
 	if !found {
@@ -135,18 +140,84 @@ func (d *Device) Revoke(nameOrID string) (User, error) {
 		}
 		return User{}, fmt.Errorf("%w %q", ErrUnknownUser, nameOrID)
 	}
-	if err := d.st.revoke(u.ID); err != nil {
+	err := d.st.revoke(u.ID)
+	serr, unwritable := errors.AsType[*StateError](err)
+	if err != nil && !unwritable {
 		return User{}, fmt.Errorf("cannot revoke %s: %w", u.Name, err)
 	}
 	d.mu.Lock()
 	delete(d.users, u.ID)
+	if unwritable {
+		d.unsaved[u.ID] = u
+	} else {
+		delete(d.unsaved, u.ID)
+	}
 	d.mu.Unlock()
 	d.pc.AccessChanged()
 	if _, still := d.cfg.Clients[u.ID]; !still {
 		d.closeSessionsOf(u.ID, session.CloseRevoked, "access revoked by the device owner")
 	}
+	if unwritable {
+		err := &unsavedError{name: u.Name, err: serr}
+		d.log.Error("user revoked, but the revocation is not saved", "name", u.Name, "client", u.ID.String(), "err", serr)
+		return u, err
+	}
 	d.log.Info("user revoked", "name", u.Name, "client", u.ID.String())
 	return u, nil
+}
+
+// findUserLocked finds the user named by name or ID in users.
+func (d *Device) findUserLocked(nameOrID string, users map[identity.ID]User) (User, bool) {
+	for _, u := range users {
+		if u.Name == nameOrID || u.ID.String() == strings.ToLower(nameOrID) {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// ErrRevocationNotSaved: a revocation is in force but is not saved yet,
+// the state directory not being writable.
+var ErrRevocationNotSaved = errors.New("revocation not saved")
+
+// An unsavedError reports a revocation in force but not saved.
+type unsavedError struct {
+	name string
+	err  *StateError
+}
+
+func (e *unsavedError) Error() string {
+	msg := fmt.Sprintf("%s is revoked: its sessions are closed and it is refused from now on; but the revocation is not saved, as %s", e.name, e.err.problem())
+	if fix := e.err.fix(); fix != "" {
+		msg += ": " + fix
+	}
+	return msg + fmt.Sprintf(". The device saves it as soon as it can (it tries every %s); a restart before that would let %s in again", sweepEvery, e.name)
+}
+
+func (e *unsavedError) Unwrap() []error { return []error{ErrRevocationNotSaved, e.err} }
+
+// saveRevocations tries again to save the revocations not saved yet.
+func (d *Device) saveRevocations() {
+	d.mu.Lock()
+	none := len(d.unsaved) == 0
+	d.mu.Unlock()
+	if none {
+		return
+	}
+	d.revokeMu.Lock()
+	defer d.revokeMu.Unlock()
+	d.mu.Lock()
+	pending := slices.Collect(maps.Values(d.unsaved))
+	d.mu.Unlock()
+	for _, u := range pending {
+		if err := d.st.revoke(u.ID); err != nil {
+			return // still not writable; the error was logged at the revocation
+		}
+		d.mu.Lock()
+		delete(d.unsaved, u.ID)
+		d.mu.Unlock()
+		d.log.Info("revocation saved", "name", u.Name, "client", u.ID.String())
+	}
 }
 
 // pairable reports whether an unknown client may keep a session, to pair:
@@ -227,7 +298,16 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, l
 		return
 	}
 	verifier := pairing.Secret(secret).Verifier()
+	// A revocation of this client waiting to be saved must not delete the
+	// new pairing: pairing again overrides it.
+	d.revokeMu.Lock()
 	u, err := d.st.redeem(verifier, client, now)
+	if err == nil {
+		d.mu.Lock()
+		delete(d.unsaved, client)
+		d.mu.Unlock()
+	}
+	d.revokeMu.Unlock()
 	switch {
 	case errors.Is(err, ErrInviteExpired):
 		log.Warn("pairing refused: invite expired")
@@ -267,18 +347,21 @@ func (d *Device) pairFailed(now time.Time) {
 	d.mu.Unlock()
 }
 
-// inviteSweep is how often expired invites are dropped.
-const inviteSweep = 10 * time.Second
+// sweepEvery is how often expired invites are dropped, and revocations not
+// saved are tried again.
+const sweepEvery = 10 * time.Second
 
-// expireInvites drops expired invites, from the store and the relay.
-func (d *Device) expireInvites() {
-	t := time.NewTicker(inviteSweep)
+// sweep drops expired invites, from the store and the relay, and saves the
+// revocations not saved yet.
+func (d *Device) sweep() {
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
 		case now := <-t.C:
+			d.saveRevocations()
 			d.mu.Lock()
 			var gone [][32]byte
 			for v, in := range d.invites {

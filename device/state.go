@@ -19,8 +19,9 @@ var (
 
 // A StateError reports that the device could not save to its state
 // directory. The device goes on serving the users it has; what needed
-// saving (an invite, a pairing, a revocation) did not happen, and can be
-// done again once the directory is writable.
+// saving (an invite, a pairing) did not happen, and can be done again once
+// the directory is writable. A revocation is the exception: it is in force
+// at once, and saved later ([ErrRevocationNotSaved]).
 type StateError struct {
 	Dir   string // the state directory
 	Cause error  // ErrStateFull, ErrStateReadOnly, ErrStateDenied, or nil if unknown
@@ -28,15 +29,36 @@ type StateError struct {
 }
 
 func (e *StateError) Error() string {
+	if fix := e.fix(); fix != "" {
+		return e.problem() + ": " + fix + "; paired users can still connect"
+	}
+	return e.problem()
+}
+
+// problem says what is wrong with the state directory.
+func (e *StateError) problem() string {
 	switch e.Cause {
 	case ErrStateFull:
-		return fmt.Sprintf("state directory %s is full (no space left on its file system): free some space there; paired users can still connect", e.Dir)
+		return fmt.Sprintf("state directory %s is full (no space left on its file system)", e.Dir)
 	case ErrStateReadOnly:
-		return fmt.Sprintf("state directory %s is read-only (its file system is mounted read-only, or the kernel made it read-only after a storage error): check the storage and make it writable; paired users can still connect", e.Dir)
+		return fmt.Sprintf("state directory %s is read-only (its file system is mounted read-only, or the kernel made it read-only after a storage error)", e.Dir)
 	case ErrStateDenied:
-		return fmt.Sprintf("state directory %s is not writable by this agent (permission denied): give the user it runs as write access to it; paired users can still connect", e.Dir)
+		return fmt.Sprintf("state directory %s is not writable by this agent (permission denied)", e.Dir)
 	}
 	return fmt.Sprintf("writing state directory %s failed: %v", e.Dir, e.Err)
+}
+
+// fix says what the device's owner can do about it, or "".
+func (e *StateError) fix() string {
+	switch e.Cause {
+	case ErrStateFull:
+		return "free some space there"
+	case ErrStateReadOnly:
+		return "check the storage and make it writable"
+	case ErrStateDenied:
+		return "give the user it runs as write access to it"
+	}
+	return ""
 }
 
 func (e *StateError) Unwrap() []error {

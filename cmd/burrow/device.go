@@ -256,6 +256,12 @@ The invite carries a one-time secret: treat it like a password until used.`,
 			} else {
 				fmt.Fprintf(g.stdout, "relay: %s, NOT attached since %s: %s\n", r.Relay, r.Since.Local().Format(time.DateTime), r.Error)
 			}
+			if st.StateError != "" {
+				fmt.Fprintf(g.stdout, "state: NOT writable: %s\n", st.StateError)
+			}
+			if len(st.NotSaved) > 0 {
+				fmt.Fprintf(g.stdout, "revoked but not saved (back in after a restart until saved): %s\n", strings.Join(st.NotSaved, ", "))
+			}
 			fmt.Fprintf(g.stdout, "sessions: %d\n", len(st.Sessions))
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
 			if len(st.Sessions) > 0 {

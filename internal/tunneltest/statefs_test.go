@@ -409,3 +409,85 @@ func TestStateDirReadOnlyAtStart(t *testing.T) {
 	g.stop()
 	checkDB(t, dir)
 }
+
+// TestRevokeOnReadOnlyState: a revocation while the state directory is
+// read-only takes effect at once (the user's open tunnel closes, its next
+// one is refused) and says that it is not saved yet; the device saves it
+// once the file system is writable again, without a restart, and the user
+// stays out after one.
+func TestRevokeOnReadOnlyState(t *testing.T) {
+	if !mountns.Enter(t) {
+		return
+	}
+	dir := mountns.Tmpfs(t, 1<<20)
+	g := newStateRig(t, dir)
+	alice, err := g.pair(g.invite("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := g.pair(g.invite("bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.stop()
+	mountns.Remount(t, dir, true)
+	g.restart()
+
+	bc := StartClient(t, g.r, bob)
+	tun, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+
+	// What burrow device revoke prints.
+	rec := httptest.NewRecorder()
+	g.d.AdminHandler().ServeHTTP(rec, httptest.NewRequest("DELETE", "/users/bob", nil))
+	for _, words := range []string{"bob is revoked", "not saved", dir + " is read-only", "a restart before that would let bob in again"} {
+		if rec.Code != 503 || !strings.Contains(rec.Body.String(), words) {
+			t.Fatalf("admin API: %d %s; want 503 saying %q", rec.Code, rec.Body, words)
+		}
+	}
+	t.Logf("revoke: %s", rec.Body)
+	tun.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tun.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("bob's open tunnel: read err = %v, want it closed", err)
+	}
+	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("bob's next tunnel: err = %v, want not authorized", err)
+	}
+	bc.Close()
+	// Revoking again tries again, and says the same.
+	if _, err := g.d.Revoke("bob"); !errors.Is(err, device.ErrRevocationNotSaved) || !errors.Is(err, device.ErrStateReadOnly) {
+		t.Fatalf("second revoke: err = %v", err)
+	}
+	st := g.d.Status()
+	if !slices.Equal(st.NotSaved, []string{"bob"}) || !strings.Contains(st.StateError, "read-only") {
+		t.Fatalf("status: not saved %q, state error %q", st.NotSaved, st.StateError)
+	}
+	g.hasUsers(alice)
+	g.works(alice, g.fixed)
+
+	// Writable again: the revocation is saved without a restart (here when
+	// alice's next session ends; otherwise within 10 s).
+	mountns.Remount(t, dir, false)
+	g.works(alice)
+	for deadline := time.Now().Add(5 * time.Second); len(g.d.Status().NotSaved) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("revocation still not saved: %+v", g.d.Status())
+		}
+	}
+	if s := g.d.Status().StateError; s != "" {
+		t.Fatalf("state error after the remount: %s", s)
+	}
+	g.restart()
+	g.hasUsers(alice)
+	bc = StartClient(t, g.r, bob)
+	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+		t.Fatalf("bob after the restart: err = %v, want not authorized", err)
+	}
+	bc.Close()
+	g.works(alice, g.fixed)
+	g.stop()
+	checkDB(t, dir)
+}
