@@ -814,3 +814,59 @@ func TestBinaryRelaySecondSignal(t *testing.T) {
 	conn.stop()
 	dev.stop()
 }
+
+// TestBinaryRelayDrainIdle: --drain-idle ends a drain early once its
+// tunnels are idle; --drain-idle 0 keeps an idle tunnel's relay up to
+// --drain.
+func TestBinaryRelayDrainIdle(t *testing.T) {
+	for _, tc := range []struct {
+		idle, drain time.Duration
+		early       bool
+	}{
+		{idle: time.Second, drain: time.Minute, early: true},
+		{idle: 0, drain: 7 * time.Second},
+	} {
+		t.Run("drain-idle="+tc.idle.String(), func(t *testing.T) {
+			t.Parallel()
+			relay, dev, conn, _, local := echoTunnel(t, "--drain", tc.drain.String(), "--drain-idle", tc.idle.String())
+			c, err := net.Dial("tcp", local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			relay.cmd.Process.Signal(syscall.SIGTERM)
+			signalled := time.Now()
+			relay.waitFor(regexp.MustCompile(`msg="relay stopping: draining`), 0, 10*time.Second)
+			select {
+			case <-relay.done:
+			case <-time.After(tc.drain + 10*time.Second):
+				t.Fatalf("the relay did not exit within 10s of its drain period")
+			}
+			after := time.Since(signalled)
+			t.Logf("relay exited %v after SIGTERM", after.Round(time.Millisecond))
+			if tc.early {
+				if after > 15*time.Second {
+					t.Fatalf("an idle drain took %v with --drain-idle %v", after, tc.idle)
+				}
+				relay.waitFor(regexp.MustCompile(`msg="relay stopped: drained"`), 0, time.Second)
+			} else {
+				if after < tc.drain-time.Second {
+					t.Fatalf("the relay exited %v after SIGTERM with an idle tunnel, --drain %v and --drain-idle 0", after, tc.drain)
+				}
+				relay.waitFor(regexp.MustCompile(`msg="relay stopped: drain period over"`), 0, time.Second)
+			}
+			conn.stop()
+			dev.stop()
+		})
+	}
+	if _, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--drain-idle", "-1s"); err == nil || !strings.Contains(stderr, "--drain-idle -1s: want a duration of 0 or more") {
+		t.Fatalf("negative --drain-idle: err %v, stderr %q", err, stderr)
+	}
+}

@@ -49,7 +49,7 @@ func newRelayCmd(g *globals) *cobra.Command {
 		keepAlive                    time.Duration
 		udpListen                    string
 		noUDP                        bool
-		drain                        time.Duration
+		drain, drainIdle             time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
@@ -82,8 +82,8 @@ only between agents that reach each other's local addresses.
 
 On SIGTERM or SIGINT the relay drains: it stops accepting connections and
 tells the agents, but goes on forwarding for those attached, so that open
-tunnels can finish. It closes when nothing has been forwarded for a few
-seconds, when no client is left, or after --drain at the latest; agents then
+tunnels can finish. It closes when nothing has been forwarded for
+--drain-idle, when no client is left, or after --drain at the latest; agents then
 reattach (to the relay restarted, or another at the address). A second
 signal closes it at once, as does --drain 0.`,
 		Args: cobra.NoArgs,
@@ -107,6 +107,9 @@ signal closes it at once, as does --drain 0.`,
 			}
 			if drain < 0 {
 				return usageError(cmd, "--drain %v: want a duration of 0 or more", drain)
+			}
+			if drainIdle < 0 {
+				return usageError(cmd, "--drain-idle %v: want a duration of 0 or more", drainIdle)
 			}
 			// Watched from the start, so that a second signal during the
 			// drain closes the relay rather than killing the process.
@@ -156,7 +159,10 @@ signal closes it at once, as does --drain 0.`,
 					defer udp.Close()
 				}
 			}
-			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive}
+			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive, DrainQuiet: drainIdle}
+			if drainIdle == 0 {
+				cfg.DrainQuiet = -1 // only --drain, or the last client leaving, ends the drain
+			}
 			if udp != nil {
 				cfg.UDPPort = udp.LocalAddr().(*net.UDPAddr).Port
 			}
@@ -220,6 +226,7 @@ signal closes it at once, as does --drain 0.`,
 	f.BoolVar(&noUDP, "no-udp", false, "do not listen on UDP")
 	f.DurationVar(&keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
 	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
+	f.DurationVar(&drainIdle, "drain-idle", 5*time.Second, "end the drain early once nothing has been forwarded for this long (0: never early; idle tunnels, an SSH session say, then keep it to --drain)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 
 	idCmd := &cobra.Command{
