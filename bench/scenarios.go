@@ -105,7 +105,9 @@ func (b *bench) startAgents() (*burrowSetup, error) {
 	if s.relayAddr, err = freePort(); err != nil {
 		return nil, err
 	}
-	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices); err != nil {
+	// --drain 0: stopped, the relay exits at once (and writes its CPU
+	// profile) rather than draining past the benchmark's patience.
+	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices, "--drain", "0"); err != nil {
 		return nil, err
 	}
 	if _, err := s.relay.waitFor(reRelayListening, 15*time.Second); err != nil {
@@ -484,7 +486,7 @@ func (b *bench) relayPerDevice(ctx context.Context) error {
 	var n int
 	for run := range b.o.devRuns {
 		// A fresh relay each run, so that no run inherits another's heap.
-		relay, err := b.start("open relay", b.burrow, "relay", "--listen", addr, "--data", data, "--open", "--log-level", "warn")
+		relay, err := b.start("open relay", b.burrow, "relay", "--listen", addr, "--data", data, "--open", "--log-level", "warn", "--drain", "0")
 		if err != nil {
 			return err
 		}
