@@ -309,6 +309,7 @@ func Listen(cfg Config) (*Conn, error) {
 			c.log.Warn("direct paths are off", "err", err)
 		} else {
 			c.wg.Go(c.directReadLoop)
+			c.wg.Go(c.directWriteLoop)
 		}
 	}
 	c.wg.Go(c.attachLoop)
@@ -465,8 +466,14 @@ const closeDrain = 500 * time.Millisecond
 // Close sends what is queued (for up to half a second), detaches from the
 // relay and waits for every goroutine the Conn started. It is idempotent.
 func (c *Conn) Close() error {
-	if rs := c.cur.Load(); rs != nil && c.ctx.Err() == nil {
-		rs.drain(closeDrain)
+	if c.ctx.Err() == nil {
+		// What the E2E sessions sent last (a QUIC close, say) goes out.
+		if c.ds != nil {
+			c.ds.flush(closeDrain)
+		}
+		if rs := c.cur.Load(); rs != nil {
+			rs.drain(closeDrain)
+		}
 	}
 	c.cancel()
 	if c.ds != nil {

@@ -151,6 +151,12 @@ type directSocket struct {
 	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
 	dropped, strange atomic.Uint64
 
+	// sendq holds end-to-end packets for directWriteLoop; gso says that
+	// the socket segments sends; segmented counts the packets sent so.
+	sendq     chan outDatagram
+	gso       atomic.Bool
+	segmented atomic.Uint64
+
 	mu     sync.Mutex
 	ids    map[[8]byte]*Direct           // both path IDs of every Direct; guarded by mu
 	byPeer map[Addr]*Direct              // guarded by mu
@@ -194,7 +200,9 @@ func (c *Conn) listenDirect() error {
 	if err != nil {
 		return fmt.Errorf("paths: socket for direct paths: %w", err)
 	}
-	ds := &directSocket{udp: udp, ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct)}
+	ds := &directSocket{udp: udp, ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct),
+		sendq: make(chan outDatagram, c.cfg.QueueLen)}
+	ds.gso.Store(canSegment(udp))
 	if ua, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		ds.port = uint16(ua.Port)
 	}
@@ -269,7 +277,7 @@ func (c *Conn) directReadLoop() {
 	}
 }
 
-// directMessage handles a datagram that is not a QUIC packet.
+// directMessage handles a outDatagram that is not a QUIC packet.
 func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 	ds := c.ds
 	if len(b) == 0 {
@@ -647,7 +655,10 @@ func (d *Direct) send(p []byte) bool {
 		}
 		return false
 	}
-	return d.c.ds.write(p, path.addr) == nil
+	if !d.c.ds.enqueue(p, path.addr) {
+		d.c.dropped.Add(1) // as the socket would have, its buffer full
+	}
+	return true
 }
 
 func (d *Direct) poke() {
