@@ -156,6 +156,8 @@ type directSocket struct {
 	sendq     chan outDatagram
 	gso       atomic.Bool
 	segmented atomic.Uint64
+	// coalesce: the socket hands a burst of datagrams over in one read.
+	coalesce bool
 
 	mu     sync.Mutex
 	ids    map[[8]byte]*Direct           // both path IDs of every Direct; guarded by mu
@@ -203,6 +205,7 @@ func (c *Conn) listenDirect() error {
 	ds := &directSocket{udp: udp, ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct),
 		sendq: make(chan outDatagram, c.cfg.QueueLen)}
 	ds.gso.Store(canSegment(udp))
+	ds.coalesce = enableCoalescing(udp)
 	if ua, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		ds.port = uint16(ua.Port)
 	}
@@ -244,9 +247,13 @@ func (ds *directSocket) writeLowTTL(msgs [][]byte, to []netip.AddrPort) error {
 	return setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
 }
 
-// readLoop reads the direct socket until it is closed.
+// directReadLoop reads the direct socket until it is closed.
 func (c *Conn) directReadLoop() {
 	ds := c.ds
+	if ds.coalesce {
+		c.directReadCoalesced()
+		return
+	}
 	for {
 		bp := packetPool.Get().(*[]byte)
 		buf := (*bp)[:cap(*bp)]
@@ -260,24 +267,60 @@ func (c *Conn) directReadLoop() {
 			// socket itself is fine.
 			continue
 		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		b := buf[:n]
-		if n > 0 && b[0]&0x40 != 0 {
-			// A QUIC packet: from a peer only if it proved this address.
-			if d := (*ds.routes.Load())[from]; d != nil {
-				c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
-				continue
-			}
-			ds.dropped.Add(1)
-			packetPool.Put(bp)
-			continue
-		}
-		c.directMessage(b, from)
-		packetPool.Put(bp)
+		c.directDatagram(bp, n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
 	}
 }
 
-// directMessage handles a outDatagram that is not a QUIC packet.
+// directReadCoalesced is directReadLoop on a socket that hands a burst of
+// datagrams over in one read.
+func (c *Conn) directReadCoalesced() {
+	ds := c.ds
+	u := ds.udp.(*net.UDPConn)
+	b := make([]byte, 1<<16)
+	oob := make([]byte, oobLen)
+	for {
+		n, seg, from, err := readCoalesced(u, b, oob)
+		if err != nil {
+			if c.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		for off := 0; off < n; off += seg {
+			d := b[off:min(off+seg, n)]
+			bp := packetPool.Get().(*[]byte)
+			if len(d) > cap(*bp) {
+				// Larger than any packet: not from a peer.
+				packetPool.Put(bp)
+				ds.strange.Add(1)
+				continue
+			}
+			c.directDatagram(bp, copy((*bp)[:cap(*bp)], d), from)
+		}
+	}
+}
+
+// directDatagram handles a datagram of n bytes, read into *bp, which it
+// takes.
+func (c *Conn) directDatagram(bp *[]byte, n int, from netip.AddrPort) {
+	ds := c.ds
+	b := (*bp)[:n]
+	if n > 0 && b[0]&0x40 != 0 {
+		// A QUIC packet: from a peer only if it proved this address.
+		if d := (*ds.routes.Load())[from]; d != nil {
+			c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
+			return
+		}
+		ds.dropped.Add(1)
+		packetPool.Put(bp)
+		return
+	}
+	c.directMessage(b, from)
+	packetPool.Put(bp)
+}
+
+// directMessage handles a datagram that is not a QUIC packet.
 func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 	ds := c.ds
 	if len(b) == 0 {

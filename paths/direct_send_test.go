@@ -156,3 +156,60 @@ func TestDirectFlush(t *testing.T) {
 		}
 	}
 }
+
+// TestCoalescedRead: a burst sent as one segmented send reaches a
+// coalescing socket as one read, whose segments are the packets sent;
+// each is handled as a datagram of its own.
+func TestCoalescedRead(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("coalescing is Linux's")
+	}
+	rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	if !enableCoalescing(rx) {
+		t.Fatal("the socket does not coalesce")
+	}
+	tx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	var sent []byte
+	for i := range 11 {
+		size := MaxDirectPacket
+		if i == 10 {
+			size = 600
+		}
+		sent = append(sent, bytes.Repeat([]byte{0x40 | byte(i)}, size)...)
+	}
+	if err := writeSegmented(tx, sent, MaxDirectPacket, rx.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	b, oob := make([]byte, 1<<16), make([]byte, oobLen)
+	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got [][]byte
+	for len(got) < 11 {
+		n, seg, from, err := readCoalesced(rx, b, oob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from != tx.LocalAddr().(*net.UDPAddr).AddrPort() {
+			t.Fatalf("from %v", from)
+		}
+		t.Logf("read of %d bytes in segments of %d", n, seg)
+		for off := 0; off < n; off += seg {
+			got = append(got, bytes.Clone(b[off:min(off+seg, n)]))
+		}
+	}
+	if len(got) != 11 || len(got[10]) != 600 {
+		t.Fatalf("%d datagrams, the last of %d bytes", len(got), len(got[len(got)-1]))
+	}
+	for i, d := range got {
+		if !bytes.Equal(d, bytes.Repeat([]byte{0x40 | byte(i)}, len(d))) || i < 10 && len(d) != MaxDirectPacket {
+			t.Fatalf("datagram %d: %d bytes of % x...", i, len(d), d[:2])
+		}
+	}
+}

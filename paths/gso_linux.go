@@ -51,3 +51,65 @@ func writeSegmented(u *net.UDPConn, b []byte, size int, addr netip.AddrPort) err
 	}
 	return err
 }
+
+// enableCoalescing asks the kernel to hand u's datagrams of a burst over
+// in one read, as one buffer of equal segments (Linux 5.0 and later:
+// UDP_GRO), and reports whether it will.
+func enableCoalescing(u UDPConn) bool {
+	uc, ok := u.(*net.UDPConn)
+	if !ok {
+		return false
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	}); err != nil {
+		return false
+	}
+	return serr == nil
+}
+
+// oobLen is room for the control messages of a coalesced read.
+const oobLen = 64
+
+// readCoalesced reads into b what may be several datagrams of one sender,
+// each seg bytes long but the last; seg is n when the read holds one.
+func readCoalesced(u *net.UDPConn, b, oob []byte) (n, seg int, from netip.AddrPort, err error) {
+	n, oobn, _, from, err := u.ReadMsgUDPAddrPort(b, oob)
+	if err != nil {
+		return 0, 0, from, err
+	}
+	seg = segmentSize(oob[:oobn])
+	if seg <= 0 || seg > n {
+		seg = n
+	}
+	return n, seg, from, nil
+}
+
+// segmentSize returns the segment size a UDP_GRO control message in oob
+// gives, or 0.
+func segmentSize(oob []byte) int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.CmsgLen(0) || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO {
+			data := oob[unix.CmsgLen(0):l]
+			switch {
+			case len(data) >= 4:
+				return int(int32(binary.NativeEndian.Uint32(data)))
+			case len(data) >= 2:
+				return int(binary.NativeEndian.Uint16(data))
+			}
+			return 0
+		}
+		oob = oob[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(oob)):]
+	}
+	return 0
+}

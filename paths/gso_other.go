@@ -15,3 +15,12 @@ func canSegment(UDPConn) bool { return false }
 var errNoSegmenting = errors.New("paths: UDP segmentation unsupported")
 
 func writeSegmented(*net.UDPConn, []byte, int, netip.AddrPort) error { return errNoSegmenting }
+
+// enableCoalescing: only Linux coalesces received datagrams here.
+func enableCoalescing(UDPConn) bool { return false }
+
+const oobLen = 0
+
+func readCoalesced(*net.UDPConn, []byte, []byte) (int, int, netip.AddrPort, error) {
+	return 0, 0, netip.AddrPort{}, errNoSegmenting
+}
