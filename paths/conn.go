@@ -9,7 +9,10 @@
 // starts a [Direct] for it, which looks for a direct path by hole punching,
 // moves the peer's packets onto it when a probe crosses, and back to the
 // relay when probes stop crossing. The session above sees the same peer
-// address throughout and notices nothing.
+// address throughout and notices nothing. On both paths packets travel in
+// batches: a TLS record to the relay holds a burst of them, and the direct
+// socket sends and receives a burst with one system call where the kernel
+// segments and coalesces UDP (see direct_send.go).
 package paths
 
 import (
