@@ -13,6 +13,15 @@ import (
 // canSegment reports whether the kernel segments UDP sends on u (Linux
 // 4.18 and later: UDP_SEGMENT).
 func canSegment(u UDPConn) bool {
+	return onSocket(u, func(fd int) error {
+		_, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		return err
+	})
+}
+
+// onSocket runs f on u's file descriptor, if u is a system socket, and
+// reports whether it succeeded.
+func onSocket(u UDPConn, f func(fd int) error) bool {
 	uc, ok := u.(*net.UDPConn)
 	if !ok {
 		return false
@@ -21,13 +30,11 @@ func canSegment(u UDPConn) bool {
 	if err != nil {
 		return false
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		_, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
-	}); err != nil {
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
 		return false
 	}
-	return serr == nil
+	return ferr == nil
 }
 
 // errNoSegmenting: the kernel refused to segment a send.
@@ -56,21 +63,9 @@ func writeSegmented(u *net.UDPConn, b []byte, size int, addr netip.AddrPort) err
 // in one read, as one buffer of equal segments (Linux 5.0 and later:
 // UDP_GRO), and reports whether it will.
 func enableCoalescing(u UDPConn) bool {
-	uc, ok := u.(*net.UDPConn)
-	if !ok {
-		return false
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
-	}); err != nil {
-		return false
-	}
-	return serr == nil
+	return onSocket(u, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	})
 }
 
 // oobLen is room for the control messages of a coalesced read.

@@ -97,6 +97,16 @@ func (g *stateRig) pair(inv pairing.Invite) (*identity.Identity, error) {
 	}
 }
 
+// paired pairs a new client under name with a new invite.
+func (g *stateRig) paired(name string) *identity.Identity {
+	g.t.Helper()
+	id, err := g.pair(g.invite(name))
+	if err != nil {
+		g.t.Fatalf("pair %s: %v", name, err)
+	}
+	return id
+}
+
 // works checks that each client opens a working tunnel, in a session of
 // its own that it then closes (so that the device records when it was last
 // seen).
@@ -250,10 +260,7 @@ func TestStateDirFull(t *testing.T) {
 	}
 	dir := mountns.Tmpfs(t, 1<<20)
 	g := newStateRig(t, dir)
-	alice, err := g.pair(g.invite("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	alice := g.paired("alice")
 	var early []pairing.Invite
 	for range 20 {
 		early = append(early, g.invite(""))
@@ -332,10 +339,7 @@ func TestStateDirFailsReadOnly(t *testing.T) {
 	}
 	fs := mountns.NewExt4(t, 4<<20)
 	g := newStateRig(t, fs.Dir)
-	alice, err := g.pair(g.invite("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	alice := g.paired("alice")
 	pre := g.invite("pre")
 	fs.Fail()
 
@@ -364,10 +368,7 @@ func TestStateDirFailsReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the invite made before the failure: %v", err)
 	}
-	carol, err := g.pair(g.invite("carol"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	carol := g.paired("carol")
 	g.hasUsers(alice, bob, carol)
 	g.works(alice, bob, carol, g.fixed)
 	g.stop()
@@ -384,10 +385,7 @@ func TestStateDirReadOnlyAtStart(t *testing.T) {
 	}
 	dir := mountns.Tmpfs(t, 1<<20)
 	g := newStateRig(t, dir)
-	alice, err := g.pair(g.invite("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	alice := g.paired("alice")
 	pre := g.invite("pre")
 	g.stop()
 	mountns.Remount(t, dir, true)
@@ -421,14 +419,8 @@ func TestRevokeOnReadOnlyState(t *testing.T) {
 	}
 	dir := mountns.Tmpfs(t, 1<<20)
 	g := newStateRig(t, dir)
-	alice, err := g.pair(g.invite("alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bob, err := g.pair(g.invite("bob"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	alice := g.paired("alice")
+	bob := g.paired("bob")
 	g.stop()
 	mountns.Remount(t, dir, true)
 	g.restart()
