@@ -54,6 +54,7 @@ type options struct {
 	only     string        // comma-separated steps to run; empty runs all
 	profile  string        // directory for CPU profiles of the burrow processes
 	soak     time.Duration // run the soak test this long instead (scripts/soak)
+	direct   bool          // the soak's session goes direct rather than staying on the relay
 }
 
 func main() {
@@ -67,6 +68,7 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices, flood)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
 	flag.DurationVar(&o.soak, "soak", 0, "run the soak test for this long instead of the benchmark (scripts/soak)")
+	flag.BoolVar(&o.direct, "soak-direct", false, "the soak's session goes direct (over loopback) rather than staying on the relay")
 	flag.Parse()
 	if o.soak > 0 {
 		if err := soak(o); err != nil {

@@ -77,12 +77,16 @@ func soak(o options) error {
 	}
 	defer b.close()
 
-	step("relay, device and connect (the session stays on the relay)")
+	path := "the session stays on the relay"
+	if o.direct {
+		path = "the session goes direct over loopback"
+	}
+	step("relay, device and connect (" + path + ")")
 	s, err := b.startAgents()
 	if err != nil {
 		return err
 	}
-	c, err := b.connect(s, "echo", false)
+	c, err := b.connect(s, "echo", o.direct)
 	if err != nil {
 		return err
 	}
@@ -97,6 +101,12 @@ func soak(o options) error {
 
 	run.load = startLoad(c.addr)
 	start := time.Now()
+	if o.direct {
+		if _, err := c.p.waitFor(reDirect, 15*time.Second); err != nil {
+			run.load.stop()
+			return fmt.Errorf("the session did not go direct: %w", err)
+		}
+	}
 	var sampleErr error
 	run.header(os.Stderr)
 	for i := 0; ; i++ {
@@ -119,7 +129,7 @@ func soak(o options) error {
 	}
 	loadErr := run.load.stop()
 
-	fmt.Printf("\nburrow soak, %s, %v (sampled every %v)\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), o.soak, interval)
+	fmt.Printf("\nburrow soak, %s, %v (sampled every %v; %s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), o.soak, interval, path)
 	run.header(os.Stdout)
 	for _, sm := range run.samples {
 		run.row(os.Stdout, sm)
