@@ -204,7 +204,8 @@ func goroutines(addr string) (int, map[string]int, error) {
 // parseGoroutines parses a goroutine profile in its debug=1 form: a
 // total, then blocks of "N @ addresses" followed by one "#" line per
 // frame, innermost first. It returns the number of goroutines, leaving
-// out those serving the profile, and how many there are of each kind: a
+// out those serving the profile and the pooled ones, and how many there
+// are of each kind: a
 // goroutine's kind is the outermost function of this module on its stack
 // (where it was started, whatever it is doing now), else its outermost
 // function.
@@ -249,11 +250,21 @@ func parseGoroutines(text string) (int, map[string]int, error) {
 			}
 		}
 		kinds[kind] += k
+		if pooled[kind] {
+			n -= k
+		}
 	}
 	return n, kinds, nil
 }
 
 const module = "github.com/burrow-tunnel/burrow/"
+
+// pooled are the kinds of goroutines that come and go by design, and are
+// left out of the count (not out of the kinds): the relay's writers
+// (relay/queue.go), one for each send queue being written, each gone after
+// a second without work. Whether one is alive at a sample depends on when
+// an idle agent's keepalive last passed.
+var pooled = map[string]bool{module + "relay.(*writers).loop": true}
 
 // servesProfile reports whether a goroutine running function f serves the
 // profile's request: the handler, or its connection's background read.

@@ -7,7 +7,7 @@ import (
 )
 
 func TestParseGoroutines(t *testing.T) {
-	const profile = "goroutine profile: total 7\n" +
+	const profile = "goroutine profile: total 8\n" +
 		"2 @ 0x48ea4e 0x4500f7\n" +
 		"#\t0x48dc24\tinternal/poll.runtime_pollWait+0x84\t\t\t\t\truntime/netpoll.go:351\n" +
 		"#\t0x4fde66\tinternal/poll.(*pollDesc).wait+0x26\t\t\t\t\tinternal/poll/fd_poll_runtime.go:84\n" +
@@ -29,16 +29,22 @@ func TestParseGoroutines(t *testing.T) {
 		"# labels: {\"a\":\"b\"}\n" +
 		"\n" +
 		"1 @ 0x4963c1\n" +
+		"\n" +
+		"1 @ 0x48ea4e\n" +
+		"#\t0x6629a5\truntime.selectgo+0x1\t\truntime/select.go:1\n" +
+		"#\t0x6629a5\tgithub.com/burrow-tunnel/burrow/relay.(*writers).loop+0x1\t\trelay/queue.go:1\n" +
 		"\n"
 	n, kinds, err := parseGoroutines(profile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The profile's own two goroutines are left out.
+	// The profile's own two goroutines are left out, and the pooled
+	// writer from the count only.
 	want := map[string]int{
-		"github.com/burrow-tunnel/burrow/relay.(*session).run": 2,
-		"net/http.(*Server).Serve":                             2,
-		"(no frames: starting or ending)":                      1,
+		"github.com/burrow-tunnel/burrow/relay.(*session).run":  2,
+		"net/http.(*Server).Serve":                              2,
+		"(no frames: starting or ending)":                       1,
+		"github.com/burrow-tunnel/burrow/relay.(*writers).loop": 1,
 	}
 	if n != 5 || !maps.Equal(kinds, want) {
 		t.Fatalf("got %d, %v; want 5, %v", n, kinds, want)
