@@ -134,7 +134,7 @@ func soak(o options) error {
 	for _, sm := range run.samples {
 		run.row(os.Stdout, sm)
 	}
-	fmt.Printf("\n(RSS in MiB; goroutines less those serving the profile. Each sample is taken with the short\ntunnels paused for %v; the long stream flows.)\n", soakSettle)
+	fmt.Printf("\n(RSS in MiB; goroutines less those serving the profile, starting or ending, or pooled. Each\nsample is taken with the short tunnels paused for %v; the long stream flows.)\n", soakSettle)
 	fmt.Printf("load: %d short tunnels, %d of them failed; the long stream carried %.0f MiB\n",
 		run.load.tunnels.Load(), run.load.failures.Load(), float64(run.load.streamed.Load())/(1<<20))
 
@@ -204,8 +204,8 @@ func goroutines(addr string) (int, map[string]int, error) {
 // parseGoroutines parses a goroutine profile in its debug=1 form: a
 // total, then blocks of "N @ addresses" followed by one "#" line per
 // frame, innermost first. It returns the number of goroutines, leaving
-// out those serving the profile and the pooled ones, and how many there
-// are of each kind: a
+// out those serving the profile and the transient ones, and how many
+// there are of each kind: a
 // goroutine's kind is the outermost function of this module on its stack
 // (where it was started, whatever it is doing now), else its outermost
 // function.
@@ -239,7 +239,7 @@ func parseGoroutines(text string) (int, map[string]int, error) {
 			n -= k
 			continue
 		}
-		kind := "(no frames: starting or ending)"
+		kind := noFrames
 		if len(funcs) > 0 {
 			kind = funcs[len(funcs)-1]
 		}
@@ -250,7 +250,7 @@ func parseGoroutines(text string) (int, map[string]int, error) {
 			}
 		}
 		kinds[kind] += k
-		if pooled[kind] {
+		if transient[kind] {
 			n -= k
 		}
 	}
@@ -259,12 +259,16 @@ func parseGoroutines(text string) (int, map[string]int, error) {
 
 const module = "github.com/burrow-tunnel/burrow/"
 
-// pooled are the kinds of goroutines that come and go by design, and are
-// left out of the count (not out of the kinds): the relay's writers
-// (relay/queue.go), one for each send queue being written, each gone after
-// a second without work. Whether one is alive at a sample depends on when
-// an idle agent's keepalive last passed.
-var pooled = map[string]bool{module + "relay.(*writers).loop": true}
+// transient are the kinds of goroutines that come and go by design, and
+// are left out of the count (not out of the kinds): those starting or
+// ending as the profile is taken (a leaked goroutine waits somewhere, with
+// frames), and the relay's writers (relay/queue.go), one for each send
+// queue being written, each gone after a second without work. Whether one
+// of them is alive at a sample depends on when an idle agent's keepalive
+// last passed.
+var transient = map[string]bool{noFrames: true, module + "relay.(*writers).loop": true}
+
+const noFrames = "(no frames: starting or ending)"
 
 // servesProfile reports whether a goroutine running function f serves the
 // profile's request: the handler, or its connection's background read.
