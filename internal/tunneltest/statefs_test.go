@@ -65,6 +65,15 @@ func (g *stateRig) restart() {
 	g.d = StartDevice(g.t, g.r, g.cfg)
 }
 
+// restartReadOnly stops the device, remounts its state directory
+// read-only, and starts the device again on it.
+func (g *stateRig) restartReadOnly() {
+	g.t.Helper()
+	g.stop()
+	mountns.Remount(g.t, g.cfg.StateDir, true)
+	g.d = StartDevice(g.t, g.r, g.cfg)
+}
+
 func (g *stateRig) stop() {
 	g.t.Helper()
 	if err := g.d.Close(); err != nil {
@@ -387,10 +396,7 @@ func TestStateDirReadOnlyAtStart(t *testing.T) {
 	g := newStateRig(t, dir)
 	alice := g.paired("alice")
 	pre := g.invite("pre")
-	g.stop()
-	mountns.Remount(t, dir, true)
-
-	g.restart()
+	g.restartReadOnly()
 	g.hasUsers(alice)
 	g.works(alice, g.fixed)
 	g.inviteFails(device.ErrStateReadOnly, "read-only")
@@ -421,9 +427,7 @@ func TestRevokeOnReadOnlyState(t *testing.T) {
 	g := newStateRig(t, dir)
 	alice := g.paired("alice")
 	bob := g.paired("bob")
-	g.stop()
-	mountns.Remount(t, dir, true)
-	g.restart()
+	g.restartReadOnly()
 
 	bc := StartClient(t, g.r, bob)
 	tun, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp")
