@@ -84,6 +84,28 @@ func (e *NotAllowedError) Error() string {
 // Is makes a NotAllowedError match [session.ErrNotAuthorized].
 func (e *NotAllowedError) Is(target error) bool { return target == session.ErrNotAuthorized }
 
+// ErrUnreachable is matched by every [*UnreachableError].
+var ErrUnreachable = errors.New("device unreachable")
+
+// An UnreachableError reports that the relay does not route this client to
+// the device and does not say why: the device is offline, or it has not
+// allowed this client. A relay tells the difference (and when the device
+// was last seen) only to clients the device allowed, so that a stranger
+// learns nothing of it.
+type UnreachableError struct {
+	Device identity.ID
+	Relay  string
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("device %s is unreachable through relay %s: it is offline, or it has not authorized this client (the relay does not say which to a client the device has not allowed). "+
+		"If you paired with it, check that it runs and is attached (burrow device status) and that you were not revoked; if not, ask its owner for an invite (burrow pair)",
+		e.Device.Short(), e.Relay)
+}
+
+// Is makes an UnreachableError match [ErrUnreachable].
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
+
 // A Client is a running receiver. Create it with [New]; it is safe for
 // concurrent use.
 type Client struct {
@@ -185,6 +207,8 @@ func (c *Client) peerGone(g paths.PeerGone) {
 		err = &OfflineError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr, LastSeen: g.LastSeen}
 	case relayproto.GoneNotAuthorized:
 		err = &NotAllowedError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr}
+	case relayproto.GoneUnreachable:
+		err = &UnreachableError{Device: g.Peer.ID, Relay: c.cfg.Relay.Addr}
 	default:
 		err = fmt.Errorf("relay %s will not route to device %s (%s)", c.cfg.Relay.Addr, g.Peer.ID.Short(), g.Reason)
 	}

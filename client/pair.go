@@ -36,6 +36,10 @@ func (c *Client) Pair(ctx context.Context, inv pairing.Invite) (Paired, error) {
 		if _, ok := errors.AsType[*NotAllowedError](err); ok {
 			return Paired{}, fmt.Errorf("device %s has no pending invite with this secret at relay %s: it expired, was used, or was never made by this device", inv.Device.Short(), inv.Relay)
 		}
+		if _, ok := errors.AsType[*UnreachableError](err); ok {
+			return Paired{}, fmt.Errorf("%w: device %s is offline, or has no pending invite with this secret at relay %s (it expired, was used, or was never made by this device); the relay does not say which",
+				ErrUnreachable, inv.Device.Short(), inv.Relay)
+		}
 		return Paired{}, err
 	}
 	rep, err := s.Pair(ctx, inv.Secret[:])

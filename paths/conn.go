@@ -236,6 +236,10 @@ type Conn struct {
 
 	recvq chan inPacket
 	cur   atomic.Pointer[relaySession] // nil while detached
+	// wanted wakes an attach loop that waits for a reason to attach (after
+	// the relay closed an unused client session): a packet to send, or a
+	// wait for attachment.
+	wanted chan struct{}
 
 	mu      sync.Mutex
 	status  Status        // guarded by mu
@@ -295,6 +299,7 @@ func Listen(cfg Config) (*Conn, error) {
 		log:          cfg.Logger,
 		instance:     binary.BigEndian.Uint64(inst[:]) | 1, // never 0
 		recvq:        make(chan inPacket, cfg.QueueLen),
+		wanted:       make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 		readDeadline: makeDeadline(),
 		peers:        make(map[Addr]*peer),
@@ -355,6 +360,7 @@ func (c *Conn) setStatus(f func(*Status)) {
 // keeps retrying in the background all the same.
 func (c *Conn) WaitAttached(ctx context.Context) error {
 	for {
+		c.want()
 		c.mu.Lock()
 		st, ch := c.status, c.changed
 		c.mu.Unlock()
@@ -374,6 +380,14 @@ func (c *Conn) WaitAttached(ctx context.Context) error {
 			}
 			return fmt.Errorf("not attached to relay %s yet: %w", c.cfg.Relay.Addr, context.Cause(ctx))
 		}
+	}
+}
+
+// want tells the attach loop that the relay is wanted now.
+func (c *Conn) want() {
+	select {
+	case c.wanted <- struct{}{}:
+	default:
 	}
 }
 
@@ -409,6 +423,9 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 	}
 	rs := c.cur.Load()
+	if rs == nil {
+		c.want()
+	}
 	if rs == nil || !rs.send(relayproto.Addr(dst), b) {
 		c.dropped.Add(1)
 		return len(b), nil

@@ -54,10 +54,15 @@ func (e *UntrustedRelayError) Unwrap() error { return e.Err }
 
 // isPermanent reports whether err is an attach failure that retrying alone
 // will not fix: someone has to change a configuration somewhere. A relay
-// that is overloaded or shutting down (draining) refuses only for now.
+// that is overloaded, shutting down (draining) or holding as many sessions
+// from this address as it takes refuses only for now.
 func isPermanent(err error) bool {
 	if refused, ok := errors.AsType[*RefusedError](err); ok {
-		return refused.Code != relayproto.RefuseOverloaded && refused.Code != relayproto.RefuseShuttingDown
+		switch refused.Code {
+		case relayproto.RefuseOverloaded, relayproto.RefuseShuttingDown, relayproto.RefuseTooMany:
+			return false
+		}
+		return true
 	}
 	var untrusted *UntrustedRelayError
 	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted)
@@ -125,6 +130,16 @@ func (c *Conn) attachLoop() {
 		}
 		wait := b.next()
 		switch ga := rs.goAway.Load(); {
+		case ga != nil && ga.Reason == relayproto.GoAwayUnused:
+			// No device on the relay allows this client: it is of no use
+			// there until it has something to send (a tunnel to open, a
+			// packet of a session), or, to keep its status fresh, until
+			// the relay's wait is over.
+			b.reset()
+			c.log.Info("relay closed this client's session: no device there allows it now; attaching again when there is something to send",
+				"retry_in", (time.Duration(ga.RetryAfterMillis) * time.Millisecond).String())
+			c.waitWanted(time.Duration(ga.RetryAfterMillis) * time.Millisecond)
+			continue
 		case ga != nil:
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
 		case c.cfg.ReattachSpread > 0 && !errors.Is(err, errRelayIdle):
@@ -149,6 +164,22 @@ func (c *Conn) spread(from float64) time.Duration {
 	s := c.cfg.ReattachSpread
 	lo := time.Duration(from * float64(s))
 	return lo + rand.N(s-lo)
+}
+
+// waitWanted waits until the relay is wanted (see Conn.want), d has
+// passed or the Conn closes. Wants from before the call do not count.
+func (c *Conn) waitWanted(d time.Duration) {
+	select {
+	case <-c.wanted:
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.wanted:
+	case <-t.C:
+	case <-c.ctx.Done():
+	}
 }
 
 func (c *Conn) sleep(d time.Duration) {

@@ -254,8 +254,8 @@ func TestClosingRelaySaysNothingOfPeers(t *testing.T) {
 	}
 	src := &session{srv: srv, role: relayproto.RoleClient}
 	dst := relayproto.Addr{ID: newIdentity(t).ID()}
-	if _, gone := srv.route(src, dst); gone.Reason != relayproto.GoneOffline {
-		t.Fatalf("open relay, absent device: %+v, want offline", gone)
+	if _, gone := srv.route(src, dst); gone.Reason != relayproto.GoneUnreachable {
+		t.Fatalf("open relay, absent device: %+v, want unreachable", gone)
 	}
 	srv.Close()
 	if to, gone := srv.route(src, dst); to != nil || gone != (relayproto.PeerGone{}) {

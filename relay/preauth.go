@@ -42,13 +42,23 @@ func newPreauth(timeout time.Duration, perIP, max int) *preauth {
 }
 
 // ipKey is the address connections are counted under: the IPv4 address, or
-// the /64 of an IPv6 one (a host usually holds a whole /64).
+// the /64 of an IPv6 one (a host usually holds a whole /64). It is not
+// valid if a is not an IP address.
 func ipKey(a net.Addr) netip.Addr {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
+	var ip netip.Addr
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case nil:
 		return netip.Addr{}
+	default:
+		// Another network's address ("host:port" if it has one).
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil {
+			return netip.Addr{}
+		}
+		ip = ap.Addr()
 	}
-	ip, _ := netip.AddrFromSlice(ta.IP)
 	ip = ip.Unmap()
 	if ip.Is6() {
 		p, _ := ip.Prefix(64)

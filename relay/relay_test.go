@@ -69,7 +69,17 @@ type agent struct {
 // connect opens TLS and sends the upgrade, without a hello.
 func connect(t testing.TB, addr string) *agent {
 	t.Helper()
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	return connectFrom(t, "", addr)
+}
+
+// connectFrom is connect from the loopback address local ("": any).
+func connectFrom(t testing.TB, local, addr string) *agent {
+	t.Helper()
+	d := &net.Dialer{}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +138,13 @@ func (a *agent) read() (relayproto.FrameType, []byte) {
 // attach connects and authenticates as id with role.
 func attach(t testing.TB, addr string, id *identity.Identity, role relayproto.Role) *agent {
 	t.Helper()
-	a := connect(t, addr)
+	return attachFrom(t, "", addr, id, role)
+}
+
+// attachFrom is attach from the loopback address local.
+func attachFrom(t testing.TB, local, addr string, id *identity.Identity, role relayproto.Role) *agent {
+	t.Helper()
+	a := connectFrom(t, local, addr)
 	a.hello(id, role, 1, 1, a.exporter())
 	if typ, p := a.read(); typ != relayproto.FrameServerHello {
 		f, _ := relayproto.ParseRefuse(p)
@@ -252,19 +268,20 @@ func TestRouting(t *testing.T) {
 	if typ != relayproto.FrameRecvPacket || string(got) != "back" || src != (relayproto.Addr{ID: devID.ID()}) {
 		t.Fatalf("client got %s from %v: %q", typ, src, got)
 	}
-	// To a device that is not attached: peer-gone, offline.
+	// To a device that is not attached, and never allowed the client:
+	// peer-gone, unreachable.
 	absent := newIdentity(t).ID()
 	cli.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: absent}), pkt...))
 	typ, p = cli.read()
 	g, err := relayproto.ParsePeerGone(p)
-	if typ != relayproto.FramePeerGone || err != nil || g.Peer.ID != absent || g.Reason != relayproto.GoneOffline {
+	if typ != relayproto.FramePeerGone || err != nil || g.Peer.ID != absent || g.Reason != relayproto.GoneUnreachable {
 		t.Fatalf("to an absent device: %s %+v %v", typ, g, err)
 	}
 	// Client → client is not routed.
 	other := attach(t, addr, newIdentity(t), relayproto.RoleClient)
 	cli.write(relayproto.FrameSendPacket, append(relayproto.AppendAddr(nil, relayproto.Addr{ID: other.id.ID(), Instance: 7}), pkt...))
 	typ, p = cli.read()
-	if g, _ := relayproto.ParsePeerGone(p); typ != relayproto.FramePeerGone || g.Reason != relayproto.GoneNotAllowed {
+	if g, _ := relayproto.ParsePeerGone(p); typ != relayproto.FramePeerGone || g.Reason != relayproto.GoneUnreachable {
 		t.Fatalf("client to client: %s %+v", typ, g)
 	}
 	if st := srv.Stats(); st.Devices != 1 || st.Clients != 2 || st.PacketsForwarded != 2 || st.PeerGone != 2 {
@@ -542,7 +559,7 @@ func TestGating(t *testing.T) {
 
 	// The device attached with an empty list: no one gets through.
 	friend.sendTo(devID.ID(), "early")
-	friend.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	friend.expectGone(devID.ID(), relayproto.GoneUnreachable)
 
 	// A list across two frames: the friend and an invite token.
 	token := [32]byte{42}
@@ -560,12 +577,12 @@ func TestGating(t *testing.T) {
 		t.Fatalf("device got %s %q", typ, p)
 	}
 	stranger.sendTo(devID.ID(), "let me in")
-	stranger.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	stranger.expectGone(devID.ID(), relayproto.GoneUnreachable)
 
 	// A wrong token does not help; the listed one does.
 	pairer.write(relayproto.FramePairIntent, relayproto.AppendPairIntent(nil, relayproto.PairIntent{Device: devID.ID(), Token: [32]byte{7}}))
 	pairer.sendTo(devID.ID(), "guess")
-	pairer.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	pairer.expectGone(devID.ID(), relayproto.GoneUnreachable)
 	pairer.write(relayproto.FramePairIntent, relayproto.AppendPairIntent(nil, relayproto.PairIntent{Device: devID.ID(), Token: token}))
 	pairer.sendTo(devID.ID(), "pairing")
 	if typ, p := dev.read(); typ != relayproto.FrameRecvPacket || !strings.HasSuffix(string(p), "pairing") {
@@ -576,7 +593,7 @@ func TestGating(t *testing.T) {
 	// paired) is in, the invite is gone.
 	dev.allow(pairerID)
 	friend.sendTo(devID.ID(), "still?")
-	friend.expectGone(devID.ID(), relayproto.GoneNotAuthorized)
+	friend.expectGone(devID.ID(), relayproto.GoneUnreachable)
 	pairer.sendTo(devID.ID(), "paired")
 	if typ, p := dev.read(); typ != relayproto.FrameRecvPacket || !strings.HasSuffix(string(p), "paired") {
 		t.Fatalf("device got %s %q", typ, p)
@@ -729,5 +746,81 @@ func TestUDPBindingIsNoReflector(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the token of an ended session is still answered")
 		}
+	}
+}
+
+// TestRemovedDeviceStaysRemoved: a removed device that presents the token
+// it enrolled with (uses left) is refused, not enrolled again; other
+// devices may still use that token, and a token issued after the removal
+// enrolls the device again.
+func TestRemovedDeviceStaysRemoved(t *testing.T) {
+	st, err := OpenStore(filepath.Join(t.TempDir(), "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, addr := serve(t, Config{AllowDevice: st.Enrolled, Enroll: st.Enroll})
+	token, err := st.CreateToken(3, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := func(id *identity.Identity, token string) *agent {
+		a := connect(t, addr)
+		h := relayproto.ClientHello{MinVersion: 1, MaxVersion: 1, Role: relayproto.RoleDevice, Instance: 1, PublicKey: id.PublicKey(),
+			Extensions: []relayproto.Extension{{Type: relayproto.ExtEnrollToken, Value: []byte(token)}}}
+		a.write(relayproto.FrameClientHello, relayproto.AppendClientHello(nil, h, a.exporter(), id.Sign))
+		a.write(relayproto.FrameAccess, relayproto.AppendAccess(nil, relayproto.AccessFirst|relayproto.AccessLast, nil))
+		return a
+	}
+	dev := newIdentity(t)
+	first := hello(dev, token)
+	if typ, _ := first.read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("enrollment: got %s", typ)
+	}
+	// The operator removes it, as the admin API does.
+	if err := st.Remove(dev.ID()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Disconnect(dev.ID())
+	if ga := first.expectGoAway(5 * time.Second); ga.Reason != relayproto.GoAwayRemoved {
+		t.Fatalf("go-away %+v", ga)
+	}
+	// It comes straight back with the token of its configuration.
+	if f := hello(dev, token).refusal(); f.Code != relayproto.RefuseNotAllowed || !strings.Contains(f.Message, "before this device was removed") {
+		t.Fatalf("removed device with its old token: %+v", f)
+	}
+	if st.Enrolled(dev.ID()) {
+		t.Fatal("the removed device is enrolled again")
+	}
+	// The token's other uses still serve other devices.
+	if typ, _ := hello(newIdentity(t), token).read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("another device with the token: got %s", typ)
+	}
+	// A token made after the removal brings the device back.
+	time.Sleep(time.Millisecond)
+	fresh, err := st.CreateToken(1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typ, _ := hello(dev, fresh).read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("removed device with a new token: got %s", typ)
+	}
+}
+
+// TestTokenLifetime: a token's lifetime must be more than zero; zero or a
+// negative duration is an error, not a token that never expires.
+func TestTokenLifetime(t *testing.T) {
+	st, err := OpenStore(filepath.Join(t.TempDir(), "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, ttl := range []time.Duration{0, -time.Hour, -time.Nanosecond} {
+		if tok, err := st.CreateToken(1, ttl); err == nil || !strings.Contains(err.Error(), "more than 0") {
+			t.Errorf("ttl %v: token %q, error %v", ttl, tok, err)
+		}
+	}
+	if _, err := st.CreateToken(1, time.Minute); err != nil {
+		t.Fatal(err)
 	}
 }

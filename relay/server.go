@@ -94,6 +94,24 @@ type Config struct {
 	// Zero means 10,000. (Only for [Server.Serve]'s own listener.)
 	MaxPending int
 
+	// MaxClients bounds the client sessions attached at once, from all
+	// addresses; past it a client is refused as overloaded. Devices are
+	// not counted: clients, which need no enrollment and so can be made
+	// by anyone, never take a device's place. Zero means 10,000.
+	MaxClients int
+
+	// MaxClientsPerIP bounds the client sessions of one address (an IPv6
+	// /64); past it a client is refused with [relayproto.RefuseTooMany].
+	// Zero means 256.
+	MaxClientsPerIP int
+
+	// ClientGrace is how long a client session may stay attached while no
+	// attached device allows it (names it in its access list, or lists
+	// the invite of one of its pairing intents): then the relay closes it
+	// with [relayproto.GoAwayUnused], and the client comes back when it
+	// has something to send. Zero means 20s; negative means never.
+	ClientGrace time.Duration
+
 	// DrainQuiet ends a drain ([Server.Shutdown]) early once no packet has
 	// been forwarded for this long: whatever tunnels are still open are
 	// idle. Zero means 5s; negative means only the drain's context, or the
@@ -105,8 +123,9 @@ func (c *Config) validate() error {
 	if c.Identity == nil {
 		return errors.New("relay: Config.Identity is required")
 	}
-	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 || c.MaxPendingPerIP < 0 || c.MaxPending < 0 {
-		return errors.New("relay: negative duration or queue length in Config")
+	if c.KeepAlive < 0 || c.HandshakeTimeout < 0 || c.SendQueueLen < 0 || c.MaxPendingPerIP < 0 || c.MaxPending < 0 ||
+		c.MaxClients < 0 || c.MaxClientsPerIP < 0 {
+		return errors.New("relay: negative duration, queue length or limit in Config")
 	}
 	return nil
 }
@@ -116,6 +135,8 @@ type Stats struct {
 	Devices, Clients int    // attached now
 	Pending          int    // connections of Serve's that have not authenticated yet
 	Replaced         uint64 // sessions replaced by a newer one of the same agent
+	ClientsRefused   uint64 // clients refused for a limit (per address or in all)
+	ClientsUnused    uint64 // client sessions closed because no device allowed them
 	PacketsForwarded uint64 // delivered to a destination's queue
 	BytesForwarded   uint64 // packet bytes delivered
 	PacketsDropped   uint64 // dropped because a queue was full
@@ -133,6 +154,7 @@ type Server struct {
 	hsTimeout time.Duration
 	queueLen  int
 	quiet     time.Duration // DrainQuiet; 0 if off
+	clientLim clientLimits
 
 	wg sync.WaitGroup // every goroutine the server started
 
@@ -142,18 +164,29 @@ type Server struct {
 	closedCh  chan struct{}                // closed by Close
 	devices   map[identity.ID]*session     // guarded by mu
 	clients   map[relayproto.Addr]*session // guarded by mu
-	lastSeen  map[identity.ID]time.Time    // devices that detached; guarded by mu
+	lastSeen  map[identity.ID]offline      // devices that detached; guarded by mu
 	https     map[*http.Server]struct{}    // from Serve; guarded by mu
 	pending   map[net.Conn]struct{}        // hijacked, not yet attached; guarded by mu
 	pre       *preauth                     // bounds Serve's connections until they attach
 	flaps     map[identity.ID][]time.Time  // recent replacements of each device; guarded by mu
-	udpTokens map[[16]byte]*session        // binding tokens; guarded by mu
+	udpTokens map[[16]byte]*udpGrant       // binding tokens; guarded by mu
 	udps      map[net.PacketConn]struct{}  // from ServeUDP; guarded by mu
+	clientsIP map[netip.Addr]int           // client sessions per address; guarded by mu
+	allowedBy map[identity.ID]int          // client → attached devices listing it; guarded by mu
+	sweeping  bool                         // sweepClients runs; guarded by mu
 
 	writers *writers // write every session's send queue
 
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
 	udpAnswered, udpIgnored, replaced        atomic.Uint64
+	clientsRefused, clientsUnused            atomic.Uint64
+}
+
+// offline is what the relay remembers of a device that detached: when,
+// and who it allowed then, so that only those hear when it was last seen.
+type offline struct {
+	at     time.Time
+	access *accessSet
 }
 
 // maxLastSeen bounds the memory spent remembering when devices were seen.
@@ -177,10 +210,12 @@ func New(cfg Config) (*Server, error) {
 		queueLen:  cfg.SendQueueLen,
 		devices:   make(map[identity.ID]*session),
 		clients:   make(map[relayproto.Addr]*session),
-		lastSeen:  make(map[identity.ID]time.Time),
+		lastSeen:  make(map[identity.ID]offline),
+		clientsIP: make(map[netip.Addr]int),
+		allowedBy: make(map[identity.ID]int),
 		https:     make(map[*http.Server]struct{}),
 		pending:   make(map[net.Conn]struct{}),
-		udpTokens: make(map[[16]byte]*session),
+		udpTokens: make(map[[16]byte]*udpGrant),
 		udps:      make(map[net.PacketConn]struct{}),
 		flaps:     make(map[identity.ID][]time.Time),
 		closedCh:  make(chan struct{}),
@@ -213,6 +248,7 @@ func New(cfg Config) (*Server, error) {
 		maxPending = 10_000
 	}
 	s.pre = newPreauth(s.hsTimeout, perIP, maxPending)
+	s.clientLim = newClientLimits(cfg)
 	return s, nil
 }
 
@@ -246,7 +282,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		ConnState:         s.pre.connState,
+		// Agents speak HTTP/1.1 (an upgrade); offering h2 in ALPN would
+		// claim a protocol the relay does not serve.
+		Protocols: new(http.Protocols),
 	}
+	hs.Protocols.SetHTTP1(true)
 	s.mu.Lock()
 	if s.closed || s.draining {
 		s.mu.Unlock()
@@ -308,7 +348,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // relayproto.AppendBindingRequest): an agent attached over TCP learns the
 // address its UDP socket has as the relay sees it. Requests that carry no
 // current session's token get no answer; an answer is never larger than
-// its request.
+// its request. A token is answered only from the address family its
+// session came in on, and a few times in a while (udpAnswers in
+// udpWindow): whoever learns a token cannot make the port a reflector.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.mu.Lock()
 	if s.closed || s.draining {
@@ -363,9 +405,9 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			continue
 		}
 		s.mu.RLock()
-		sess := s.udpTokens[tok]
+		g := s.udpTokens[tok]
 		s.mu.RUnlock()
-		if sess == nil || !from.IsValid() {
+		if g == nil || !from.IsValid() || !g.answer(from, time.Now()) {
 			s.udpIgnored.Add(1)
 			continue
 		}
@@ -529,8 +571,11 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	if access != nil {
 		sess.access.Store(access)
 	}
-	if err := s.register(sess); err != nil {
-		return nil, refuse(relayproto.RefuseShuttingDown, err.Error())
+	if hello.Role == relayproto.RoleClient {
+		sess.ip = ipKey(conn.RemoteAddr())
+	}
+	if r := s.register(sess); r != nil {
+		return nil, refuse(r.code, r.msg)
 	}
 	hello2 := relayproto.ServerHello{
 		Version:         version,
@@ -601,32 +646,59 @@ func (s *Server) admitDevice(id identity.ID, exts []relayproto.Extension) error 
 	return fmt.Errorf("device %s is not enrolled on this relay: give it an enrollment token (burrow relay token create) or ask the operator to allow this ID", id)
 }
 
+// A refusal is why the relay does not take an agent: the code it is told
+// and a message that says why and what to do.
+type refusal struct {
+	code relayproto.RefuseCode
+	msg  string
+}
+
 // register adds sess to the routing tables, replacing (and closing) an
-// older session of the same device or client process.
-func (s *Server) register(sess *session) error {
+// older session of the same device or client process, or says why it
+// does not.
+func (s *Server) register(sess *session) *refusal {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return errors.New("relay is shutting down")
+		return &refusal{relayproto.RefuseShuttingDown, "relay is shutting down"}
 	}
 	if s.draining {
-		return errors.New("relay is shutting down: it is draining the sessions it has and admits no new one")
+		return &refusal{relayproto.RefuseShuttingDown, "relay is shutting down: it is draining the sessions it has and admits no new one"}
+	}
+	var old *session
+	if sess.role == relayproto.RoleClient {
+		// A client coming back with the same key and instance takes its
+		// own place; any other needs room.
+		if old = s.clients[sess.addr]; old == nil {
+			if r := s.admitClientLocked(sess); r != nil {
+				s.clientsRefused.Add(1)
+				return r
+			}
+		}
 	}
 	if s.cfg.UDPPort != 0 {
 		rand.Read(sess.udpToken[:])
-		s.udpTokens[sess.udpToken] = sess
+		s.udpTokens[sess.udpToken] = newUDPGrant(sess)
 	}
 	// From here Close reaches the session through the routing tables, with a
 	// go-away, rather than by closing its connection.
 	delete(s.pending, sess.conn)
-	var old *session
 	if sess.role == relayproto.RoleDevice {
 		old = s.devices[sess.addr.ID]
 		s.devices[sess.addr.ID] = sess
 		delete(s.lastSeen, sess.addr.ID)
+		if old != nil {
+			s.indexAccessLocked(old, nil)
+		}
+		s.indexAccessLocked(sess, sess.access.Load())
 	} else {
-		old = s.clients[sess.addr]
 		s.clients[sess.addr] = sess
+		s.countClientLocked(sess, 1)
+		if old != nil {
+			s.countClientLocked(old, -1)
+		}
+		sess.allowedAt.Store(time.Now().UnixNano())
+		s.startSweepLocked()
 	}
 	if old != nil {
 		s.replaced.Add(1)
@@ -680,18 +752,20 @@ func (s *Server) flapDelayLocked(device identity.ID, now time.Time) time.Duratio
 func (s *Server) unregister(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.udpTokens[sess.udpToken] == sess {
+	if g := s.udpTokens[sess.udpToken]; g != nil && g.sess == sess {
 		delete(s.udpTokens, sess.udpToken)
 	}
 	if sess.role == relayproto.RoleDevice {
 		if s.devices[sess.addr.ID] == sess {
 			delete(s.devices, sess.addr.ID)
+			s.indexAccessLocked(sess, nil)
 			if len(s.lastSeen) < maxLastSeen {
-				s.lastSeen[sess.addr.ID] = time.Now()
+				s.lastSeen[sess.addr.ID] = offline{at: time.Now(), access: sess.access.Load()}
 			}
 		}
 	} else if s.clients[sess.addr] == sess {
 		delete(s.clients, sess.addr)
+		s.countClientLocked(sess, -1)
 	}
 }
 
@@ -709,24 +783,20 @@ func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.
 	gone := relayproto.PeerGone{Peer: dst, Reason: relayproto.GoneOffline}
 	switch src.role {
 	case relayproto.RoleClient:
+		// A device is reachable once it has said who may reach it, and
+		// then only by them. Anyone else hears the same whether the
+		// device is attached or not; only a client the device allowed
+		// when it was last here hears that it is offline, and since when.
+		token := src.intent(dst.ID)
 		if d := s.devices[dst.ID]; d != nil {
-			// A device is reachable once it has said who may reach it,
-			// and then only by them.
-			switch acc := d.access.Load(); {
-			case acc == nil:
-			case acc.allows(src.addr.ID, src.intents[dst.ID]):
+			if acc := d.access.Load(); acc != nil && acc.allows(src.addr.ID, token) {
 				return d, gone
-			default:
-				gone.Reason = relayproto.GoneNotAuthorized
-				return nil, gone
 			}
+		} else if off, ok := s.lastSeen[dst.ID]; ok && off.access != nil && off.access.allows(src.addr.ID, token) {
+			gone.LastSeenUnix = uint64(off.at.Unix())
+			return nil, gone
 		}
-		if t, ok := s.lastSeen[dst.ID]; ok {
-			gone.LastSeenUnix = uint64(t.Unix())
-		}
-		if s.clients[dst] != nil {
-			gone.Reason = relayproto.GoneNotAllowed
-		}
+		gone.Reason = relayproto.GoneUnreachable
 	case relayproto.RoleDevice:
 		if c := s.clients[dst]; c != nil {
 			return c, gone
@@ -746,7 +816,7 @@ func (s *Server) Online(id identity.ID) (bool, time.Time) {
 	if s.devices[id] != nil {
 		return true, time.Time{}
 	}
-	return false, s.lastSeen[id]
+	return false, s.lastSeen[id].at
 }
 
 // Disconnect ends the session of the device id, if it is attached, with a
@@ -767,6 +837,8 @@ func (s *Server) Stats() Stats {
 	s.mu.RUnlock()
 	st.Pending = s.pre.pending()
 	st.Replaced = s.replaced.Load()
+	st.ClientsRefused = s.clientsRefused.Load()
+	st.ClientsUnused = s.clientsUnused.Load()
 	st.PacketsForwarded = s.forwarded.Load()
 	st.BytesForwarded = s.forwardedBytes.Load()
 	st.PacketsDropped = s.dropped.Load()

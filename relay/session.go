@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,14 +49,25 @@ type session struct {
 
 	// Devices: who may reach this device, once it has said (nil until then).
 	access atomic.Pointer[accessSet]
+	// Devices: the access set counted in Server.allowedBy; guarded by
+	// Server.mu.
+	indexed *accessSet
 	// udpToken lets the agent ask the relay's UDP port for its address.
 	udpToken [16]byte
+	// Clients: the address the session counts against (see ipKey); not
+	// valid if it is not counted per address.
+	ip netip.Addr
+	// Clients: the last time (Unix nanoseconds) the sweep found a device
+	// that allows this client (see Server.sweepClients).
+	allowedAt atomic.Int64
+	// Clients: pairing intents, device → invite token; replaced whole by
+	// the read loop, read by routing and the sweep.
+	intents atomic.Pointer[map[identity.ID][32]byte]
 
 	// Owned by the read loop.
 	readDeadline time.Time // the idle deadline in force
 	hdr          [relayproto.HeaderLen]byte
 	accessBuild  []relayproto.AccessEntry // a device's list being received
-	intents      map[identity.ID][32]byte // a client's pairing intents: device → invite token
 	touched      []*session               // queues pushed to since the last kick
 	// Owned by the queue's writer.
 	writeDeadlineAt time.Time
@@ -348,7 +361,7 @@ func (sess *session) control(t relayproto.FrameType, p []byte) error {
 		}
 		sess.accessBuild = entries
 		if flags&relayproto.AccessLast != 0 {
-			sess.access.Store(newAccessSet(entries))
+			sess.srv.setAccess(sess, newAccessSet(entries))
 			sess.accessBuild = nil
 		}
 	case t == relayproto.FramePairIntent && sess.role == relayproto.RoleClient:
@@ -356,18 +369,29 @@ func (sess *session) control(t relayproto.FrameType, p []byte) error {
 		if err != nil {
 			return err
 		}
-		if sess.intents == nil {
-			sess.intents = make(map[identity.ID][32]byte)
+		intents := make(map[identity.ID][32]byte, maxIntents)
+		if old := sess.intents.Load(); old != nil {
+			maps.Copy(intents, *old)
 		}
-		if _, ok := sess.intents[f.Device]; !ok && len(sess.intents) >= maxIntents {
-			for k := range sess.intents { // forget one
-				delete(sess.intents, k)
+		if _, ok := intents[f.Device]; !ok && len(intents) >= maxIntents {
+			for k := range intents { // forget one
+				delete(intents, k)
 				break
 			}
 		}
-		sess.intents[f.Device] = f.Token
+		intents[f.Device] = f.Token
+		sess.intents.Store(&intents)
 	}
 	return nil
+}
+
+// intent returns the invite token of the client's pairing intent for
+// device, or zero.
+func (sess *session) intent(device identity.ID) [32]byte {
+	if m := sess.intents.Load(); m != nil {
+		return (*m)[device]
+	}
+	return [32]byte{}
 }
 
 // An accessSet is who may reach a device. It is never changed once made;

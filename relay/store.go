@@ -19,8 +19,9 @@ import (
 )
 
 // A Store is the relay's own state, kept in an embedded database (bbolt)
-// in the relay's data directory: the devices it enrolled and the
-// enrollment tokens it issued. Every change is one transaction, so a crash
+// in the relay's data directory: the devices it enrolled, the enrollment
+// tokens it issued, and when devices were removed (so that a token issued
+// before a device's removal cannot enroll it again). Every change is one transaction, so a crash
 // leaves the old state or the new one. A Store is safe for concurrent use;
 // one process at a time can open it.
 type Store struct {
@@ -33,6 +34,7 @@ type Store struct {
 var (
 	bucketDevices = []byte("devices")
 	bucketTokens  = []byte("tokens")
+	bucketRemoved = []byte("removed") // device ID → removedRecord
 )
 
 // ErrStoreBusy is returned by [OpenStore] when another process (a running
@@ -50,7 +52,7 @@ func OpenStore(path string) (*Store, error) {
 	}
 	s := &Store{db: db, enrolled: make(map[identity.ID]bool)}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketTokens} {
+		for _, b := range [][]byte{bucketDevices, bucketTokens, bucketRemoved} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -91,6 +93,10 @@ type deviceRecord struct {
 	Enrolled time.Time `json:"enrolled"`
 }
 
+type removedRecord struct {
+	Removed time.Time `json:"removed"`
+}
+
 type tokenRecord struct {
 	Uses    int       `json:"uses"` // left
 	Expires time.Time `json:"expires,omitzero"`
@@ -106,19 +112,20 @@ func tokenKey(token string) []byte {
 }
 
 // CreateToken issues an enrollment token good for uses devices (at least
-// 1) until ttl from now (0: no expiry). The token is returned once; the
+// 1) until ttl from now (more than 0). The token is returned once; the
 // store keeps only its hash.
 func (s *Store) CreateToken(uses int, ttl time.Duration) (string, error) {
 	if uses < 1 {
 		return "", fmt.Errorf("token uses must be at least 1, got %d", uses)
 	}
+	if ttl <= 0 {
+		return "", fmt.Errorf("token lifetime must be more than 0, got %v: give how long it may enroll devices (a token for a production line can last long, 8760h say)", ttl)
+	}
 	var b [16]byte
 	rand.Read(b[:])
 	token := "enroll-" + tokenEncoding.EncodeToString(b[:])
 	rec := tokenRecord{Uses: uses, Created: time.Now().UTC()}
-	if ttl > 0 {
-		rec.Expires = rec.Created.Add(ttl)
-	}
+	rec.Expires = rec.Created.Add(ttl)
 	v, _ := json.Marshal(rec)
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).Put(tokenKey(token), v)
@@ -133,10 +140,16 @@ func (s *Store) CreateToken(uses int, ttl time.Duration) (string, error) {
 var (
 	ErrTokenUnknown = errors.New("enrollment token unknown or used up")
 	ErrTokenExpired = errors.New("enrollment token expired")
+	// ErrTokenBeforeRemoval: the device was removed after the token was
+	// issued; only a token issued since can enroll it again.
+	ErrTokenBeforeRemoval = errors.New("enrollment token issued before this device was removed")
 )
 
 // Enroll enrolls the device id with token, spending one use of it. A
-// device already enrolled needs no token.
+// device already enrolled needs no token. A device that was removed can
+// be enrolled again only with a token issued after its removal: the
+// token it enrolled with, still in its configuration, must not undo the
+// removal.
 func (s *Store) Enroll(id identity.ID, token string) error {
 	if s.Enrolled(id) {
 		return nil
@@ -156,6 +169,20 @@ func (s *Store) Enroll(id identity.ID, token string) error {
 		if !rec.Expires.IsZero() && now.After(rec.Expires) {
 			tb.Delete(key)
 			return ErrTokenExpired
+		}
+		rb := tx.Bucket(bucketRemoved)
+		if v := rb.Get(id[:]); v != nil {
+			var removed removedRecord
+			if err := json.Unmarshal(v, &removed); err != nil {
+				return fmt.Errorf("removal record: %w", err)
+			}
+			if !rec.Created.After(removed.Removed) {
+				return fmt.Errorf("%w (removed %s, token issued %s): issue a new token (burrow relay token create) to enroll it again",
+					ErrTokenBeforeRemoval, removed.Removed.Format(time.RFC3339), rec.Created.Format(time.RFC3339))
+			}
+			if err := rb.Delete(id[:]); err != nil {
+				return err
+			}
 		}
 		if rec.Uses--; rec.Uses <= 0 {
 			if err := tb.Delete(key); err != nil {
@@ -187,7 +214,13 @@ func (s *Store) Enroll(id identity.ID, token string) error {
 // Add enrolls the device id without a token.
 func (s *Store) Add(id identity.ID) error {
 	d, _ := json.Marshal(deviceRecord{Enrolled: time.Now().UTC()})
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDevices).Put(id[:], d) }); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketRemoved).Delete(id[:]); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDevices).Put(id[:], d)
+	})
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -199,12 +232,17 @@ func (s *Store) Add(id identity.ID) error {
 // ErrNotEnrolled is returned by [Store.Remove] for a device not enrolled.
 var ErrNotEnrolled = errors.New("device not enrolled")
 
-// Remove un-enrolls the device id.
+// Remove un-enrolls the device id, and records when: tokens issued before
+// cannot enroll it again.
 func (s *Store) Remove(id identity.ID) error {
+	r, _ := json.Marshal(removedRecord{Removed: time.Now().UTC()})
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
 		if b.Get(id[:]) == nil {
 			return ErrNotEnrolled
+		}
+		if err := tx.Bucket(bucketRemoved).Put(id[:], r); err != nil {
+			return err
 		}
 		return b.Delete(id[:])
 	})

@@ -30,7 +30,11 @@
 //
 //	1  first version.
 //	   Added within version 1, as a frame type older agents skip: drain
-//	   (0x31).
+//	   (0x31). Added within version 1, as values older agents report
+//	   without knowing: refuse code 7 (too many sessions from one
+//	   address), peer-gone reason 4 (offline or not authorized: what a
+//	   client the device has not allowed is told, online or not), go-away
+//	   reason 5 (no device allows this client).
 package relayproto
 
 import (
@@ -500,6 +504,10 @@ const (
 	RefuseBadRole      RefuseCode = 4 // unknown role
 	RefuseOverloaded   RefuseCode = 5 // try again later
 	RefuseShuttingDown RefuseCode = 6 // relay is shutting down
+	// RefuseTooMany: the agent's address (an IPv6 /64) holds as many
+	// sessions of its role as the relay allows one address; try again
+	// once one of them has ended.
+	RefuseTooMany RefuseCode = 7
 )
 
 func (c RefuseCode) String() string {
@@ -516,6 +524,8 @@ func (c RefuseCode) String() string {
 		return "overloaded"
 	case RefuseShuttingDown:
 		return "shutting down"
+	case RefuseTooMany:
+		return "too many sessions from this address"
 	}
 	return fmt.Sprintf("refuse-%d", byte(c))
 }
@@ -583,6 +593,10 @@ const (
 	// GoneNotAuthorized: the device has not allowed this client (it is not
 	// on the device's access list, nor pairing with a pending invite).
 	GoneNotAuthorized GoneReason = 3
+	// GoneUnreachable: the device is offline, or has not allowed this
+	// client; the relay does not say which to a client it cannot tell the
+	// device allows, so that a stranger learns nothing of the device.
+	GoneUnreachable GoneReason = 4
 )
 
 func (g GoneReason) String() string {
@@ -593,6 +607,8 @@ func (g GoneReason) String() string {
 		return "not allowed"
 	case GoneNotAuthorized:
 		return "not authorized by the device"
+	case GoneUnreachable:
+		return "offline or not authorized"
 	}
 	return fmt.Sprintf("gone-%d", byte(g))
 }
@@ -826,6 +842,11 @@ const (
 	GoAwayReplaced GoAwayReason = 2 // a newer session of the same device took over
 	GoAwayIdle     GoAwayReason = 3 // the agent sent nothing for too long
 	GoAwayRemoved  GoAwayReason = 4 // the operator no longer allows this agent
+	// GoAwayUnused: no device attached to the relay allows this client
+	// (its access list does not name it, and no pair intent of the client
+	// matches a pending invite). The client reattaches once it has
+	// something to send, or after RetryAfterMillis.
+	GoAwayUnused GoAwayReason = 5
 )
 
 func (g GoAwayReason) String() string {
@@ -838,6 +859,8 @@ func (g GoAwayReason) String() string {
 		return "idle"
 	case GoAwayRemoved:
 		return "removed"
+	case GoAwayUnused:
+		return "no device here allows this client"
 	}
 	return fmt.Sprintf("go-away-%d", byte(g))
 }

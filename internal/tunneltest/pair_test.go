@@ -112,7 +112,7 @@ func TestInvitePairConnect(t *testing.T) {
 	if _, err := bob.Pair(ctx10(t), short); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired invite: err = %v", err)
 	}
-	if err := echoOnce(t, bob, d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+	if err := echoOnce(t, bob, d.ID(), "rtsp"); !errors.Is(err, client.ErrUnreachable) {
 		t.Fatalf("bob after failed pairing: err = %v", err)
 	}
 }
@@ -219,7 +219,7 @@ func TestRevoke(t *testing.T) {
 	if err == nil || time.Since(start) > time.Second {
 		t.Fatalf("revoked tunnel: read %v after %v, want it closed within 1s", err, time.Since(start))
 	}
-	if _, err := mallory.Dial(ctx10(t), d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
+	if _, err := mallory.Dial(ctx10(t), d.ID(), "rtsp"); !errors.Is(err, client.ErrUnreachable) {
 		t.Fatalf("revoked client's next tunnel: err = %v", err)
 	}
 	// Alice's open tunnel and new ones still work.
@@ -238,8 +238,8 @@ func TestRevoke(t *testing.T) {
 	}
 }
 
-// TestRelayDropsStrangers: a client the device never allowed is told "not
-// authorized by the device" by the relay, and the device receives not one
+// TestRelayDropsStrangers: a client the device never allowed is told the
+// device is unreachable by the relay, and the device receives not one
 // packet from it.
 func TestRelayDropsStrangers(t *testing.T) {
 	rtsp := StartServer(t, Echo)
@@ -250,7 +250,7 @@ func TestRelayDropsStrangers(t *testing.T) {
 	before := d.Status().Relay.Received
 	start := time.Now()
 	_, err := stranger.Dial(ctx10(t), d.ID(), "rtsp")
-	if !errors.Is(err, session.ErrNotAuthorized) || !strings.Contains(err.Error(), "not authorized by the device") {
+	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "has not authorized this client") {
 		t.Fatalf("stranger: err = %v", err)
 	}
 	if took := time.Since(start); took > 2*time.Second {

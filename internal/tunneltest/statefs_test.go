@@ -15,6 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/mountns"
@@ -449,8 +450,8 @@ func TestRevokeOnReadOnlyState(t *testing.T) {
 	if _, err := tun.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("bob's open tunnel: read err = %v, want it closed", err)
 	}
-	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
-		t.Fatalf("bob's next tunnel: err = %v, want not authorized", err)
+	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, client.ErrUnreachable) {
+		t.Fatalf("bob's next tunnel: err = %v, want unreachable", err)
 	}
 	bc.Close()
 	// Revoking again tries again, and says the same.
@@ -479,8 +480,8 @@ func TestRevokeOnReadOnlyState(t *testing.T) {
 	g.restart()
 	g.hasUsers(alice)
 	bc = StartClient(t, g.r, bob)
-	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, session.ErrNotAuthorized) {
-		t.Fatalf("bob after the restart: err = %v, want not authorized", err)
+	if _, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp"); !errors.Is(err, client.ErrUnreachable) {
+		t.Fatalf("bob after the restart: err = %v, want unreachable", err)
 	}
 	bc.Close()
 	g.works(alice, g.fixed)

@@ -305,8 +305,8 @@ func TestAccessDenied(t *testing.T) {
 		t.Fatalf("unknown service lists %v (%q), want the viewer's services only", refused.Allowed, err)
 	}
 	_, err = stranger.Dial(ctx, d.ID(), "rtsp")
-	if !errors.Is(err, session.ErrNotAuthorized) {
-		t.Fatalf("stranger → rtsp: err = %v, want ErrNotAuthorized", err)
+	if !errors.Is(err, client.ErrUnreachable) {
+		t.Fatalf("stranger → rtsp: err = %v, want ErrUnreachable", err)
 	}
 	// Through a forwarded port as well: the stranger's connection is closed.
 	// (The reset may come so fast that the dial itself reports it.)
@@ -572,25 +572,33 @@ func TestWrongRelayKey(t *testing.T) {
 	}
 }
 
+// TestDeviceOffline: a client hears quickly that a device is offline, and
+// since when, if the device allowed it; a client the device did not allow
+// hears the same whether the device is attached or not, and nothing of
+// when it was last seen.
 func TestDeviceOffline(t *testing.T) {
 	r := StartRelay(t)
 	c := StartClient(t, r, nil)
+	stranger := StartClient(t, r, nil)
 	absent := NewIdentity(t).ID()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
 	_, err := c.Dial(ctx, absent, "http")
 	took := time.Since(start)
-	if !errors.Is(err, client.ErrOffline) || !strings.Contains(err.Error(), "offline") {
-		t.Fatalf("err = %v, want offline", err)
+	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "offline") {
+		t.Fatalf("a device that never was: err = %v, want unreachable", err)
 	}
 	if took > 2*time.Second {
-		t.Fatalf("offline reported after %v, want under 2s", took)
+		t.Fatalf("reported after %v, want under 2s", took)
 	}
-	t.Logf("offline after %v: %v", took, err)
+	t.Logf("unreachable after %v: %v", took, err)
 
-	// A device that detaches: the relay remembers when it saw it.
-	d := StartDevice(t, r, device.Config{Services: map[string]string{"http": "127.0.0.1:1"}})
+	// A device that detaches: the relay remembers when it saw it, and tells
+	// its clients.
+	d := StartDevice(t, r, device.Config{Services: map[string]string{"http": "127.0.0.1:1"},
+		Clients: map[identity.ID][]string{c.ID(): {"http"}}})
+	_, online := stranger.Dial(ctx, d.ID(), "http")
 	d.Close()
 	for deadline := time.Now().Add(5 * time.Second); r.Server().Stats().Devices != 0; {
 		if time.Now().After(deadline) {
@@ -602,6 +610,10 @@ func TestDeviceOffline(t *testing.T) {
 	_, err = c.Dial(ctx, d.ID(), "http")
 	if !errors.Is(err, client.ErrOffline) || !strings.Contains(err.Error(), "last seen") || time.Since(start) > 2*time.Second {
 		t.Fatalf("after detach: err = %v after %v", err, time.Since(start))
+	}
+	_, offline := stranger.Dial(ctx, d.ID(), "http")
+	if !errors.Is(online, client.ErrUnreachable) || online.Error() != offline.Error() {
+		t.Fatalf("a stranger hears %q while the device is attached and %q after, want the same", online, offline)
 	}
 }
 
