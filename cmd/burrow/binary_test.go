@@ -54,6 +54,9 @@ func binary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(floodHelperEnv); addr != "" {
+		os.Exit(floodHelper(addr))
+	}
 	code := m.Run()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
@@ -76,7 +79,14 @@ type proc struct {
 // start runs burrow with args; the process is killed when the test ends.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, cmd: exec.Command(binary(t), args...), done: make(chan struct{}), added: make(chan struct{})}
+	return startCmd(t, name, exec.Command(binary(t), args...))
+}
+
+// startCmd runs cmd (burrow, perhaps through a wrapper that execs it); the
+// process is killed when the test ends.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, cmd: cmd, done: make(chan struct{}), added: make(chan struct{})}
 	stdout, _ := p.cmd.StdoutPipe()
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {

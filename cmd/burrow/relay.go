@@ -50,6 +50,8 @@ func newRelayCmd(g *globals) *cobra.Command {
 		udpListen                    string
 		noUDP                        bool
 		drain, drainIdle             time.Duration
+		limits                       relayLimits
+		clientGrace                  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
@@ -79,6 +81,15 @@ address of its UDP socket, which agents use to find a direct path to each
 other (hole punching). Only agents attached over TCP get an answer, never
 larger than their request. --no-udp turns this off; sessions then go direct
 only between agents that reach each other's local addresses.
+
+Clients need no enrollment, so anyone can attach as one: the relay holds at
+most --max-clients client sessions (by default a quarter of its open-file
+limit, which it raises to the hard limit at start), at most
+--max-clients-per-ip from one address (an IPv6 /64), and closes a client
+session that no attached device allows after --client-grace. Connections
+that have not authenticated yet are bounded by --max-pending and
+--max-pending-per-ip. Devices are never counted against these: however many
+clients come, at least half the relay's file descriptors stay for devices.
 
 On SIGTERM or SIGINT the relay drains: it stops accepting connections and
 tells the agents, but goes on forwarding for those attached, so that open
@@ -110,6 +121,16 @@ signal closes it at once, as does --drain 0.`,
 			}
 			if drainIdle < 0 {
 				return usageError(cmd, "--drain-idle %v: want a duration of 0 or more", drainIdle)
+			}
+			if clientGrace < 0 {
+				return usageError(cmd, "--client-grace %v: want a duration of 0 or more", clientGrace)
+			}
+			files, err := raiseFileLimit()
+			if err != nil {
+				log.Warn("could not raise the open-file limit to its hard limit", "limit", files, "err", err)
+			}
+			if err := limits.budget(files); err != nil {
+				return usageError(cmd, "%v", err)
 			}
 			// Watched from the start, so that a second signal during the
 			// drain closes the relay rather than killing the process.
@@ -159,9 +180,14 @@ signal closes it at once, as does --drain 0.`,
 					defer udp.Close()
 				}
 			}
-			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive, DrainQuiet: drainIdle}
+			cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: keepAlive, DrainQuiet: drainIdle,
+				MaxClients: limits.clients, MaxClientsPerIP: limits.clientsPerIP, MaxPending: limits.pending, MaxPendingPerIP: limits.pendingPerIP,
+				ClientGrace: clientGrace}
 			if drainIdle == 0 {
 				cfg.DrainQuiet = -1 // only --drain, or the last client leaving, ends the drain
+			}
+			if clientGrace == 0 {
+				cfg.ClientGrace = -1 // never close unused clients
 			}
 			if udp != nil {
 				cfg.UDPPort = udp.LocalAddr().(*net.UDPAddr).Port
@@ -200,6 +226,8 @@ signal closes it at once, as does --drain 0.`,
 				go srv.ServeUDP(udp)
 			}
 			log.Info("relay listening", "addr", ln.Addr().String(), "id", id.ID().String(), "udp", udpAddr)
+			log.Info("relay limits", "open_files", files, "clients", limits.clients, "clients_per_ip", limits.clientsPerIP,
+				"pending", limits.pending, "pending_per_ip", limits.pendingPerIP, "client_grace", clientGrace.String())
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			select {
@@ -227,6 +255,11 @@ signal closes it at once, as does --drain 0.`,
 	f.DurationVar(&keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
 	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
 	f.DurationVar(&drainIdle, "drain-idle", 5*time.Second, "end the drain early once nothing has been forwarded for this long (0: never early; idle tunnels, an SSH session say, then keep it to --drain)")
+	f.IntVar(&limits.clients, "max-clients", 0, "client sessions the relay holds at once (0: a quarter of its open-file limit)")
+	f.IntVar(&limits.clientsPerIP, "max-clients-per-ip", defaultClientsPerIP, "client sessions one address (an IPv6 /64) may hold")
+	f.IntVar(&limits.pending, "max-pending", 0, "connections not authenticated yet (0: an eighth of the open-file limit, at most 10000)")
+	f.IntVar(&limits.pendingPerIP, "max-pending-per-ip", defaultPendingPerIP, "connections not authenticated yet from one address")
+	f.DurationVar(&clientGrace, "client-grace", 20*time.Second, "close a client session that no attached device allows after this long (0: never)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 
 	idCmd := &cobra.Command{
@@ -247,6 +280,42 @@ signal closes it at once, as does --drain 0.`,
 	}
 	cmd.AddCommand(idCmd, newRelayTokenCmd(g, &dataDir), newRelayDevicesCmd(g, &dataDir))
 	return cmd
+}
+
+// Defaults of the relay's per-address limits.
+const (
+	defaultClientsPerIP = 256
+	defaultPendingPerIP = 64
+)
+
+// relayLimits are the relay's bounds on connections (see relay.Config);
+// zero means a share of the open-file limit.
+type relayLimits struct {
+	clients, clientsPerIP, pending, pendingPerIP int
+}
+
+// budget fills in the limits left at zero from files, the open-file limit
+// (0: unknown, which leaves them to the relay's defaults), and checks that
+// clients and unauthenticated connections together leave devices at least
+// half of it: a flood of clients must never keep a device out.
+func (l *relayLimits) budget(files uint64) error {
+	if l.clients < 0 || l.clientsPerIP < 1 || l.pending < 0 || l.pendingPerIP < 1 {
+		return fmt.Errorf("--max-clients and --max-pending want 0 (automatic) or more, --max-clients-per-ip and --max-pending-per-ip 1 or more")
+	}
+	if files == 0 {
+		return nil
+	}
+	if l.clients == 0 {
+		l.clients = max(1, int(files/4))
+	}
+	if l.pending == 0 {
+		l.pending = max(1, min(10_000, int(files/8)))
+	}
+	if uint64(l.clients)+uint64(l.pending) > files/2 {
+		return fmt.Errorf("--max-clients %d and --max-pending %d would leave devices less than half of the %d files the relay may open: lower them, or raise the limit (ulimit -n; LimitNOFILE= in a systemd unit)",
+			l.clients, l.pending, files)
+	}
+	return nil
 }
 
 // stopRelay stops srv once the command's context is done: it drains for
@@ -310,6 +379,9 @@ afterwards. The token works for --uses devices, until --ttl has passed.
 The relay keeps only a hash of it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ttl <= 0 {
+				return usageError(cmd, "--ttl %v: want a duration of more than 0 (a token for a production line can last long: --ttl 8760h)", ttl)
+			}
 			var tok string
 			err := withRelayState(cmd.Context(), *dataDir,
 				func(a *relay.AdminClient) (err error) {
@@ -328,7 +400,7 @@ The relay keeps only a hash of it.`,
 		},
 	}
 	create.Flags().IntVar(&uses, "uses", 1, "how many devices may enroll with it")
-	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (0: no expiry)")
+	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (more than 0)")
 	cmd.AddCommand(create)
 	return cmd
 }
