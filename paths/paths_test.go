@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -216,15 +217,19 @@ func (c *memConn) Close() error {
 
 // startRelay serves a relay on m inside the bubble.
 func startRelay(t *testing.T, m *memNet, keepAlive time.Duration) *relay.Server {
+	return startRelayWith(t, m, relay.Config{KeepAlive: keepAlive})
+}
+
+// startRelayWith starts a relay with cfg (its identity made, every device
+// allowed) on m.
+func startRelayWith(t *testing.T, m *memNet, cfg relay.Config) *relay.Server {
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := relay.New(relay.Config{
-		Identity:    id,
-		AllowDevice: func(identity.ID) bool { return true },
-		KeepAlive:   keepAlive,
-	})
+	cfg.Identity = id
+	cfg.AllowDevice = func(identity.ID) bool { return true }
+	srv, err := relay.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,6 +541,60 @@ func TestFlappingDamped(t *testing.T) {
 			if n > 6 {
 				t.Fatalf("minute %d: %d replacements (all: %v)", i+2, n, perMinute)
 			}
+		}
+	})
+}
+
+// TestUnusedClientAttachesOnDemand: a client whose session the relay
+// closes because no device there allows it does not come back by itself
+// until it has something to send (then at once) or the relay's wait is
+// over.
+func TestUnusedClientAttachesOnDemand(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const grace = 5 * time.Second
+		m := newMemNet()
+		srv := startRelayWith(t, m, relay.Config{ClientGrace: grace})
+		id, _ := identity.Generate()
+		var dials atomic.Int64
+		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+			dials.Add(1)
+			return m.Dial(ctx, n, a)
+		}
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.WaitAttached(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		closed := waitStatus(c, func(s Status) bool { return !s.Attached })
+		if took := closed.Sub(start); took < grace || took > grace*5/4+time.Second {
+			t.Fatalf("closed %v after attaching, want after the %v grace", took, grace)
+		}
+		if err := c.Status().LastError; err == nil || !strings.Contains(err.Error(), relayproto.GoAwayUnused.String()) {
+			t.Fatalf("detach reason %v", err)
+		}
+		time.Sleep(50 * time.Second)
+		if n := dials.Load(); n != 1 || attached(c) {
+			t.Fatalf("%d dials and attached %v with nothing to send", n, attached(c))
+		}
+		// Something to send: it attaches at once.
+		want := time.Now()
+		c.WriteTo([]byte{0x40, 1, 2, 3}, Addr{ID: identity.ID{1}})
+		if took := waitStatus(c, func(s Status) bool { return s.Attached }).Sub(want); took > time.Second {
+			t.Fatalf("attached %v after a packet was sent", took)
+		}
+		// Closed again, and back after the relay's wait with nothing to
+		// send.
+		closed = waitStatus(c, func(s Status) bool { return !s.Attached })
+		if took := waitStatus(c, func(s Status) bool { return s.Attached }).Sub(closed); took < time.Minute || took > 91*time.Second {
+			t.Fatalf("back %v after the second close, want after the relay's wait (1m to 1m30s)", took)
+		}
+		if n := dials.Load(); n != 3 {
+			t.Fatalf("%d dials, want 3", n)
 		}
 	})
 }

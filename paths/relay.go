@@ -465,7 +465,13 @@ func (rs *relaySession) serve(c *Conn) error {
 	stop()
 	rs.cancel(err)
 	wg.Wait()
-	rs.conn.Close()
+	if rs.goAway.Load() != nil {
+		// The relay is closing the session: a TLS close would wait (up to
+		// 5s) to send it an alert it may no longer read.
+		rs.conn.NetConn().Close()
+	} else {
+		rs.conn.Close()
+	}
 	for {
 		select {
 		case bp := <-rs.sendq:
