@@ -108,11 +108,13 @@ func (c *Conn) peerFor(a net.Addr) *peer {
 type RelayConfig struct {
 	// Addr is the relay's host:port. Required.
 	Addr string
-	// ID pins the relay's key. If zero, the relay's certificate must chain
+	// ID pins the relay's key: the relay must present, in the TLS
+	// handshake, a certificate whose key has this ID, whoever signed it
+	// (RootCAs are not used). If zero, the relay's certificate must chain
 	// to a trusted root for Addr's host instead (RootCAs).
 	ID identity.ID
 	// RootCAs are the roots a CA-signed relay certificate is checked
-	// against; nil means the system roots.
+	// against when ID is zero; nil means the system roots.
 	RootCAs *x509.CertPool
 }
 

@@ -282,10 +282,16 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial relay: %w", err)
 	}
+	protos := []string{"http/1.1"}
+	if !relay.ID.IsZero() {
+		// Asks a relay with a CA-signed certificate for its identity
+		// certificate, the only one a pinning agent accepts.
+		protos = append(protos, relayproto.ALPNPinned)
+	}
 	conn := tls.Client(raw, &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		ServerName:         host,
-		NextProtos:         []string{"http/1.1"},
+		NextProtos:         protos,
 		InsecureSkipVerify: true, // checked by verifyRelay, pin or chain
 		VerifyConnection:   verifyRelay(relay, host),
 	})
@@ -367,6 +373,8 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 		return nil, fmt.Errorf("relay hello: %w", err)
 	}
 	relayID := identity.IDOf(sh.PublicKey)
+	// A pinned ID was checked in the TLS handshake already; the hello,
+	// signed by the identity key, must name the same.
 	if !relay.ID.IsZero() && relayID != relay.ID {
 		return nil, &identity.KeyMismatchError{Peer: "relay", Expected: relay.ID, Got: relayID}
 	}
@@ -399,19 +407,21 @@ func (c *Conn) attach(ctx context.Context) (*relaySession, error) {
 	return rs, nil
 }
 
-// verifyRelay checks the relay's certificate: its key must have the pinned
-// ID, or (when no ID is pinned, or the relay serves a CA-signed certificate)
-// it must chain to a trusted root for host. With a CA-signed certificate
-// and a pinned ID, the relay proves its ID in its signed hello instead.
+// verifyRelay checks the relay's certificate inside the TLS handshake, so
+// that nothing of the agent's (its hello, access list, enrollment token,
+// pairing intents) reaches a relay that fails the check. With a pinned ID,
+// the leaf's key must have that ID and nothing else counts: a certificate
+// that chains to a trusted root but holds another key is refused (a relay
+// with a CA-signed certificate serves pinning agents its identity
+// certificate; they ask with [relayproto.ALPNPinned]). Without a pin, the
+// certificate must chain to a trusted root for host.
 func verifyRelay(relay RelayConfig, host string) func(tls.ConnectionState) error {
+	if !relay.ID.IsZero() {
+		return identity.VerifyPinned("relay", relay.ID)
+	}
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return &UntrustedRelayError{Relay: relay.Addr, Err: errors.New("no certificate")}
-		}
-		if !relay.ID.IsZero() {
-			if got, err := identity.PeerID(cs); err == nil && got == relay.ID {
-				return nil
-			}
 		}
 		inter := x509.NewCertPool()
 		for _, c := range cs.PeerCertificates[1:] {
@@ -422,14 +432,10 @@ func verifyRelay(relay RelayConfig, host string) func(tls.ConnectionState) error
 			Roots:         relay.RootCAs,
 			Intermediates: inter,
 		})
-		if err == nil {
-			return nil
+		if err != nil {
+			return &UntrustedRelayError{Relay: relay.Addr, Err: err}
 		}
-		if !relay.ID.IsZero() {
-			got, _ := identity.PeerID(cs)
-			return &identity.KeyMismatchError{Peer: "relay", Expected: relay.ID, Got: got}
-		}
-		return &UntrustedRelayError{Relay: relay.Addr, Err: err}
+		return nil
 	}
 }
 

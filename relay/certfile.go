@@ -4,8 +4,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 // certRecheck is how often a [CertFile] looks for a renewed certificate.
@@ -50,4 +53,16 @@ func CertFile(certPath, keyPath string) (func(*tls.ClientHelloInfo) (*tls.Certif
 		}
 		return cert, nil
 	}, nil
+}
+
+// certificate is the TLS GetCertificate of a relay with a
+// [Config.GetCertificate]: an agent that pins the relay's ID (it offers
+// [relayproto.ALPNPinned]) accepts no key but the relay's identity key,
+// whoever signed the certificate, so it gets the self-signed identity
+// certificate; every other agent gets Config.GetCertificate's.
+func (s *Server) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if slices.Contains(hello.SupportedProtos, relayproto.ALPNPinned) {
+		return &s.cert, nil
+	}
+	return s.cfg.GetCertificate(hello)
 }

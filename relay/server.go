@@ -53,7 +53,8 @@ type Config struct {
 
 	// GetCertificate, if set, supplies the TLS certificate (for example a
 	// CA-signed one that agents check against their trusted roots). If nil,
-	// the relay serves a self-signed certificate of Identity's key.
+	// the relay serves a self-signed certificate of Identity's key, as it
+	// always does to agents that pin its ID (see [relayproto.ALPNPinned]).
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 	// AllowDevice reports whether a device may attach. Nil allows no
@@ -263,7 +264,7 @@ func (s *Server) TLSConfig() *tls.Config {
 		NextProtos: []string{"http/1.1"},
 	}
 	if s.cfg.GetCertificate != nil {
-		conf.GetCertificate = s.cfg.GetCertificate
+		conf.GetCertificate = s.certificate
 	} else {
 		conf.Certificates = []tls.Certificate{s.cert}
 	}

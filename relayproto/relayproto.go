@@ -7,8 +7,12 @@
 // # Protocol flow
 //
 //  1. The agent opens TLS 1.3 to the relay's HTTPS port and checks the
-//     relay: a pinned relay ID (the relay's self-signed certificate key) or a
-//     certificate chain to a trusted root.
+//     relay inside the handshake, before it sends a byte of its own. An
+//     agent given the relay's ID pins it: it offers [ALPNPinned] after
+//     "http/1.1", the relay answers with the self-signed certificate of its
+//     identity key (even if it also has a CA-signed one), and the agent
+//     accepts only a key with that ID, whatever CA signed the certificate.
+//     An agent without an ID accepts a certificate chain to a trusted root.
 //  2. The agent sends "GET /burrow HTTP/1.1" with "Upgrade: burrow-relay"
 //     and, without waiting for the answer, its [ClientHello] frame. The hello
 //     is signed by the agent's key over a TLS exporter value, so it proves the
@@ -30,11 +34,15 @@
 //
 //	1  first version.
 //	   Added within version 1, as a frame type older agents skip: drain
-//	   (0x31). Added within version 1, as values older agents report
-//	   without knowing: refuse code 7 (too many sessions from one
-//	   address), peer-gone reason 4 (offline or not authorized: what a
-//	   client the device has not allowed is told, online or not), go-away
-//	   reason 5 (no device allows this client).
+//	   (0x31).
+//	   Added within version 1, as values older agents report without
+//	   knowing: refuse code 7 (too many sessions from one address),
+//	   peer-gone reason 4 (offline or not authorized: what a client the
+//	   device has not allowed is told, online or not), go-away reason 5
+//	   (no device allows this client).
+//	   Added within version 1: [ALPNPinned]. A relay that serves a
+//	   CA-signed certificate must know it for agents that pin its ID; older
+//	   ones ignore it, and those agents fail with a key mismatch.
 package relayproto
 
 import (
@@ -59,6 +67,12 @@ const (
 	UpgradePath  = "/burrow"
 	UpgradeToken = "burrow-relay"
 )
+
+// ALPNPinned is the ALPN protocol ID an agent that pins the relay's ID
+// offers, after "http/1.1", to ask the relay for the self-signed
+// certificate of its identity key rather than a CA-signed one. It is a
+// signal, never negotiated: the relay still selects "http/1.1".
+const ALPNPinned = "burrow-relay-id"
 
 // ExporterLabel is the TLS exporter label (RFC 8446 §7.5) whose 32-byte
 // value both hellos sign, binding them to one TLS connection.

@@ -570,11 +570,11 @@ func TestBinaryPairing(t *testing.T) {
 		t.Fatalf("invite: %q %q %v", invite, stderr, err)
 	}
 	invite = strings.TrimSpace(invite)
-	out, stderr, err := run(t, "pair", invite, "--name", "cam1", "--home", home)
+	_, out, stderr, err := runPair(t, invite+"\n", "--name", "cam1", "--home", home)
 	if err != nil || !strings.Contains(out, "paired with cam1") {
 		t.Fatalf("pair: %q %q %v", out, stderr, err)
 	}
-	if _, stderr, err := run(t, "pair", invite, "--name", "again", "--home", home); err == nil || !strings.Contains(stderr, "already used") {
+	if _, _, stderr, err := runPair(t, invite+"\n", "--name", "again", "--home", home); err == nil || !strings.Contains(stderr, "already used") {
 		t.Fatalf("second pair with the same invite: %q %v", stderr, err)
 	}
 	out, _, err = run(t, "devices", "--home", home)

@@ -158,7 +158,8 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 with this device, with the given role, until it expires. On a terminal it is
 also drawn as a QR code; otherwise it is printed alone on one line.
 
-Give it to the person who should get access; they run "burrow pair INVITE".
+Give it to the person who should get access; they run "burrow pair" and
+paste it.
 The invite carries a one-time secret: treat it like a password until used.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -181,8 +182,8 @@ The invite carries a one-time secret: treat it like a password until used.`,
 			if q, err := qrcode.New(ans.Invite, qrcode.Low); err == nil {
 				fmt.Fprint(g.stdout, q.ToSmallString(false))
 			}
-			fmt.Fprintf(g.stdout, "%s\n\nSingle use; expires %s. Pair with: burrow pair '%s'\n",
-				ans.Invite, ans.Expires.Local().Format(time.DateTime), ans.Invite)
+			fmt.Fprintf(g.stdout, "%s\n\nSingle use; expires %s. Pair with: burrow pair --name NAME, then paste the invite.\n",
+				ans.Invite, ans.Expires.Local().Format(time.DateTime))
 			return nil
 		},
 	}

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,23 +19,30 @@ import (
 )
 
 func newPairCmd(g *globals) *cobra.Command {
-	var name string
+	var name, inviteFile string
 	cmd := &cobra.Command{
-		Use:   "pair INVITE [--name NAME]",
+		Use:   "pair [--name NAME] [--invite-file FILE]",
 		Short: "Pair with a device using an invite from its owner",
 		Long: `Pair this client with a device, using an invite made on the device with
-"burrow device invite". The device's key is pinned from the invite: a device
-that proves another key fails with a key mismatch, and the invite's secret
-is never sent to it. The secret is proven inside the encrypted session; the
-relay only ever sees a hash of it.
+"burrow device invite". The invite is read from standard input (paste it when
+asked, or redirect it from a file), or from the file --invite-file names ("-"
+is standard input). Giving it as an argument works too, but every user of
+this machine can read a command line (ps, /proc) while it runs, and pair with
+the invite before you do: burrow warns when you do that.
+
+The device's key is pinned from the invite: a device that proves another key
+fails with a key mismatch, and the invite's secret is never sent to it. The
+secret is proven inside the encrypted session; the relay only ever sees a
+hash of it.
 
 The device is then known by NAME (by default the name it gave itself, or its
 short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
-		Example: `  burrow pair 'burrow://pair?device=…&relay=relay.example.com%3A443&…' --name cam1
+		Example: `  burrow pair --name cam1                       # then paste the invite, Enter
+  burrow pair --name cam1 --invite-file invite.txt
   burrow connect cam1 rtsp --listen 127.0.0.1:8554`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usageError(cmd, "want one INVITE (quote it: it contains & characters), got %d arguments", len(args))
+			if len(args) > 1 {
+				return usageError(cmd, "want the invite on standard input or with --invite-file, got %d arguments", len(args))
 			}
 			return nil
 		},
@@ -40,7 +51,11 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 			if err != nil {
 				return err
 			}
-			inv, err := pairing.Parse(args[0])
+			raw, err := readInvite(cmd, args, inviteFile, g.stderr)
+			if err != nil {
+				return err
+			}
+			inv, err := pairing.Parse(raw)
 			if err != nil {
 				return err
 			}
@@ -92,7 +107,66 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the name to know the device by")
+	cmd.Flags().StringVar(&inviteFile, "invite-file", "", `read the invite from FILE ("-": standard input, the default)`)
 	return cmd
+}
+
+// argInviteWarning is printed when the invite is given as an argument.
+const argInviteWarning = "burrow: warning: other users of this machine can read an invite given on the command line " +
+	"(ps, /proc) while pair runs, and pair with it first; next time pass it on standard input " +
+	"(burrow pair --name NAME, then paste it) or with --invite-file FILE"
+
+// readInvite returns the invite: the argument (with a warning), else the
+// first line of --invite-file or of standard input that is not blank.
+func readInvite(cmd *cobra.Command, args []string, file string, stderr io.Writer) (string, error) {
+	switch {
+	case len(args) == 1 && file != "":
+		return "", usageError(cmd, "give the invite as an argument or with --invite-file, not both")
+	case len(args) == 1:
+		fmt.Fprintln(stderr, argInviteWarning)
+		return args[0], nil
+	case file != "" && file != "-":
+		f, err := os.Open(file)
+		if err != nil {
+			return "", fmt.Errorf("--invite-file: %w", err)
+		}
+		defer f.Close()
+		s, err := readInviteLine(f)
+		if errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("--invite-file %s: no invite in the file: it is empty", file)
+		}
+		if err != nil {
+			return "", fmt.Errorf("--invite-file %s: %w", file, err)
+		}
+		return s, nil
+	}
+	in := cmd.InOrStdin()
+	if f, ok := in.(*os.File); ok && isTerminal(f) {
+		fmt.Fprint(stderr, "Paste the invite (burrow://pair?…) and press Enter: ")
+	}
+	s, err := readInviteLine(in)
+	if errors.Is(err, io.EOF) {
+		return "", usageError(cmd, "no invite on standard input: paste it when asked, or pass --invite-file FILE")
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the invite from standard input: %w", err)
+	}
+	return s, nil
+}
+
+// readInviteLine returns the first line of r that is not blank, trimmed,
+// or io.EOF if there is none. It reads no more than an invite needs.
+func readInviteLine(r io.Reader) (string, error) {
+	br := bufio.NewReader(io.LimitReader(r, 16*pairing.MaxLen))
+	for {
+		line, err := br.ReadString('\n')
+		if s := strings.TrimSpace(line); s != "" {
+			return s, nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
 }
 
 func newDevicesCmd(g *globals) *cobra.Command {
@@ -110,7 +184,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if len(devs) == 0 {
-				fmt.Fprintln(g.stderr, "no devices yet: pair with burrow pair INVITE")
+				fmt.Fprintln(g.stderr, "no devices yet: pair with burrow pair (see burrow pair --help)")
 				return nil
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
