@@ -326,13 +326,13 @@ func TestPairingBruteForce(t *testing.T) {
 	s := rawSession(t, r, NewIdentity(t), d, &inv)
 	for i := range 5 {
 		wrong := pairing.NewSecret()
-		_, err := s.Pair(ctx10(t), wrong[:])
+		_, err := s.Pair(ctx10(t), inv.Secret.RelayToken(), wrong[:])
 		if !errors.Is(err, session.ErrNotAuthorized) {
 			t.Fatalf("wrong secret %d: err = %v", i+1, err)
 		}
 	}
 	start := time.Now()
-	_, err = s.Pair(ctx10(t), inv.Secret[:])
+	_, err = s.Pair(ctx10(t), inv.Secret.RelayToken(), inv.Secret[:])
 	if !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "try again in") {
 		t.Fatalf("sixth attempt: err = %v, want a refusal without a check", err)
 	}
@@ -340,7 +340,7 @@ func TestPairingBruteForce(t *testing.T) {
 		t.Fatalf("%d users after the lock", n)
 	}
 	time.Sleep(10*time.Second - time.Since(start) + 100*time.Millisecond)
-	if _, err := s.Pair(ctx10(t), inv.Secret[:]); err != nil {
+	if _, err := s.Pair(ctx10(t), inv.Secret.RelayToken(), inv.Secret[:]); err != nil {
 		t.Fatalf("right secret after the lock: %v", err)
 	}
 }
