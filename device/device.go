@@ -160,7 +160,7 @@ type Device struct {
 	mu       sync.Mutex
 	users    map[identity.ID]User              // paired users; guarded by mu
 	invites  map[[32]byte]pendingInvite        // by verifier; guarded by mu
-	guard    pairGuard                         // guarded by mu
+	guards   pairGuards                        // guarded by mu
 	sessions map[*session.Session]*sessionInfo // guarded by mu
 	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
 	// unsaved holds the users revoked while the state directory could not
@@ -171,6 +171,10 @@ type Device struct {
 	revokeMu sync.Mutex
 	closed   bool       // guarded by mu
 	seenLog  failureLog // guarded by mu
+	// pairLog rate-limits pairing warnings; pairLogSkipped counts those
+	// not logged since the last one. Guarded by mu.
+	pairLog        *rate.Limiter
+	pairLogSkipped int
 }
 
 // A failureLog rate-limits the warnings of a failure that may repeat on
@@ -256,6 +260,7 @@ func New(cfg Config) (*Device, error) {
 		sessions: make(map[*session.Session]*sessionInfo),
 		limits:   make(map[identity.ID]*rate.Limiter),
 		unsaved:  make(map[identity.ID]User),
+		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	if cfg.StateDir != "" {
 		st, err := openStore(cfg.StateDir)
@@ -566,7 +571,7 @@ func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog
 	}
 	switch req.Kind {
 	case session.KindPair:
-		d.pair(s, in, req.Secret, log)
+		d.pair(s, in, req, log)
 	case session.KindControl:
 		d.serveControl(s, in, log)
 	default:

@@ -26,7 +26,8 @@ import (
 //	type 1 (invite), pair requests: the relay token of the invite whose
 //	       secret the request carries [32]. The device counts a wrong
 //	       secret against that invite only, so that guesses at one invite
-//	       never lock another (device/pair.go).
+//	       never lock another (device/pair.go). The device refuses a
+//	       pair request without it.
 const (
 	headerVersion = 1
 
