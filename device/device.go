@@ -57,7 +57,9 @@ type Config struct {
 	// for all): users fixed by the configuration. Nil or empty: none.
 	Clients map[identity.ID][]string
 	// StateDir holds the paired users and pending invites. Empty disables
-	// pairing: only Clients get in.
+	// pairing: only Clients get in. [New] refuses a directory that a user
+	// other than the agent's or root owns, or that others may write (or
+	// one below such a directory): that user could decide who gets in.
 	StateDir string
 	// Logger receives one line per significant event. Nil discards logs.
 	Logger *slog.Logger
