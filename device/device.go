@@ -45,8 +45,13 @@ type Config struct {
 	// Relay is the relay the device attaches to. Required.
 	Relay paths.RelayConfig
 	// EnrollToken is presented to a relay that has not enrolled this
-	// device yet. Optional.
+	// device yet, until the relay first admits the device (see
+	// [paths.Config.EnrollToken]). Optional.
 	EnrollToken string
+	// OnEnrolled, if set, is called once when the relay first admits the
+	// device while it has an EnrollToken: the token is no longer needed.
+	// It must not block. Nil logs that the token can be deleted.
+	OnEnrolled func()
 	// Services maps a service name to the host:port it is served on. These
 	// are the only addresses the device ever dials. Required, non-empty.
 	Services map[string]string
@@ -287,6 +292,12 @@ func New(cfg Config) (*Device, error) {
 			d.log.Info("no clients yet: make an invite with burrow device invite")
 		}
 	}
+	onEnrolled := cfg.OnEnrolled
+	if onEnrolled == nil {
+		onEnrolled = func() {
+			d.log.Info("enrolled on the relay: the enrollment token is no longer needed (it is not sent again); delete it from where it is configured")
+		}
+	}
 	pc, err := paths.Listen(paths.Config{
 		Identity:       cfg.Identity,
 		Role:           relayproto.RoleDevice,
@@ -294,6 +305,7 @@ func New(cfg Config) (*Device, error) {
 		Dial:           cfg.DialRelay,
 		Logger:         cfg.Logger,
 		EnrollToken:    cfg.EnrollToken,
+		OnEnrolled:     onEnrolled,
 		Access:         d.accessList,
 		Direct:         cfg.Direct,
 		ReattachSpread: cfg.ReattachSpread,

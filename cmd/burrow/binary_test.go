@@ -674,6 +674,54 @@ func TestBinaryPairing(t *testing.T) {
 	}
 }
 
+// TestBinaryEnrollToken: a device whose configuration holds an enrollment
+// token that other users may read is warned about it at start; once the
+// relay has enrolled it, it says the token can be deleted, and stops
+// sending it: removed by the relay's operator, it is not enrolled again,
+// though its token has uses left.
+func TestBinaryEnrollToken(t *testing.T) {
+	dir := t.TempDir()
+	relayData := filepath.Join(dir, "relay")
+	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(tokenOut)
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr, relayID := m[1], m[2]
+	cfg := filepath.Join(dir, "device.yaml")
+	body := fmt.Sprintf("relay: %s\nrelay_id: %s\nidentity: device.key\nenroll_token: %s\nservices:\n  http: 127.0.0.1:1\nclients:\n  %s: [http]\ndirect: false\n",
+		relayAddr, relayID, token, tunneltest.NewIdentity(t).ID())
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cfg, 0o644)
+	dev := start(t, "device", "device", "--config", cfg)
+	dev.waitFor(regexp.MustCompile(`level=WARN msg="other users may read the enrollment token in `+regexp.QuoteMeta(cfg)+
+		`: run chmod 600 `+regexp.QuoteMeta(cfg)+`, and once the device is enrolled delete enroll_token from it".* mode=0644`), 0, 10*time.Second)
+	_, at := dev.waitFor(reAttached, 0, 10*time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="enrolled on the relay: enroll_token is no longer needed \(it is not sent again\); delete it from `+regexp.QuoteMeta(cfg)+`"`), 0, 5*time.Second)
+	devID, _, _ := run(t, "id", "--identity", filepath.Join(dir, "device.key"))
+
+	if out, stderr, err := run(t, "relay", "devices", "remove", strings.TrimSpace(devID), "--data", relayData); err != nil {
+		t.Fatalf("remove: %q %q %v", out, stderr, err)
+	}
+	dev.waitFor(regexp.MustCompile(`relay attach failed.*is not enrolled on this relay: give it an enrollment token`), at, 15*time.Second)
+	time.Sleep(2 * time.Second) // more attempts
+	relay.mu.Lock()
+	defer relay.mu.Unlock()
+	enrolled := 0
+	for _, l := range relay.lines {
+		if strings.Contains(l, `msg="device enrolled"`) {
+			enrolled++
+		}
+	}
+	if enrolled != 1 {
+		t.Fatalf("the relay enrolled the device %d times, want once: the removal did not stick", enrolled)
+	}
+}
+
 // TestBinaryHome: client commands keep their files under --home, else
 // $BURROW_HOME.
 func TestBinaryHome(t *testing.T) {
