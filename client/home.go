@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
 	"github.com/burrow-tunnel/burrow/internal/yamlstrict"
 	"github.com/burrow-tunnel/burrow/pairing"
 )
@@ -22,7 +23,15 @@ import (
 //
 //	identity.key   the client's key (created on first use)
 //	devices.yaml   known devices, by name (written by Pair; editable)
+//
+// Every method refuses a home that a user other than the client's or root
+// owns, or that others may write (matching
+// [identity.ErrUnsafePermissions]): whoever can change it chooses the
+// client's key and the device keys it trusts.
 type Home struct{ Dir string }
+
+// check refuses an unsafe home (see [Home]).
+func (h Home) check() error { return fileperm.CheckDir(h.Dir, "client home") }
 
 // IdentityPath is where the client's key is.
 func (h Home) IdentityPath() string { return filepath.Join(h.Dir, "identity.key") }
@@ -32,6 +41,9 @@ func (h Home) DevicesPath() string { return filepath.Join(h.Dir, "devices.yaml")
 
 // Identity loads the client's identity, creating it if there is none.
 func (h Home) Identity() (id *identity.Identity, created bool, err error) {
+	if err := h.check(); err != nil {
+		return nil, false, err
+	}
 	return identity.LoadOrCreate(h.IdentityPath())
 }
 
@@ -60,6 +72,9 @@ type knownDeviceYAML struct {
 
 // Devices returns the known devices, by name.
 func (h Home) Devices() ([]KnownDevice, error) {
+	if err := h.check(); err != nil {
+		return nil, err
+	}
 	data, err := os.ReadFile(h.DevicesPath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

@@ -42,7 +42,7 @@ func (c *Client) Pair(ctx context.Context, inv pairing.Invite) (Paired, error) {
 		}
 		return Paired{}, err
 	}
-	rep, err := s.Pair(ctx, inv.Secret[:])
+	rep, err := s.Pair(ctx, inv.Secret.RelayToken(), inv.Secret[:])
 	if err != nil {
 		return Paired{}, err
 	}

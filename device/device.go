@@ -45,8 +45,13 @@ type Config struct {
 	// Relay is the relay the device attaches to. Required.
 	Relay paths.RelayConfig
 	// EnrollToken is presented to a relay that has not enrolled this
-	// device yet. Optional.
+	// device yet, until the relay first admits the device (see
+	// [paths.Config.EnrollToken]). Optional.
 	EnrollToken string
+	// OnEnrolled, if set, is called once when the relay first admits the
+	// device while it has an EnrollToken: the token is no longer needed.
+	// It must not block. Nil logs that the token can be deleted.
+	OnEnrolled func()
 	// Services maps a service name to the host:port it is served on. These
 	// are the only addresses the device ever dials. Required, non-empty.
 	Services map[string]string
@@ -57,7 +62,9 @@ type Config struct {
 	// for all): users fixed by the configuration. Nil or empty: none.
 	Clients map[identity.ID][]string
 	// StateDir holds the paired users and pending invites. Empty disables
-	// pairing: only Clients get in.
+	// pairing: only Clients get in. [New] refuses a directory that a user
+	// other than the agent's or root owns, or that others may write (or
+	// one below such a directory): that user could decide who gets in.
 	StateDir string
 	// Logger receives one line per significant event. Nil discards logs.
 	Logger *slog.Logger
@@ -160,7 +167,7 @@ type Device struct {
 	mu       sync.Mutex
 	users    map[identity.ID]User              // paired users; guarded by mu
 	invites  map[[32]byte]pendingInvite        // by verifier; guarded by mu
-	guard    pairGuard                         // guarded by mu
+	guards   pairGuards                        // guarded by mu
 	sessions map[*session.Session]*sessionInfo // guarded by mu
 	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
 	// unsaved holds the users revoked while the state directory could not
@@ -171,6 +178,10 @@ type Device struct {
 	revokeMu sync.Mutex
 	closed   bool       // guarded by mu
 	seenLog  failureLog // guarded by mu
+	// pairLog rate-limits pairing warnings; pairLogSkipped counts those
+	// not logged since the last one. Guarded by mu.
+	pairLog        *rate.Limiter
+	pairLogSkipped int
 }
 
 // A failureLog rate-limits the warnings of a failure that may repeat on
@@ -256,6 +267,7 @@ func New(cfg Config) (*Device, error) {
 		sessions: make(map[*session.Session]*sessionInfo),
 		limits:   make(map[identity.ID]*rate.Limiter),
 		unsaved:  make(map[identity.ID]User),
+		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	if cfg.StateDir != "" {
 		st, err := openStore(cfg.StateDir)
@@ -280,6 +292,12 @@ func New(cfg Config) (*Device, error) {
 			d.log.Info("no clients yet: make an invite with burrow device invite")
 		}
 	}
+	onEnrolled := cfg.OnEnrolled
+	if onEnrolled == nil {
+		onEnrolled = func() {
+			d.log.Info("enrolled on the relay: the enrollment token is no longer needed (it is not sent again); delete it from where it is configured")
+		}
+	}
 	pc, err := paths.Listen(paths.Config{
 		Identity:       cfg.Identity,
 		Role:           relayproto.RoleDevice,
@@ -287,6 +305,7 @@ func New(cfg Config) (*Device, error) {
 		Dial:           cfg.DialRelay,
 		Logger:         cfg.Logger,
 		EnrollToken:    cfg.EnrollToken,
+		OnEnrolled:     onEnrolled,
 		Access:         d.accessList,
 		Direct:         cfg.Direct,
 		ReattachSpread: cfg.ReattachSpread,
@@ -566,7 +585,7 @@ func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog
 	}
 	switch req.Kind {
 	case session.KindPair:
-		d.pair(s, in, req.Secret, log)
+		d.pair(s, in, req, log)
 	case session.KindControl:
 		d.serveControl(s, in, log)
 	default:

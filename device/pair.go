@@ -234,9 +234,35 @@ func (d *Device) pairable() bool {
 	return false
 }
 
-// A pairGuard refuses pairing for a while after repeated wrong secrets: 5
-// failures within a minute lock pairing for 10 s, doubling with each
-// lockout that follows within an hour (up to 10 minutes).
+// Guessing at invites. A pairing request carries a secret and names the
+// invite it is for, by the invite's relay token. A wrong secret counts
+// against the client that sent it and against the invite it names: 5
+// within a minute lock that client, or that invite, for a while (see
+// [pairGuard]). So a client's failures lock out only itself, and the
+// invites whose relay tokens it knows: its own (whose secret it holds
+// anyway) and, for the relay, any pending one (but the relay can drop any
+// pairing's packets anyway). A client that guesses blind, as a paired user
+// trying for a better role would, knows no other invite's relay token: its
+// requests name no pending invite, and are refused without any secret
+// being checked.
+//
+// The bound per invite holds however many keys the guessers make: an
+// invite takes about 5 wrong secrets per 10 minutes once its lockouts have
+// grown, some 5,000 over the longest invite life (7 days). Against a
+// 128-bit secret that is a chance below 2^-115 of a hit; even unbounded,
+// the relay could not test enough secrets to matter. The lock is a second
+// line, and a signal: the owner is told when an invite is locked.
+//
+// The per-client records are capped (maxGuardedClients); past the cap, a
+// new client's failures go uncounted, which costs nothing since only
+// wrong secrets for a named pending invite are guesses, and those count
+// against the invite. Pairing warnings are rate-limited device-wide, so a
+// flood of refused requests does not flood the log.
+
+// A pairGuard refuses pairing for a while after repeated failures: 5
+// failures within a minute lock for 10 s, doubling with each lockout that
+// follows within an hour (up to 10 minutes). Each client and each pending
+// invite has one.
 type pairGuard struct {
 	failures    int
 	firstFail   time.Time
@@ -260,14 +286,14 @@ func (g *pairGuard) check(now time.Time) time.Duration {
 	return 0
 }
 
-// fail records a wrong secret.
-func (g *pairGuard) fail(now time.Time) {
+// fail records a failure, and reports whether it locked g.
+func (g *pairGuard) fail(now time.Time) bool {
 	if now.Sub(g.firstFail) > failureWindow {
 		g.failures, g.firstFail = 0, now
 	}
 	g.failures++
 	if g.failures < maxFailures {
-		return
+		return false
 	}
 	if now.Sub(g.lastLockout) > time.Hour {
 		g.lockouts = 0
@@ -276,32 +302,154 @@ func (g *pairGuard) fail(now time.Time) {
 	g.lockouts++
 	g.lastLockout, g.lockedUntil = now, now.Add(lock)
 	g.failures = 0
+	return true
+}
+
+// idle reports whether g neither locks nor counts anything at now:
+// forgetting it loses only the doubling of later lockouts.
+func (g *pairGuard) idle(now time.Time) bool {
+	return !now.Before(g.lockedUntil) && now.Sub(g.firstFail) > failureWindow
+}
+
+// maxGuardedClients caps the clients whose pairing failures are counted.
+const maxGuardedClients = 1024
+
+// pairGuards are the pairGuards of clients and of invites. The zero value
+// is ready to use.
+type pairGuards struct {
+	clients map[identity.ID]*pairGuard
+	invites map[[32]byte]*pairGuard // by relay token
+}
+
+// check returns how long a request from client for invite stays refused,
+// and whether it is the invite (rather than the client) that is locked.
+func (gs *pairGuards) check(client identity.ID, invite [32]byte, now time.Time) (time.Duration, bool) {
+	if g := gs.clients[client]; g != nil {
+		if wait := g.check(now); wait > 0 {
+			return wait, false
+		}
+	}
+	if g := gs.invites[invite]; g != nil {
+		if wait := g.check(now); wait > 0 {
+			return wait, true
+		}
+	}
+	return 0, false
+}
+
+// fail records a failure of client, naming invite if it is pending (nil
+// otherwise). It reports whether it locked the invite, and for how long.
+func (gs *pairGuards) fail(client identity.ID, invite *[32]byte, now time.Time) (bool, time.Duration) {
+	if g := gs.client(client, now); g != nil {
+		g.fail(now)
+	}
+	if invite == nil {
+		return false, 0
+	}
+	if gs.invites == nil {
+		gs.invites = make(map[[32]byte]*pairGuard)
+	}
+	g := gs.invites[*invite]
+	if g == nil {
+		g = new(pairGuard)
+		gs.invites[*invite] = g
+	}
+	if g.fail(now) {
+		return true, g.check(now)
+	}
+	return false, 0
+}
+
+// client returns client's guard, making one if there is room; nil if
+// there is none.
+func (gs *pairGuards) client(id identity.ID, now time.Time) *pairGuard {
+	if g := gs.clients[id]; g != nil {
+		return g
+	}
+	if gs.clients == nil {
+		gs.clients = make(map[identity.ID]*pairGuard)
+	}
+	if len(gs.clients) >= maxGuardedClients {
+		gs.forgetIdle(now)
+		if len(gs.clients) >= maxGuardedClients {
+			return nil
+		}
+	}
+	g := new(pairGuard)
+	gs.clients[id] = g
+	return g
+}
+
+// forgetIdle drops the guards of clients that are idle at now.
+func (gs *pairGuards) forgetIdle(now time.Time) {
+	for id, g := range gs.clients {
+		if g.idle(now) {
+			delete(gs.clients, id)
+		}
+	}
+}
+
+// forgetInvites drops the guards of invites that are no longer pending.
+func (gs *pairGuards) forgetInvites(pending func([32]byte) bool) {
+	for token := range gs.invites {
+		if !pending(token) {
+			delete(gs.invites, token)
+		}
+	}
 }
 
 // pair answers a pairing request on stream in.
-func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, log *slog.Logger) {
+func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Request, log *slog.Logger) {
 	client := s.PeerID()
 	now := time.Now()
+	if req.Invite == ([32]byte{}) {
+		// No secret is checked: nothing to count.
+		d.pairWarn(log, "pairing refused: the request names no invite (an older client)")
+		in.Answer(session.Reply{Code: session.CodeBadRequest,
+			Detail: "the pairing request names no invite: update burrow on this client"})
+		return
+	}
 	d.mu.Lock()
-	wait := d.guard.check(now)
+	wait, inviteLocked := d.guards.check(client, req.Invite, now)
+	var inv pendingInvite
+	found := false
+	if wait == 0 {
+		inv, found = d.inviteLocked(req.Invite)
+	}
 	d.mu.Unlock()
-	if wait > 0 {
+	switch {
+	case wait > 0 && inviteLocked:
 		// Refused without looking at the secret.
-		log.Warn("pairing refused: too many wrong invites", "retry_in", wait.Round(time.Second).String())
+		d.pairWarn(log, "pairing refused: the invite it names is locked after wrong secrets", "retry_in", wait.Round(time.Second).String())
+		in.Answer(session.Reply{Code: session.CodeRateLimited,
+			Detail: fmt.Sprintf("too many wrong secrets for this invite; try again in %s", wait.Round(time.Second))})
+		return
+	case wait > 0:
+		d.pairWarn(log, "pairing refused: too many failed attempts from this client", "retry_in", wait.Round(time.Second).String())
 		in.Answer(session.Reply{Code: session.CodeRateLimited,
 			Detail: fmt.Sprintf("too many failed pairing attempts; try again in %s", wait.Round(time.Second))})
 		return
-	}
-	if d.st == nil || len(secret) != pairing.SecretLen {
-		d.pairFailed(now)
-		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: ErrInviteUnknown.Error()})
+	case !found:
+		// Not a guess at any invite: no secret was checked.
+		d.pairFailed(client, nil, inv, now, log)
+		d.pairWarn(log, "pairing refused: invite unknown or already used")
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
+		return
+	case now.After(inv.Expires):
+		log.Warn("pairing refused: invite expired")
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite expired: ask the device owner for a new one"})
+		return
+	case len(req.Secret) != pairing.SecretLen || !pairing.Secret(req.Secret).Matches(inv.Verifier):
+		// A guess: whoever sent it knows the invite's relay token.
+		d.pairFailed(client, &req.Invite, inv, now, log)
+		d.pairWarn(log, "pairing refused: wrong secret for a pending invite", "invite_name", inv.Name, "role", inv.Role)
+		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	}
-	verifier := pairing.Secret(secret).Verifier()
 	// A revocation of this client waiting to be saved must not delete the
 	// new pairing: pairing again overrides it.
 	d.revokeMu.Lock()
-	u, err := d.st.redeem(verifier, client, now)
+	u, err := d.st.redeem(inv.Verifier, client, now)
 	if err == nil {
 		d.mu.Lock()
 		delete(d.unsaved, client)
@@ -314,8 +462,8 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, l
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite expired: ask the device owner for a new one"})
 		return
 	case errors.Is(err, ErrInviteUnknown):
-		d.pairFailed(now)
-		log.Warn("pairing refused: invite unknown or already used")
+		// The right secret, spent a moment ago by another client.
+		log.Warn("pairing refused: invite already used")
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	case err != nil:
@@ -329,7 +477,8 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, l
 		return
 	}
 	d.mu.Lock()
-	delete(d.invites, verifier)
+	delete(d.invites, inv.Verifier)
+	delete(d.guards.invites, req.Invite)
 	d.users[client] = u
 	d.mu.Unlock()
 	d.pc.AccessChanged()
@@ -341,10 +490,55 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, secret []byte, l
 	in.Answer(session.Reply{Code: session.CodeOK, Detail: u.Role, Allowed: svcs})
 }
 
-func (d *Device) pairFailed(now time.Time) {
+// inviteLocked returns the pending invite whose relay token is token.
+func (d *Device) inviteLocked(token [32]byte) (pendingInvite, bool) {
+	for _, in := range d.invites {
+		if in.RelayToken == token {
+			return in, true
+		}
+	}
+	return pendingInvite{}, false
+}
+
+// pairFailed records a failed pairing of client; invite, if not nil, is
+// the relay token of the pending invite in it named. The owner is told
+// when an invite is locked.
+func (d *Device) pairFailed(client identity.ID, invite *[32]byte, in pendingInvite, now time.Time, log *slog.Logger) {
 	d.mu.Lock()
-	d.guard.fail(now)
+	locked, wait := d.guards.fail(client, invite, now)
 	d.mu.Unlock()
+	if locked {
+		log.Warn("invite locked: someone who knows its relay token (the relay, or whoever has the invite) sent wrong secrets for it",
+			"invite_name", in.Name, "role", in.Role, "made", in.Created.Format(time.RFC3339), "locked_for", wait.String(),
+			"fix", "if the person you invited cannot pair, make them a new invite, and look into the relay")
+	}
+}
+
+// Pairing warnings: at most pairLogRate per second, in bursts of
+// pairLogBurst, device-wide; the next one logged says how many were not.
+const (
+	pairLogRate  = 1
+	pairLogBurst = 20
+)
+
+// pairWarn logs a pairing refusal, unless too many came too fast.
+func (d *Device) pairWarn(log *slog.Logger, msg string, args ...any) {
+	d.mu.Lock()
+	ok := d.pairLog.Allow()
+	skipped := d.pairLogSkipped
+	if ok {
+		d.pairLogSkipped = 0
+	} else {
+		d.pairLogSkipped++
+	}
+	d.mu.Unlock()
+	if !ok {
+		return
+	}
+	if skipped > 0 {
+		args = append(args, "refusals_not_logged", skipped)
+	}
+	log.Warn(msg, args...)
 }
 
 // sweepEvery is how often expired invites are dropped, and revocations not
@@ -370,6 +564,11 @@ func (d *Device) sweep() {
 					delete(d.invites, v)
 				}
 			}
+			d.guards.forgetInvites(func(token [32]byte) bool {
+				_, ok := d.inviteLocked(token)
+				return ok
+			})
+			d.guards.forgetIdle(now)
 			d.mu.Unlock()
 			if len(gone) == 0 {
 				continue

@@ -14,6 +14,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
 )
 
 // The device's state: paired users and pending invites, in an embedded
@@ -74,8 +75,14 @@ var ErrStateBusy = errors.New("device state is in use by another process (is the
 
 // openStore opens (creating if needed) the store in dir. A directory that
 // cannot be written is no error: the store then serves what it holds, and
-// writable says why it cannot save.
+// writable says why it cannot save. A directory that another user owns or
+// may write is an error (matching [identity.ErrUnsafePermissions]), before
+// anything in it is read: that user could decide whom the device lets in.
 func openStore(dir string) (*store, error) {
+	os.MkdirAll(dir, 0o700) // if it fails, openLocked says why
+	if err := fileperm.CheckDir(dir, "state directory"); err != nil {
+		return nil, err
+	}
 	st := &store{dir: dir, path: filepath.Join(dir, "device.db")}
 	st.mu.Lock()
 	defer st.mu.Unlock()

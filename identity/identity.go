@@ -21,8 +21,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
+
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
 )
 
 // IDLen is the length of an [ID] in bytes.
@@ -137,18 +138,30 @@ func (i *Identity) Sign(msg []byte) []byte { return ed25519.Sign(i.priv, msg) }
 // pemType is the PEM block type of a key file: PKCS #8, readable by OpenSSL.
 const pemType = "PRIVATE KEY"
 
+// ErrUnsafePermissions is matched by the error of [Load] or [Save] for a
+// key file, or a directory holding one, that another user owns or may
+// read or change (see [Load]).
+var ErrUnsafePermissions = fileperm.ErrUnsafe
+
 // Load reads an identity from a PEM-encoded PKCS #8 Ed25519 key file. On
-// Unix, a key file that other users may read or write is refused (as ssh
-// does): whoever reads the key is the agent.
+// Unix it refuses (as ssh does) a key file that other users may read or
+// write, or that a user other than the agent's or root owns, and a key in
+// a directory that such a user owns or that others may write: whoever
+// reads the key is the agent, and whoever can replace it decides who the
+// agent is. The error matches [ErrUnsafePermissions] and says how to fix
+// it.
 func Load(path string) (*Identity, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read identity: %w", err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("identity %s: other users may read or change this key (mode %04o): run chmod 600 %s",
-			path, fi.Mode().Perm(), path)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read identity: %w", err)
+	}
+	if err := fileperm.CheckKey(path, fi); err != nil {
+		return nil, fmt.Errorf("identity %s: %w", path, err)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
@@ -194,6 +207,7 @@ func LoadOrCreate(path string) (id *Identity, created bool, err error) {
 
 // Save writes the identity's key to path (mode 0600). It never overwrites
 // an existing file: a key is a name, and losing it loses every pairing.
+// Like [Load], it refuses a directory that another user owns or may write.
 func (i *Identity) Save(path string) error {
 	der, err := x509.MarshalPKCS8PrivateKey(i.priv)
 	if err != nil {
@@ -201,6 +215,9 @@ func (i *Identity) Save(path string) error {
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("write identity: %w", err)
+	}
+	if err := fileperm.CheckDir(filepath.Dir(path), "directory"); err != nil {
+		return fmt.Errorf("identity %s: %w", path, err)
 	}
 	// Write a temporary file and link it into place, so a crash never leaves
 	// a half-written key at path and a concurrent creator never sees one.

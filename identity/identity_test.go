@@ -199,3 +199,50 @@ func TestPinnedTLS(t *testing.T) {
 		t.Fatalf("message %q does not name both keys", cerr)
 	}
 }
+
+// TestLoadRejectsUnsafeOwners: a key file that is 0600 but owned by
+// another user, and a key in a directory others may write, are refused
+// with the command that fixes it; Save writes no key into such a
+// directory. (Giving a file to another user needs root.)
+func TestLoadRejectsUnsafeOwners(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no Unix owners")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to give the key to another user")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "device.key")
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := id.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, 65534, -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); !errors.Is(err, ErrUnsafePermissions) || !strings.Contains(err.Error(), "run chown root "+path) {
+		t.Fatalf("0600 key of uid 65534: err = %v, want it refused with the chown that fixes it", err)
+	}
+	if _, _, err := LoadOrCreate(path); err == nil {
+		t.Fatal("LoadOrCreate accepted another user's key")
+	}
+	os.Chown(path, 0, -1)
+	if _, err := Load(path); err != nil {
+		t.Fatalf("root's key, running as root: %v", err)
+	}
+
+	os.Chmod(dir, 0o777)
+	if _, err := Load(path); !errors.Is(err, ErrUnsafePermissions) || !strings.Contains(err.Error(), "run chmod go-w "+dir) {
+		t.Fatalf("key in a directory others may write: err = %v", err)
+	}
+	other := filepath.Join(dir, "new.key")
+	if err := id.Save(other); !errors.Is(err, ErrUnsafePermissions) {
+		t.Fatalf("Save into a directory others may write: err = %v", err)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Fatal("Save wrote a key into a directory others may write")
+	}
+}

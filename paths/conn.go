@@ -150,8 +150,15 @@ type Config struct {
 	// agents noticed at different moments already. Zero means no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
-	// enrolled it yet. Empty presents none.
+	// enrolled it yet: at each attach until the relay first admits the
+	// device, and never after, so that a device the relay's operator
+	// removes is not enrolled again by it. Empty presents none.
 	EnrollToken string
+	// OnEnrolled, if set, is called once when the relay first admits a
+	// device that has an EnrollToken (it is enrolled there; the token is
+	// no longer needed), on the attach loop's goroutine: it must not
+	// block.
+	OnEnrolled func()
 	// Access, for a device, says who may reach it: the client IDs, and the
 	// relay tokens of its pending invites. It is asked at every attach and
 	// after [Conn.AccessChanged]; the relay routes no one else to the

@@ -116,6 +116,14 @@ func (c *Conn) attachLoop() {
 			*s = Status{Attached: true, Relay: c.cfg.Relay.Addr, RelayID: rs.relayID, Since: start, ObservedAddr: rs.observed}
 		})
 		c.log.Info("attached to relay", "relay_id", rs.relayID.String(), "observed_addr", rs.observed)
+		if c.cfg.EnrollToken != "" {
+			// Admitted, so enrolled: the token is not sent again (only
+			// this goroutine reads it).
+			c.cfg.EnrollToken = ""
+			if c.cfg.OnEnrolled != nil {
+				c.cfg.OnEnrolled()
+			}
+		}
 		if c.ds != nil && rs.udpBinding != nil {
 			c.wg.Go(func() { c.bind(rs, *rs.udpBinding) })
 		}

@@ -15,10 +15,19 @@ import (
 //	         kind 1 (tunnel): serviceLen u8, service [serviceLen]
 //	         kind 2 (pair):   secretLen u8, secret [secretLen]
 //	         kind 3 (control): 0 u8
-//	         extLen u16, ext [extLen] (type-length-value, unknown types skipped)
+//	         extLen u16, ext [extLen]: extensions, each
+//	                  type u8, len u16, value [len]; unknown types skipped
 //	reply:   code u8, detailLen u16, detail [detailLen],
 //	         count u8, count × (nameLen u8, name [nameLen])  (services the
 //	         client may use, sent with CodeUnknownService)
+//
+// Extensions:
+//
+//	type 1 (invite), pair requests: the relay token of the invite whose
+//	       secret the request carries [32]. The device counts a wrong
+//	       secret against that invite only, so that guesses at one invite
+//	       never lock another (device/pair.go). The device refuses a
+//	       pair request without it.
 const (
 	headerVersion = 1
 
@@ -29,6 +38,8 @@ const (
 	MaxServiceLen = 63
 	// maxExtLen bounds a request's extension block.
 	maxExtLen = 1024
+	// extInvite is the extension naming a pair request's invite.
+	extInvite = 1
 	// MaxDetailLen is the longest detail text of a reply.
 	MaxDetailLen = 1024
 	// maxServices bounds the service list of a reply.
@@ -73,6 +84,9 @@ type Request struct {
 	Kind    Kind
 	Service string // KindTunnel
 	Secret  []byte // KindPair
+	// Invite, for KindPair, is the relay token of the invite the secret is
+	// for (pairing.Secret.RelayToken); zero if the request names none.
+	Invite [32]byte
 }
 
 // AppendRequest appends the encoding of r.
@@ -83,7 +97,13 @@ func AppendRequest(b []byte, r Request) []byte {
 	}
 	b = append(b, headerVersion, byte(r.Kind), byte(len(field)))
 	b = append(b, field...)
-	return append(b, 0, 0) // no extensions
+	if r.Kind != KindPair || r.Invite == [32]byte{} {
+		return append(b, 0, 0) // no extensions
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(3+len(r.Invite)))
+	b = append(b, extInvite)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Invite)))
+	return append(b, r.Invite[:]...)
 }
 
 // ParseRequest parses a whole encoded request.
@@ -124,20 +144,50 @@ func ReadRequest(r io.Reader) (Request, error) {
 	if extLen > maxExtLen {
 		return Request{}, fmt.Errorf("%w: extensions of %d bytes", ErrBadHeader, extLen)
 	}
-	if _, err := io.CopyN(io.Discard, r, int64(extLen)); err != nil {
-		return Request{}, truncated(err)
+	ext := make([]byte, extLen)
+	if err := readFull(r, ext); err != nil {
+		return Request{}, err
 	}
+	req := Request{Kind: kind}
 	switch kind {
 	case KindPair:
-		return Request{Kind: kind, Secret: name[:n:n]}, nil
-	case KindControl:
-		return Request{Kind: kind}, nil
+		req.Secret = name[:n:n]
+	case KindTunnel:
+		req.Service = string(name[:n])
+		if err := ValidService(req.Service); err != nil {
+			return Request{}, fmt.Errorf("%w: %w", ErrBadHeader, err)
+		}
 	}
-	req := Request{Kind: kind, Service: string(name[:n])}
-	if err := ValidService(req.Service); err != nil {
-		return Request{}, fmt.Errorf("%w: %w", ErrBadHeader, err)
+	if err := parseExtensions(ext, &req); err != nil {
+		return Request{}, err
 	}
 	return req, nil
+}
+
+// parseExtensions checks a request's extension block and fills in the
+// fields of req that it carries.
+func parseExtensions(ext []byte, req *Request) error {
+	seen := false
+	for len(ext) > 0 {
+		if len(ext) < 3 {
+			return fmt.Errorf("%w: extension header truncated", ErrBadHeader)
+		}
+		typ, n := ext[0], int(binary.BigEndian.Uint16(ext[1:3]))
+		if len(ext) < 3+n {
+			return fmt.Errorf("%w: extension %d of %d bytes, %d left", ErrBadHeader, typ, n, len(ext)-3)
+		}
+		value := ext[3 : 3+n]
+		ext = ext[3+n:]
+		if typ != extInvite || req.Kind != KindPair {
+			continue // unknown here: skipped
+		}
+		if n != len(req.Invite) || seen {
+			return fmt.Errorf("%w: invite extension of %d bytes, or given twice", ErrBadHeader, n)
+		}
+		seen = true
+		req.Invite = [32]byte(value)
+	}
+	return nil
 }
 
 // Code is the device's answer to a tunnel request.

@@ -62,6 +62,43 @@ func TestRequestRejects(t *testing.T) {
 	if _, err := ParseRequest(append([]byte{1, 2, 65}, make([]byte, 67)...)); err == nil {
 		t.Fatal("secret of 65 bytes parsed")
 	}
+	// It names its invite by the invite's relay token.
+	var token [32]byte
+	for i := range token {
+		token[i] = byte(i + 1)
+	}
+	named := AppendRequest(nil, Request{Kind: KindPair, Secret: []byte("0123456789abcdef"), Invite: token})
+	if r, err := ParseRequest(named); err != nil || r.Invite != token || string(r.Secret) != "0123456789abcdef" {
+		t.Fatalf("pair request naming its invite: %+v, %v", r, err)
+	}
+	for n := range len(named) {
+		if _, err := ParseRequest(named[:n]); err == nil {
+			t.Fatalf("pair request naming its invite: prefix of %d bytes parsed", n)
+		}
+	}
+	secret := append([]byte{1, 2, 16}, "0123456789abcdef"...)
+	withExts := func(exts ...byte) []byte {
+		return append(append(bytes.Clone(secret), byte(len(exts)>>8), byte(len(exts))), exts...)
+	}
+	invite := append([]byte{extInvite, 0, 32}, token[:]...)
+	if r, err := ParseRequest(withExts(append([]byte{9, 0, 2, 'x', 'y'}, invite...)...)); err != nil || r.Invite != token {
+		t.Fatalf("invite after an unknown extension: %+v, %v", r, err)
+	}
+	for name, b := range map[string][]byte{
+		"invite of 31 bytes":              withExts(append([]byte{extInvite, 0, 31}, token[:31]...)...),
+		"invite given twice":              withExts(append(bytes.Clone(invite), invite...)...),
+		"extension header cut":            withExts(9, 0),
+		"extension longer than its block": withExts(9, 0, 5, 'x'),
+	} {
+		if _, err := ParseRequest(b); !errors.Is(err, ErrBadHeader) {
+			t.Errorf("%s: err = %v, want ErrBadHeader", name, err)
+		}
+	}
+	// On a tunnel request the invite extension means nothing: skipped.
+	tun := append([]byte{1, 1, 4, 'h', 't', 't', 'p', 0, byte(len(invite))}, invite...)
+	if r, err := ParseRequest(tun); err != nil || r.Service != "http" || r.Invite != ([32]byte{}) {
+		t.Fatalf("tunnel request with an invite extension: %+v, %v", r, err)
+	}
 	// A control request carries nothing.
 	ctl := AppendRequest(nil, Request{Kind: KindControl})
 	if r, err := ParseRequest(ctl); err != nil || r.Kind != KindControl || r.Service != "" {
@@ -127,7 +164,7 @@ func TestWriteHeaderFuzzSeeds(t *testing.T) {
 		}
 	}
 	write("FuzzRequest", "http", AppendRequest(nil, Request{Kind: KindTunnel, Service: "http"}))
-	write("FuzzRequest", "pair", AppendRequest(nil, Request{Kind: KindPair, Secret: []byte("0123456789abcdef")}))
+	write("FuzzRequest", "pair", AppendRequest(nil, Request{Kind: KindPair, Secret: []byte("0123456789abcdef"), Invite: [32]byte{1, 2, 3}}))
 	write("FuzzReply", "ok", AppendReply(nil, Reply{Code: CodeOK}))
 	write("FuzzReply", "unknown", AppendReply(nil, Reply{Code: CodeUnknownService, Allowed: []string{"http", "rtsp"}}))
 	write("FuzzReply", "unreachable", AppendReply(nil, Reply{Code: CodeServiceUnreachable, Detail: "connection refused"}))
@@ -145,7 +182,7 @@ func FuzzRequest(f *testing.F) {
 				t.Fatalf("parsed an invalid service name: %v", err)
 			}
 		}
-		if again, err := ParseRequest(AppendRequest(nil, r)); err != nil || again.Kind != r.Kind || again.Service != r.Service || string(again.Secret) != string(r.Secret) {
+		if again, err := ParseRequest(AppendRequest(nil, r)); err != nil || again.Kind != r.Kind || again.Service != r.Service || string(again.Secret) != string(r.Secret) || again.Invite != r.Invite {
 			t.Fatalf("request %+v does not round-trip: %v", r, err)
 		}
 	})

@@ -8,11 +8,13 @@ import (
 
 // Pair proves an invite's secret to the device over a new stream, inside
 // the session, and returns the device's answer: on success the reply's
-// Detail names the role granted and Allowed lists its services. A refusal
-// is a [*RefusedError] (CodeNotAuthorized for a wrong, used or expired
-// invite; CodeRateLimited after too many failures; CodeUnavailable when the
-// device could not store the pairing).
-func (s *Session) Pair(ctx context.Context, secret []byte) (Reply, error) {
+// Detail names the role granted and Allowed lists its services. invite is
+// the invite's relay token (pairing.Secret.RelayToken): the device counts
+// a wrong secret against that invite alone. A refusal is a
+// [*RefusedError] (CodeNotAuthorized for a wrong, used or expired invite;
+// CodeRateLimited after too many failures; CodeUnavailable when the device
+// could not store the pairing).
+func (s *Session) Pair(ctx context.Context, invite [32]byte, secret []byte) (Reply, error) {
 	str, err := s.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return Reply{}, s.streamError(fmt.Errorf("pair: %w", err))
@@ -23,7 +25,7 @@ func (s *Session) Pair(ctx context.Context, secret []byte) (Reply, error) {
 	} else {
 		str.SetDeadline(time.Now().Add(headerTimeout))
 	}
-	if _, err := str.Write(AppendRequest(nil, Request{Kind: KindPair, Secret: secret})); err != nil {
+	if _, err := str.Write(AppendRequest(nil, Request{Kind: KindPair, Secret: secret, Invite: invite})); err != nil {
 		return Reply{}, s.streamError(fmt.Errorf("pair: %w", err))
 	}
 	rep, err := ReadReply(str)

@@ -382,9 +382,10 @@ func TestBinaryDeviceConfigErrors(t *testing.T) {
 
 // TestBinaryRefusesUnsafeConfigs: configurations that would leave an agent
 // or a relay less protected than its owner meant (an unpinned relay, a
-// device no one may reach, a key file others can read, profiles on the
-// network, contradicting admission flags) stop the command at start with
-// a message that names the problem and its fix.
+// device no one may reach, a key file others can read or another user
+// owns, a state directory, relay data directory or client home others may
+// write, profiles on the network, contradicting admission flags) stop the
+// command at start with a message that names the problem and its fix.
 func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 	dir := t.TempDir()
 	relayID := tunneltest.NewIdentity(t).ID().String()
@@ -403,38 +404,75 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(exposedKey, 0o644)
+	// Directories others may write, and (as root) files of another user.
+	shared := func(name string) string {
+		path := filepath.Join(dir, name)
+		if err := os.Mkdir(path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(path, 0o777)
+		return path
+	}
+	sharedState, sharedData, sharedHome := shared("shared-state"), shared("shared-data"), shared("shared-home")
+	root := os.Geteuid() == 0
+	theirKey := filepath.Join(dir, "theirs.key")
+	if err := tunneltest.NewIdentity(t).Save(theirKey); err != nil {
+		t.Fatal(err)
+	}
+	theirState := shared("their-state")
+	if root {
+		os.Chown(theirKey, 65534, -1)
+		os.Chown(theirState, 65534, -1)
+	}
+	deviceCfg := func(name, extra string) string {
+		return file(name, "relay: 127.0.0.1:1\nrelay_id: "+relayID+"\n"+extra+services+"clients:\n  "+clientID+": [http]\n", 0o600)
+	}
 	tests := []struct {
 		name string
+		root bool   // needs root (to give files to another user)
 		env  string // NAME=value, or empty
 		args []string
 		want string
 	}{
-		{"device without relay_id", "", []string{"device", "--config", file("no-pin.yaml",
+		{"device key of another user", true, "", []string{"device", "--config", deviceCfg("their-key.yaml", "identity: "+theirKey+"\n")},
+			"is owned by user nobody (uid 65534), who could change it, not by user root (uid 0), whom this agent runs as: run chown root " + theirKey},
+		{"device state directory others may write", false, "", []string{"device", "--config", deviceCfg("shared-state.yaml", "identity: d.key\nstate: "+sharedState+"\n")},
+			"state directory " + sharedState + " is writable by users other than its owner (mode 0777), who could change what it holds: run chmod go-w " + sharedState},
+		{"device state directory of another user, writable by all", true, "", []string{"device", "--config", deviceCfg("their-state.yaml", "identity: d.key\nstate: "+theirState+"\n")},
+			"state directory " + theirState + " is owned by user nobody (uid 65534)"},
+		{"relay data directory others may write", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", sharedData, "--open"},
+			"directory " + sharedData + " is writable by users other than its owner (mode 0777), who could change what it holds: run chmod go-w " + sharedData},
+		{"client home others may write", false, "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1", "--relay-id", relayID, "--home", sharedHome},
+			"client home " + sharedHome + " is writable by users other than its owner (mode 0777)"},
+		{"device without relay_id", false, "", []string{"device", "--config", file("no-pin.yaml",
 			"relay: 127.0.0.1:1\nidentity: d.key\n"+services+"clients:\n  "+clientID+": [http]\n", 0o600)},
 			"relay_id is missing: pin the relay with its ID"},
-		{"device no one may reach", "", []string{"device", "--config", file("closed.yaml",
+		{"device no one may reach", false, "", []string{"device", "--config", file("closed.yaml",
 			"relay: 127.0.0.1:1\nrelay_id: "+relayID+"\nidentity: d.key\n"+services+"clients: {}\n", 0o600)},
 			"clients and roles are both empty: no one could ever reach this device"},
-		{"device key readable by others", "", []string{"device", "--config", file("exposed.yaml",
+		{"device key readable by others", false, "", []string{"device", "--config", file("exposed.yaml",
 			"relay: 127.0.0.1:1\nrelay_id: "+relayID+"\nidentity: "+exposedKey+"\n"+services+"clients:\n  "+clientID+": [http]\n", 0o600)},
 			"other users may read or change this key (mode 0644): run chmod 600 " + exposedKey},
-		{"connect without --relay-id", "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1"},
+		{"connect without --relay-id", false, "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1"},
 			"--relay-id is missing: pin the relay with its ID"},
-		{"ping without --relay-id", "", []string{"ping", deviceID, "--relay", "127.0.0.1:1"},
+		{"ping without --relay-id", false, "", []string{"ping", deviceID, "--relay", "127.0.0.1:1"},
 			"--relay-id is missing"},
-		{"connect with a key readable by others", "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1",
+		{"connect with a key readable by others", false, "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1",
 			"--relay-id", relayID, "--identity", exposedKey}, "run chmod 600 " + exposedKey},
-		{"relay open and listed", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r1"),
+		{"relay open and listed", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r1"),
 			"--open", "--devices", file("devices.txt", deviceID+"\n", 0o600)}, "--open and --devices exclude each other"},
-		{"relay device list missing", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r2"),
+		{"relay device list missing", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r2"),
 			"--devices", filepath.Join(dir, "missing.txt")}, "missing.txt: no such file"},
-		{"relay certificate without key", "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r3"),
+		{"relay certificate without key", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r3"),
 			"--tls-cert", filepath.Join(dir, "cert.pem")}, "--tls-cert and --tls-key go together"},
-		{"profiles on the network", "BURROW_PPROF=0.0.0.0:0", []string{"relay", "--listen", "127.0.0.1:0",
+		{"profiles on the network", false, "BURROW_PPROF=0.0.0.0:0", []string{"relay", "--listen", "127.0.0.1:0",
 			"--data", filepath.Join(dir, "r4"), "--open"}, "want a loopback host:port"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.root && !root {
+				t.Skip("needs root, to give files to another user")
+			}
 			if name, value, ok := strings.Cut(tc.env, "="); ok {
 				t.Setenv(name, value)
 			}
@@ -643,6 +681,54 @@ func TestBinaryPairing(t *testing.T) {
 	dev.stop()
 	if _, stderr, err := run(t, "device", "users", "--config", cfg); err == nil || !strings.Contains(stderr, "not running") {
 		t.Fatalf("users with the agent stopped: %q %v", stderr, err)
+	}
+}
+
+// TestBinaryEnrollToken: a device whose configuration holds an enrollment
+// token that other users may read is warned about it at start; once the
+// relay has enrolled it, it says the token can be deleted, and stops
+// sending it: removed by the relay's operator, it is not enrolled again,
+// though its token has uses left.
+func TestBinaryEnrollToken(t *testing.T) {
+	dir := t.TempDir()
+	relayData := filepath.Join(dir, "relay")
+	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(tokenOut)
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr, relayID := m[1], m[2]
+	cfg := filepath.Join(dir, "device.yaml")
+	body := fmt.Sprintf("relay: %s\nrelay_id: %s\nidentity: device.key\nenroll_token: %s\nservices:\n  http: 127.0.0.1:1\nclients:\n  %s: [http]\ndirect: false\n",
+		relayAddr, relayID, token, tunneltest.NewIdentity(t).ID())
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cfg, 0o644)
+	dev := start(t, "device", "device", "--config", cfg)
+	dev.waitFor(regexp.MustCompile(`level=WARN msg="other users may read the enrollment token in `+regexp.QuoteMeta(cfg)+
+		`: run chmod 600 `+regexp.QuoteMeta(cfg)+`, and once the device is enrolled delete enroll_token from it".* mode=0644`), 0, 10*time.Second)
+	_, at := dev.waitFor(reAttached, 0, 10*time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="enrolled on the relay: enroll_token is no longer needed \(it is not sent again\); delete it from `+regexp.QuoteMeta(cfg)+`"`), 0, 5*time.Second)
+	devID, _, _ := run(t, "id", "--identity", filepath.Join(dir, "device.key"))
+
+	if out, stderr, err := run(t, "relay", "devices", "remove", strings.TrimSpace(devID), "--data", relayData); err != nil {
+		t.Fatalf("remove: %q %q %v", out, stderr, err)
+	}
+	dev.waitFor(regexp.MustCompile(`relay attach failed.*is not enrolled on this relay: give it an enrollment token`), at, 15*time.Second)
+	time.Sleep(2 * time.Second) // more attempts
+	relay.mu.Lock()
+	defer relay.mu.Unlock()
+	enrolled := 0
+	for _, l := range relay.lines {
+		if strings.Contains(l, `msg="device enrolled"`) {
+			enrolled++
+		}
+	}
+	if enrolled != 1 {
+		t.Fatalf("the relay enrolled the device %d times, want once: the removal did not stick", enrolled)
 	}
 }
 

@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/burrow-tunnel/burrow/device"
@@ -198,6 +200,9 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		StateDir:    ds.stateDir,
 		Logger:      log,
 	}
+	cfg.OnEnrolled = func() {
+		log.Info("enrolled on the relay: enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)
+	}
 	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
 	if f.ReattachSpread != nil {
@@ -214,6 +219,19 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		cfg.Clients[id] = svcs
 	}
 	return cfg, nil
+}
+
+// tokenReadable returns the mode of the configuration file when it holds
+// an enrollment token and users other than its owner may read it.
+func (ds *deviceSetup) tokenReadable() (fs.FileMode, bool) {
+	if ds.file.EnrollToken == "" || runtime.GOOS == "windows" {
+		return 0, false
+	}
+	fi, err := os.Stat(ds.path)
+	if err != nil || fi.Mode().Perm()&0o044 == 0 {
+		return 0, false
+	}
+	return fi.Mode().Perm(), true
 }
 
 // loadDeviceConfig reads a device configuration file and returns the

@@ -154,3 +154,41 @@ direct_addrs: [192.0.2.10, "2001:db8::10"]
 		}
 	})
 }
+
+// TestTokenReadable: a configuration is flagged when it holds an
+// enrollment token that users other than its owner may read, and only
+// then.
+func TestTokenReadable(t *testing.T) {
+	relayID := tunneltest.NewIdentity(t).ID().String()
+	clientID := tunneltest.NewIdentity(t).ID().String()
+	base := "relay: r:443\nrelay_id: " + relayID + "\nidentity: d.key\nservices:\n  http: 127.0.0.1:80\nclients:\n  " + clientID + ": [http]\n"
+	tests := []struct {
+		name  string
+		token bool
+		mode  os.FileMode
+		want  bool
+	}{
+		{"token, 0600", true, 0o600, false},
+		{"token, 0640", true, 0o640, true},
+		{"token, 0604", true, 0o604, true},
+		{"token, 0644", true, 0o644, true},
+		{"no token, 0644", false, 0o644, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := base
+			if tc.token {
+				body += "enroll_token: enroll-abc\n"
+			}
+			path := writeConfig(t, body)
+			os.Chmod(path, tc.mode)
+			ds, err := readDeviceConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode, got := ds.tokenReadable(); got != tc.want || got && mode != tc.mode {
+				t.Fatalf("tokenReadable() = %04o, %v; want %v", mode, got, tc.want)
+			}
+		})
+	}
+}

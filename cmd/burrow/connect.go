@@ -143,10 +143,15 @@ direct: false) keeps all traffic on the relay.`,
 // clientIdentity loads the client's key from idPath (default: the one in
 // home), creating it if there is none.
 func clientIdentity(home client.Home, idPath string, log *slog.Logger) (*identity.Identity, error) {
+	var id *identity.Identity
+	var created bool
+	var err error
 	if idPath == "" {
 		idPath = home.IdentityPath()
+		id, created, err = home.Identity()
+	} else {
+		id, created, err = identity.LoadOrCreate(idPath)
 	}
-	id, created, err := identity.LoadOrCreate(idPath)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +185,7 @@ func resolveForward(home client.Home, dev, service, listen string, rf relayFlags
 		}
 		kd, err := home.Device(dev)
 		if err != nil {
-			if _, idErr := identity.ParseID(dev); idErr == nil {
+			if _, idErr := identity.ParseID(dev); idErr == nil && errors.Is(err, client.ErrUnknownDevice) {
 				return forward{}, fmt.Errorf("device %s is not one this client paired with: pass --relay and --relay-id, or pair first", dev)
 			}
 			return forward{}, err

@@ -36,7 +36,9 @@ The configuration is YAML; an unknown key is an error:
   relay: relay.example.com:443        # host:port of the relay
   relay_id: <relay ID>                # pinned; required unless relay_ca is true
   relay_ca: false                     # true: trust a CA-signed relay certificate instead
-  enroll_token: <token>               # enrolls the device on a relay that does not know it
+  enroll_token: <token>               # enrolls the device on a relay that does not know it;
+                                      # sent until the relay admits the device, then
+                                      # never: delete it then (the agent says so)
   identity: /var/lib/burrow/device.key  # created if missing; relative paths are
                                       # relative to this file
   state: /var/lib/burrow/state        # paired users and invites (default: beside identity)
@@ -79,6 +81,10 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 			ds, err := readDeviceConfig(configPath)
 			if err != nil {
 				return err
+			}
+			if mode, ok := ds.tokenReadable(); ok {
+				log.Warn(fmt.Sprintf("other users may read the enrollment token in %s: run chmod 600 %s, and once the device is enrolled delete enroll_token from it", configPath, configPath),
+					"config", configPath, "mode", fmt.Sprintf("%04o", mode))
 			}
 			cfg, err := ds.deviceConfig(log)
 			if err != nil {

@@ -25,14 +25,20 @@ $BURROW_HOME, or burrow/ in the user's config directory). If there is no key
 at the path, a new one is created there (mode 0600).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var id *identity.Identity
+			var created bool
+			var err error
 			if path == "" {
-				home, err := g.homeDir()
-				if err != nil {
+				var dir string
+				if dir, err = g.homeDir(); err != nil {
 					return err
 				}
-				path = client.Home{Dir: home}.IdentityPath()
+				home := client.Home{Dir: dir}
+				path = home.IdentityPath()
+				id, created, err = home.Identity()
+			} else {
+				id, created, err = identity.LoadOrCreate(path)
 			}
-			id, created, err := identity.LoadOrCreate(path)
 			if err != nil {
 				return err
 			}

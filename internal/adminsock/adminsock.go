@@ -19,14 +19,21 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
 )
 
 // Listen listens on a Unix socket at path, readable and writable by its
 // owner only. A socket left behind by a process that died is replaced; one
-// that a live process answers on is an error.
+// that a live process answers on is an error. A directory that another
+// user owns or may write is refused (see [fileperm]): that user could put
+// a socket of theirs in the agent's place.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := fileperm.CheckDir(filepath.Dir(path), "admin socket directory"); err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -59,4 +61,24 @@ func TestListen(t *testing.T) {
 		t.Fatalf("stale socket: %v", err)
 	}
 	ln2.Close()
+}
+
+// TestListenRefusesUnsafeDir: a socket directory others may write is
+// refused: they could put a socket of theirs in the agent's place, and
+// answer its admin commands.
+func TestListenRefusesUnsafeDir(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no Unix modes")
+	}
+	dir := filepath.Join(t.TempDir(), "shared")
+	os.Mkdir(dir, 0o700)
+	os.Chmod(dir, 0o777)
+	ln, err := Listen(filepath.Join(dir, "admin.sock"))
+	if err == nil {
+		ln.Close()
+		t.Fatal("listened in a directory others may write")
+	}
+	if !strings.Contains(err.Error(), "run chmod go-w "+dir) {
+		t.Fatalf("err = %v, want it to say how to fix it", err)
+	}
 }

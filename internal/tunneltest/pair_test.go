@@ -309,9 +309,12 @@ func TestPairWithWrongDeviceKey(t *testing.T) {
 	}
 }
 
-// TestPairingBruteForce: after five wrong secrets, the sixth attempt, even
-// with the right secret, is refused without being checked; once the lock
-// ends, the right secret (never spent) works.
+// TestPairingBruteForce: someone who knows an invite's relay token (say,
+// the relay) but not its secret sends wrong secrets for it, each from a
+// new key: after five, the invite is locked, and the sixth attempt, even
+// with the right secret, is refused without being checked. Another
+// invite still works; once the lock ends, the right secret (never spent)
+// works.
 func TestPairingBruteForce(t *testing.T) {
 	t.Parallel() // it waits out a 10s lock
 	rtsp := StartServer(t, Echo)
@@ -321,27 +324,98 @@ func TestPairingBruteForce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An attacker who knows the invite's relay token (say, the relay) but
-	// not its secret, talking to the device directly.
-	s := rawSession(t, r, NewIdentity(t), d, &inv)
+	other, err := d.Invite("viewer", time.Minute, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := inv.Secret.RelayToken()
+	// A request that names no invite is refused, the right secret
+	// included: no invite would count its failures.
+	_, err = rawSession(t, r, NewIdentity(t), d, &inv).Pair(ctx10(t), [32]byte{}, inv.Secret[:])
+	if refused, ok := errors.AsType[*session.RefusedError](err); !ok || refused.Code != session.CodeBadRequest || !strings.Contains(err.Error(), "names no invite") {
+		t.Fatalf("a request naming no invite: err = %v", err)
+	}
 	for i := range 5 {
+		s := rawSession(t, r, NewIdentity(t), d, &inv)
 		wrong := pairing.NewSecret()
-		_, err := s.Pair(ctx10(t), wrong[:])
+		_, err := s.Pair(ctx10(t), token, wrong[:])
 		if !errors.Is(err, session.ErrNotAuthorized) {
 			t.Fatalf("wrong secret %d: err = %v", i+1, err)
 		}
 	}
 	start := time.Now()
-	_, err = s.Pair(ctx10(t), inv.Secret[:])
-	if !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "try again in") {
+	s := rawSession(t, r, NewIdentity(t), d, &inv)
+	_, err = s.Pair(ctx10(t), token, inv.Secret[:])
+	if !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "wrong secrets for this invite; try again in") {
 		t.Fatalf("sixth attempt: err = %v, want a refusal without a check", err)
 	}
 	if n := len(d.Users()); n != 0 {
 		t.Fatalf("%d users after the lock", n)
 	}
+	if _, err := StartClient(t, r, nil).Pair(ctx10(t), other); err != nil {
+		t.Fatalf("another invite while the first is locked: %v", err)
+	}
 	time.Sleep(10*time.Second - time.Since(start) + 100*time.Millisecond)
-	if _, err := s.Pair(ctx10(t), inv.Secret[:]); err != nil {
+	if _, err := s.Pair(ctx10(t), token, inv.Secret[:]); err != nil {
 		t.Fatalf("right secret after the lock: %v", err)
+	}
+}
+
+// TestPairingGuessesLockOnlyTheGuesser: a paired viewer that sends wrong
+// secrets locks pairing for itself only. A second client holding a valid
+// invite pairs at once, while the viewer is still refused, even with a
+// right secret, without a check.
+func TestPairingGuessesLockOnlyTheGuesser(t *testing.T) {
+	rtsp := StartServer(t, Echo)
+	r := StartRelay(t)
+	d := pairingDevice(t, r, rtsp.Addr, "127.0.0.1:1")
+	pair := func(c *client.Client, inv pairing.Invite) error {
+		t.Helper()
+		_, err := c.Pair(ctx10(t), inv)
+		return err
+	}
+	invite := func(role, name string) pairing.Invite {
+		t.Helper()
+		inv, err := d.Invite(role, time.Minute, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inv
+	}
+	mallory := StartClient(t, r, nil)
+	if err := pair(mallory, invite("viewer", "mallory")); err != nil {
+		t.Fatal(err)
+	}
+	forAlice := invite("admin", "alice")
+	// Mallory, a known client, guesses: invites of this device with
+	// made-up secrets.
+	for i := range 6 {
+		guess := forAlice
+		guess.Secret = pairing.NewSecret()
+		err := pair(mallory, guess)
+		want := session.ErrNotAuthorized
+		if i == 5 {
+			want = session.ErrRateLimited
+		}
+		if !errors.Is(err, want) {
+			t.Fatalf("wrong secret %d: err = %v, want %v", i+1, err, want)
+		}
+	}
+	alice := StartClient(t, r, nil)
+	if err := pair(alice, forAlice); err != nil {
+		t.Fatalf("alice's valid invite after mallory's guesses: %v", err)
+	}
+	if err := echoOnce(t, alice, d.ID(), "rtsp"); err != nil {
+		t.Fatalf("alice's tunnel: %v", err)
+	}
+	// Mallory is still locked out: a right secret is refused unchecked,
+	// and stays valid for whoever it was meant for.
+	forBob := invite("viewer", "bob")
+	if err := pair(mallory, forBob); !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "try again in") {
+		t.Fatalf("mallory with a right secret while locked: err = %v", err)
+	}
+	if err := pair(StartClient(t, r, nil), forBob); err != nil {
+		t.Fatalf("bob's invite, after mallory tried it while locked: %v", err)
 	}
 }
 
