@@ -467,6 +467,12 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 			"--tls-cert", filepath.Join(dir, "cert.pem")}, "--tls-cert and --tls-key go together"},
 		{"profiles on the network", false, "BURROW_PPROF=0.0.0.0:0", []string{"relay", "--listen", "127.0.0.1:0",
 			"--data", filepath.Join(dir, "r4"), "--open"}, "want a loopback host:port"},
+		{"token that never expires", false, "", []string{"relay", "token", "create", "--data", filepath.Join(dir, "r5"), "--ttl", "0"},
+			"--ttl 0s: want a duration of more than 0"},
+		{"token expired before it is made", false, "", []string{"relay", "token", "create", "--data", filepath.Join(dir, "r5"), "--ttl", "-1h"},
+			"--ttl -1h0m0s: want a duration of more than 0"},
+		{"relay giving clients every file", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r6"),
+			"--open", "--max-clients", "100000000"}, "would leave devices less than half of the"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
