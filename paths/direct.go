@@ -42,8 +42,26 @@ import (
 //     Probes are as big as the largest packet the path must carry and
 //     carry a MAC under a key only the two agents know (agreed inside the
 //     E2E session), so only the real peer can answer one. The first answer
-//     moves this side's packets to that address. The E2E session above
-//     still sees the same peer address and notices nothing.
+//     (from the address probed) moves this side's packets to that address.
+//     The E2E session above still sees the same peer address and notices
+//     nothing.
+//
+// An address is the peer's only once this side has proven it: it sent a
+// probe there and got the answer from there, echoing the probe's txid
+// while that is outstanding (each is taken once). Only then does this side
+// send packets there, or take QUIC packets from there as the peer's (from
+// up to 8 such addresses; the one in use is never pushed out). A probe
+// proves nothing about where it came from: it may be a copy. The answerer
+// replies to whatever address it came from (never with more bytes than the
+// probe), and if it has not proven that address itself, probes it in turn
+// (with a probe of the same size, 20 a second at most): so a path that
+// only the peer's probes found (its NAT gives it a new port for every
+// destination) is found both ways. Each of the peer's txids is answered
+// once: the last 1024 seen are remembered and older ones are refused, so a
+// probe sniffed on the way and sent again, from anywhere, gets no answer.
+// Whoever lacks the key can then neither add an address nor push out the
+// peer's. One who relays the agents' datagrams through addresses of its
+// own is a router on the path like any other.
 //
 // While the path is in use, small probes keep checking it (every 250ms
 // while packets flow, every 2s when idle). If none is answered for a second
@@ -58,9 +76,13 @@ import (
 //	reply  (0x22): type, pathID [8], txid [8], mac [16]
 //	opener (0x23): type, pathID [8]
 //
-// pathID names the prober's direction of one Direct; mac is the first 16
-// bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid). A reply echoes the
-// probe's pathID and txid. A reply is never larger than its probe.
+// pathID names the prober's direction of one Direct; txid numbers the
+// prober's probes in that direction, from 1, big-endian (every Direct has a
+// key of its own, so a number never repeats under a key); mac is the first
+// 16 bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid). A reply echoes the
+// probe's pathID and txid. A reply is never larger than its probe. The MACs
+// do not cover addresses: behind a NAT, an agent does not know the address
+// its peer sends to or sees it at.
 //
 // Signalling messages (carried by the layer above):
 //
@@ -96,6 +118,9 @@ const (
 	maxRoutes       = 8 // remote addresses remembered per Direct
 	peerRoundBurst  = 10
 	peerRoundEvery  = 20 * time.Second
+	replayWindow    = 1024                  // the peer's txids remembered
+	probeBackEvery  = 50 * time.Millisecond // probes to addresses the peer's probes came from
+	probeBackBurst  = 16
 )
 
 // A UDPConn is the socket of direct paths. *net.UDPConn implements it.
@@ -150,6 +175,7 @@ type directSocket struct {
 	binding          atomic.Pointer[bindingRequest]
 	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
 	dropped, strange atomic.Uint64
+	replayed         atomic.Uint64 // probes refused: their txid was answered before
 
 	// sendq holds end-to-end packets for directWriteLoop; gso says that
 	// the socket segments sends; segmented counts the packets sent so.
@@ -328,28 +354,30 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 		return
 	}
 	switch b[0] {
-	case msgProbe, msgReply:
-		if len(b) < probeLen || b[0] == msgReply && len(b) != probeLen {
+	case msgProbe:
+		if len(b) < probeLen {
 			ds.strange.Add(1)
 			return
 		}
 		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
-		ds.mu.Lock()
-		d := ds.ids[id]
-		ds.mu.Unlock()
-		if d == nil || !hmac.Equal(b[17:33], d.mac(b[0], id, txid)) {
+		d := ds.direct(id)
+		if d == nil || !hmac.Equal(b[17:33], d.mac(msgProbe, id, txid)) {
 			ds.strange.Add(1)
 			return
 		}
-		if b[0] == msgProbe {
-			if id != d.theirID {
-				return // our own probe, looped back to us
-			}
-			reply := make([]byte, 0, probeLen)
-			reply = append(append(append(reply, msgReply), id[:]...), txid[:]...)
-			reply = append(reply, d.mac(msgReply, id, txid)...)
-			ds.write(reply, from)
-			d.provenFrom(from)
+		if id != d.theirID {
+			return // our own probe, looped back to us
+		}
+		d.probed(txid, from, len(b))
+	case msgReply:
+		if len(b) != probeLen {
+			ds.strange.Add(1)
+			return
+		}
+		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
+		d := ds.direct(id)
+		if d == nil || !hmac.Equal(b[17:33], d.mac(msgReply, id, txid)) {
+			ds.strange.Add(1)
 			return
 		}
 		if id == d.myID {
@@ -372,6 +400,13 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 	default:
 		ds.strange.Add(1)
 	}
+}
+
+// direct returns the Direct one of whose path IDs is id, or nil.
+func (ds *directSocket) direct(id [8]byte) *Direct {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return ds.ids[id]
 }
 
 // bindingAttempts and bindingEvery pace binding requests.
@@ -486,7 +521,9 @@ func interfaceAddrs() ([]netip.Addr, error) {
 // DirectConfig configures a [Direct].
 type DirectConfig struct {
 	// Key is a secret only this agent and the peer know, agreed inside
-	// their E2E session: at least 16 bytes. Required.
+	// their E2E session: at least 16 bytes. Required. Each Direct needs a
+	// key of its own (one exported from the session's TLS is): probes are
+	// numbered from 1 under it, and the peer answers each number once.
 	Key []byte
 	// Initiator is true on exactly one of the two sides (the client): it
 	// starts the search.
@@ -512,6 +549,8 @@ type Direct struct {
 	lastSend atomic.Int64               // Conn.now of the last packet sent to the peer
 	kick     atomic.Bool                // the sender asks for a probe on the path now
 
+	probeBacks *rate.Limiter // probes to addresses the peer's probes came from
+
 	wake chan struct{} // cap 1: the run loop has work
 	done chan struct{} // closed by Close
 
@@ -526,7 +565,9 @@ type Direct struct {
 	lastBeat   time.Time               // the last probe on the path; guarded by mu
 	retryAt    time.Time               // start a round then, if not zero; guarded by mu
 	retries    int                     // rounds that failed in a row; guarded by mu
-	sent       map[[8]byte]probeRecord // probes awaiting an answer; guarded by mu
+	lastTxid   uint64                  // of the last probe sent; guarded by mu
+	outgoing   map[[8]byte]probeRecord // probes awaiting an answer; guarded by mu
+	seen       replayFilter            // the peer's txids answered; guarded by mu
 	routes     []netip.AddrPort        // addresses proven for the peer; guarded by mu
 	since      time.Time               // of the last path change; guarded by mu
 }
@@ -534,13 +575,45 @@ type Direct struct {
 // directPath is a proven path; lastReply and rtt change as probes return.
 type directPath struct {
 	addr      netip.AddrPort
+	named     bool         // addr is one of the peer's candidates
 	lastReply atomic.Int64 // Conn.now
 	rtt       atomic.Int64
 }
 
+// A probeRecord is a probe awaiting its answer.
 type probeRecord struct {
-	to netip.AddrPort
-	at time.Time
+	to    netip.AddrPort
+	at    time.Time
+	named bool // to is one of the peer's candidates
+}
+
+// A replayFilter remembers which txids it was shown: each of the last
+// replayWindow below the highest, and every one older counts as shown. The
+// zero value has been shown none (and refuses 0, which no prober sends).
+type replayFilter struct {
+	top  uint64                    // the highest txid shown
+	bits [replayWindow / 64]uint64 // bit n%replayWindow: txid n shown, for top-replayWindow < n ≤ top
+}
+
+// fresh reports whether txid n was not shown before, and remembers it.
+func (f *replayFilter) fresh(n uint64) bool {
+	switch {
+	case n == 0:
+		return false
+	case n > f.top:
+		if n-f.top >= replayWindow {
+			clear(f.bits[:])
+		} else {
+			for i := f.top + 1; i < n; i++ {
+				f.bits[i%replayWindow/64] &^= 1 << (i % 64)
+			}
+		}
+		f.top = n
+	case f.top-n >= replayWindow || f.bits[n%replayWindow/64]&(1<<(n%64)) != 0:
+		return false
+	}
+	f.bits[n%replayWindow/64] |= 1 << (n % 64)
+	return true
 }
 
 // maxOutstanding bounds the probes a Direct remembers; answers slower
@@ -565,15 +638,17 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 		return nil, fmt.Errorf("paths: address %v is %T, want paths.Addr", peerAddr, peerAddr)
 	}
 	d := &Direct{
-		c:    c,
-		peer: p,
-		key:  slices.Clone(cfg.Key),
-		cfg:  cfg,
-		log:  c.log.With("peer", p.addr.ID.Short()),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
-		sent: make(map[[8]byte]probeRecord),
+		c:          c,
+		peer:       p,
+		key:        slices.Clone(cfg.Key),
+		cfg:        cfg,
+		log:        c.log.With("peer", p.addr.ID.Short()),
+		wake:       make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		outgoing:   make(map[[8]byte]probeRecord),
+		probeBacks: rate.NewLimiter(rate.Every(probeBackEvery), probeBackBurst),
 	}
+	d.lastSend.Store(c.now() - int64(activeWindow)) // idle
 	mine, theirs := "responder", "initiator"
 	if cfg.Initiator {
 		mine, theirs = theirs, mine
@@ -656,8 +731,10 @@ func (ds *directSocket) updateRoutesLocked(f func(map[netip.AddrPort]*Direct)) {
 	ds.routes.Store(&m)
 }
 
-// provenFrom records that the peer sent a valid probe or reply from addr:
-// QUIC packets from there are the peer's.
+// provenFrom records that the peer answered one of this side's probes
+// from addr, the address it went to: QUIC packets from there are the
+// peer's. Past maxRoutes addresses it forgets the oldest, never the one
+// in use.
 func (d *Direct) provenFrom(addr netip.AddrPort) {
 	d.mu.Lock()
 	if d.closed || slices.Contains(d.routes, addr) {
@@ -666,8 +743,12 @@ func (d *Direct) provenFrom(addr netip.AddrPort) {
 	}
 	var evicted netip.AddrPort
 	if len(d.routes) >= maxRoutes {
-		evicted = d.routes[0]
-		d.routes = slices.Delete(d.routes, 0, 1)
+		i := 0
+		if p := d.path.Load(); p != nil && p.addr == d.routes[0] {
+			i = 1
+		}
+		evicted = d.routes[i]
+		d.routes = slices.Delete(d.routes, i, i+1)
 	}
 	d.routes = append(d.routes, addr)
 	d.mu.Unlock()
@@ -690,7 +771,11 @@ func (d *Direct) send(p []byte) bool {
 		return false
 	}
 	now := d.c.now()
-	d.lastSend.Store(now)
+	if now-d.lastSend.Swap(now) >= int64(activeWindow) {
+		// Packets start to flow: the path is probed at the active pace
+		// from now on, not at the next idle probe.
+		d.poke()
+	}
 	if now-path.lastReply.Load() > int64(trustActive) {
 		// Not answered lately: the relay carries it while a probe asks.
 		if !d.kick.Swap(true) {
@@ -794,12 +879,10 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 		d.mu.Unlock()
 		return // a repeat
 	}
-	// A peer may not make this agent probe its own loopback services,
-	// unless this agent offers loopback addresses itself (a demo, a test).
-	loopback := slices.ContainsFunc(d.c.cfg.Direct.Addrs, netip.Addr.IsLoopback)
-	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool {
-		return !usableCandidate(a.Addr()) || a.Port() == 0 || a.Addr().IsLoopback() && !loopback
-	})
+	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool { return !d.mayProbe(a) })
+	for i, a := range d.remote {
+		d.remote[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) // as the socket reports sources
+	}
 	if d.remote == nil {
 		d.remote = []netip.AddrPort{}
 	}
@@ -884,26 +967,62 @@ func parseCandidates(b []byte) ([]netip.AddrPort, error) {
 	return out, nil
 }
 
+// probed answers a valid probe of the peer's that came from from, of size
+// bytes, unless its txid was answered before; and probes from in turn if
+// this side has not proven it.
+func (d *Direct) probed(txid [8]byte, from netip.AddrPort, size int) {
+	d.mu.Lock()
+	if d.closed || !d.seen.fresh(binary.BigEndian.Uint64(txid[:])) {
+		d.mu.Unlock()
+		d.c.ds.replayed.Add(1)
+		return
+	}
+	back := !slices.Contains(d.routes, from) && d.mayProbe(from) && d.probeBacks.Allow()
+	d.mu.Unlock()
+	reply := make([]byte, 0, probeLen)
+	reply = append(append(append(reply, msgReply), d.theirID[:]...), txid[:]...)
+	reply = append(reply, d.mac(msgReply, d.theirID, txid)...)
+	d.c.ds.write(reply, from)
+	if back {
+		d.mu.Lock()
+		if !d.closed {
+			d.probeLocked(from, min(size, MaxDirectPacket), time.Now(), slices.Contains(d.remote, from))
+		}
+		d.mu.Unlock()
+	}
+}
+
+// mayProbe reports whether this side may send probes to a: a peer may not
+// make it probe its own loopback services, unless it offers loopback
+// addresses itself (a demo, a test).
+func (d *Direct) mayProbe(a netip.AddrPort) bool {
+	loopback := slices.ContainsFunc(d.c.cfg.Direct.Addrs, netip.Addr.IsLoopback)
+	return usableCandidate(a.Addr()) && a.Port() != 0 && (!a.Addr().IsLoopback() || loopback)
+}
+
 // replied handles a valid reply to one of this side's probes.
 func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 	now := time.Now()
 	d.mu.Lock()
-	rec, ok := d.sent[txid]
-	if !ok || d.closed {
+	rec, ok := d.outgoing[txid]
+	if !ok || d.closed || from != rec.to {
+		// Answered already (a replay), or not from where the probe went:
+		// nothing proven.
 		d.mu.Unlock()
-		return // answered already, or not ours to trust: a replay
+		return
 	}
-	delete(d.sent, txid)
+	delete(d.outgoing, txid)
 	rtt := now.Sub(rec.at)
 	path := d.path.Load()
 	switch {
 	case path != nil && path.addr == rec.to:
 		path.lastReply.Store(d.c.now())
 		path.rtt.Store(int64(rtt))
-	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive):
+	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive) || rec.named && !path.named:
 		// The first path to answer, or one that answers while the one in
-		// use does not.
-		np := &directPath{addr: rec.to}
+		// use does not, or one the peer named rather than one found by
+		// probing back.
+		np := &directPath{addr: rec.to, named: rec.named}
 		np.lastReply.Store(d.c.now())
 		np.rtt.Store(int64(rtt))
 		d.path.Store(np)
@@ -912,27 +1031,30 @@ func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 		d.retryAt = time.Time{}
 		d.probeUntil = now // done searching
 		d.log.Debug("direct path", "addr", rec.to.String(), "rtt", rtt.Round(10*time.Microsecond).String())
+		d.poke() // to watch it
 	}
 	d.mu.Unlock()
-	d.provenFrom(from)
+	d.provenFrom(rec.to)
 }
 
-// probe sends a probe of size bytes to addr; mu must be held.
-func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time) {
-	var txid [8]byte
-	rand.Read(txid[:])
-	if len(d.sent) >= maxOutstanding {
+// probeLocked sends a probe of size bytes to addr; named says whether
+// addr is one of the peer's candidates. mu must be held.
+func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named bool) {
+	if len(d.outgoing) >= maxOutstanding {
 		// Forget the probes nobody answered.
-		for k, r := range d.sent {
+		for k, r := range d.outgoing {
 			if now.Sub(r.at) > staleProbe {
-				delete(d.sent, k)
+				delete(d.outgoing, k)
 			}
 		}
-		if len(d.sent) >= maxOutstanding {
+		if len(d.outgoing) >= maxOutstanding {
 			return
 		}
 	}
-	d.sent[txid] = probeRecord{to: addr, at: now}
+	d.lastTxid++
+	var txid [8]byte
+	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
+	d.outgoing[txid] = probeRecord{to: addr, at: now, named: named}
 	b := make([]byte, size)
 	b[0] = msgProbe
 	copy(b[1:], d.myID[:])
@@ -1001,7 +1123,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 			}
 			kicked := d.kick.Swap(false) && now.Sub(d.lastBeat) >= kickGap
 			if kicked || now.Sub(d.lastBeat) >= every {
-				d.probeLocked(path.addr, probeLen, now)
+				d.probeLocked(path.addr, probeLen, now, path.named)
 				d.lastBeat = now
 			}
 			at(d.lastBeat.Add(every))
@@ -1011,7 +1133,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 	if !d.probeUntil.IsZero() && now.Before(d.probeUntil) {
 		if now.Sub(d.lastProbe) >= discoveryEvery {
 			for _, a := range d.remote {
-				d.probeLocked(a, MaxDirectPacket, now)
+				d.probeLocked(a, MaxDirectPacket, now, true)
 			}
 			d.lastProbe = now
 		}

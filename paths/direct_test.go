@@ -608,3 +608,150 @@ func TestOpenersOnSystemSocket(t *testing.T) {
 		})
 	}
 }
+
+// flow keeps packets going both ways between a pair, one each way every
+// 20ms, as a stream's would, and records when each side last got one.
+type flow struct {
+	last    [2]atomic.Int64 // time.Now().UnixNano() of the last packet the device [0] and the client [1] got
+	maxGap  atomic.Int64    // the longest wait for a packet, on either side, while measuring
+	measure atomic.Bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startFlow starts a flow; close stops it.
+func (p *directPair) startFlow() *flow {
+	f := &flow{stop: make(chan struct{})}
+	now := time.Now().UnixNano()
+	f.last[0].Store(now)
+	f.last[1].Store(now)
+	f.wg.Go(func() {
+		pkt := make([]byte, 1000)
+		pkt[0] = 0x40 // as a QUIC packet's first byte
+		for {
+			select {
+			case <-f.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				p.cli.WriteTo(pkt, p.dev.LocalAddr())
+				p.dev.WriteTo(pkt, p.cli.LocalAddr())
+			}
+		}
+	})
+	for i, c := range []*Conn{p.dev, p.cli} {
+		f.wg.Go(func() {
+			buf := make([]byte, 2048)
+			for {
+				select {
+				case <-f.stop:
+					return
+				default:
+				}
+				c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if _, _, err := c.ReadFrom(buf); err == nil {
+					now := time.Now().UnixNano()
+					if gap := now - f.last[i].Swap(now); f.measure.Load() && gap > f.maxGap.Load() {
+						f.maxGap.Store(gap)
+					}
+				}
+			}
+		})
+	}
+	return f
+}
+
+// gap returns how long the side that has waited longer has waited for a
+// packet.
+func (f *flow) gap() time.Duration {
+	oldest := min(f.last[0].Load(), f.last[1].Load())
+	return time.Duration(time.Now().UnixNano() - oldest)
+}
+
+func (f *flow) close() {
+	close(f.stop)
+	f.wg.Wait()
+}
+
+// TestDirectReplayFromElsewhere: an attacker who sees every probe and reply
+// the agents exchange on their direct path sends copies of each, again and
+// again, to its destination from 16 addresses of its own. None of them is taken
+// for the peer's, the peer's own address is never forgotten, and packets
+// keep crossing the direct path all along. (Before, a replayed probe was
+// answered and its source recorded as the peer's: 8 of them evicted the
+// peer's real address, and the device dropped the client's packets while
+// both sides went on calling the path direct.)
+func TestDirectReplayFromElsewhere(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		agents := []netip.AddrPort{p.dSock.addr, p.cSock.addr}
+		var attackers []netip.AddrPort
+		for i := range 2 * maxRoutes {
+			attackers = append(attackers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 66}), uint16(6000+i)))
+		}
+		var mu sync.Mutex
+		var seen []datagram
+		var dst []netip.AddrPort
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && (b[0] == msgProbe || b[0] == msgReply) && slices.Contains(agents, from) && slices.Contains(agents, to) {
+				mu.Lock()
+				seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
+				dst = append(dst, to)
+				mu.Unlock()
+			}
+		})
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		f := p.startFlow()
+		defer f.close()
+		time.Sleep(time.Second)
+		f.measure.Store(true)
+		before := p.relayStats()
+
+		// Every 50ms the attacker sends the last 8 datagrams it saw, new
+		// and old, from each of its addresses.
+		const attack = 10 * time.Second
+		replays := 0
+		for start := time.Now(); time.Since(start) < attack; {
+			time.Sleep(50 * time.Millisecond)
+			mu.Lock()
+			if k := len(seen) - 8; k > 0 {
+				seen, dst = seen[k:], dst[k:]
+			}
+			got, to := slices.Clone(seen), slices.Clone(dst)
+			mu.Unlock()
+			for i, d := range got {
+				for _, a := range attackers {
+					p.udp.inject(a, to[i], d.b)
+					replays++
+				}
+			}
+			for _, side := range []struct {
+				name string
+				c    *Conn
+				dir  *Direct
+				peer netip.AddrPort
+			}{{"device", p.dev, p.dDir, p.cSock.addr}, {"client", p.cli, p.cDir, p.dSock.addr}} {
+				routes := *side.c.ds.routes.Load()
+				for _, a := range attackers {
+					if routes[a] != nil {
+						t.Fatalf("after %v the %s takes the attacker's %v for its peer", time.Since(start), side.name, a)
+					}
+				}
+				if routes[side.peer] == nil {
+					t.Fatalf("after %v the %s no longer accepts its peer's packets from %v", time.Since(start), side.name, side.peer)
+				}
+				if pi := side.dir.Path(); !pi.Direct || pi.Addr != side.peer {
+					t.Fatalf("after %v the %s's path is %v, want direct %v", time.Since(start), side.name, pi, side.peer)
+				}
+			}
+			if g := f.gap(); g > time.Second {
+				t.Fatalf("after %v a side has had no packet for %v", time.Since(start), g)
+			}
+		}
+		t.Logf("%d datagrams replayed in %v; longest wait for a packet %v; replays dropped: device %d, client %d",
+			replays, attack, time.Duration(f.maxGap.Load()), p.dev.ds.replayed.Load(), p.cli.ds.replayed.Load())
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay forwarded %d packets during the attack", n)
+		}
+	})
+}
