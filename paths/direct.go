@@ -61,7 +61,8 @@ import (
 // probe sniffed on the way and sent again, from anywhere, gets no answer.
 // Whoever lacks the key can then neither add an address nor push out the
 // peer's. One who relays the agents' datagrams through addresses of its
-// own is a router on the path like any other.
+// own is a router on the path like any other; if it drops their packets
+// while it passes probes, the data check below sends them to the relay.
 //
 // While the path is in use, small probes keep checking it (every 250ms
 // while packets flow, every 2s when idle). If none is answered for a second
@@ -69,25 +70,40 @@ import (
 // without an answer the path is dropped and the search starts again later,
 // with backoff.
 //
+// The data check: a path can answer probes and lose packets (a middlebox
+// that drops QUIC, or a relaying attacker as above). Each reply says how
+// many QUIC packets the replier has taken from the prober over direct
+// paths, and the prober knows how many it had sent when it probed. If, for
+// 750ms of replies, at least 3 packets were sent and none of them arrived,
+// the path is dropped: packets go over the relay at once, the peer is told
+// (lost) and drops its path too, and neither takes that address up again
+// for 10s, then 20s and so on up to 5 minutes each time it loses packets
+// again, until packets cross a path. An idle session sends nothing to lose
+// and a one-way flow still arrives, so neither trips the check; nor does a
+// lone lost packet.
+//
 // Datagrams on the socket, told from QUIC packets (which always have bit
 // 0x40 of their first byte set) by their type:
 //
-//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding
-//	reply  (0x22): type, pathID [8], txid [8], mac [16]
+//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding (41 bytes at least)
+//	reply  (0x22): type, pathID [8], txid [8], received [8], mac [16]
 //	opener (0x23): type, pathID [8]
 //
 // pathID names the prober's direction of one Direct; txid numbers the
 // prober's probes in that direction, from 1, big-endian (every Direct has a
-// key of its own, so a number never repeats under a key); mac is the first
-// 16 bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid). A reply echoes the
-// probe's pathID and txid. A reply is never larger than its probe. The MACs
-// do not cover addresses: behind a NAT, an agent does not know the address
-// its peer sends to or sees it at.
+// key of its own, so a number never repeats under a key). A probe's mac is
+// the first 16 bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid); a reply's,
+// of HMAC-SHA256(key, type ‖ pathID ‖ txid ‖ received). A reply echoes the
+// probe's pathID and txid; received (big-endian) counts the QUIC packets
+// the replier has taken from the prober over direct paths. A reply is never
+// larger than its probe. The MACs do not cover addresses: behind a NAT, an
+// agent does not know the address its peer sends to or sees it at.
 //
 // Signalling messages (carried by the layer above):
 //
 //	candidates: type u8 (1), round u32, count u8, count × (family u8 (4|6), ip [4|16], port u16)
 //	ready:      type u8 (2), round u32
+//	lost:       type u8 (3), round u32: the sender's direct path lost its packets (the data check); taken in any round
 const (
 	// MaxDirectPacket is the largest packet a direct path carries: a path
 	// is used only once a probe this big has crossed it.
@@ -96,10 +112,12 @@ const (
 	msgProbe  byte = 0x21
 	msgReply  byte = 0x22
 	msgOpener byte = 0x23
-	probeLen       = 1 + 8 + 8 + 16
+	probeLen       = 1 + 8 + 8 + 16 // a probe's fields
+	replyLen       = probeLen + 8   // a reply; and the smallest probe
 
 	sigCandidates byte = 1
 	sigReady      byte = 2
+	sigLost       byte = 3
 
 	maxCandidates = 16
 	openerTTL     = 2
@@ -121,6 +139,10 @@ const (
 	replayWindow    = 1024                  // the peer's txids remembered
 	probeBackEvery  = 50 * time.Millisecond // probes to addresses the peer's probes came from
 	probeBackBurst  = 16
+	dataStall       = 750 * time.Millisecond // replies showing no packet arrived, this long
+	dataStallLeast  = 3                      // while this many were sent: the path loses them
+	lostRetryMin    = 10 * time.Second       // then a path that lost packets is tried again,
+	lostRetryMax    = 5 * time.Minute        // later each time it does so again
 )
 
 // A UDPConn is the socket of direct paths. *net.UDPConn implements it.
@@ -335,6 +357,7 @@ func (c *Conn) directDatagram(bp *[]byte, n int, from netip.AddrPort) {
 	if n > 0 && b[0]&0x40 != 0 {
 		// A QUIC packet: from a peer only if it proved this address.
 		if d := (*ds.routes.Load())[from]; d != nil {
+			d.received.Add(1)
 			c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
 			return
 		}
@@ -355,13 +378,13 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 	}
 	switch b[0] {
 	case msgProbe:
-		if len(b) < probeLen {
+		if len(b) < replyLen {
 			ds.strange.Add(1)
 			return
 		}
 		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
 		d := ds.direct(id)
-		if d == nil || !hmac.Equal(b[17:33], d.mac(msgProbe, id, txid)) {
+		if d == nil || !hmac.Equal(b[17:33], d.mac(msgProbe, id, txid, nil)) {
 			ds.strange.Add(1)
 			return
 		}
@@ -370,18 +393,18 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 		}
 		d.probed(txid, from, len(b))
 	case msgReply:
-		if len(b) != probeLen {
+		if len(b) != replyLen {
 			ds.strange.Add(1)
 			return
 		}
 		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
 		d := ds.direct(id)
-		if d == nil || !hmac.Equal(b[17:33], d.mac(msgReply, id, txid)) {
+		if d == nil || !hmac.Equal(b[25:41], d.mac(msgReply, id, txid, b[17:25])) {
 			ds.strange.Add(1)
 			return
 		}
 		if id == d.myID {
-			d.replied(txid, from)
+			d.replied(txid, binary.BigEndian.Uint64(b[17:25]), from)
 		}
 	case msgOpener:
 		// Its work was done on the way; nothing to do here.
@@ -548,6 +571,9 @@ type Direct struct {
 	path     atomic.Pointer[directPath] // the proven path; nil if none
 	lastSend atomic.Int64               // Conn.now of the last packet sent to the peer
 	kick     atomic.Bool                // the sender asks for a probe on the path now
+	// sent and received count the QUIC packets sent to and taken from the
+	// peer over direct paths, for the data check.
+	sent, received atomic.Uint64
 
 	probeBacks *rate.Limiter // probes to addresses the peer's probes came from
 
@@ -555,21 +581,24 @@ type Direct struct {
 	done chan struct{} // closed by Close
 
 	mu         sync.Mutex
-	closed     bool                    // guarded by mu
-	round      uint32                  // the search round; guarded by mu
-	remote     []netip.AddrPort        // the peer's candidates this round; guarded by mu
-	opened     bool                    // openers sent this round; guarded by mu
-	peerReady  bool                    // the peer sent its openers this round; guarded by mu
-	probeUntil time.Time               // probing the candidates until then; guarded by mu
-	lastProbe  time.Time               // the last probe of the candidates; guarded by mu
-	lastBeat   time.Time               // the last probe on the path; guarded by mu
-	retryAt    time.Time               // start a round then, if not zero; guarded by mu
-	retries    int                     // rounds that failed in a row; guarded by mu
-	lastTxid   uint64                  // of the last probe sent; guarded by mu
-	outgoing   map[[8]byte]probeRecord // probes awaiting an answer; guarded by mu
-	seen       replayFilter            // the peer's txids answered; guarded by mu
-	routes     []netip.AddrPort        // addresses proven for the peer; guarded by mu
-	since      time.Time               // of the last path change; guarded by mu
+	closed     bool                         // guarded by mu
+	round      uint32                       // the search round; guarded by mu
+	remote     []netip.AddrPort             // the peer's candidates this round; guarded by mu
+	opened     bool                         // openers sent this round; guarded by mu
+	peerReady  bool                         // the peer sent its openers this round; guarded by mu
+	probeUntil time.Time                    // probing the candidates until then; guarded by mu
+	lastProbe  time.Time                    // the last probe of the candidates; guarded by mu
+	lastBeat   time.Time                    // the last probe on the path; guarded by mu
+	retryAt    time.Time                    // start a round then, if not zero; guarded by mu
+	retries    int                          // rounds that failed in a row; guarded by mu
+	dataFails  int                          // paths dropped by the data check since data last crossed one; guarded by mu
+	lossy      map[netip.AddrPort]time.Time // addresses not to take up until then: they lost packets; guarded by mu
+	lastTxid   uint64                       // of the last probe sent; guarded by mu
+	outgoing   map[[8]byte]probeRecord      // probes awaiting an answer; guarded by mu
+	seen       replayFilter                 // the peer's txids answered; guarded by mu
+	check      dataCheck                    // of the path in use; guarded by mu
+	routes     []netip.AddrPort             // addresses proven for the peer; guarded by mu
+	since      time.Time                    // of the last path change; guarded by mu
 }
 
 // directPath is a proven path; lastReply and rtt change as probes return.
@@ -584,7 +613,17 @@ type directPath struct {
 type probeRecord struct {
 	to    netip.AddrPort
 	at    time.Time
-	named bool // to is one of the peer's candidates
+	sent  uint64 // Direct.sent when it left
+	named bool   // to is one of the peer's candidates
+}
+
+// dataCheck is what the replies on the path in use have shown of the
+// packets sent over it: the last time they showed some arriving, and since
+// when they have shown none.
+type dataCheck struct {
+	sent, received uint64    // Direct.sent when the probe left, and the peer's count in its reply
+	at             time.Time // when that probe left
+	stall          time.Time // when the first probe left whose reply showed packets sent since and none arrived; zero if none
 }
 
 // A replayFilter remembers which txids it was shown: each of the last
@@ -683,8 +722,9 @@ func (d *Direct) hmac(parts ...[]byte) []byte {
 	return m.Sum(nil)
 }
 
-func (d *Direct) mac(typ byte, id, txid [8]byte) []byte {
-	return d.hmac([]byte{typ}, id[:], txid[:])[:16]
+// mac returns the MAC of a probe (received nil) or a reply.
+func (d *Direct) mac(typ byte, id, txid [8]byte, received []byte) []byte {
+	return d.hmac([]byte{typ}, id[:], txid[:], received)[:16]
 }
 
 // Close stops using and looking for the direct path: packets to the peer
@@ -785,7 +825,9 @@ func (d *Direct) send(p []byte) bool {
 	}
 	if !d.c.ds.enqueue(p, path.addr) {
 		d.c.dropped.Add(1) // as the socket would have, its buffer full
+		return true
 	}
+	d.sent.Add(1)
 	return true
 }
 
@@ -840,12 +882,18 @@ func (d *Direct) Receive(msg []byte) error {
 			return err
 		}
 		d.gotCandidates(round, cands)
-	case sigReady:
+	case sigReady, sigLost:
 		if len(msg) != 5 {
-			return fmt.Errorf("paths: ready message of %d bytes", len(msg))
+			return fmt.Errorf("paths: signalling message %d of %d bytes", msg[0], len(msg))
 		}
 		d.mu.Lock()
-		if round == d.round && !d.closed {
+		switch {
+		case d.closed:
+		case msg[0] == sigLost:
+			// Whatever the round: the peer lost packets on the path just
+			// now, and keeps from taking it up again for a while.
+			d.dropLossyLocked(time.Now(), "the peer's direct path loses packets: packets go over the relay")
+		case round == d.round:
 			d.peerReady = true
 			d.maybeProbeLocked()
 		}
@@ -979,9 +1027,10 @@ func (d *Direct) probed(txid [8]byte, from netip.AddrPort, size int) {
 	}
 	back := !slices.Contains(d.routes, from) && d.mayProbe(from) && d.probeBacks.Allow()
 	d.mu.Unlock()
-	reply := make([]byte, 0, probeLen)
+	reply := make([]byte, 0, replyLen)
 	reply = append(append(append(reply, msgReply), d.theirID[:]...), txid[:]...)
-	reply = append(reply, d.mac(msgReply, d.theirID, txid)...)
+	reply = binary.BigEndian.AppendUint64(reply, d.received.Load())
+	reply = append(reply, d.mac(msgReply, d.theirID, txid, reply[17:25])...)
 	d.c.ds.write(reply, from)
 	if back {
 		d.mu.Lock()
@@ -1000,8 +1049,9 @@ func (d *Direct) mayProbe(a netip.AddrPort) bool {
 	return usableCandidate(a.Addr()) && a.Port() != 0 && (!a.Addr().IsLoopback() || loopback)
 }
 
-// replied handles a valid reply to one of this side's probes.
-func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
+// replied handles a valid reply to one of this side's probes, which says
+// the peer has taken received packets from this side.
+func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 	now := time.Now()
 	d.mu.Lock()
 	rec, ok := d.outgoing[txid]
@@ -1014,10 +1064,17 @@ func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 	delete(d.outgoing, txid)
 	rtt := now.Sub(rec.at)
 	path := d.path.Load()
+	var lost []byte
 	switch {
 	case path != nil && path.addr == rec.to:
 		path.lastReply.Store(d.c.now())
 		path.rtt.Store(int64(rtt))
+		if d.checkDataLocked(rec, received) {
+			d.dropLossyLocked(now, "direct path loses packets: they go over the relay")
+			lost = binary.BigEndian.AppendUint32([]byte{sigLost}, d.round)
+		}
+	case now.Before(d.lossy[rec.to]):
+		// It lost packets lately: not yet.
 	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive) || rec.named && !path.named:
 		// The first path to answer, or one that answers while the one in
 		// use does not, or one the peer named rather than one found by
@@ -1026,6 +1083,7 @@ func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 		np.lastReply.Store(d.c.now())
 		np.rtt.Store(int64(rtt))
 		d.path.Store(np)
+		d.check = dataCheck{sent: rec.sent, received: received, at: rec.at}
 		d.since = now
 		d.retries = 0
 		d.retryAt = time.Time{}
@@ -1035,6 +1093,71 @@ func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
 	}
 	d.mu.Unlock()
 	d.provenFrom(rec.to)
+	if lost != nil {
+		// The peer stops sending over it too: a path that loses one
+		// side's packets most likely loses the other's, and the peer
+		// may send too little to see it soon.
+		d.cfg.Signal(lost)
+	}
+}
+
+// checkDataLocked adds the reply to rec, by which the peer has taken
+// received packets, to the data check of the path in use, and reports
+// whether the path loses the packets sent over it.
+func (d *Direct) checkDataLocked(rec probeRecord, received uint64) bool {
+	c := &d.check
+	switch {
+	case rec.at.Before(c.at):
+		// Overtaken by a later probe's reply.
+	case received > c.received:
+		if rec.sent > c.sent {
+			d.dataFails = 0 // packets cross
+		}
+		*c = dataCheck{sent: rec.sent, received: received, at: rec.at}
+	case rec.sent == c.sent:
+		c.at = rec.at // nothing sent since, nothing lost
+	default:
+		if c.stall.IsZero() {
+			c.stall = rec.at
+		}
+		return rec.at.Sub(c.stall) >= dataStall && rec.sent-c.sent >= dataStallLeast
+	}
+	return false
+}
+
+// dropLossyLocked stops using the path in use, which loses packets (for
+// the reason why), and keeps from taking up its address again, or
+// searching, for a while: longer each time, until packets cross a path.
+// With no path in use (the peer lost packets on its own), it keeps from
+// taking up any address it has proven.
+func (d *Direct) dropLossyLocked(now time.Time, why string) {
+	bad := d.routes
+	if path := d.path.Load(); path != nil {
+		bad = []netip.AddrPort{path.addr}
+		d.path.Store(nil)
+		d.since = now
+		d.log.Debug(why, "addr", path.addr.String())
+	}
+	// Answers to the probes already out would take a path up at once.
+	for k, r := range d.outgoing {
+		if slices.Contains(bad, r.to) {
+			delete(d.outgoing, k)
+		}
+	}
+	b := backoff{min: lostRetryMin, max: lostRetryMax, n: d.dataFails}
+	d.dataFails++
+	d.retryAt = now.Add(b.next())
+	for a, until := range d.lossy {
+		if !now.Before(until) {
+			delete(d.lossy, a)
+		}
+	}
+	if d.lossy == nil {
+		d.lossy = make(map[netip.AddrPort]time.Time)
+	}
+	for _, a := range bad {
+		d.lossy[a] = d.retryAt
+	}
 }
 
 // probeLocked sends a probe of size bytes to addr; named says whether
@@ -1054,12 +1177,12 @@ func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named
 	d.lastTxid++
 	var txid [8]byte
 	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
-	d.outgoing[txid] = probeRecord{to: addr, at: now, named: named}
+	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named}
 	b := make([]byte, size)
 	b[0] = msgProbe
 	copy(b[1:], d.myID[:])
 	copy(b[9:], txid[:])
-	copy(b[17:], d.mac(msgProbe, d.myID, txid))
+	copy(b[17:], d.mac(msgProbe, d.myID, txid, nil))
 	d.c.ds.write(b, addr)
 }
 
@@ -1123,7 +1246,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 			}
 			kicked := d.kick.Swap(false) && now.Sub(d.lastBeat) >= kickGap
 			if kicked || now.Sub(d.lastBeat) >= every {
-				d.probeLocked(path.addr, probeLen, now, path.named)
+				d.probeLocked(path.addr, replyLen, now, path.named)
 				d.lastBeat = now
 			}
 			at(d.lastBeat.Add(every))

@@ -363,7 +363,7 @@ func TestDirectSpoofing(t *testing.T) {
 				// A reply with the probe's path ID and txid, and a wrong
 				// MAC; a probe of the attacker's own with a wrong MAC; the
 				// probe itself reflected; a QUIC-looking packet.
-				reply := append([]byte{msgReply}, d.b[1:probeLen]...)
+				reply := append([]byte{msgReply}, d.b[1:replyLen]...)
 				reply[20] ^= 1
 				probe := bytes.Clone(d.b)
 				probe[25] ^= 1
@@ -753,5 +753,94 @@ func TestDirectReplayFromElsewhere(t *testing.T) {
 		if n := p.relayStats() - before; n != 0 {
 			t.Fatalf("the relay forwarded %d packets during the attack", n)
 		}
+	})
+}
+
+// TestDirectDataLoss: the direct path carries probes but loses every
+// end-to-end packet (say, a middlebox drops what looks like QUIC): though
+// every probe is answered, packets go back to the relay within 3s, keep
+// arriving there, and the path is not trusted again while it loses them.
+func TestDirectDataLoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		f := p.startFlow()
+		defer f.close()
+		time.Sleep(time.Second)
+
+		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
+		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
+		t.Logf("on the relay %v after data stopped crossing", took)
+		f.measure.Store(true)
+		f.maxGap.Store(0)
+		// The agents may try the path again now and then (it answers
+		// probes), but never long enough to stall the flow.
+		const watch = 30 * time.Second
+		before := p.relayStats()
+		for start := time.Now(); time.Since(start) < watch; time.Sleep(100 * time.Millisecond) {
+			if g := f.gap(); g > 3*time.Second {
+				t.Fatalf("%v after the loss began, a side has had no packet for %v", time.Since(start)+took, g)
+			}
+		}
+		t.Logf("longest wait for a packet over %v: %v; relay forwarded %d packets", watch, time.Duration(f.maxGap.Load()), p.relayStats()-before)
+		if n := p.relayStats() - before; n < uint64(watch/(20*time.Millisecond)) {
+			t.Fatalf("the relay forwarded %d packets in %v", n, watch)
+		}
+		// Once the path carries data again, it is used again.
+		p.udp.setDrop(nil)
+		p.waitPath(t, lostRetryMax+discoveryFor, isDirect, "direct again once data crosses")
+	})
+}
+
+// TestDirectDataCheckQuiet: the data check does not move a quiet or
+// one-way session off a working path: idle, sending one way only, and
+// after one lost packet followed by silence, the path stays direct.
+func TestDirectDataCheckQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		p.exchange(t)
+		stayDirect := func(what string, d time.Duration) {
+			t.Helper()
+			for start := time.Now(); time.Since(start) < d; time.Sleep(100 * time.Millisecond) {
+				if !p.cDir.Path().Direct || !p.dDir.Path().Direct {
+					t.Fatalf("%s: off the direct path after %v: client %v, device %v", what, time.Since(start), p.cDir.Path(), p.dDir.Path())
+				}
+			}
+		}
+		stayDirect("idle", 30*time.Second)
+
+		// One way: the client sends, the device never answers.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() { drain(p.dev, stop) })
+		wg.Go(func() {
+			pkt := make([]byte, 1000)
+			pkt[0] = 0x40
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+					p.cli.WriteTo(pkt, p.dev.LocalAddr())
+				}
+			}
+		})
+		stayDirect("one way", 10*time.Second)
+		close(stop)
+		wg.Wait()
+
+		// One packet lost, then silence.
+		var once atomic.Bool
+		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool {
+			return len(b) > 0 && b[0]&0x40 != 0 && once.CompareAndSwap(false, true)
+		})
+		pkt := make([]byte, 100)
+		pkt[0] = 0x40
+		p.cli.WriteTo(pkt, p.dev.LocalAddr())
+		stayDirect("one packet lost", 10*time.Second)
+		p.exchange(t)
 	})
 }
