@@ -42,9 +42,10 @@ import (
 //     Probes are as big as the largest packet the path must carry and
 //     carry a MAC under a key only the two agents know (agreed inside the
 //     E2E session), so only the real peer can answer one. The first answer
-//     (from the address probed) moves this side's packets to that address.
-//     The E2E session above still sees the same peer address and notices
-//     nothing.
+//     (from the address probed) moves this side's packets to that address;
+//     later, an answer from an address the peer named replaces a path to
+//     one found by probing back (below). The E2E session above still sees
+//     the same peer address and notices nothing.
 //
 // An address is the peer's only once this side has proven it: it sent a
 // probe there and got the answer from there, echoing the probe's txid
@@ -54,7 +55,8 @@ import (
 // proves nothing about where it came from: it may be a copy. The answerer
 // replies to whatever address it came from (never with more bytes than the
 // probe), and if it has not proven that address itself, probes it in turn
-// (with a probe of the same size, 20 a second at most): so a path that
+// (with a probe of the same size, 20 a second at most; once a small one is
+// answered, with a full-size one before packets go there): so a path that
 // only the peer's probes found (its NAT gives it a new port for every
 // destination) is found both ways. Each of the peer's txids is answered
 // once: the last 1024 seen are remembered and older ones are refused, so a
@@ -76,9 +78,10 @@ import (
 // paths, and the prober knows how many it had sent when it probed. If, for
 // 750ms of replies, at least 3 packets were sent and none of them arrived,
 // the path is dropped: packets go over the relay at once, the peer is told
-// (lost) and drops its path too, and neither takes that address up again
-// for 10s, then 20s and so on up to 5 minutes each time it loses packets
-// again, until packets cross a path. An idle session sends nothing to lose
+// (lost) and drops its path too, and neither takes up again the address it
+// dropped (the peer, with no path, any it has proven) for 10s, then 20s and
+// so on up to 5 minutes each time packets are lost again, until packets
+// cross a path. An idle session sends nothing to lose
 // and a one-way flow still arrives, so neither trips the check; nor does a
 // lone lost packet.
 //
@@ -615,6 +618,7 @@ type probeRecord struct {
 	at    time.Time
 	sent  uint64 // Direct.sent when it left
 	named bool   // to is one of the peer's candidates
+	full  bool   // it was MaxDirectPacket bytes: the path carries any packet
 }
 
 // dataCheck is what the replies on the path in use have shown of the
@@ -1075,7 +1079,14 @@ func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 		}
 	case now.Before(d.lossy[rec.to]):
 		// It lost packets lately: not yet.
-	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive) || rec.named && !path.named:
+	case path != nil && d.c.now()-path.lastReply.Load() <= int64(trustActive) && (path.named || !rec.named):
+		// The path in use answers, and this one is no better.
+	case !rec.full:
+		// A small probe (one sent back to where a small probe of the
+		// peer's came from) proved the address, not that the path carries
+		// the largest packets: a full-size probe asks that.
+		d.probeLocked(rec.to, MaxDirectPacket, now, rec.named)
+	default:
 		// The first path to answer, or one that answers while the one in
 		// use does not, or one the peer named rather than one found by
 		// probing back.
@@ -1177,7 +1188,7 @@ func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named
 	d.lastTxid++
 	var txid [8]byte
 	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
-	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named}
+	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named, full: size >= MaxDirectPacket}
 	b := make([]byte, size)
 	b[0] = msgProbe
 	copy(b[1:], d.myID[:])

@@ -844,3 +844,89 @@ func TestDirectDataCheckQuiet(t *testing.T) {
 		p.exchange(t)
 	})
 }
+
+// TestDirectProbeBack: a path that only the peer's probes find (here the
+// client offers an address where nothing listens, as when its NAT gives
+// it another port for every destination) is found both ways: the device
+// probes back to where the client's probes came from, and goes direct
+// once that answers.
+func TestDirectProbeBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.cli.cfg.Direct.Addrs = []netip.Addr{netip.MustParseAddr("10.0.0.99")}
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
+			t.Fatalf("device's path goes to %v, want %v", got, want)
+		}
+		before := p.relayStats()
+		for range 20 {
+			p.exchange(t)
+		}
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay forwarded %d packets on a direct path", n)
+		}
+	})
+}
+
+// TestDirectFreshReplay: an attacker on the way from the client to the
+// device drops the client's probes and sends them to the device itself,
+// from 16 addresses of its own, so that each is new to the device. The
+// device answers them and probes the attacker's addresses back (at most
+// 20 a second), but takes none of them for the client's, and its own path
+// goes to the client's real address.
+func TestDirectFreshReplay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		var attackers []netip.AddrPort
+		for i := range 2 * maxRoutes {
+			attackers = append(attackers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 66}), uint16(6000+i)))
+		}
+		var mu sync.Mutex
+		var stolen [][]byte
+		var backs atomic.Int64
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr && to == p.dSock.addr {
+				mu.Lock()
+				stolen = append(stolen, bytes.Clone(b))
+				mu.Unlock()
+			}
+			if len(b) > 0 && b[0] == msgProbe && from == p.dSock.addr && slices.Contains(attackers, to) {
+				backs.Add(1)
+			}
+		})
+		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
+			return len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr
+		})
+		p.start(t, newKey())
+		const attack = 10 * time.Second
+		for start := time.Now(); time.Since(start) < attack; time.Sleep(50 * time.Millisecond) {
+			mu.Lock()
+			got := stolen
+			stolen = nil
+			mu.Unlock()
+			for _, b := range got {
+				for _, a := range attackers {
+					p.udp.inject(a, p.dSock.addr, b)
+				}
+			}
+			routes := *p.dev.ds.routes.Load()
+			for _, a := range attackers {
+				if routes[a] != nil {
+					t.Fatalf("after %v the device takes the attacker's %v for the client's", time.Since(start), a)
+				}
+			}
+			if pi := p.dDir.Path(); pi.Direct && pi.Addr != p.cSock.addr {
+				t.Fatalf("after %v the device's path goes to %v", time.Since(start), pi.Addr)
+			}
+		}
+		if pi := p.dDir.Path(); !pi.Direct || pi.Addr != p.cSock.addr {
+			t.Fatalf("device's path %v, want direct %v", pi, p.cSock.addr)
+		}
+		most := int64(probeBackBurst + attack/probeBackEvery)
+		t.Logf("%d probes sent back to the attacker's addresses in %v (at most %d)", backs.Load(), attack, most)
+		if n := backs.Load(); n == 0 || n > most {
+			t.Fatalf("%d probes sent back to the attacker, want 1 to %d", n, most)
+		}
+	})
+}
