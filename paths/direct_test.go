@@ -930,3 +930,27 @@ func TestDirectFreshReplay(t *testing.T) {
 		}
 	})
 }
+
+// TestReplayFilter: each txid is fresh once; those more than replayWindow
+// below the highest seen, and 0, never are; txids may arrive out of order.
+func TestReplayFilter(t *testing.T) {
+	var f replayFilter
+	steps := []struct {
+		n     uint64
+		fresh bool
+	}{
+		{0, false},
+		{1, true}, {1, false},
+		{3, true}, {2, true}, {3, false}, {2, false},
+		{replayWindow + 2, true}, // 2 falls out of the window, 3 stays
+		{2, false}, {3, false}, {4, true}, {4, false},
+		{replayWindow + 1, true}, {replayWindow + 1, false},
+		{10 * replayWindow, true}, // a jump forgets the window
+		{9*replayWindow + 1, true}, {9 * replayWindow, false}, {10*replayWindow - 1, true},
+	}
+	for i, s := range steps {
+		if got := f.fresh(s.n); got != s.fresh {
+			t.Fatalf("step %d: fresh(%d) = %v, want %v", i, s.n, got, s.fresh)
+		}
+	}
+}
