@@ -104,13 +104,13 @@ func echoStream(tun net.Conn, seed uint64, size int64, chunk int64, gap time.Dur
 // TestNATReplayedProbes: an attacker on the device's LAN (hc, beside the
 // device in ha) learns the client's probes from a tap in the device's
 // router, and sends copies of them to the device from 16 ports of its own,
-// right after each datagram of the client's, while a tunnel echoes a
-// checksummed stream. The echo
-// never stalls, the stream comes back intact, and the device's status
-// shows the path to the client's address throughout, never the
-// attacker's. (Before, the device took the attacker's ports for the
-// client's address and evicted the real one: it dropped the client's
-// packets while both sides still reported a direct path.)
+// right after each probe or reply of the client's, while a tunnel echoes a
+// checksummed stream. The echo never stalls, the stream comes back intact,
+// and the device's status shows the path to the client's address
+// throughout, never the attacker's. (Before, the device took the
+// attacker's ports for the client's address and evicted the real one: it
+// dropped the client's packets while both sides still reported a direct
+// path.)
 func TestNATReplayedProbes(t *testing.T) {
 	size := int64(16 << 20)
 	if israce.Enabled || testing.Short() {
