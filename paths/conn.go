@@ -8,7 +8,7 @@
 // (see direct.go): once the layer above has an E2E session with a peer, it
 // starts a [Direct] for it, which looks for a direct path by hole punching,
 // moves the peer's packets onto it when a probe crosses, and back to the
-// relay when probes stop crossing. The session above sees the same peer
+// relay when probes stop crossing or the packets themselves do. The session above sees the same peer
 // address throughout and notices nothing. On both paths packets travel in
 // batches: a TLS record to the relay holds a burst of them, and the direct
 // socket sends and receives a burst with one system call where the kernel

@@ -42,8 +42,29 @@ import (
 //     Probes are as big as the largest packet the path must carry and
 //     carry a MAC under a key only the two agents know (agreed inside the
 //     E2E session), so only the real peer can answer one. The first answer
-//     moves this side's packets to that address. The E2E session above
-//     still sees the same peer address and notices nothing.
+//     (from the address probed) moves this side's packets to that address;
+//     later, an answer from an address the peer named replaces a path to
+//     one found by probing back (below). The E2E session above still sees
+//     the same peer address and notices nothing.
+//
+// An address is the peer's only once this side has proven it: it sent a
+// probe there and got the answer from there, echoing the probe's txid
+// while that is outstanding (each is taken once). Only then does this side
+// send packets there, or take QUIC packets from there as the peer's (from
+// up to 8 such addresses; the one in use is never pushed out). A probe
+// proves nothing about where it came from: it may be a copy. The answerer
+// replies to whatever address it came from (never with more bytes than the
+// probe), and if it has not proven that address itself, probes it in turn
+// (with a probe of the same size, 20 a second at most; once a small one is
+// answered, with a full-size one before packets go there): so a path that
+// only the peer's probes found (its NAT gives it a new port for every
+// destination) is found both ways. Each of the peer's txids is answered
+// once: the last 1024 seen are remembered and older ones are refused, so a
+// probe sniffed on the way and sent again, from anywhere, gets no answer.
+// Whoever lacks the key can then neither add an address nor push out the
+// peer's. One who relays the agents' datagrams through addresses of its
+// own is a router on the path like any other; if it drops their packets
+// while it passes probes, the data check below sends them to the relay.
 //
 // While the path is in use, small probes keep checking it (every 250ms
 // while packets flow, every 2s when idle). If none is answered for a second
@@ -51,21 +72,41 @@ import (
 // without an answer the path is dropped and the search starts again later,
 // with backoff.
 //
+// The data check: a path can answer probes and lose packets (a middlebox
+// that drops QUIC, or a relaying attacker as above). Each reply says how
+// many QUIC packets the replier has taken from the prober over direct
+// paths, and the prober knows how many it had sent when it probed. If, for
+// 750ms of replies, at least 3 packets were sent and none of them arrived,
+// the path is dropped: packets go over the relay at once, the peer is told
+// (lost) and drops its path too, and neither takes up again the address it
+// dropped (the peer, with no path, any it has proven) for 10s, then 20s and
+// so on up to 5 minutes each time packets are lost again, until packets
+// cross a path. An idle session sends nothing to lose
+// and a one-way flow still arrives, so neither trips the check; nor does a
+// lone lost packet.
+//
 // Datagrams on the socket, told from QUIC packets (which always have bit
 // 0x40 of their first byte set) by their type:
 //
-//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding
-//	reply  (0x22): type, pathID [8], txid [8], mac [16]
+//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding (41 bytes at least)
+//	reply  (0x22): type, pathID [8], txid [8], received [8], mac [16]
 //	opener (0x23): type, pathID [8]
 //
-// pathID names the prober's direction of one Direct; mac is the first 16
-// bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid). A reply echoes the
-// probe's pathID and txid. A reply is never larger than its probe.
+// pathID names the prober's direction of one Direct; txid numbers the
+// prober's probes in that direction, from 1, big-endian (every Direct has a
+// key of its own, so a number never repeats under a key). A probe's mac is
+// the first 16 bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid); a reply's,
+// of HMAC-SHA256(key, type ‖ pathID ‖ txid ‖ received). A reply echoes the
+// probe's pathID and txid; received (big-endian) counts the QUIC packets
+// the replier has taken from the prober over direct paths. A reply is never
+// larger than its probe. The MACs do not cover addresses: behind a NAT, an
+// agent does not know the address its peer sends to or sees it at.
 //
 // Signalling messages (carried by the layer above):
 //
 //	candidates: type u8 (1), round u32, count u8, count × (family u8 (4|6), ip [4|16], port u16)
 //	ready:      type u8 (2), round u32
+//	lost:       type u8 (3), round u32: the sender's direct path lost its packets (the data check); taken in any round
 const (
 	// MaxDirectPacket is the largest packet a direct path carries: a path
 	// is used only once a probe this big has crossed it.
@@ -74,10 +115,12 @@ const (
 	msgProbe  byte = 0x21
 	msgReply  byte = 0x22
 	msgOpener byte = 0x23
-	probeLen       = 1 + 8 + 8 + 16
+	probeLen       = 1 + 8 + 8 + 16 // a probe's fields
+	replyLen       = probeLen + 8   // a reply; and the smallest probe
 
 	sigCandidates byte = 1
 	sigReady      byte = 2
+	sigLost       byte = 3
 
 	maxCandidates = 16
 	openerTTL     = 2
@@ -96,6 +139,13 @@ const (
 	maxRoutes       = 8 // remote addresses remembered per Direct
 	peerRoundBurst  = 10
 	peerRoundEvery  = 20 * time.Second
+	replayWindow    = 1024                  // the peer's txids remembered
+	probeBackEvery  = 50 * time.Millisecond // probes to addresses the peer's probes came from
+	probeBackBurst  = 16
+	dataStall       = 750 * time.Millisecond // replies showing no packet arrived, this long
+	dataStallLeast  = 3                      // while this many were sent: the path loses them
+	lostRetryMin    = 10 * time.Second       // then a path that lost packets is tried again,
+	lostRetryMax    = 5 * time.Minute        // later each time it does so again
 )
 
 // A UDPConn is the socket of direct paths. *net.UDPConn implements it.
@@ -150,6 +200,7 @@ type directSocket struct {
 	binding          atomic.Pointer[bindingRequest]
 	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
 	dropped, strange atomic.Uint64
+	replayed         atomic.Uint64 // probes refused: their txid was answered before
 
 	// sendq holds end-to-end packets for directWriteLoop; gso says that
 	// the socket segments sends; segmented counts the packets sent so.
@@ -309,6 +360,7 @@ func (c *Conn) directDatagram(bp *[]byte, n int, from netip.AddrPort) {
 	if n > 0 && b[0]&0x40 != 0 {
 		// A QUIC packet: from a peer only if it proved this address.
 		if d := (*ds.routes.Load())[from]; d != nil {
+			d.received.Add(1)
 			c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
 			return
 		}
@@ -328,32 +380,34 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 		return
 	}
 	switch b[0] {
-	case msgProbe, msgReply:
-		if len(b) < probeLen || b[0] == msgReply && len(b) != probeLen {
+	case msgProbe:
+		if len(b) < replyLen {
 			ds.strange.Add(1)
 			return
 		}
 		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
-		ds.mu.Lock()
-		d := ds.ids[id]
-		ds.mu.Unlock()
-		if d == nil || !hmac.Equal(b[17:33], d.mac(b[0], id, txid)) {
+		d := ds.direct(id)
+		if d == nil || !hmac.Equal(b[17:33], d.mac(msgProbe, id, txid, nil)) {
 			ds.strange.Add(1)
 			return
 		}
-		if b[0] == msgProbe {
-			if id != d.theirID {
-				return // our own probe, looped back to us
-			}
-			reply := make([]byte, 0, probeLen)
-			reply = append(append(append(reply, msgReply), id[:]...), txid[:]...)
-			reply = append(reply, d.mac(msgReply, id, txid)...)
-			ds.write(reply, from)
-			d.provenFrom(from)
+		if id != d.theirID {
+			return // our own probe, looped back to us
+		}
+		d.probed(txid, from, len(b))
+	case msgReply:
+		if len(b) != replyLen {
+			ds.strange.Add(1)
+			return
+		}
+		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
+		d := ds.direct(id)
+		if d == nil || !hmac.Equal(b[25:41], d.mac(msgReply, id, txid, b[17:25])) {
+			ds.strange.Add(1)
 			return
 		}
 		if id == d.myID {
-			d.replied(txid, from)
+			d.replied(txid, binary.BigEndian.Uint64(b[17:25]), from)
 		}
 	case msgOpener:
 		// Its work was done on the way; nothing to do here.
@@ -372,6 +426,13 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 	default:
 		ds.strange.Add(1)
 	}
+}
+
+// direct returns the Direct one of whose path IDs is id, or nil.
+func (ds *directSocket) direct(id [8]byte) *Direct {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return ds.ids[id]
 }
 
 // bindingAttempts and bindingEvery pace binding requests.
@@ -486,7 +547,9 @@ func interfaceAddrs() ([]netip.Addr, error) {
 // DirectConfig configures a [Direct].
 type DirectConfig struct {
 	// Key is a secret only this agent and the peer know, agreed inside
-	// their E2E session: at least 16 bytes. Required.
+	// their E2E session: at least 16 bytes. Required. Each Direct needs a
+	// key of its own (one exported from the session's TLS is): probes are
+	// numbered from 1 under it, and the peer answers each number once.
 	Key []byte
 	// Initiator is true on exactly one of the two sides (the client): it
 	// starts the search.
@@ -511,36 +574,89 @@ type Direct struct {
 	path     atomic.Pointer[directPath] // the proven path; nil if none
 	lastSend atomic.Int64               // Conn.now of the last packet sent to the peer
 	kick     atomic.Bool                // the sender asks for a probe on the path now
+	// sent and received count the QUIC packets sent to and taken from the
+	// peer over direct paths, for the data check.
+	sent, received atomic.Uint64
+
+	probeBacks *rate.Limiter // probes to addresses the peer's probes came from
 
 	wake chan struct{} // cap 1: the run loop has work
 	done chan struct{} // closed by Close
 
 	mu         sync.Mutex
-	closed     bool                    // guarded by mu
-	round      uint32                  // the search round; guarded by mu
-	remote     []netip.AddrPort        // the peer's candidates this round; guarded by mu
-	opened     bool                    // openers sent this round; guarded by mu
-	peerReady  bool                    // the peer sent its openers this round; guarded by mu
-	probeUntil time.Time               // probing the candidates until then; guarded by mu
-	lastProbe  time.Time               // the last probe of the candidates; guarded by mu
-	lastBeat   time.Time               // the last probe on the path; guarded by mu
-	retryAt    time.Time               // start a round then, if not zero; guarded by mu
-	retries    int                     // rounds that failed in a row; guarded by mu
-	sent       map[[8]byte]probeRecord // probes awaiting an answer; guarded by mu
-	routes     []netip.AddrPort        // addresses proven for the peer; guarded by mu
-	since      time.Time               // of the last path change; guarded by mu
+	closed     bool                         // guarded by mu
+	round      uint32                       // the search round; guarded by mu
+	remote     []netip.AddrPort             // the peer's candidates this round; guarded by mu
+	opened     bool                         // openers sent this round; guarded by mu
+	peerReady  bool                         // the peer sent its openers this round; guarded by mu
+	probeUntil time.Time                    // probing the candidates until then; guarded by mu
+	lastProbe  time.Time                    // the last probe of the candidates; guarded by mu
+	lastBeat   time.Time                    // the last probe on the path; guarded by mu
+	retryAt    time.Time                    // start a round then, if not zero; guarded by mu
+	retries    int                          // rounds that failed in a row; guarded by mu
+	dataFails  int                          // paths dropped by the data check since data last crossed one; guarded by mu
+	lossy      map[netip.AddrPort]time.Time // addresses not to take up until then: they lost packets; guarded by mu
+	lastTxid   uint64                       // of the last probe sent; guarded by mu
+	outgoing   map[[8]byte]probeRecord      // probes awaiting an answer; guarded by mu
+	seen       replayFilter                 // the peer's txids answered; guarded by mu
+	check      dataCheck                    // of the path in use; guarded by mu
+	routes     []netip.AddrPort             // addresses proven for the peer; guarded by mu
+	since      time.Time                    // of the last path change; guarded by mu
 }
 
 // directPath is a proven path; lastReply and rtt change as probes return.
 type directPath struct {
 	addr      netip.AddrPort
+	named     bool         // addr is one of the peer's candidates
 	lastReply atomic.Int64 // Conn.now
 	rtt       atomic.Int64
 }
 
+// A probeRecord is a probe awaiting its answer.
 type probeRecord struct {
-	to netip.AddrPort
-	at time.Time
+	to    netip.AddrPort
+	at    time.Time
+	sent  uint64 // Direct.sent when it left
+	named bool   // to is one of the peer's candidates
+	full  bool   // it was MaxDirectPacket bytes: the path carries any packet
+}
+
+// dataCheck is what the replies on the path in use have shown of the
+// packets sent over it: the last time they showed some arriving, and since
+// when they have shown none.
+type dataCheck struct {
+	sent, received uint64    // Direct.sent when the probe left, and the peer's count in its reply
+	at             time.Time // when that probe left
+	stall          time.Time // when the first probe left whose reply showed packets sent since and none arrived; zero if none
+}
+
+// A replayFilter remembers which txids it was shown: each of the last
+// replayWindow below the highest, and every one older counts as shown. The
+// zero value has been shown none (and refuses 0, which no prober sends).
+type replayFilter struct {
+	top  uint64                    // the highest txid shown
+	bits [replayWindow / 64]uint64 // bit n%replayWindow: txid n shown, for top-replayWindow < n ≤ top
+}
+
+// fresh reports whether txid n was not shown before, and remembers it.
+func (f *replayFilter) fresh(n uint64) bool {
+	switch {
+	case n == 0:
+		return false
+	case n > f.top:
+		if n-f.top >= replayWindow {
+			clear(f.bits[:])
+		} else {
+			for i := f.top + 1; i < n; i++ {
+				f.bits[i%replayWindow/64] &^= 1 << (i % 64)
+			}
+		}
+		f.top = n
+	case f.top-n >= replayWindow || f.bits[n%replayWindow/64]&(1<<(n%64)) != 0:
+		return false
+	}
+	f.bits[n%replayWindow/64] |= 1 << (n % 64)
+	return true
 }
 
 // maxOutstanding bounds the probes a Direct remembers; answers slower
@@ -565,15 +681,17 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 		return nil, fmt.Errorf("paths: address %v is %T, want paths.Addr", peerAddr, peerAddr)
 	}
 	d := &Direct{
-		c:    c,
-		peer: p,
-		key:  slices.Clone(cfg.Key),
-		cfg:  cfg,
-		log:  c.log.With("peer", p.addr.ID.Short()),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
-		sent: make(map[[8]byte]probeRecord),
+		c:          c,
+		peer:       p,
+		key:        slices.Clone(cfg.Key),
+		cfg:        cfg,
+		log:        c.log.With("peer", p.addr.ID.Short()),
+		wake:       make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		outgoing:   make(map[[8]byte]probeRecord),
+		probeBacks: rate.NewLimiter(rate.Every(probeBackEvery), probeBackBurst),
 	}
+	d.lastSend.Store(c.now() - int64(activeWindow)) // idle
 	mine, theirs := "responder", "initiator"
 	if cfg.Initiator {
 		mine, theirs = theirs, mine
@@ -608,8 +726,9 @@ func (d *Direct) hmac(parts ...[]byte) []byte {
 	return m.Sum(nil)
 }
 
-func (d *Direct) mac(typ byte, id, txid [8]byte) []byte {
-	return d.hmac([]byte{typ}, id[:], txid[:])[:16]
+// mac returns the MAC of a probe (received nil) or a reply.
+func (d *Direct) mac(typ byte, id, txid [8]byte, received []byte) []byte {
+	return d.hmac([]byte{typ}, id[:], txid[:], received)[:16]
 }
 
 // Close stops using and looking for the direct path: packets to the peer
@@ -656,8 +775,10 @@ func (ds *directSocket) updateRoutesLocked(f func(map[netip.AddrPort]*Direct)) {
 	ds.routes.Store(&m)
 }
 
-// provenFrom records that the peer sent a valid probe or reply from addr:
-// QUIC packets from there are the peer's.
+// provenFrom records that the peer answered one of this side's probes
+// from addr, the address it went to: QUIC packets from there are the
+// peer's. Past maxRoutes addresses it forgets the oldest, never the one
+// in use.
 func (d *Direct) provenFrom(addr netip.AddrPort) {
 	d.mu.Lock()
 	if d.closed || slices.Contains(d.routes, addr) {
@@ -666,8 +787,12 @@ func (d *Direct) provenFrom(addr netip.AddrPort) {
 	}
 	var evicted netip.AddrPort
 	if len(d.routes) >= maxRoutes {
-		evicted = d.routes[0]
-		d.routes = slices.Delete(d.routes, 0, 1)
+		i := 0
+		if p := d.path.Load(); p != nil && p.addr == d.routes[0] {
+			i = 1
+		}
+		evicted = d.routes[i]
+		d.routes = slices.Delete(d.routes, i, i+1)
 	}
 	d.routes = append(d.routes, addr)
 	d.mu.Unlock()
@@ -690,7 +815,11 @@ func (d *Direct) send(p []byte) bool {
 		return false
 	}
 	now := d.c.now()
-	d.lastSend.Store(now)
+	if now-d.lastSend.Swap(now) >= int64(activeWindow) {
+		// Packets start to flow: the path is probed at the active pace
+		// from now on, not at the next idle probe.
+		d.poke()
+	}
 	if now-path.lastReply.Load() > int64(trustActive) {
 		// Not answered lately: the relay carries it while a probe asks.
 		if !d.kick.Swap(true) {
@@ -700,7 +829,9 @@ func (d *Direct) send(p []byte) bool {
 	}
 	if !d.c.ds.enqueue(p, path.addr) {
 		d.c.dropped.Add(1) // as the socket would have, its buffer full
+		return true
 	}
+	d.sent.Add(1)
 	return true
 }
 
@@ -755,12 +886,18 @@ func (d *Direct) Receive(msg []byte) error {
 			return err
 		}
 		d.gotCandidates(round, cands)
-	case sigReady:
+	case sigReady, sigLost:
 		if len(msg) != 5 {
-			return fmt.Errorf("paths: ready message of %d bytes", len(msg))
+			return fmt.Errorf("paths: signalling message %d of %d bytes", msg[0], len(msg))
 		}
 		d.mu.Lock()
-		if round == d.round && !d.closed {
+		switch {
+		case d.closed:
+		case msg[0] == sigLost:
+			// Whatever the round: the peer lost packets on the path just
+			// now, and keeps from taking it up again for a while.
+			d.dropLossyLocked(time.Now(), "the peer's direct path loses packets: packets go over the relay")
+		case round == d.round:
 			d.peerReady = true
 			d.maybeProbeLocked()
 		}
@@ -794,12 +931,10 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 		d.mu.Unlock()
 		return // a repeat
 	}
-	// A peer may not make this agent probe its own loopback services,
-	// unless this agent offers loopback addresses itself (a demo, a test).
-	loopback := slices.ContainsFunc(d.c.cfg.Direct.Addrs, netip.Addr.IsLoopback)
-	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool {
-		return !usableCandidate(a.Addr()) || a.Port() == 0 || a.Addr().IsLoopback() && !loopback
-	})
+	d.remote = slices.DeleteFunc(cands, func(a netip.AddrPort) bool { return !d.mayProbe(a) })
+	for i, a := range d.remote {
+		d.remote[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) // as the socket reports sources
+	}
 	if d.remote == nil {
 		d.remote = []netip.AddrPort{}
 	}
@@ -884,60 +1019,181 @@ func parseCandidates(b []byte) ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-// replied handles a valid reply to one of this side's probes.
-func (d *Direct) replied(txid [8]byte, from netip.AddrPort) {
+// probed answers a valid probe of the peer's that came from from, of size
+// bytes, unless its txid was answered before; and probes from in turn if
+// this side has not proven it.
+func (d *Direct) probed(txid [8]byte, from netip.AddrPort, size int) {
+	d.mu.Lock()
+	if d.closed || !d.seen.fresh(binary.BigEndian.Uint64(txid[:])) {
+		d.mu.Unlock()
+		d.c.ds.replayed.Add(1)
+		return
+	}
+	back := !slices.Contains(d.routes, from) && d.mayProbe(from) && d.probeBacks.Allow()
+	d.mu.Unlock()
+	reply := make([]byte, 0, replyLen)
+	reply = append(append(append(reply, msgReply), d.theirID[:]...), txid[:]...)
+	reply = binary.BigEndian.AppendUint64(reply, d.received.Load())
+	reply = append(reply, d.mac(msgReply, d.theirID, txid, reply[17:25])...)
+	d.c.ds.write(reply, from)
+	if back {
+		d.mu.Lock()
+		if !d.closed {
+			d.probeLocked(from, min(size, MaxDirectPacket), time.Now(), slices.Contains(d.remote, from))
+		}
+		d.mu.Unlock()
+	}
+}
+
+// mayProbe reports whether this side may send probes to a: a peer may not
+// make it probe its own loopback services, unless it offers loopback
+// addresses itself (a demo, a test).
+func (d *Direct) mayProbe(a netip.AddrPort) bool {
+	loopback := slices.ContainsFunc(d.c.cfg.Direct.Addrs, netip.Addr.IsLoopback)
+	return usableCandidate(a.Addr()) && a.Port() != 0 && (!a.Addr().IsLoopback() || loopback)
+}
+
+// replied handles a valid reply to one of this side's probes, which says
+// the peer has taken received packets from this side.
+func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 	now := time.Now()
 	d.mu.Lock()
-	rec, ok := d.sent[txid]
-	if !ok || d.closed {
+	rec, ok := d.outgoing[txid]
+	if !ok || d.closed || from != rec.to {
+		// Answered already (a replay), or not from where the probe went:
+		// nothing proven.
 		d.mu.Unlock()
-		return // answered already, or not ours to trust: a replay
+		return
 	}
-	delete(d.sent, txid)
+	delete(d.outgoing, txid)
 	rtt := now.Sub(rec.at)
 	path := d.path.Load()
+	var lost []byte
 	switch {
 	case path != nil && path.addr == rec.to:
 		path.lastReply.Store(d.c.now())
 		path.rtt.Store(int64(rtt))
-	case path == nil || d.c.now()-path.lastReply.Load() > int64(trustActive):
+		if d.checkDataLocked(rec, received) {
+			d.dropLossyLocked(now, "direct path loses packets: they go over the relay")
+			lost = binary.BigEndian.AppendUint32([]byte{sigLost}, d.round)
+		}
+	case now.Before(d.lossy[rec.to]):
+		// It lost packets lately: not yet.
+	case path != nil && d.c.now()-path.lastReply.Load() <= int64(trustActive) && (path.named || !rec.named):
+		// The path in use answers, and this one is no better.
+	case !rec.full:
+		// A small probe (one sent back to where a small probe of the
+		// peer's came from) proved the address, not that the path carries
+		// the largest packets: a full-size probe asks that.
+		d.probeLocked(rec.to, MaxDirectPacket, now, rec.named)
+	default:
 		// The first path to answer, or one that answers while the one in
-		// use does not.
-		np := &directPath{addr: rec.to}
+		// use does not, or one the peer named rather than one found by
+		// probing back.
+		np := &directPath{addr: rec.to, named: rec.named}
 		np.lastReply.Store(d.c.now())
 		np.rtt.Store(int64(rtt))
 		d.path.Store(np)
+		d.check = dataCheck{sent: rec.sent, received: received, at: rec.at}
 		d.since = now
 		d.retries = 0
 		d.retryAt = time.Time{}
 		d.probeUntil = now // done searching
 		d.log.Debug("direct path", "addr", rec.to.String(), "rtt", rtt.Round(10*time.Microsecond).String())
+		d.poke() // to watch it
 	}
 	d.mu.Unlock()
-	d.provenFrom(from)
+	d.provenFrom(rec.to)
+	if lost != nil {
+		// The peer stops sending over it too: a path that loses one
+		// side's packets most likely loses the other's, and the peer
+		// may send too little to see it soon.
+		d.cfg.Signal(lost)
+	}
 }
 
-// probe sends a probe of size bytes to addr; mu must be held.
-func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time) {
-	var txid [8]byte
-	rand.Read(txid[:])
-	if len(d.sent) >= maxOutstanding {
+// checkDataLocked adds the reply to rec, by which the peer has taken
+// received packets, to the data check of the path in use, and reports
+// whether the path loses the packets sent over it.
+func (d *Direct) checkDataLocked(rec probeRecord, received uint64) bool {
+	c := &d.check
+	switch {
+	case rec.at.Before(c.at):
+		// Overtaken by a later probe's reply.
+	case received > c.received:
+		if rec.sent > c.sent {
+			d.dataFails = 0 // packets cross
+		}
+		*c = dataCheck{sent: rec.sent, received: received, at: rec.at}
+	case rec.sent == c.sent:
+		c.at = rec.at // nothing sent since, nothing lost
+	default:
+		if c.stall.IsZero() {
+			c.stall = rec.at
+		}
+		return rec.at.Sub(c.stall) >= dataStall && rec.sent-c.sent >= dataStallLeast
+	}
+	return false
+}
+
+// dropLossyLocked stops using the path in use, which loses packets (for
+// the reason why), and keeps from taking up its address again, or
+// searching, for a while: longer each time, until packets cross a path.
+// With no path in use (the peer lost packets on its own), it keeps from
+// taking up any address it has proven.
+func (d *Direct) dropLossyLocked(now time.Time, why string) {
+	bad := d.routes
+	if path := d.path.Load(); path != nil {
+		bad = []netip.AddrPort{path.addr}
+		d.path.Store(nil)
+		d.since = now
+		d.log.Debug(why, "addr", path.addr.String())
+	}
+	// Answers to the probes already out would take a path up at once.
+	for k, r := range d.outgoing {
+		if slices.Contains(bad, r.to) {
+			delete(d.outgoing, k)
+		}
+	}
+	b := backoff{min: lostRetryMin, max: lostRetryMax, n: d.dataFails}
+	d.dataFails++
+	d.retryAt = now.Add(b.next())
+	for a, until := range d.lossy {
+		if !now.Before(until) {
+			delete(d.lossy, a)
+		}
+	}
+	if d.lossy == nil {
+		d.lossy = make(map[netip.AddrPort]time.Time)
+	}
+	for _, a := range bad {
+		d.lossy[a] = d.retryAt
+	}
+}
+
+// probeLocked sends a probe of size bytes to addr; named says whether
+// addr is one of the peer's candidates. mu must be held.
+func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named bool) {
+	if len(d.outgoing) >= maxOutstanding {
 		// Forget the probes nobody answered.
-		for k, r := range d.sent {
+		for k, r := range d.outgoing {
 			if now.Sub(r.at) > staleProbe {
-				delete(d.sent, k)
+				delete(d.outgoing, k)
 			}
 		}
-		if len(d.sent) >= maxOutstanding {
+		if len(d.outgoing) >= maxOutstanding {
 			return
 		}
 	}
-	d.sent[txid] = probeRecord{to: addr, at: now}
+	d.lastTxid++
+	var txid [8]byte
+	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
+	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named, full: size >= MaxDirectPacket}
 	b := make([]byte, size)
 	b[0] = msgProbe
 	copy(b[1:], d.myID[:])
 	copy(b[9:], txid[:])
-	copy(b[17:], d.mac(msgProbe, d.myID, txid))
+	copy(b[17:], d.mac(msgProbe, d.myID, txid, nil))
 	d.c.ds.write(b, addr)
 }
 
@@ -1001,7 +1257,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 			}
 			kicked := d.kick.Swap(false) && now.Sub(d.lastBeat) >= kickGap
 			if kicked || now.Sub(d.lastBeat) >= every {
-				d.probeLocked(path.addr, probeLen, now)
+				d.probeLocked(path.addr, replyLen, now, path.named)
 				d.lastBeat = now
 			}
 			at(d.lastBeat.Add(every))
@@ -1011,7 +1267,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 	if !d.probeUntil.IsZero() && now.Before(d.probeUntil) {
 		if now.Sub(d.lastProbe) >= discoveryEvery {
 			for _, a := range d.remote {
-				d.probeLocked(a, MaxDirectPacket, now)
+				d.probeLocked(a, MaxDirectPacket, now, true)
 			}
 			d.lastProbe = now
 		}

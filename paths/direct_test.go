@@ -363,7 +363,7 @@ func TestDirectSpoofing(t *testing.T) {
 				// A reply with the probe's path ID and txid, and a wrong
 				// MAC; a probe of the attacker's own with a wrong MAC; the
 				// probe itself reflected; a QUIC-looking packet.
-				reply := append([]byte{msgReply}, d.b[1:probeLen]...)
+				reply := append([]byte{msgReply}, d.b[1:replyLen]...)
 				reply[20] ^= 1
 				probe := bytes.Clone(d.b)
 				probe[25] ^= 1
@@ -606,5 +606,351 @@ func TestOpenersOnSystemSocket(t *testing.T) {
 				t.Fatalf("TTL after openers %d/%d, want %d/%d", t4, h6, ttl4, hops6)
 			}
 		})
+	}
+}
+
+// flow keeps packets going both ways between a pair, one each way every
+// 20ms, as a stream's would, and records when each side last got one.
+type flow struct {
+	last    [2]atomic.Int64 // time.Now().UnixNano() of the last packet the device [0] and the client [1] got
+	maxGap  atomic.Int64    // the longest wait for a packet, on either side, while measuring
+	measure atomic.Bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startFlow starts a flow; close stops it.
+func (p *directPair) startFlow() *flow {
+	f := &flow{stop: make(chan struct{})}
+	now := time.Now().UnixNano()
+	f.last[0].Store(now)
+	f.last[1].Store(now)
+	f.wg.Go(func() {
+		pkt := make([]byte, 1000)
+		pkt[0] = 0x40 // as a QUIC packet's first byte
+		for {
+			select {
+			case <-f.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				p.cli.WriteTo(pkt, p.dev.LocalAddr())
+				p.dev.WriteTo(pkt, p.cli.LocalAddr())
+			}
+		}
+	})
+	for i, c := range []*Conn{p.dev, p.cli} {
+		f.wg.Go(func() {
+			buf := make([]byte, 2048)
+			for {
+				select {
+				case <-f.stop:
+					return
+				default:
+				}
+				c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if _, _, err := c.ReadFrom(buf); err == nil {
+					now := time.Now().UnixNano()
+					if gap := now - f.last[i].Swap(now); f.measure.Load() && gap > f.maxGap.Load() {
+						f.maxGap.Store(gap)
+					}
+				}
+			}
+		})
+	}
+	return f
+}
+
+// gap returns how long the side that has waited longer has waited for a
+// packet.
+func (f *flow) gap() time.Duration {
+	oldest := min(f.last[0].Load(), f.last[1].Load())
+	return time.Duration(time.Now().UnixNano() - oldest)
+}
+
+func (f *flow) close() {
+	close(f.stop)
+	f.wg.Wait()
+}
+
+// TestDirectReplayFromElsewhere: an attacker who sees every probe and reply
+// the agents exchange on their direct path sends copies of each, again and
+// again, to its destination from 16 addresses of its own. None of them is taken
+// for the peer's, the peer's own address is never forgotten, and packets
+// keep crossing the direct path all along. (Before, a replayed probe was
+// answered and its source recorded as the peer's: 8 of them evicted the
+// peer's real address, and the device dropped the client's packets while
+// both sides went on calling the path direct.)
+func TestDirectReplayFromElsewhere(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		agents := []netip.AddrPort{p.dSock.addr, p.cSock.addr}
+		var attackers []netip.AddrPort
+		for i := range 2 * maxRoutes {
+			attackers = append(attackers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 66}), uint16(6000+i)))
+		}
+		var mu sync.Mutex
+		var seen []datagram
+		var dst []netip.AddrPort
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && (b[0] == msgProbe || b[0] == msgReply) && slices.Contains(agents, from) && slices.Contains(agents, to) {
+				mu.Lock()
+				seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
+				dst = append(dst, to)
+				mu.Unlock()
+			}
+		})
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		f := p.startFlow()
+		defer f.close()
+		time.Sleep(time.Second)
+		f.measure.Store(true)
+		before := p.relayStats()
+
+		// Every 50ms the attacker sends the last 8 datagrams it saw, new
+		// and old, from each of its addresses.
+		const attack = 10 * time.Second
+		replays := 0
+		for start := time.Now(); time.Since(start) < attack; {
+			time.Sleep(50 * time.Millisecond)
+			mu.Lock()
+			if k := len(seen) - 8; k > 0 {
+				seen, dst = seen[k:], dst[k:]
+			}
+			got, to := slices.Clone(seen), slices.Clone(dst)
+			mu.Unlock()
+			for i, d := range got {
+				for _, a := range attackers {
+					p.udp.inject(a, to[i], d.b)
+					replays++
+				}
+			}
+			for _, side := range []struct {
+				name string
+				c    *Conn
+				dir  *Direct
+				peer netip.AddrPort
+			}{{"device", p.dev, p.dDir, p.cSock.addr}, {"client", p.cli, p.cDir, p.dSock.addr}} {
+				routes := *side.c.ds.routes.Load()
+				for _, a := range attackers {
+					if routes[a] != nil {
+						t.Fatalf("after %v the %s takes the attacker's %v for its peer", time.Since(start), side.name, a)
+					}
+				}
+				if routes[side.peer] == nil {
+					t.Fatalf("after %v the %s no longer accepts its peer's packets from %v", time.Since(start), side.name, side.peer)
+				}
+				if pi := side.dir.Path(); !pi.Direct || pi.Addr != side.peer {
+					t.Fatalf("after %v the %s's path is %v, want direct %v", time.Since(start), side.name, pi, side.peer)
+				}
+			}
+			if g := f.gap(); g > time.Second {
+				t.Fatalf("after %v a side has had no packet for %v", time.Since(start), g)
+			}
+		}
+		t.Logf("%d datagrams replayed in %v; longest wait for a packet %v; replays dropped: device %d, client %d",
+			replays, attack, time.Duration(f.maxGap.Load()), p.dev.ds.replayed.Load(), p.cli.ds.replayed.Load())
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay forwarded %d packets during the attack", n)
+		}
+	})
+}
+
+// TestDirectDataLoss: the direct path carries probes but loses every
+// end-to-end packet (say, a middlebox drops what looks like QUIC): though
+// every probe is answered, packets go back to the relay within 3s, keep
+// arriving there, and the path is not trusted again while it loses them.
+func TestDirectDataLoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		f := p.startFlow()
+		defer f.close()
+		time.Sleep(time.Second)
+
+		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
+		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
+		t.Logf("on the relay %v after data stopped crossing", took)
+		f.measure.Store(true)
+		f.maxGap.Store(0)
+		// The agents may try the path again now and then (it answers
+		// probes), but never long enough to stall the flow.
+		const watch = 30 * time.Second
+		before := p.relayStats()
+		for start := time.Now(); time.Since(start) < watch; time.Sleep(100 * time.Millisecond) {
+			if g := f.gap(); g > 3*time.Second {
+				t.Fatalf("%v after the loss began, a side has had no packet for %v", time.Since(start)+took, g)
+			}
+		}
+		t.Logf("longest wait for a packet over %v: %v; relay forwarded %d packets", watch, time.Duration(f.maxGap.Load()), p.relayStats()-before)
+		if n := p.relayStats() - before; n < uint64(watch/(20*time.Millisecond)) {
+			t.Fatalf("the relay forwarded %d packets in %v", n, watch)
+		}
+		// Once the path carries data again, it is used again.
+		p.udp.setDrop(nil)
+		p.waitPath(t, lostRetryMax+discoveryFor, isDirect, "direct again once data crosses")
+	})
+}
+
+// TestDirectDataCheckQuiet: the data check does not move a quiet or
+// one-way session off a working path: idle, sending one way only, and
+// after one lost packet followed by silence, the path stays direct.
+func TestDirectDataCheckQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		p.exchange(t)
+		stayDirect := func(what string, d time.Duration) {
+			t.Helper()
+			for start := time.Now(); time.Since(start) < d; time.Sleep(100 * time.Millisecond) {
+				if !p.cDir.Path().Direct || !p.dDir.Path().Direct {
+					t.Fatalf("%s: off the direct path after %v: client %v, device %v", what, time.Since(start), p.cDir.Path(), p.dDir.Path())
+				}
+			}
+		}
+		stayDirect("idle", 30*time.Second)
+
+		// One way: the client sends, the device never answers.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() { drain(p.dev, stop) })
+		wg.Go(func() {
+			pkt := make([]byte, 1000)
+			pkt[0] = 0x40
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+					p.cli.WriteTo(pkt, p.dev.LocalAddr())
+				}
+			}
+		})
+		stayDirect("one way", 10*time.Second)
+		close(stop)
+		wg.Wait()
+
+		// One packet lost, then silence.
+		var once atomic.Bool
+		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool {
+			return len(b) > 0 && b[0]&0x40 != 0 && once.CompareAndSwap(false, true)
+		})
+		pkt := make([]byte, 100)
+		pkt[0] = 0x40
+		p.cli.WriteTo(pkt, p.dev.LocalAddr())
+		stayDirect("one packet lost", 10*time.Second)
+		p.exchange(t)
+	})
+}
+
+// TestDirectProbeBack: a path that only the peer's probes find (here the
+// client offers an address where nothing listens, as when its NAT gives
+// it another port for every destination) is found both ways: the device
+// probes back to where the client's probes came from, and goes direct
+// once that answers.
+func TestDirectProbeBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.cli.cfg.Direct.Addrs = []netip.Addr{netip.MustParseAddr("10.0.0.99")}
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
+			t.Fatalf("device's path goes to %v, want %v", got, want)
+		}
+		before := p.relayStats()
+		for range 20 {
+			p.exchange(t)
+		}
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay forwarded %d packets on a direct path", n)
+		}
+	})
+}
+
+// TestDirectFreshReplay: an attacker on the way from the client to the
+// device drops the client's probes and sends them to the device itself,
+// from 16 addresses of its own, so that each is new to the device. The
+// device answers them and probes the attacker's addresses back (at most
+// 20 a second), but takes none of them for the client's, and its own path
+// goes to the client's real address.
+func TestDirectFreshReplay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		var attackers []netip.AddrPort
+		for i := range 2 * maxRoutes {
+			attackers = append(attackers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 66}), uint16(6000+i)))
+		}
+		var mu sync.Mutex
+		var stolen [][]byte
+		var backs atomic.Int64
+		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr && to == p.dSock.addr {
+				mu.Lock()
+				stolen = append(stolen, bytes.Clone(b))
+				mu.Unlock()
+			}
+			if len(b) > 0 && b[0] == msgProbe && from == p.dSock.addr && slices.Contains(attackers, to) {
+				backs.Add(1)
+			}
+		})
+		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
+			return len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr
+		})
+		p.start(t, newKey())
+		const attack = 10 * time.Second
+		for start := time.Now(); time.Since(start) < attack; time.Sleep(50 * time.Millisecond) {
+			mu.Lock()
+			got := stolen
+			stolen = nil
+			mu.Unlock()
+			for _, b := range got {
+				for _, a := range attackers {
+					p.udp.inject(a, p.dSock.addr, b)
+				}
+			}
+			routes := *p.dev.ds.routes.Load()
+			for _, a := range attackers {
+				if routes[a] != nil {
+					t.Fatalf("after %v the device takes the attacker's %v for the client's", time.Since(start), a)
+				}
+			}
+			if pi := p.dDir.Path(); pi.Direct && pi.Addr != p.cSock.addr {
+				t.Fatalf("after %v the device's path goes to %v", time.Since(start), pi.Addr)
+			}
+		}
+		if pi := p.dDir.Path(); !pi.Direct || pi.Addr != p.cSock.addr {
+			t.Fatalf("device's path %v, want direct %v", pi, p.cSock.addr)
+		}
+		most := int64(probeBackBurst + attack/probeBackEvery)
+		t.Logf("%d probes sent back to the attacker's addresses in %v (at most %d)", backs.Load(), attack, most)
+		if n := backs.Load(); n == 0 || n > most {
+			t.Fatalf("%d probes sent back to the attacker, want 1 to %d", n, most)
+		}
+	})
+}
+
+// TestReplayFilter: each txid is fresh once; those more than replayWindow
+// below the highest seen, and 0, never are; txids may arrive out of order.
+func TestReplayFilter(t *testing.T) {
+	var f replayFilter
+	steps := []struct {
+		n     uint64
+		fresh bool
+	}{
+		{0, false},
+		{1, true}, {1, false},
+		{3, true}, {2, true}, {3, false}, {2, false},
+		{replayWindow + 2, true}, // 2 falls out of the window, 3 stays
+		{2, false}, {3, false}, {4, true}, {4, false},
+		{replayWindow + 1, true}, {replayWindow + 1, false},
+		{10 * replayWindow, true}, // a jump forgets the window
+		{9*replayWindow + 1, true}, {9 * replayWindow, false}, {10*replayWindow - 1, true},
+	}
+	for i, s := range steps {
+		if got := f.fresh(s.n); got != s.fresh {
+			t.Fatalf("step %d: fresh(%d) = %v, want %v", i, s.n, got, s.fresh)
+		}
 	}
 }
