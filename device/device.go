@@ -295,7 +295,7 @@ func New(cfg Config) (*Device, error) {
 	onEnrolled := cfg.OnEnrolled
 	if onEnrolled == nil {
 		onEnrolled = func() {
-			d.log.Info("enrolled on the relay: the enrollment token is no longer needed (it is not sent again); delete it from where it is configured")
+			d.log.Info("admitted by the relay (enrolled, or listed there): the enrollment token is no longer needed (it is not sent again); delete it from where it is configured")
 		}
 	}
 	pc, err := paths.Listen(paths.Config{

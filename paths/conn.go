@@ -369,13 +369,15 @@ func (c *Conn) setStatus(f func(*Status)) {
 // keeps retrying in the background all the same.
 func (c *Conn) WaitAttached(ctx context.Context) error {
 	for {
-		c.want()
 		c.mu.Lock()
 		st, ch := c.status, c.changed
 		c.mu.Unlock()
 		if st.Attached {
 			return nil
 		}
+		// After the status it read, so that an attach loop that has just
+		// detached (and forgotten earlier wants) sees this one.
+		c.want()
 		if st.LastError != nil && isPermanent(st.LastError) {
 			return st.LastError
 		}

@@ -598,3 +598,34 @@ func TestUnusedClientAttachesOnDemand(t *testing.T) {
 		}
 	})
 }
+
+// TestUnusedClientBacksOff: a relay that closes a client as unused at once,
+// again and again, while the client always has something to send, meets
+// the client's backoff, not a loop of attaches.
+func TestUnusedClientBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemNet()
+		srv := startRelayWith(t, m, relay.Config{ClientGrace: 10 * time.Millisecond})
+		id, _ := identity.Generate()
+		var dials atomic.Int64
+		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+			dials.Add(1)
+			return m.Dial(ctx, n, a)
+		}
+		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for range 600 { // a packet every 100ms for a minute
+			c.WriteTo([]byte{0x40}, Addr{ID: identity.ID{1}})
+			time.Sleep(100 * time.Millisecond)
+		}
+		// Backoff from 250ms doubling to 8s: some 10-15 attaches in a
+		// minute, where an attach at every packet would be hundreds.
+		if n := dials.Load(); n > 20 {
+			t.Fatalf("%d attaches in a minute", n)
+		}
+	})
+}

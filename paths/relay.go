@@ -128,6 +128,9 @@ func (c *Conn) attachLoop() {
 			c.wg.Go(func() { c.bind(rs, *rs.udpBinding) })
 		}
 		err = rs.serve(c)
+		// Wants from while attached do not count; from here on, every
+		// one does (see WaitAttached, WriteTo).
+		c.unwant()
 		c.cur.Store(nil)
 		if c.ctx.Err() != nil {
 			return
@@ -142,11 +145,14 @@ func (c *Conn) attachLoop() {
 			// No device on the relay allows this client: it is of no use
 			// there until it has something to send (a tunnel to open, a
 			// packet of a session), or, to keep its status fresh, until
-			// the relay's wait is over.
-			b.reset()
+			// the relay's wait is over; never sooner than the backoff, so
+			// that a relay that says so at once cannot make it loop.
+			retry := time.Duration(ga.RetryAfterMillis) * time.Millisecond
 			c.log.Info("relay closed this client's session: no device there allows it now; attaching again when there is something to send",
-				"retry_in", (time.Duration(ga.RetryAfterMillis) * time.Millisecond).String())
-			c.waitWanted(time.Duration(ga.RetryAfterMillis) * time.Millisecond)
+				"retry_in", max(retry, wait).String())
+			since := time.Now()
+			c.waitWanted(max(retry, wait))
+			c.sleep(wait - time.Since(since))
 			continue
 		case ga != nil:
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
@@ -174,13 +180,17 @@ func (c *Conn) spread(from float64) time.Duration {
 	return lo + rand.N(s-lo)
 }
 
-// waitWanted waits until the relay is wanted (see Conn.want), d has
-// passed or the Conn closes. Wants from before the call do not count.
-func (c *Conn) waitWanted(d time.Duration) {
+// unwant forgets that the relay was wanted.
+func (c *Conn) unwant() {
 	select {
 	case <-c.wanted:
 	default:
 	}
+}
+
+// waitWanted waits until the relay is wanted (see Conn.want), d has
+// passed or the Conn closes.
+func (c *Conn) waitWanted(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -2,11 +2,15 @@ package relay
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -79,45 +83,78 @@ func (s *Server) countClientLocked(sess *session, d int) {
 
 // setAccess makes set the access list of the device session sess.
 func (s *Server) setAccess(sess *session, set *accessSet) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.devices[sess.addr.ID] == sess {
-		s.indexAccessLocked(sess, set)
-	}
 	sess.access.Store(set)
+	s.reindex(sess.addr.ID)
 }
 
-// indexAccessLocked makes set (nil: none) the access set that the device
-// session sess counts in allowedBy.
-func (s *Server) indexAccessLocked(sess *session, set *accessSet) {
-	if old := sess.indexed; old != nil {
+// An allowIndex counts, for each client ID, the attached devices whose
+// access list names it: the sweep of unused clients asks it. It has a lock
+// of its own, taken before Server.mu and never under it, so that
+// rebuilding it for a long access list never holds up routing.
+type allowIndex struct {
+	mu      sync.Mutex
+	counts  map[identity.ID]int        // guarded by mu
+	counted map[identity.ID]*accessSet // device → the set counted for it; guarded by mu
+}
+
+// reindex brings the index up to date for device: it counts the access
+// set of the device's attached session, or none. Whoever changes a
+// device's session or its set calls it afterwards; as it reads the
+// current state, calls in any order leave the index right.
+func (s *Server) reindex(device identity.ID) {
+	x := &s.idx
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var set *accessSet
+	s.mu.RLock()
+	if d := s.devices[device]; d != nil {
+		set = d.access.Load()
+	}
+	s.mu.RUnlock()
+	old := x.counted[device]
+	if old == set {
+		return
+	}
+	if old != nil {
 		for id := range old.clients {
-			if s.allowedBy[id]--; s.allowedBy[id] <= 0 {
-				delete(s.allowedBy, id)
+			if x.counts[id]--; x.counts[id] <= 0 {
+				delete(x.counts, id)
 			}
 		}
 	}
-	if set != nil {
-		for id := range set.clients {
-			s.allowedBy[id]++
-		}
+	if set == nil {
+		delete(x.counted, device)
+		return
 	}
-	sess.indexed = set
+	if x.counts == nil {
+		x.counts = make(map[identity.ID]int)
+		x.counted = make(map[identity.ID]*accessSet)
+	}
+	for id := range set.clients {
+		x.counts[id]++
+	}
+	x.counted[device] = set
 }
 
-// allowedLocked reports whether an attached device allows the client
-// session c: it lists the client, or the invite of one of c's pairing
-// intents.
-func (s *Server) allowedLocked(c *session) bool {
-	if s.allowedBy[c.addr.ID] > 0 {
+// allowed reports whether an attached device allows the client session c:
+// it lists the client, or the invite of one of c's pairing intents.
+func (s *Server) allowed(c *session) bool {
+	s.idx.mu.Lock()
+	listed := s.idx.counts[c.addr.ID] > 0
+	s.idx.mu.Unlock()
+	if listed {
 		return true
 	}
-	if m := c.intents.Load(); m != nil {
-		for dev, token := range *m {
-			if d := s.devices[dev]; d != nil {
-				if acc := d.access.Load(); acc != nil && acc.allows(c.addr.ID, token) {
-					return true
-				}
+	m := c.intents.Load()
+	if m == nil {
+		return false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for dev, token := range *m {
+		if d := s.devices[dev]; d != nil {
+			if acc := d.access.Load(); acc != nil && acc.allows(c.addr.ID, token) {
+				return true
 			}
 		}
 	}
@@ -136,39 +173,37 @@ func (s *Server) startSweepLocked() {
 
 // sweepClients closes, until the server closes, the client sessions that
 // no attached device has allowed for the grace period. It looks every
-// quarter of the grace period, so a session goes between one and one and
-// a quarter grace periods after it was last allowed.
+// quarter of the grace period, so a session goes between three quarters
+// of a grace period and a grace period and a quarter after a device last
+// allowed it. It holds the routing lock only to list the clients.
 func (s *Server) sweepClients() {
 	every := max(s.clientLim.grace/4, 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var unused []*session
+	var clients []*session
 	for {
 		select {
 		case <-t.C:
 		case <-s.closedCh:
 			return
 		}
+		s.mu.RLock()
+		clients = slices.AppendSeq(clients[:0], maps.Values(s.clients))
+		s.mu.RUnlock()
 		now := time.Now()
 		cutoff := now.Add(-s.clientLim.grace).UnixNano()
-		s.mu.RLock()
-		for _, c := range s.clients {
+		for i, c := range clients {
 			switch {
-			case s.allowedLocked(c):
+			case s.allowed(c):
 				c.allowedAt.Store(now.UnixNano())
 			case c.allowedAt.Load() <= cutoff:
-				unused = append(unused, c)
+				s.clientsUnused.Add(1)
+				wait := unusedRetryAfter + rand.N(unusedRetrySpread)
+				c.goAway(relayproto.GoAway{Reason: relayproto.GoAwayUnused, RetryAfterMillis: uint32(wait / time.Millisecond),
+					Message: fmt.Sprintf("no device on this relay has allowed this client for %s: come back when there is something to send", s.clientLim.grace)})
 			}
+			clients[i] = nil
 		}
-		s.mu.RUnlock()
-		for i, c := range unused {
-			s.clientsUnused.Add(1)
-			wait := unusedRetryAfter + rand.N(unusedRetrySpread)
-			c.goAway(relayproto.GoAway{Reason: relayproto.GoAwayUnused, RetryAfterMillis: uint32(wait / time.Millisecond),
-				Message: fmt.Sprintf("no device on this relay has allowed this client for %s: come back when there is something to send", s.clientLim.grace)})
-			unused[i] = nil
-		}
-		unused = unused[:0]
 	}
 }
 
@@ -211,4 +246,35 @@ func (g *udpGrant) answer(from netip.AddrPort, now time.Time) bool {
 		}
 	}
 	return g.answered.Add(1) <= udpAnswers
+}
+
+// An offline device is what the relay remembers of a device that
+// detached: when, and (if it allowed few enough) which clients it allowed
+// then, so that only they hear when it was last seen. Clients are kept as
+// the first 8 bytes of their IDs (a stranger would have to make some 2^64
+// keys to match one), at most maxOfflineClients of them: a device that
+// allowed more is remembered without its clients, and they all hear
+// "unreachable" while it is away.
+type offline struct {
+	at      time.Time
+	clients [][8]byte // nil: none remembered
+}
+
+const maxOfflineClients = 16
+
+func newOffline(at time.Time, acc *accessSet) offline {
+	off := offline{at: at}
+	if acc == nil || len(acc.clients) == 0 || len(acc.clients) > maxOfflineClients {
+		return off
+	}
+	off.clients = make([][8]byte, 0, len(acc.clients))
+	for id := range acc.clients {
+		off.clients = append(off.clients, [8]byte(id[:8]))
+	}
+	return off
+}
+
+// allowed reports whether the device allowed client when it detached.
+func (o offline) allowed(client identity.ID) bool {
+	return slices.Contains(o.clients, [8]byte(client[:8]))
 }

@@ -284,3 +284,106 @@ func TestOffersOnlyHTTP1(t *testing.T) {
 		t.Fatal("a client offering only h2 completed a handshake")
 	}
 }
+
+// TestAllowIndex: the count of devices that allow each client follows
+// attaches, replacements, new lists and detaches, and ends empty.
+func TestAllowIndex(t *testing.T) {
+	srv, addr := serve(t, Config{AllowDevice: allowAll, ClientGrace: -1})
+	devID, cliID := newIdentity(t), newIdentity(t)
+	cli := attach(t, addr, cliID, relayproto.RoleClient)
+	var c *session
+	srv.mu.RLock()
+	for _, s := range srv.clients {
+		c = s
+	}
+	srv.mu.RUnlock()
+	want := func(allowed bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.allowed(c) != allowed {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: allowed %v, want %v", what, !allowed, allowed)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	first := attach(t, addr, devID, relayproto.RoleDevice)
+	want(false, "attached with an empty list")
+	first.allow(cliID)
+	want(true, "listed")
+	second := attach(t, addr, devID, relayproto.RoleDevice) // replaces the first, empty list
+	want(false, "replaced by a session with an empty list")
+	second.allow(cliID)
+	want(true, "listed by the new session")
+	second.allow()
+	want(false, "a new list without the client")
+	second.allow(cliID)
+	second.conn.Close()
+	want(false, "the device detached")
+	srv.idx.mu.Lock()
+	left, counted := len(srv.idx.counts), len(srv.idx.counted)
+	srv.idx.mu.Unlock()
+	if left != 0 || counted != 0 {
+		t.Fatalf("index holds %d clients and %d devices after every device left", left, counted)
+	}
+	cli.conn.Close()
+}
+
+// TestOfflineMemory: a detached device is remembered with the clients it
+// allowed, as 8-byte prefixes, only if they are few; a long list is not
+// kept at all, so that offline devices cost little however long their
+// lists were.
+func TestOfflineMemory(t *testing.T) {
+	var entries []relayproto.AccessEntry
+	var ids []identity.ID
+	for range maxOfflineClients + 1 {
+		id := newIdentity(t).ID()
+		ids = append(ids, id)
+		entries = append(entries, relayproto.AccessEntry{Kind: relayproto.AccessClient, Value: id})
+	}
+	few := newOffline(time.Now(), newAccessSet(entries[:maxOfflineClients]))
+	for _, id := range ids[:maxOfflineClients] {
+		if !few.allowed(id) {
+			t.Fatalf("client %s of a short list forgotten", id.Short())
+		}
+	}
+	if few.allowed(ids[maxOfflineClients]) || few.allowed(newIdentity(t).ID()) {
+		t.Fatal("a client not on the list counts as allowed")
+	}
+	many := newOffline(time.Now(), newAccessSet(entries))
+	if many.clients != nil || many.allowed(ids[0]) {
+		t.Fatalf("a list of %d was kept: %d entries", len(entries), len(many.clients))
+	}
+}
+
+// TestIPKey: clients are counted per IPv4 address and per IPv6 /64 (a
+// host usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
+func TestIPKey(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), Port: 1}, "2001:db8:1:2::"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::1"), Port: 1}, "2001:db8:1:2::"},
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 1}, "2001:db8:1:3::"},
+		{&net.UnixAddr{Name: "/x", Net: "unix"}, "invalid IP"},
+	} {
+		if got := ipKey(tc.addr).String(); got != tc.want {
+			t.Errorf("ipKey(%v) = %s, want %s", tc.addr, got, tc.want)
+		}
+	}
+}
+
+// TestClientLimitDefaults: the zero Config bounds clients at 10,000 in
+// all and 256 per address, and closes unused ones after 20s; a negative
+// grace never closes them.
+func TestClientLimitDefaults(t *testing.T) {
+	if l := newClientLimits(Config{}); l.max != 10_000 || l.perIP != 256 || l.grace != 20*time.Second {
+		t.Fatalf("defaults %+v", l)
+	}
+	if l := newClientLimits(Config{ClientGrace: -1}); l.grace != 0 {
+		t.Fatalf("negative grace: %+v", l)
+	}
+}

@@ -53,8 +53,10 @@ type Config struct {
 
 	// GetCertificate, if set, supplies the TLS certificate (for example a
 	// CA-signed one that agents check against their trusted roots). If nil,
-	// the relay serves a self-signed certificate of Identity's key, as it
-	// always does to agents that pin its ID (see [relayproto.ALPNPinned]).
+	// the relay serves a self-signed certificate of Identity's key. Agents
+	// that pin the relay's ID accept only that certificate: a TLS
+	// configuration from [Server.TLSConfig] serves it to them (they ask with
+	// [relayproto.ALPNPinned]); one made otherwise must do the same.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 	// AllowDevice reports whether a device may attach. Nil allows no
@@ -173,21 +175,14 @@ type Server struct {
 	udpTokens map[[16]byte]*udpGrant       // binding tokens; guarded by mu
 	udps      map[net.PacketConn]struct{}  // from ServeUDP; guarded by mu
 	clientsIP map[netip.Addr]int           // client sessions per address; guarded by mu
-	allowedBy map[identity.ID]int          // client → attached devices listing it; guarded by mu
 	sweeping  bool                         // sweepClients runs; guarded by mu
 
-	writers *writers // write every session's send queue
+	writers *writers   // write every session's send queue
+	idx     allowIndex // clients → devices that allow them (own lock)
 
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
 	udpAnswered, udpIgnored, replaced        atomic.Uint64
 	clientsRefused, clientsUnused            atomic.Uint64
-}
-
-// offline is what the relay remembers of a device that detached: when,
-// and who it allowed then, so that only those hear when it was last seen.
-type offline struct {
-	at     time.Time
-	access *accessSet
 }
 
 // maxLastSeen bounds the memory spent remembering when devices were seen.
@@ -213,7 +208,6 @@ func New(cfg Config) (*Server, error) {
 		clients:   make(map[relayproto.Addr]*session),
 		lastSeen:  make(map[identity.ID]offline),
 		clientsIP: make(map[netip.Addr]int),
-		allowedBy: make(map[identity.ID]int),
 		https:     make(map[*http.Server]struct{}),
 		pending:   make(map[net.Conn]struct{}),
 		udpTokens: make(map[[16]byte]*udpGrant),
@@ -578,6 +572,9 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*session, erro
 	if r := s.register(sess); r != nil {
 		return nil, refuse(r.code, r.msg)
 	}
+	if sess.role == relayproto.RoleDevice {
+		s.reindex(sess.addr.ID)
+	}
 	hello2 := relayproto.ServerHello{
 		Version:         version,
 		KeepAliveMillis: uint32(s.keepAlive / time.Millisecond),
@@ -669,7 +666,9 @@ func (s *Server) register(sess *session) *refusal {
 	var old *session
 	if sess.role == relayproto.RoleClient {
 		// A client coming back with the same key and instance takes its
-		// own place; any other needs room.
+		// own place, even from another address (whose count may then
+		// pass the per-address bound by one such move: the total does
+		// not grow); any other needs room.
 		if old = s.clients[sess.addr]; old == nil {
 			if r := s.admitClientLocked(sess); r != nil {
 				s.clientsRefused.Add(1)
@@ -688,10 +687,6 @@ func (s *Server) register(sess *session) *refusal {
 		old = s.devices[sess.addr.ID]
 		s.devices[sess.addr.ID] = sess
 		delete(s.lastSeen, sess.addr.ID)
-		if old != nil {
-			s.indexAccessLocked(old, nil)
-		}
-		s.indexAccessLocked(sess, sess.access.Load())
 	} else {
 		s.clients[sess.addr] = sess
 		s.countClientLocked(sess, 1)
@@ -751,6 +746,14 @@ func (s *Server) flapDelayLocked(device identity.ID, now time.Time) time.Duratio
 
 // unregister removes sess from the routing tables if it is still there.
 func (s *Server) unregister(sess *session) {
+	s.unregisterTables(sess)
+	if sess.role == relayproto.RoleDevice {
+		s.reindex(sess.addr.ID)
+	}
+}
+
+// unregisterTables does the work of unregister under mu.
+func (s *Server) unregisterTables(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if g := s.udpTokens[sess.udpToken]; g != nil && g.sess == sess {
@@ -759,9 +762,8 @@ func (s *Server) unregister(sess *session) {
 	if sess.role == relayproto.RoleDevice {
 		if s.devices[sess.addr.ID] == sess {
 			delete(s.devices, sess.addr.ID)
-			s.indexAccessLocked(sess, nil)
 			if len(s.lastSeen) < maxLastSeen {
-				s.lastSeen[sess.addr.ID] = offline{at: time.Now(), access: sess.access.Load()}
+				s.lastSeen[sess.addr.ID] = newOffline(time.Now(), sess.access.Load())
 			}
 		}
 	} else if s.clients[sess.addr] == sess {
@@ -793,7 +795,7 @@ func (s *Server) route(src *session, dst relayproto.Addr) (*session, relayproto.
 			if acc := d.access.Load(); acc != nil && acc.allows(src.addr.ID, token) {
 				return d, gone
 			}
-		} else if off, ok := s.lastSeen[dst.ID]; ok && off.access != nil && off.access.allows(src.addr.ID, token) {
+		} else if off, ok := s.lastSeen[dst.ID]; ok && off.allowed(src.addr.ID) {
 			gone.LastSeenUnix = uint64(off.at.Unix())
 			return nil, gone
 		}

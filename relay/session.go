@@ -49,9 +49,6 @@ type session struct {
 
 	// Devices: who may reach this device, once it has said (nil until then).
 	access atomic.Pointer[accessSet]
-	// Devices: the access set counted in Server.allowedBy; guarded by
-	// Server.mu.
-	indexed *accessSet
 	// udpToken lets the agent ask the relay's UDP port for its address.
 	udpToken [16]byte
 	// Clients: the address the session counts against (see ipKey); not

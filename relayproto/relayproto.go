@@ -606,6 +606,8 @@ const (
 	GoneNotAllowed GoneReason = 2 // the relay does not route between these agents
 	// GoneNotAuthorized: the device has not allowed this client (it is not
 	// on the device's access list, nor pairing with a pending invite).
+	// Relays no longer send it (they say GoneUnreachable, which does not
+	// tell an online device from an offline one); agents still read it.
 	GoneNotAuthorized GoneReason = 3
 	// GoneUnreachable: the device is offline, or has not allowed this
 	// client; the relay does not say which to a client it cannot tell the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"testing"
 
 	"github.com/burrow-tunnel/burrow/identity"
@@ -171,6 +172,19 @@ func TestHeaderLimits(t *testing.T) {
 			}
 			if typ != tc.t || n != tc.n {
 				t.Fatalf("parsed (%v, %d), want (%v, %d)", typ, n, tc.t, tc.n)
+			}
+			// A header is judged from its five bytes: nothing the size of
+			// the length it claims is allocated (a refusal allocates only
+			// its error), whatever that length.
+			hdr := AppendHeader(nil, tc.t, int(tc.n))
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range 100 {
+				ParseHeader(hdr)
+			}
+			runtime.ReadMemStats(&after)
+			if per := (after.TotalAlloc - before.TotalAlloc) / 100; per > 1024 {
+				t.Fatalf("%d bytes allocated per header", per)
 			}
 		})
 	}

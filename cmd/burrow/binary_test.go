@@ -717,7 +717,7 @@ func TestBinaryEnrollToken(t *testing.T) {
 	dev.waitFor(regexp.MustCompile(`level=WARN msg="other users may read the enrollment token in `+regexp.QuoteMeta(cfg)+
 		`: run chmod 600 `+regexp.QuoteMeta(cfg)+`, and once the device is enrolled delete enroll_token from it".* mode=0644`), 0, 10*time.Second)
 	_, at := dev.waitFor(reAttached, 0, 10*time.Second)
-	dev.waitFor(regexp.MustCompile(`msg="enrolled on the relay: enroll_token is no longer needed \(it is not sent again\); delete it from `+regexp.QuoteMeta(cfg)+`"`), 0, 5*time.Second)
+	dev.waitFor(regexp.MustCompile(`msg="admitted by the relay \(enrolled, or listed there\): enroll_token is no longer needed \(it is not sent again\); delete it from `+regexp.QuoteMeta(cfg)+`"`), 0, 5*time.Second)
 	devID, _, _ := run(t, "id", "--identity", filepath.Join(dir, "device.key"))
 
 	if out, stderr, err := run(t, "relay", "devices", "remove", strings.TrimSpace(devID), "--data", relayData); err != nil {

@@ -201,7 +201,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		Logger:      log,
 	}
 	cfg.OnEnrolled = func() {
-		log.Info("enrolled on the relay: enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)
+		log.Info("admitted by the relay (enrolled, or listed there): enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)
 	}
 	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst

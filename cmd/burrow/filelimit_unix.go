@@ -7,7 +7,8 @@ import "syscall"
 // raiseFileLimit raises the process's soft limit on open files to its hard
 // limit, as a server that holds a connection per agent needs, and returns
 // the limit in force: every connection of the relay costs a file
-// descriptor, and its budgets are shares of this number.
+// descriptor, and its budgets are shares of this number. (The Go runtime
+// raises the limit at start as well; this does not rely on it.)
 func raiseFileLimit() (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {

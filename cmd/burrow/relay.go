@@ -256,7 +256,7 @@ signal closes it at once, as does --drain 0.`,
 	f.DurationVar(&drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
 	f.DurationVar(&drainIdle, "drain-idle", 5*time.Second, "end the drain early once nothing has been forwarded for this long (0: never early; idle tunnels, an SSH session say, then keep it to --drain)")
 	f.IntVar(&limits.clients, "max-clients", 0, "client sessions the relay holds at once (0: a quarter of its open-file limit)")
-	f.IntVar(&limits.clientsPerIP, "max-clients-per-ip", defaultClientsPerIP, "client sessions one address (an IPv6 /64) may hold")
+	f.IntVar(&limits.clientsPerIP, "max-clients-per-ip", defaultClientsPerIP, "client sessions one address (an IPv6 /64) may hold; behind a load balancer that hides addresses, raise it")
 	f.IntVar(&limits.pending, "max-pending", 0, "connections not authenticated yet (0: an eighth of the open-file limit, at most 10000)")
 	f.IntVar(&limits.pendingPerIP, "max-pending-per-ip", defaultPendingPerIP, "connections not authenticated yet from one address")
 	f.DurationVar(&clientGrace, "client-grace", 20*time.Second, "close a client session that no attached device allows after this long (0: never)")
