@@ -268,13 +268,19 @@ func TestNATDataDropped(t *testing.T) {
 	if n.relay.Stats().PacketsForwarded-relayAt < 100 {
 		t.Fatal("the stream does not flow over the relay")
 	}
+	// The race detector slows QUIC's recovery of the lost packets; .ci/run
+	// runs this test without it too, against 3s.
+	stall := 3 * time.Second
+	if israce.Enabled {
+		stall = 5 * time.Second
+	}
 	gap := time.Duration(r.maxGap.Load())
 	t.Logf("on the relay %v after QUIC was dropped; longest wait for bytes %v", took, gap)
-	if gap > 3*time.Second {
+	if gap > stall {
 		t.Fatalf("the stream stalled %v", gap)
 	}
 	r.check(t, 13)
-	if gap := time.Duration(r.maxGap.Load()); gap > 3*time.Second {
+	if gap := time.Duration(r.maxGap.Load()); gap > stall {
 		t.Fatalf("the stream stalled %v", gap)
 	}
 }
