@@ -545,6 +545,25 @@ func TestFlappingDamped(t *testing.T) {
 	})
 }
 
+// countingClient starts a relay with cfg on m and a client of it, and
+// counts the client's dials of the relay.
+func countingClient(t *testing.T, m *memNet, cfg relay.Config) (*Conn, *atomic.Int64) {
+	srv := startRelayWith(t, m, cfg)
+	id, _ := identity.Generate()
+	dials := new(atomic.Int64)
+	dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+		dials.Add(1)
+		return m.Dial(ctx, n, a)
+	}
+	c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
+		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, dials
+}
+
 // TestUnusedClientAttachesOnDemand: a client whose session the relay
 // closes because no device there allows it does not come back by itself
 // until it has something to send (then at once) or the relay's wait is
@@ -553,19 +572,7 @@ func TestUnusedClientAttachesOnDemand(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const grace = 5 * time.Second
 		m := newMemNet()
-		srv := startRelayWith(t, m, relay.Config{ClientGrace: grace})
-		id, _ := identity.Generate()
-		var dials atomic.Int64
-		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
-			dials.Add(1)
-			return m.Dial(ctx, n, a)
-		}
-		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c, dials := countingClient(t, m, relay.Config{ClientGrace: grace})
 		if err := c.WaitAttached(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -605,19 +612,7 @@ func TestUnusedClientAttachesOnDemand(t *testing.T) {
 func TestUnusedClientBacksOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMemNet()
-		srv := startRelayWith(t, m, relay.Config{ClientGrace: 10 * time.Millisecond})
-		id, _ := identity.Generate()
-		var dials atomic.Int64
-		dial := func(ctx context.Context, n, a string) (net.Conn, error) {
-			dials.Add(1)
-			return m.Dial(ctx, n, a)
-		}
-		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c, dials := countingClient(t, m, relay.Config{ClientGrace: 10 * time.Millisecond})
 		for range 600 { // a packet every 100ms for a minute
 			c.WriteTo([]byte{0x40}, Addr{ID: identity.ID{1}})
 			time.Sleep(100 * time.Millisecond)
