@@ -442,6 +442,8 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 			"state directory " + theirState + " is owned by user nobody (uid 65534)"},
 		{"relay data directory others may write", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", sharedData, "--open"},
 			"directory " + sharedData + " is writable by users other than its owner (mode 0777), who could change what it holds: run chmod go-w " + sharedData},
+		{"relay token made in a data directory others may write", false, "", []string{"relay", "token", "create", "--data", sharedData},
+			"data directory " + sharedData + " is writable by users other than its owner (mode 0777)"},
 		{"client home others may write", false, "", []string{"connect", deviceID, "http", "--relay", "127.0.0.1:1", "--relay-id", relayID, "--home", sharedHome},
 			"client home " + sharedHome + " is writable by users other than its owner (mode 0777)"},
 		{"device without relay_id", false, "", []string{"device", "--config", file("no-pin.yaml",

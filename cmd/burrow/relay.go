@@ -17,6 +17,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/adminsock"
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
 	"github.com/burrow-tunnel/burrow/relay"
 )
 
@@ -353,6 +354,9 @@ func withRelayState(ctx context.Context, dataDir string, online func(*relay.Admi
 		return err
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	if err := fileperm.CheckDir(dataDir, "data directory"); err != nil {
 		return err
 	}
 	st, err := relay.OpenStore(filepath.Join(dataDir, relayStoreFile))
