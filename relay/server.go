@@ -16,6 +16,13 @@
 // need to find a direct path to each other; the relay takes no part in
 // that path.
 //
+// Devices attach only if the relay enrolled them; clients need no
+// enrollment, so the relay bounds their sessions per address and in all,
+// never counting devices against those bounds, and closes a client
+// session that no attached device allows (see [Config.MaxClients],
+// [Config.ClientGrace]). A client a device has not allowed learns nothing
+// of that device, not even whether it is online.
+//
 // [Server.Close] stops the relay at once. [Server.Shutdown] drains it
 // first: it accepts no one new but keeps forwarding between the agents it
 // has, so that open tunnels can finish, and then closes.
@@ -345,7 +352,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // current session's token get no answer; an answer is never larger than
 // its request. A token is answered only from the address family its
 // session came in on, and a few times in a while (udpAnswers in
-// udpWindow): whoever learns a token cannot make the port a reflector.
+// udpWindow): whoever learns a token can aim no more than that many small
+// answers at anyone.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.mu.Lock()
 	if s.closed || s.draining {
