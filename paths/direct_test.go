@@ -257,14 +257,21 @@ func TestDirectPath(t *testing.T) {
 			t.Fatalf("Conn.Path %v, Direct.Path %v", p.cli.Path(p.dev.LocalAddr()), p.cDir.Path())
 		}
 		t.Logf("direct after %v, rtt %v", took, p.cDir.Path().RTT)
-		before := p.relayStats()
-		for range 50 {
-			p.exchange(t)
-		}
-		if n := p.relayStats() - before; n != 0 {
-			t.Fatalf("the relay forwarded %d packets on a direct path", n)
-		}
+		p.exchangeDirect(t, 50)
 	})
+}
+
+// exchangeDirect exchanges n packets each way and checks that the relay
+// forwarded none of them.
+func (p *directPair) exchangeDirect(t *testing.T, n int) {
+	t.Helper()
+	before := p.relayStats()
+	for range n {
+		p.exchange(t)
+	}
+	if fwd := p.relayStats() - before; fwd != 0 {
+		t.Fatalf("the relay forwarded %d packets on a direct path", fwd)
+	}
 }
 
 // TestDirectFallback: when the direct path stops carrying datagrams,
@@ -859,13 +866,7 @@ func TestDirectProbeBack(t *testing.T) {
 		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
 			t.Fatalf("device's path goes to %v, want %v", got, want)
 		}
-		before := p.relayStats()
-		for range 20 {
-			p.exchange(t)
-		}
-		if n := p.relayStats() - before; n != 0 {
-			t.Fatalf("the relay forwarded %d packets on a direct path", n)
-		}
+		p.exchangeDirect(t, 20)
 	})
 }
 

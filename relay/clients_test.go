@@ -218,28 +218,7 @@ func TestUDPBindingLimits(t *testing.T) {
 		t.Skipf("no dual-stack UDP socket: %v", err)
 	}
 	port := pc.LocalAddr().(*net.UDPAddr).Port
-	srv, addr := serve(t, Config{AllowDevice: allowAll, UDPPort: port})
-	udpDone := make(chan struct{})
-	go func() {
-		defer close(udpDone)
-		srv.ServeUDP(pc)
-	}()
-	t.Cleanup(func() { srv.Close(); <-udpDone })
-
-	a := connect(t, addr) // over IPv4
-	exp := a.exporter()
-	a.hello(newIdentity(t), relayproto.RoleClient, 1, 1, exp)
-	_, p := a.read()
-	sh, err := relayproto.ParseServerHello(p, exp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var binding relayproto.UDPBinding
-	for _, e := range sh.Extensions {
-		if e.Type == relayproto.ExtUDPBinding {
-			binding, _ = relayproto.ParseUDPBinding(e.Value)
-		}
-	}
+	_, _, binding := serveUDP(t, pc) // the session over IPv4
 	req := relayproto.AppendBindingRequest(nil, binding.Token, [8]byte{1})
 	ask := func(to string) bool {
 		t.Helper()

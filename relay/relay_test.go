@@ -646,14 +646,11 @@ func TestEnrollment(t *testing.T) {
 	}
 }
 
-// TestUDPBindingIsNoReflector: the relay's UDP port answers only binding
-// requests that carry a current session's token, with the address it saw,
-// and never with more bytes than it received.
-func TestUDPBindingIsNoReflector(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+// serveUDP serves a relay whose UDP binding port is pc, and attaches a
+// client to it over IPv4; it returns the relay, the client and the binding
+// its server hello offered.
+func serveUDP(t *testing.T, pc net.PacketConn) (*Server, *agent, relayproto.UDPBinding) {
+	t.Helper()
 	port := pc.LocalAddr().(*net.UDPAddr).Port
 	srv, addr := serve(t, Config{AllowDevice: allowAll, UDPPort: port})
 	udpDone := make(chan struct{})
@@ -685,6 +682,18 @@ func TestUDPBindingIsNoReflector(t *testing.T) {
 	if binding.Port != uint16(port) {
 		t.Fatalf("hello offers UDP port %d, want %d", binding.Port, port)
 	}
+	return srv, a, binding
+}
+
+// TestUDPBindingIsNoReflector: the relay's UDP port answers only binding
+// requests that carry a current session's token, with the address it saw,
+// and never with more bytes than it received.
+func TestUDPBindingIsNoReflector(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, a, binding := serveUDP(t, pc)
 
 	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

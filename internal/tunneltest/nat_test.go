@@ -364,23 +364,34 @@ func TestNATRandomPorts(t *testing.T) {
 	}
 }
 
-// TestNATCut: the direct path is cut mid-stream (UDP dropped between the
-// NATs): within 3s the stream flows over the relay, with no error and
-// intact bytes; once the drop is lifted the session goes direct again
-// (done means 4).
-func TestNATCut(t *testing.T) {
-	const size = 48 << 20
+// streamSize is what directStream sends: 48 MiB at about 4 MiB/s, 12s.
+const streamSize = 48 << 20
+
+// directStream builds the NAT network and starts a paced stream, seeded
+// with seed, from a device service to the client, whose reader it returns
+// once the session has been direct for a second.
+func directStream(t *testing.T, seed uint64) (*nsNet, *device.Device, *client.Client, *reader) {
+	t.Helper()
 	n := newNATNet(t)
-	srv := streamServer(t, 9, size, 15*time.Millisecond) // about 4 MiB/s: 12s
+	srv := streamServer(t, seed, streamSize, 15*time.Millisecond)
 	d, c := n.pair(t, "ha", "hb", map[string]string{"stream": srv.Addr})
 	tun, err := c.Dial(ctx10(t), d.ID(), "stream")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tun.Close()
-	r := readStream(tun, size)
+	t.Cleanup(func() { tun.Close() })
+	r := readStream(tun, streamSize)
 	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
 	time.Sleep(time.Second)
+	return n, d, c, r
+}
+
+// TestNATCut: the direct path is cut mid-stream (UDP dropped between the
+// NATs): within 3s the stream flows over the relay, with no error and
+// intact bytes; once the drop is lifted the session goes direct again
+// (done means 4).
+func TestNATCut(t *testing.T) {
+	n, d, c, r := directStream(t, 9)
 
 	n.In("pub", append([]string{"iptables", "-I"}, dropUDP...)...)
 	cut := time.Now()

@@ -247,18 +247,7 @@ var dropQUIC = []string{"FORWARD", "-p", "udp", "-s", "10.0.0.0/16", "-d", "10.0
 // look like QUIC). Within 3s the session is back on the relay, the stream
 // goes on with no long stall and arrives intact.
 func TestNATDataDropped(t *testing.T) {
-	const size = 48 << 20
-	n := newNATNet(t)
-	srv := streamServer(t, 13, size, 15*time.Millisecond) // about 4 MiB/s: 12s
-	d, c := n.pair(t, "ha", "hb", map[string]string{"stream": srv.Addr})
-	tun, err := c.Dial(ctx10(t), d.ID(), "stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tun.Close()
-	r := readStream(tun, size)
-	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
-	time.Sleep(time.Second)
+	n, d, c, r := directStream(t, 13)
 
 	n.In("pub", append([]string{"iptables", "-I"}, dropQUIC...)...)
 	r.measure.Store(true)
