@@ -81,9 +81,13 @@ import (
 // (lost) and drops its path too, and neither takes up again the address it
 // dropped (the peer, with no path, any it has proven) for 10s, then 20s and
 // so on up to 5 minutes each time packets are lost again, until packets
-// cross a path. An idle session sends nothing to lose
-// and a one-way flow still arrives, so neither trips the check; nor does a
-// lone lost packet.
+// cross a path. Until then it does not answer the peer's probes from that
+// address either: the lost message travels inside the session, which the
+// lossy path may have stalled, and a peer that sends too little to judge
+// the path itself (a receiver whose acknowledgements answer data that no
+// longer comes) still falls back within a second, as its heartbeats go
+// unanswered. An idle session sends nothing to lose and a one-way flow
+// still arrives, so neither trips the check; nor does a lone lost packet.
 //
 // Datagrams on the socket, told from QUIC packets (which always have bit
 // 0x40 of their first byte set) by their type:
@@ -1027,6 +1031,14 @@ func (d *Direct) probed(txid [8]byte, from netip.AddrPort, size int) {
 	if d.closed || !d.seen.fresh(binary.BigEndian.Uint64(txid[:])) {
 		d.mu.Unlock()
 		d.c.ds.replayed.Add(1)
+		return
+	}
+	if until, ok := d.lossy[from]; ok && time.Now().Before(until) {
+		// This side found that the path to from loses packets. Silence
+		// tells the peer at once, through its heartbeats, even while its
+		// own data check cannot (it sends too little into the hole to
+		// judge) and the lost message waits inside a stalled session.
+		d.mu.Unlock()
 		return
 	}
 	back := !slices.Contains(d.routes, from) && d.mayProbe(from) && d.probeBacks.Allow()

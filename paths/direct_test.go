@@ -121,6 +121,9 @@ type directPair struct {
 	dDir, cDir   *Direct
 	udp          *udpNet
 	relayStats   func() uint64 // packets the relay forwarded
+	// stalled, when set, holds back lost messages, as a session whose
+	// packets the lossy path swallowed would.
+	stalled atomic.Bool
 }
 
 func newDirectPair(t *testing.T) *directPair {
@@ -179,6 +182,9 @@ func (p *directPair) start(t *testing.T, key []byte) {
 		for {
 			select {
 			case m := <-ch:
+				if p.stalled.Load() && len(m) > 0 && m[0] == sigLost {
+					continue
+				}
 				if err := d.Receive(m); err != nil {
 					t.Errorf("Receive: %v", err)
 				}
@@ -272,6 +278,44 @@ func (p *directPair) exchangeDirect(t *testing.T, n int) {
 	if fwd := p.relayStats() - before; fwd != 0 {
 		t.Fatalf("the relay forwarded %d packets on a direct path", fwd)
 	}
+}
+
+// TestDirectDataLossQuietSide: the path answers probes but drops data,
+// and one side sends too little to judge the path itself (a receiver whose
+// acknowledgements answer data that no longer comes, one every 2s here).
+// The side that sends finds the loss and stops answering probes on that
+// path; the quiet side falls back too, within 3s, rather than when it has
+// sent enough into the hole, or when the lost message, which the stalled
+// session above would carry, gets through.
+func TestDirectDataLossQuietSide(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, time.Second, isDirect, "direct")
+		pkt := make([]byte, 1000)
+		pkt[0] = 0x40 // as a QUIC packet's first byte
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				p.dev.WriteTo(pkt, p.cli.LocalAddr())
+				if i%100 == 0 {
+					p.cli.WriteTo(pkt, p.dev.LocalAddr())
+				}
+			}
+		})
+		defer func() { close(stop); wg.Wait() }()
+		time.Sleep(time.Second)
+		p.stalled.Store(true)
+		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
+		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
+		t.Logf("both on the relay %v after data stopped crossing", took)
+	})
 }
 
 // TestDirectFallback: when the direct path stops carrying datagrams,

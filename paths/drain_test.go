@@ -200,24 +200,27 @@ func TestDrainKeepsSession(t *testing.T) {
 			t.Fatalf("the drain took %v, less than its period", took)
 		}
 		synctest.Wait() // the agents read their go-away
+		detached := map[*Conn]time.Time{}
 		for _, c := range []*Conn{dev, cli} {
-			if st := c.Status(); st.Attached || st.Draining {
+			st := c.Status()
+			if st.Attached || st.Draining {
 				t.Fatalf("after the drain: %+v", st)
 			}
+			detached[c] = st.Since
 		}
 		if n := gone.Load(); n != 0 {
 			t.Fatalf("agents were told %d times that a peer left", n)
 		}
 
-		// A relay is back: both agents reattach, no sooner than the relay
-		// asked (0.5s at least), and packets flow again.
+		// A relay is back: both agents reattach, no sooner after their
+		// go-away than the relay asked (0.5s at least), and packets flow
+		// again.
 		stop()
-		closed := time.Now()
 		serveRelayOn(t, m, relayID, -1)
 		for _, c := range []*Conn{dev, cli} {
 			at := waitStatusWithin(t, c, 10*time.Second, "attached again", func(s Status) bool { return s.Attached })
-			if wait := at.Sub(closed); wait < 500*time.Millisecond {
-				t.Fatalf("reattached %v after the close", wait)
+			if wait := at.Sub(detached[c]); wait < 500*time.Millisecond {
+				t.Fatalf("reattached %v after the go-away", wait)
 			}
 		}
 		if !roundTrip() {
