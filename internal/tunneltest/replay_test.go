@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,7 +129,14 @@ func TestNATReplayedProbes(t *testing.T) {
 	r := echoStream(tun, 11, size, 32<<10, 20*time.Millisecond)
 	waitPath(t, c, d.ID(), 5*time.Second, direct, "direct path")
 	devAddr := c.Path(d.ID()).Addr
+	// The device proves its side of the path a moment after the client.
 	cliAddr := devicePath(t, d)
+	for deadline := time.Now().Add(5 * time.Second); !strings.HasPrefix(cliAddr, "direct "); cliAddr = devicePath(t, d) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the device's path is still %q 5s after the client's went direct", cliAddr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	t.Logf("direct: client → %v, device → %v", devAddr, cliAddr)
 
 	// The tap: the client's probes, and every datagram of the client's
