@@ -13,7 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/mountns"
+	"github.com/burrow-tunnel/burrow/internal/testing/mountns"
 	"github.com/burrow-tunnel/burrow/pairing"
 )
 

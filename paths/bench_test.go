@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/burrow-tunnel/burrow/internal/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 

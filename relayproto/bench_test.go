@@ -3,7 +3,7 @@ package relayproto
 import (
 	"testing"
 
-	"github.com/burrow-tunnel/burrow/internal/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 )
 
 // BenchmarkPacketFrame encodes a packet frame's header and parses it back,

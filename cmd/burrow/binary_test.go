@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
 
 // These tests build the real burrow binary and run relay, device and

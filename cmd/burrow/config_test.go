@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
 
 func writeConfig(t *testing.T, body string) string {

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/burrow-tunnel/burrow/internal/tunneltest"
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 	"github.com/burrow-tunnel/burrow/pairing"
 )
 

@@ -18,7 +18,7 @@ import (
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/mountns"
+	"github.com/burrow-tunnel/burrow/internal/testing/mountns"
 	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/session"
 )

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/burrow-tunnel/burrow/device"
-	"github.com/burrow-tunnel/burrow/internal/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 )
 
 // msgProbe and msgReply are the first bytes of a direct-path probe and reply

@@ -17,8 +17,8 @@ import (
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/israce"
-	"github.com/burrow-tunnel/burrow/internal/netns"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
 )

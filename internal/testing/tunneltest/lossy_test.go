@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/burrow-tunnel/burrow/internal/israce"
-	"github.com/burrow-tunnel/burrow/internal/netns"
+	"github.com/burrow-tunnel/burrow/internal/testing/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 )
 
 // lossy is the impairment of the device's link in the lossy tests, in
