@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/adminsock"
 	"github.com/burrow-tunnel/burrow/paths"
 )
 
@@ -120,7 +118,7 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 		return fmt.Errorf("config %s: %w", o.configPath, err)
 	}
 	defer d.Close()
-	stopAdmin, err := serveDeviceAdmin(cmd.Context(), d, ds.adminSocket)
+	stopAdmin, err := serveAdmin(cmd.Context(), ds.adminSocket, d.AdminHandler())
 	if err != nil {
 		return err
 	}
@@ -133,27 +131,6 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	<-cmd.Context().Done()
 	log.Info("device stopping")
 	return nil
-}
-
-// serveDeviceAdmin serves d's admin API on the Unix socket at path until
-// ctx is done or the returned stop is called; stop waits for the server
-// and removes the socket.
-func serveDeviceAdmin(ctx context.Context, d *device.Device, path string) (stop func(), err error) {
-	ln, err := adminsock.Listen(path)
-	if err != nil {
-		return nil, err
-	}
-	adminDone := make(chan struct{})
-	ctx, stopAdmin := context.WithCancel(ctx)
-	go func() {
-		defer close(adminDone)
-		adminsock.Serve(ctx, ln, d.AdminHandler())
-	}()
-	return func() {
-		stopAdmin()
-		<-adminDone
-		os.Remove(path)
-	}, nil
 }
 
 // waitDeviceAttached waits up to 15s for d to attach to its relay. A

@@ -27,6 +27,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -238,6 +240,27 @@ func configDir() (string, error) {
 		return "", fmt.Errorf("no default configuration directory (%w): pass the path explicitly", err)
 	}
 	return filepath.Join(dir, "burrow"), nil
+}
+
+// serveAdmin serves h on the Unix socket at path (see package adminsock)
+// until ctx is done or the returned stop is called; stop waits for the
+// server and removes the socket.
+func serveAdmin(ctx context.Context, path string, h http.Handler) (stop func(), err error) {
+	ln, err := adminsock.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		adminsock.Serve(ctx, ln, h)
+	}()
+	return func() {
+		cancel()
+		<-done
+		os.Remove(path)
+	}, nil
 }
 
 // usageError reports a wrong invocation and points at the help.
