@@ -31,35 +31,12 @@ the named service, dials the service's configured local address and
 forwards bytes both ways. It never dials an address it was not configured
 with, and it opens no port on the device.
 
-The configuration is YAML; an unknown key is an error:
+The configuration is YAML; an unknown key is an error. For example:
 
-  name: front-door                    # what the device calls itself in invites
-  relay: relay.example.com:443        # host:port of the relay
-  relay_id: <relay ID>                # pinned; required unless relay_ca is true
-  relay_ca: false                     # true: trust a CA-signed relay certificate instead
-  enroll_token: <token>               # enrolls the device on a relay that does not know it;
-                                      # sent until the relay admits the device, then
-                                      # never: delete it then (the agent says so)
-  identity: /var/lib/burrow/device.key  # created if missing; relative paths are
-                                      # relative to this file
-  state: /var/lib/burrow/state        # paired users and invites (default: beside identity)
-  services:                           # the only addresses this device will ever dial
-    http: 127.0.0.1:80
-    rtsp: 127.0.0.1:554
-  roles:                              # what paired clients may open, by role
-    viewer: [rtsp]
-    admin: ["*"]
-  clients:                            # fixed clients: ID -> services ("*" = all)
-    <client ID>: [rtsp]
-  direct: true                        # false: keep every session on the relay
-  direct_port: 0                      # UDP port for direct paths (0: any)
-  direct_addrs: []                    # addresses offered to clients (default: the interfaces')
-  tunnel_rate: 100                    # tunnels one client may open per second (bursts of
-  tunnel_burst: 1000                  # tunnel_burst); more are refused as rate limited
-  reattach_spread: 15s                # after a relay crash, return at a random moment
-                                      # within this (so thousands of devices do not
-                                      # all return in the same second); 0s: at once
+` + deviceConfigExample + `
+Its keys (as in the README's "Device configuration keys"):
 
+` + deviceKeysHelp + `
 Sessions start on the relay and move to a direct UDP path (hole punching)
 when one works, and back when it stops working; tunnels never notice.
 --no-direct (or direct: false) keeps all traffic on the relay.
@@ -84,6 +61,23 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	)
 	return cmd
 }
+
+// deviceConfigExample is the configuration "burrow device --help" shows;
+// its keys are described in [deviceFile] (TestDeviceConfigExample checks
+// that the device accepts it).
+const deviceConfigExample = `  name: front-door
+  relay: relay.example.com:443
+  relay_id: <relay ID>
+  enroll_token: <token>
+  identity: /var/lib/burrow/device.key
+  state: /var/lib/burrow/state
+  services:
+    http: 127.0.0.1:80
+    rtsp: 127.0.0.1:554
+  roles:
+    viewer: [rtsp]
+    admin: ["*"]
+`
 
 // runDevice runs the device agent until the command's context is done.
 func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
