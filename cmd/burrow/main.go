@@ -7,7 +7,18 @@
 //	burrow demo      all three in one process, on loopback
 //
 // Flags and configuration files live here; each role is a package that
-// takes a Config.
+// takes a Config. This command turns flags and files into those Configs,
+// runs the roles and prints what they report; it must not speak a
+// protocol or decide who gets in itself.
+//
+// Each command is built by one function (newDeviceCmd, newDeviceInviteCmd,
+// …) in the file named for it: device.go and device_admin.go (the
+// subcommands that talk to a running device), relay.go and relay_admin.go
+// (those that work on a relay's data directory), connect.go, pair.go,
+// ping.go, id.go and demo.go. The device's configuration file is decoded
+// into deviceFile (config.go), whose field comments are the one
+// description of its keys: the README's reference and the keys of "burrow
+// device --help" are generated from them (go generate).
 package main
 
 import (
