@@ -18,45 +18,82 @@ import (
 	"github.com/burrow-tunnel/burrow/paths"
 )
 
+//go:generate go test -update -run ^TestDeviceKeysDoc$
+
 // deviceFile is the YAML configuration of "burrow device".
+//
+// Its field comments are the one description of the configuration keys:
+// the README's table "Device configuration keys" and the list of keys in
+// "burrow device --help" ([deviceKeysHelp]) are generated from them by
+// go generate, and TestDeviceKeysDoc fails while either is out of date.
+// Each comment reads "Field: meaning", or "Field (when it is required):
+// meaning", and says what leaving the key out does; `code` is set as code
+// in the README and plain in the help.
 type deviceFile struct {
-	// Name is what the device calls itself in invites.
-	Name string `yaml:"name"`
-	// Relay is the relay's host:port.
+	// Relay (required): the relay's `host:port`.
 	Relay string `yaml:"relay"`
-	// RelayID pins the relay's key. Required unless RelayCA.
+	// RelayID (required unless `relay_ca`): the relay's ID, pinned: the device
+	// attaches only to a relay that proves the key of this ID
+	// (`burrow relay id` prints it).
 	RelayID string `yaml:"relay_id"`
-	// RelayCA trusts a CA-signed relay certificate, checked against the
-	// system roots, instead of (or besides) a pinned relay ID. It must be
-	// asked for: a forgotten relay_id is an error, not a weaker check.
+	// RelayCA: `true` accepts, when `relay_id` is not set, a relay whose
+	// certificate is CA-signed for its host, checked against the system
+	// roots. Default `false`: it must be asked for, so that a forgotten
+	// `relay_id` is an error, not a weaker check.
 	RelayCA bool `yaml:"relay_ca"`
-	// EnrollToken enrolls the device on a relay that does not know it yet.
+	// EnrollToken (for a relay that has not enrolled the device yet): an
+	// enrollment token (`burrow relay token create`); sent until the relay
+	// admits the device, then never (the agent logs that it can be
+	// deleted). While it is there, keep the file `chmod 600`: the agent
+	// warns otherwise. Default: none.
 	EnrollToken string `yaml:"enroll_token"`
-	// Identity is the device's key file, relative to the config file's
-	// directory unless absolute; created if missing.
+	// Name: what the device calls itself in invites (1–63 of
+	// `a-z 0-9 - _ .`). Default: none; a client that pairs knows the device
+	// by its short ID unless told a name.
+	Name string `yaml:"name"`
+	// Identity: the device's key file, created if missing; a relative path
+	// is relative to this file's directory (as for `state` and
+	// `admin_socket`). Default: `burrow/device.key` in the user's config
+	// directory.
 	Identity string `yaml:"identity"`
-	// State is the directory of paired users and pending invites; by
-	// default "state" beside the identity file.
+	// State: the directory of paired users and pending invites. Default:
+	// `state` beside the identity file.
 	State string `yaml:"state"`
-	// AdminSocket is the admin API's Unix socket; by default admin.sock in
-	// the state directory.
+	// AdminSocket: the Unix socket of the running agent's admin API, which
+	// `burrow device invite`, `users`, `revoke` and `status` use. Default:
+	// `admin.sock` in the state directory.
 	AdminSocket string `yaml:"admin_socket"`
-	// Services maps service names to the local addresses they are served on.
+	// Services (required): service name (1–63 of `a-z 0-9 - _ .`) → the
+	// `host:port` it is served on; these are the only addresses the device
+	// ever dials.
 	Services map[string]string `yaml:"services"`
-	// Roles maps role names to the services they grant ("*": all).
+	// Roles (to pair; this or `clients`): role name → the services it grants,
+	// `"*"` for all; a paired client has a role. Default: none, so no
+	// invites.
 	Roles map[string][]string `yaml:"roles"`
-	// Clients maps client IDs to the services they may open ("*": all).
+	// Clients (this or `roles`): client ID → the services it may open, `"*"`
+	// for all: users fixed by the file, without pairing. Default: none.
 	Clients map[string][]string `yaml:"clients"`
-	// Direct, DirectPort and DirectAddrs configure direct paths.
-	Direct      *bool    `yaml:"direct"`
-	DirectPort  int      `yaml:"direct_port"`
+	// Direct: `false` keeps every session on the relay, as `--no-direct`
+	// does. Default `true`: a session moves to a direct UDP path when hole
+	// punching finds one.
+	Direct *bool `yaml:"direct"`
+	// DirectPort: the UDP port for direct paths. Default `0`: any free one.
+	DirectPort int `yaml:"direct_port"`
+	// DirectAddrs: the IP addresses offered to clients for direct paths,
+	// instead of the interfaces' (a port-forwarded public address, say).
+	// Default: the interfaces' addresses.
 	DirectAddrs []string `yaml:"direct_addrs"`
-	// TunnelRate and TunnelBurst bound the tunnels one client may open per
-	// second.
-	TunnelRate  float64 `yaml:"tunnel_rate"`
-	TunnelBurst int     `yaml:"tunnel_burst"`
-	// ReattachSpread spreads the device's return to a relay that dropped
-	// everyone at once; 0s turns it off. Default: device.DefaultReattachSpread.
+	// TunnelRate: the tunnels one client may open per second; more are
+	// refused with "too many tunnels too fast". Default `0`: 100.
+	TunnelRate float64 `yaml:"tunnel_rate"`
+	// TunnelBurst: the tunnels one client may open in a burst, before
+	// `tunnel_rate` holds it back. Default `0`: 1,000.
+	TunnelBurst int `yaml:"tunnel_burst"`
+	// ReattachSpread: after the relay dropped every agent at once (it
+	// crashed or restarted), the device returns at a random moment within
+	// this, so that a relay with thousands of devices does not get them
+	// all back in one second. Default `15s`; `0s`: at once.
 	ReattachSpread *time.Duration `yaml:"reattach_spread"`
 }
 

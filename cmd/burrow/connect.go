@@ -44,11 +44,16 @@ type forward struct {
 	relay   paths.RelayConfig
 }
 
+// connectOptions are the flags of "burrow connect".
+type connectOptions struct {
+	rf                         relayFlags
+	listen, idPath, configPath string
+	noDirect                   bool
+	directAddrs                []string
+}
+
 func newConnectCmd(g *globals) *cobra.Command {
-	var rf relayFlags
-	var listen, idPath, configPath string
-	var noDirect bool
-	var directAddrs []string
+	o := &connectOptions{}
 	cmd := &cobra.Command{
 		Use:   "connect DEVICE SERVICE [--listen ADDR] | connect --config FILE",
 		Short: "Forward local ports to services on devices",
@@ -79,7 +84,7 @@ direct: false) keeps all traffic on the relay.`,
 		Example: `  burrow connect cam1 rtsp --listen 127.0.0.1:8554
   vlc rtsp://127.0.0.1:8554/stream`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if configPath != "" {
+			if o.configPath != "" {
 				if len(args) != 0 {
 					return usageError(cmd, "with --config, give no DEVICE or SERVICE")
 				}
@@ -91,53 +96,59 @@ direct: false) keeps all traffic on the relay.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			agentProcs()
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			dir, err := g.homeDir()
-			if err != nil {
-				return err
-			}
-			home := client.Home{Dir: dir}
-			var fwds []forward
-			var direct paths.DirectOptions
-			if configPath != "" {
-				fwds, direct, err = readConnectConfig(configPath, home)
-			} else {
-				var f forward
-				f, err = resolveForward(home, args[0], args[1], listen, rf)
-				fwds = []forward{f}
-			}
-			if err != nil {
-				return err
-			}
-			id, err := clientIdentity(home, idPath, log)
-			if err != nil {
-				return err
-			}
-			if noDirect {
-				direct.Disable = true
-			}
-			if len(directAddrs) > 0 {
-				flagged, err := directOptions(nil, 0, directAddrs, false)
-				if err != nil {
-					return usageError(cmd, "--direct-addr: %v", err)
-				}
-				direct.Addrs = flagged.Addrs
-			}
-			return serveForwards(cmd.Context(), g, log, id, direct, fwds)
+			return runConnect(cmd, g, o, args)
 		},
 	}
 	f := cmd.Flags()
-	rf.register(f)
-	f.StringVar(&listen, "listen", "127.0.0.1:0", "local address to accept connections on")
-	f.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
-	f.StringVar(&configPath, "config", "", "a file of several forwards (YAML)")
-	f.BoolVar(&noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
-	f.StringSliceVar(&directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
+	o.rf.register(f)
+	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "local address to accept connections on")
+	f.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
+	f.StringVar(&o.configPath, "config", "", "a file of several forwards (YAML)")
+	f.BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
+	f.StringSliceVar(&o.directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
 	return cmd
+}
+
+// runConnect serves the forwards of the command line or of --config
+// until the command's context is done.
+func runConnect(cmd *cobra.Command, g *globals, o *connectOptions, args []string) error {
+	agentProcs()
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	dir, err := g.homeDir()
+	if err != nil {
+		return err
+	}
+	home := client.Home{Dir: dir}
+	var fwds []forward
+	var direct paths.DirectOptions
+	if o.configPath != "" {
+		fwds, direct, err = readConnectConfig(o.configPath, home)
+	} else {
+		var f forward
+		f, err = resolveForward(home, args[0], args[1], o.listen, o.rf)
+		fwds = []forward{f}
+	}
+	if err != nil {
+		return err
+	}
+	id, err := clientIdentity(home, o.idPath, log)
+	if err != nil {
+		return err
+	}
+	if o.noDirect {
+		direct.Disable = true
+	}
+	if len(o.directAddrs) > 0 {
+		flagged, err := directOptions(nil, 0, o.directAddrs, false)
+		if err != nil {
+			return usageError(cmd, "--direct-addr: %v", err)
+		}
+		direct.Addrs = flagged.Addrs
+	}
+	return serveForwards(cmd.Context(), g, log, id, direct, fwds)
 }
 
 // clientIdentity loads the client's key from idPath (default: the one in

@@ -35,16 +35,25 @@ through the tunnel and shows the path it took. Ctrl-C stops everything.
 Every identity is made up for this run and nothing is written to disk.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			d, err := startDemo(listen, log)
-			if err != nil {
-				return err
-			}
-			defer d.close()
-			fmt.Fprintf(g.stdout, `burrow demo is running on loopback:
+			return runDemo(cmd, g, listen)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "local address of the client agent")
+	return cmd
+}
+
+// runDemo runs the demo until the command's context is done.
+func runDemo(cmd *cobra.Command, g *globals, listen string) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	d, err := startDemo(listen, log)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	fmt.Fprintf(g.stdout, `burrow demo is running on loopback:
   relay   %s  id %s
   device  id %s  serving "http" from %s
   client  id %s  listening on %s
@@ -52,13 +61,9 @@ Every identity is made up for this run and nothing is written to disk.`,
 Open http://%s/ in a browser (or curl it): the page comes through the tunnel.
 Press Ctrl-C to stop.
 `, d.relayAddr, d.relay.ID(), d.device.ID(), d.webAddr, d.client.ID(), d.clientAddr, d.clientAddr)
-			<-cmd.Context().Done()
-			fmt.Fprintln(g.stdout, "stopping")
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "local address of the client agent")
-	return cmd
+	<-cmd.Context().Done()
+	fmt.Fprintln(g.stdout, "stopping")
+	return nil
 }
 
 // demo is a relay, a device, a client and a web page, all in one process.
@@ -70,17 +75,16 @@ type demo struct {
 	relayAddr  string
 	webAddr    string
 	clientAddr string
-	stop       func()
+	cleanups   []func() // run in reverse order by close
 }
 
+// startDemo starts the demo's web page, relay and agents on loopback,
+// waits for both agents to attach, and forwards listen to the page.
 func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 	d = &demo{}
-	var cleanups []func()
 	defer func() {
 		if err != nil {
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i]()
-			}
+			d.close()
 		}
 	}()
 	ids := make([]*identity.Identity, 3)
@@ -90,47 +94,84 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 		}
 	}
 	relayID, deviceID, clientID := ids[0], ids[1], ids[2]
+	if err := d.startWeb(); err != nil {
+		return nil, err
+	}
+	if err := d.startRelay(relayID, deviceID.ID(), log); err != nil {
+		return nil, err
+	}
+	if err := d.startAgents(relayID.ID(), deviceID, clientID, log); err != nil {
+		return nil, err
+	}
+	if err := d.forward(listen, deviceID.ID(), log); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
 
-	// The service: a web page served on loopback, as a camera or router
-	// would serve its own.
+// onClose has close run f, before what was registered earlier.
+func (d *demo) onClose(f func()) { d.cleanups = append(d.cleanups, f) }
+
+// close stops everything the demo started, in reverse order.
+func (d *demo) close() {
+	for i := len(d.cleanups) - 1; i >= 0; i-- {
+		d.cleanups[i]()
+	}
+	d.cleanups = nil
+}
+
+// startWeb serves the demo's page on loopback, as a camera or router
+// would serve its own.
+func (d *demo) startWeb() error {
 	webLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	d.webAddr = webLn.Addr().String()
 	d.web = &http.Server{Handler: http.HandlerFunc(d.page), ReadHeaderTimeout: 10 * time.Second}
 	go d.web.Serve(webLn)
-	cleanups = append(cleanups, func() { d.web.Close() })
+	d.onClose(func() { d.web.Close() })
+	return nil
+}
 
+// startRelay runs a relay on loopback, TCP and UDP on the same port if it
+// is free, that admits only the device.
+func (d *demo) startRelay(id *identity.Identity, dev identity.ID, log *slog.Logger) error {
 	relayLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cleanups = append(cleanups, func() { relayLn.Close() })
+	d.onClose(func() { relayLn.Close() })
 	d.relayAddr = relayLn.Addr().String()
 	relayUDP, err := net.ListenPacket("udp", d.relayAddr)
 	if err != nil {
 		if relayUDP, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	cleanups = append(cleanups, func() { relayUDP.Close() })
+	d.onClose(func() { relayUDP.Close() })
 	d.relay, err = relay.New(relay.Config{
-		Identity:    relayID,
-		AllowDevice: func(id identity.ID) bool { return id == deviceID.ID() },
+		Identity:    id,
+		AllowDevice: func(id identity.ID) bool { return id == dev },
 		UDPPort:     relayUDP.LocalAddr().(*net.UDPAddr).Port,
 		Logger:      log.With("role", "relay"),
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	go d.relay.Serve(relayLn)
 	go d.relay.ServeUDP(relayUDP)
-	cleanups = append(cleanups, func() { d.relay.Close() })
-	pin := paths.RelayConfig{Addr: d.relayAddr, ID: relayID.ID()}
+	d.onClose(func() { d.relay.Close() })
+	return nil
+}
+
+// startAgents starts the device, serving the page to the client alone, and
+// the client, and waits until both are attached to the relay: the URL is
+// printed once the page can be fetched.
+func (d *demo) startAgents(relayID identity.ID, deviceID, clientID *identity.Identity, log *slog.Logger) (err error) {
+	pin := paths.RelayConfig{Addr: d.relayAddr, ID: relayID}
 	// Both agents are on this machine: their direct path is on loopback.
 	direct := paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
-
 	d.device, err = device.New(device.Config{
 		Identity: deviceID,
 		Relay:    pin,
@@ -140,49 +181,44 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 		Direct:   direct,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cleanups = append(cleanups, func() { d.device.Close() })
-
+	d.onClose(func() { d.device.Close() })
 	d.client, err = client.New(client.Config{Identity: clientID, Relay: pin, Logger: log.With("role", "client"), Direct: direct})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cleanups = append(cleanups, func() { d.client.Close() })
-
-	// The URL is printed once the page can be fetched: both agents attached.
+	d.onClose(func() { d.client.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.device.WaitAttached(ctx); err != nil {
-		return nil, fmt.Errorf("device: %w", err)
+		return fmt.Errorf("device: %w", err)
 	}
 	if err := d.client.WaitAttached(ctx); err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return fmt.Errorf("client: %w", err)
 	}
+	return nil
+}
 
+// forward has the client forward connections to listen to the device's
+// page until the demo closes.
+func (d *demo) forward(listen string, dev identity.ID, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+		return fmt.Errorf("listen: %w", err)
 	}
 	d.clientAddr = ln.Addr().String()
 	done := make(chan struct{})
-	fwdCtx, stopForward := context.WithCancel(context.Background())
+	ctx, stopForward := context.WithCancel(context.Background())
 	go func() {
 		defer close(done)
-		if err := d.client.Forward(fwdCtx, ln, deviceID.ID(), "http"); err != nil {
+		if err := d.client.Forward(ctx, ln, dev, "http"); err != nil {
 			log.Error("forwarding stopped", "err", err)
 		}
 	}()
-	cleanups = append(cleanups, func() { stopForward(); <-done })
-	d.stop = func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	return d, nil
+	d.onClose(func() { stopForward(); <-done })
+	return nil
 }
-
-func (d *demo) close() { d.stop() }
 
 // pageHTML is the demo's page: page replaces each {Name} with its value,
 // HTML-escaped. (html/template would do the same, but the reflection it

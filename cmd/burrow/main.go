@@ -7,7 +7,18 @@
 //	burrow demo      all three in one process, on loopback
 //
 // Flags and configuration files live here; each role is a package that
-// takes a Config.
+// takes a Config. This command turns flags and files into those Configs,
+// runs the roles and prints what they report; it must not speak a
+// protocol or decide who gets in itself.
+//
+// Each command is built by one function (newDeviceCmd, newDeviceInviteCmd,
+// …) in the file named for it: device.go and device_admin.go (the
+// subcommands that talk to a running device), relay.go and relay_admin.go
+// (those that work on a relay's data directory), connect.go, pair.go,
+// ping.go, id.go and demo.go. The device's configuration file is decoded
+// into deviceFile (config.go), whose field comments are the one
+// description of its keys: the README's reference and the keys of "burrow
+// device --help" are generated from them (go generate).
 package main
 
 import (
@@ -27,6 +38,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -238,6 +251,27 @@ func configDir() (string, error) {
 		return "", fmt.Errorf("no default configuration directory (%w): pass the path explicitly", err)
 	}
 	return filepath.Join(dir, "burrow"), nil
+}
+
+// serveAdmin serves h on the Unix socket at path (see package adminsock)
+// until ctx is done or the returned stop is called; stop waits for the
+// server and removes the socket.
+func serveAdmin(ctx context.Context, path string, h http.Handler) (stop func(), err error) {
+	ln, err := adminsock.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		adminsock.Serve(ctx, ln, h)
+	}()
+	return func() {
+		cancel()
+		<-done
+		os.Remove(path)
+	}, nil
 }
 
 // usageError reports a wrong invocation and points at the help.

@@ -47,68 +47,75 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			raw, err := readInvite(cmd, args, inviteFile, g.stderr)
-			if err != nil {
-				return err
-			}
-			inv, err := pairing.Parse(raw)
-			if err != nil {
-				return err
-			}
-			if name == "" {
-				name = inv.Name
-			}
-			if name == "" {
-				name = inv.Device.Short()
-			}
-			if err := pairing.ValidName(name); err != nil {
-				return fmt.Errorf("--name: %w", err)
-			}
-			dir, err := g.homeDir()
-			if err != nil {
-				return err
-			}
-			home := client.Home{Dir: dir}
-			id, created, err := home.Identity()
-			if err != nil {
-				return err
-			}
-			if created {
-				log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
-			}
-			c, err := client.New(client.Config{Identity: id, Relay: paths.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			if err := c.WaitAttached(ctx); err != nil {
-				return err
-			}
-			p, err := c.Pair(ctx, inv)
-			if err != nil {
-				return err
-			}
-			kd := client.KnownDevice{Name: name, ID: inv.Device, Relay: inv.Relay, RelayID: inv.RelayID,
-				Role: p.Role, Services: p.Services, Paired: time.Now().UTC().Truncate(time.Second)}
-			if err := home.SaveDevice(kd); err != nil {
-				return fmt.Errorf("paired, but saving the device failed: %w", err)
-			}
-			fmt.Fprintf(g.stdout, "paired with %s as %s (role %s; services: %s)\n", name, inv.Device.Short(), p.Role, strings.Join(p.Services, ", "))
-			if len(p.Services) > 0 {
-				fmt.Fprintf(g.stdout, "try: burrow connect %s %s\n", name, p.Services[0])
-			}
-			return nil
+			return pairFromInvite(cmd, g, name, inviteFile, args)
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the name to know the device by")
 	cmd.Flags().StringVar(&inviteFile, "invite-file", "", `read the invite from FILE ("-": standard input, the default)`)
 	return cmd
+}
+
+// pairFromInvite pairs with the device of the invite (args, else inviteFile,
+// else standard input) and saves it in the client's home as name (default:
+// the name the device gave itself, else its short ID).
+func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, args []string) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	raw, err := readInvite(cmd, args, inviteFile, g.stderr)
+	if err != nil {
+		return err
+	}
+	inv, err := pairing.Parse(raw)
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		name = inv.Name
+	}
+	if name == "" {
+		name = inv.Device.Short()
+	}
+	if err := pairing.ValidName(name); err != nil {
+		return fmt.Errorf("--name: %w", err)
+	}
+	dir, err := g.homeDir()
+	if err != nil {
+		return err
+	}
+	home := client.Home{Dir: dir}
+	id, created, err := home.Identity()
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
+	}
+	c, err := client.New(client.Config{Identity: id, Relay: paths.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitAttached(ctx); err != nil {
+		return err
+	}
+	p, err := c.Pair(ctx, inv)
+	if err != nil {
+		return err
+	}
+	kd := client.KnownDevice{Name: name, ID: inv.Device, Relay: inv.Relay, RelayID: inv.RelayID,
+		Role: p.Role, Services: p.Services, Paired: time.Now().UTC().Truncate(time.Second)}
+	if err := home.SaveDevice(kd); err != nil {
+		return fmt.Errorf("paired, but saving the device failed: %w", err)
+	}
+	fmt.Fprintf(g.stdout, "paired with %s as %s (role %s; services: %s)\n", name, inv.Device.Short(), p.Role, strings.Join(p.Services, ", "))
+	if len(p.Services) > 0 {
+		fmt.Fprintf(g.stdout, "try: burrow connect %s %s\n", name, p.Services[0])
+	}
+	return nil
 }
 
 // argInviteWarning is printed when the invite is given as an argument.

@@ -12,14 +12,17 @@ import (
 	"github.com/burrow-tunnel/burrow/paths"
 )
 
+// pingOptions are the flags of "burrow ping".
+type pingOptions struct {
+	rf                relayFlags
+	idPath            string
+	count             int
+	interval, timeout time.Duration
+	noDirect          bool
+}
+
 func newPingCmd(g *globals) *cobra.Command {
-	var (
-		rf                relayFlags
-		idPath            string
-		count             int
-		interval, timeout time.Duration
-		noDirect          bool
-	)
+	o := &pingOptions{}
 	cmd := &cobra.Command{
 		Use:   "ping DEVICE [--count N]",
 		Short: "Measure the round trip to a device, and show the path it takes",
@@ -36,46 +39,51 @@ to a direct path when one works.`,
 			if len(args) != 1 {
 				return usageError(cmd, "want DEVICE, got %d arguments", len(args))
 			}
-			if count < 1 {
+			if o.count < 1 {
 				return usageError(cmd, "--count must be at least 1")
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			dir, err := g.homeDir()
-			if err != nil {
-				return err
-			}
-			home := client.Home{Dir: dir}
-			f, err := resolveForward(home, args[0], "ping", "", rf)
-			if err != nil {
-				return err
-			}
-			id, err := clientIdentity(home, idPath, log)
-			if err != nil {
-				return err
-			}
-			c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log,
-				Direct: paths.DirectOptions{Disable: noDirect}})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return ping(cmd.Context(), g, c, f, count, interval, timeout)
+			return runPing(cmd, g, o, args[0])
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVarP(&count, "count", "c", 5, "how many pings")
-	fl.DurationVarP(&interval, "interval", "i", time.Second, "time between pings")
-	fl.DurationVar(&timeout, "timeout", 15*time.Second, "how long to wait for each answer (the first includes opening the session)")
-	rf.register(fl)
-	fl.StringVar(&idPath, "identity", "", "key file (default: identity.key in the client's home)")
-	fl.BoolVar(&noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
+	fl.IntVarP(&o.count, "count", "c", 5, "how many pings")
+	fl.DurationVarP(&o.interval, "interval", "i", time.Second, "time between pings")
+	fl.DurationVar(&o.timeout, "timeout", 15*time.Second, "how long to wait for each answer (the first includes opening the session)")
+	o.rf.register(fl)
+	fl.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
+	fl.BoolVar(&o.noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
 	return cmd
+}
+
+// runPing opens a session with dev and pings it (see ping).
+func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	dir, err := g.homeDir()
+	if err != nil {
+		return err
+	}
+	home := client.Home{Dir: dir}
+	f, err := resolveForward(home, dev, "ping", "", o.rf)
+	if err != nil {
+		return err
+	}
+	id, err := clientIdentity(home, o.idPath, log)
+	if err != nil {
+		return err
+	}
+	c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log,
+		Direct: paths.DirectOptions{Disable: o.noDirect}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return ping(cmd.Context(), g, c, f, o.count, o.interval, o.timeout)
 }
 
 // ping pings f's device count times and prints each answer and a summary.

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/skip2/go-qrcode"
+	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
+)
+
+// The subcommands of "burrow device" talk to the running agent through
+// its admin socket, which they find in the configuration file (--config).
+
+// admin returns a client of the running agent's admin socket.
+func (o *deviceOptions) admin(cmd *cobra.Command) (*device.AdminClient, error) {
+	if o.configPath == "" {
+		return nil, usageError(cmd, "--config is required: the running device's configuration file")
+	}
+	ds, err := readDeviceConfig(o.configPath)
+	if err != nil {
+		return nil, err
+	}
+	return device.NewAdminClient(ds.adminSocket), nil
+}
+
+// notRunning explains an admin call that failed because no agent runs.
+func (o *deviceOptions) notRunning(err error) error {
+	if errors.Is(err, adminsock.ErrNotRunning) {
+		return fmt.Errorf("the device agent is not running (start it with burrow device --config %s): %w", o.configPath, err)
+	}
+	return err
+}
+
+// inviteOptions are the flags of "burrow device invite".
+type inviteOptions struct {
+	role, name string
+	ttl        time.Duration
+}
+
+func newDeviceInviteCmd(g *globals, o *deviceOptions) *cobra.Command {
+	inv := &inviteOptions{}
+	cmd := &cobra.Command{
+		Use:   "invite [--role ROLE] [--ttl 15m] [--name LABEL]",
+		Short: "Make a single-use invite for a new client",
+		Long: `Make an invite: one string (a burrow://pair URI) that lets one client pair
+with this device, with the given role, until it expires. On a terminal it is
+also drawn as a QR code; otherwise it is printed alone on one line.
+
+Give it to the person who should get access; they run "burrow pair" and
+paste it.
+The invite carries a one-time secret: treat it like a password until used.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDeviceInvite(cmd, g, o, inv)
+		},
+	}
+	cmd.Flags().StringVar(&inv.role, "role", "", "role the new client gets (from roles in the config; needed if there are several)")
+	cmd.Flags().DurationVar(&inv.ttl, "ttl", device.DefaultInviteTTL, "how long the invite stays valid (at most 168h)")
+	cmd.Flags().StringVar(&inv.name, "name", "", "the new user's name on this device (default: user-<ID>)")
+	return cmd
+}
+
+// runDeviceInvite asks the running agent for an invite and prints it: on
+// a terminal with a QR code and its expiry, else alone on one line.
+func runDeviceInvite(cmd *cobra.Command, g *globals, o *deviceOptions, inv *inviteOptions) error {
+	a, err := o.admin(cmd)
+	if err != nil {
+		return err
+	}
+	req := device.InviteRequest{Role: inv.role, Name: inv.name}
+	if inv.ttl != 0 {
+		req.TTL = inv.ttl.String()
+	}
+	ans, err := a.Invite(cmd.Context(), req)
+	if err != nil {
+		return o.notRunning(err)
+	}
+	if !isTerminal(g.stdout) {
+		fmt.Fprintln(g.stdout, ans.Invite)
+		return nil
+	}
+	if q, err := qrcode.New(ans.Invite, qrcode.Low); err == nil {
+		fmt.Fprint(g.stdout, q.ToSmallString(false))
+	}
+	fmt.Fprintf(g.stdout, "%s\n\nSingle use; expires %s. Pair with: burrow pair --name NAME, then paste the invite.\n",
+		ans.Invite, ans.Expires.Local().Format(time.DateTime))
+	return nil
+}
+
+func newDeviceUsersCmd(g *globals, o *deviceOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "users",
+		Short: "List the clients this device lets in",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDeviceUsers(cmd, g, o)
+		},
+	}
+}
+
+// runDeviceUsers prints the running agent's users as a table.
+func runDeviceUsers(cmd *cobra.Command, g *globals, o *deviceOptions) error {
+	a, err := o.admin(cmd)
+	if err != nil {
+		return err
+	}
+	us, err := a.Users(cmd.Context())
+	if err != nil {
+		return o.notRunning(err)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tID\tROLE\tPAIRED\tLAST SEEN")
+	for _, u := range us {
+		r := u.Role
+		if u.FromConfig {
+			r = "config: " + strings.Join(u.Services, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, u.ID, r, when(u.Paired), when(u.LastSeen))
+	}
+	return tw.Flush()
+}
+
+func newDeviceRevokeCmd(g *globals, o *deviceOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke NAME|ID",
+		Short: "Remove a paired client: its tunnels close at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := o.admin(cmd)
+			if err != nil {
+				return err
+			}
+			u, err := a.Revoke(cmd.Context(), args[0])
+			if err != nil {
+				return o.notRunning(err)
+			}
+			fmt.Fprintf(g.stdout, "revoked %s (%s)\n", u.Name, u.ID)
+			return nil
+		},
+	}
+}
+
+func newDeviceStatusCmd(g *globals, o *deviceOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the relay attachment and open sessions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := o.admin(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := a.Status(cmd.Context())
+			if err != nil {
+				return o.notRunning(err)
+			}
+			return printDeviceStatus(g, st)
+		},
+	}
+}
+
+// printDeviceStatus prints the running agent's status: its relay
+// attachment, the state of its state directory, then its sessions.
+func printDeviceStatus(g *globals, st device.Status) error {
+	r := st.Relay
+	if r.Attached {
+		draining := ""
+		if r.Draining {
+			draining = "; the relay is shutting down and will close this session"
+		}
+		fmt.Fprintf(g.stdout, "relay: %s, attached since %s (relay ID %s, rtt %s%s)\n",
+			r.Relay, r.Since.Local().Format(time.DateTime), r.RelayID.Short(), r.RTT.Round(time.Microsecond), draining)
+	} else {
+		fmt.Fprintf(g.stdout, "relay: %s, NOT attached since %s: %s\n", r.Relay, r.Since.Local().Format(time.DateTime), r.Error)
+	}
+	if st.StateError != "" {
+		fmt.Fprintf(g.stdout, "state: NOT writable: %s\n", st.StateError)
+	}
+	if len(st.NotSaved) > 0 {
+		fmt.Fprintf(g.stdout, "revoked but not saved (back in after a restart until saved): %s\n", strings.Join(st.NotSaved, ", "))
+	}
+	fmt.Fprintf(g.stdout, "sessions: %d\n", len(st.Sessions))
+	tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+	if len(st.Sessions) > 0 {
+		fmt.Fprintln(tw, "CLIENT\tNAME\tSINCE\tPATH\tRTT\tTUNNELS\tTOTAL")
+	}
+	for _, s := range st.Sessions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.Client.Short(), s.Name, s.Since.Local().Format(time.DateTime),
+			s.Path, s.RTT.Round(time.Microsecond), s.Tunnels, s.Total)
+	}
+	return tw.Flush()
+}
+
+// when formats a time for a table, "-" if unknown.
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
+}

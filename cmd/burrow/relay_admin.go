@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/adminsock"
+	"github.com/burrow-tunnel/burrow/internal/fileperm"
+	"github.com/burrow-tunnel/burrow/relay"
+)
+
+// The subcommands of "burrow relay" work on its data directory (--data):
+// through the running relay's admin socket, or on its store if no relay
+// runs there.
+
+// relayIdentity loads or creates the relay's identity in dataDir.
+func relayIdentity(dataDir string) (*identity.Identity, bool, error) {
+	if dataDir == "" {
+		return nil, false, errors.New("--data is required: the directory where the relay keeps its identity and state")
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("data directory: %w", err)
+	}
+	return identity.LoadOrCreate(filepath.Join(dataDir, relayKeyFile))
+}
+
+func newRelayIDCmd(g *globals, dataDir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "id --data DIR",
+		Short: "Print the relay's ID, creating its identity if needed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, created, err := relayIdentity(*dataDir)
+			if err != nil {
+				return err
+			}
+			if created {
+				fmt.Fprintf(g.stderr, "created a new relay identity in %s\n", *dataDir)
+			}
+			fmt.Fprintln(g.stdout, id.ID())
+			return nil
+		},
+	}
+}
+
+// withRelayState runs online through the running relay's admin socket, or,
+// if no relay runs on dataDir, offline on its store.
+func withRelayState(ctx context.Context, dataDir string, online func(*relay.AdminClient) error, offline func(*relay.Store) error) error {
+	if dataDir == "" {
+		return errors.New("--data is required: the relay's data directory")
+	}
+	err := online(relay.NewAdminClient(filepath.Join(dataDir, relayAdminsFile)))
+	if !errors.Is(err, adminsock.ErrNotRunning) {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	if err := fileperm.CheckDir(dataDir, "data directory"); err != nil {
+		return err
+	}
+	st, err := relay.OpenStore(filepath.Join(dataDir, relayStoreFile))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return offline(st)
+}
+
+func newRelayTokenCmd(g *globals, dataDir *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Manage enrollment tokens",
+	}
+	cmd.AddCommand(newRelayTokenCreateCmd(g, dataDir))
+	return cmd
+}
+
+func newRelayTokenCreateCmd(g *globals, dataDir *string) *cobra.Command {
+	var uses int
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "create --data DIR [--uses N] [--ttl D]",
+		Short: "Print a new enrollment token",
+		Long: `Print a new enrollment token. A device whose configuration carries it
+(enroll_token) is enrolled the first time it attaches, and needs no token
+afterwards. The token works for --uses devices, until --ttl has passed.
+The relay keeps only a hash of it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ttl <= 0 {
+				return usageError(cmd, "--ttl %v: want a duration of more than 0 (a token for a production line can last long: --ttl 8760h)", ttl)
+			}
+			var tok string
+			err := withRelayState(cmd.Context(), *dataDir,
+				func(a *relay.AdminClient) (err error) {
+					tok, err = a.CreateToken(cmd.Context(), uses, ttl)
+					return err
+				},
+				func(st *relay.Store) (err error) {
+					tok, err = st.CreateToken(uses, ttl)
+					return err
+				})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, tok)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&uses, "uses", 1, "how many devices may enroll with it")
+	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (more than 0)")
+	return cmd
+}
+
+func newRelayDevicesCmd(g *globals, dataDir *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "devices --data DIR",
+		Short: "List enrolled devices, with their online state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRelayDevices(cmd, g, *dataDir)
+		},
+	}
+	cmd.AddCommand(newRelayDevicesRemoveCmd(g, dataDir))
+	return cmd
+}
+
+// runRelayDevices prints the enrolled devices as a table; whether they are
+// online is known only from a running relay.
+func runRelayDevices(cmd *cobra.Command, g *globals, dataDir string) error {
+	var devs []relay.EnrolledDevice
+	running := true
+	err := withRelayState(cmd.Context(), dataDir,
+		func(a *relay.AdminClient) (err error) {
+			devs, err = a.Devices(cmd.Context())
+			return err
+		},
+		func(st *relay.Store) (err error) {
+			running = false
+			devs, err = st.Devices()
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tENROLLED\tONLINE\tLAST SEEN")
+	for _, d := range devs {
+		online := "no"
+		switch {
+		case !running:
+			online = "? (relay not running)"
+		case d.Online:
+			online = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, when(d.Enrolled), online, when(d.LastSeen))
+	}
+	return tw.Flush()
+}
+
+func newRelayDevicesRemoveCmd(g *globals, dataDir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove ID --data DIR",
+		Short: "Un-enroll a device (and disconnect it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := identity.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			err = withRelayState(cmd.Context(), *dataDir,
+				func(a *relay.AdminClient) error { return a.Remove(cmd.Context(), id) },
+				func(st *relay.Store) error { return st.Remove(id) })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "removed %s\n", id)
+			return nil
+		},
+	}
+}
