@@ -173,7 +173,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Paths: pc})
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("client: %w", err)

@@ -314,7 +314,7 @@ func New(cfg Config) (*Device, error) {
 		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
+	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Paths: pc})
 	if err != nil {
 		pc.Close()
 		d.closeStore()
