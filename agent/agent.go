@@ -3,20 +3,22 @@
 // end-to-end endpoint on it (package session), and each session's control
 // stream, with the log lines that go with them.
 //
-//	client / device     policy: who may do what, pairing, services, known devices
-//	      │  Dial, Listen, OpenControl, ServeControl, LogClosed
-//	agent               the wiring below: one per agent process
-//	      │  session.Config{Paths: pc}      signalling ⇅ over the control stream
-//	session  ── over ──  paths.Conn  ── relay or direct UDP ──▶ the peer
+//	client, device   policy: who may do what, pairing, services, known devices
+//	     │  Dial, Listen, OpenControl, ServeControl, LogClosed
+//	agent            paths.Listen, then session.NewEndpoint(pc, {Paths: pc})
+//	     │
+//	session          QUIC; its control stream carries the direct-path signalling
+//	     │  packets; ▼ StartDirect, Receive (the peer's messages); ▲ Signal (ours)
+//	paths.Conn       over the relay, or a direct UDP path, to the peer
 //
-// The client and the device differ in policy, not in this wiring, which
-// used to be written twice; it lives here once. A client dials sessions
-// ([Agent.Dial]) and opens their control streams ([Agent.OpenControl]); a
-// device accepts sessions ([Agent.Listen]) and, once it has decided to,
-// their control streams; both serve a control stream with
-// [Agent.ServeControl]. It is not part of package session, which runs
-// sessions over any packet connection (a plain UDP socket in its tests)
-// and must not know how an agent attaches to a relay.
+// The client and the device differ in policy, not in this wiring, so it
+// lives here once. A client dials sessions ([Agent.Dial]) and opens their
+// control streams ([Agent.OpenControl]); a device accepts sessions
+// ([Agent.Listen]) and, once it has decided to, their control streams;
+// both serve a control stream with [Agent.ServeControl]. It is not part of
+// package session, which runs sessions over any packet connection (a plain
+// UDP socket in its tests) and must not know how an agent attaches to a
+// relay.
 //
 // An Agent holds no policy: it never decides who may open a session, a
 // tunnel or a control stream, and reads no configuration file or flag.
@@ -39,12 +41,14 @@ import (
 // An Agent is an agent's path layer and end-to-end endpoint. Create it with
 // [Start]; it is safe for concurrent use.
 type Agent struct {
+	// Set by Start, then only read.
 	log       *slog.Logger
 	role      relayproto.Role
 	directOff bool // sessions stay on the relay
 	pc        *paths.Conn
 	ep        *session.Endpoint
-	wg        sync.WaitGroup // the watchers Dial starts
+
+	wg sync.WaitGroup // the watchers Dial starts
 }
 
 // Start starts an agent with the path layer cfg describes: it attaches to
@@ -128,7 +132,7 @@ func (a *Agent) LogClosed(log *slog.Logger, s *session.Session, extra ...any) {
 const controlTimeout = 10 * time.Second
 
 // OpenControl opens the control stream of s, a session this agent dialed,
-// within controlTimeout. Without one (the device refused it, or the
+// within 10s. Without one (the device refused it, or the
 // session ended) the session works, but stays on the relay, and a live one
 // says so on log.
 func (a *Agent) OpenControl(s *session.Session, log *slog.Logger) (*session.Control, error) {
