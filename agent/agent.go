@@ -148,13 +148,14 @@ func (a *Agent) OpenControl(s *session.Session, log *slog.Logger) (*session.Cont
 // ServeControl serves ctl, the control stream of s, until it or the
 // session ends: it answers pings and, unless direct paths are off, looks
 // for a direct path to the peer, logging each change of path on log. The
-// end of a stream whose session goes on is logged too.
-func (a *Agent) ServeControl(s *session.Session, ctl *session.Control, log *slog.Logger) {
+// end of a stream whose session goes on is logged too, unless ctx, the
+// role's, is done: the role is stopping, and closes its sessions.
+func (a *Agent) ServeControl(ctx context.Context, s *session.Session, ctl *session.Control, log *slog.Logger) {
 	err := ctl.Run(session.ControlOptions{
 		DisableDirect: a.directOff,
 		OnPath:        func(p paths.PathInfo) { log.Info("session path", p.LogAttrs()...) },
 	})
-	if s.Context().Err() == nil {
+	if s.Context().Err() == nil && ctx.Err() == nil {
 		log.Debug("control stream ended", "err", err)
 	}
 }

@@ -127,7 +127,7 @@ func TestDialAndServeControl(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		dev.ServeControl(s, ctl, slog.New(slog.NewTextHandler(devLogs, nil)))
+		dev.ServeControl(t.Context(), s, ctl, slog.New(slog.NewTextHandler(devLogs, nil)))
 	})
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -143,7 +143,7 @@ func TestDialAndServeControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served.Go(func() { cli.ServeControl(s, ctl, log) })
+	served.Go(func() { cli.ServeControl(t.Context(), s, ctl, log) })
 	if rtt, err := ctl.Ping(ctx); err != nil || rtt <= 0 {
 		t.Fatalf("ping: %v, %v", rtt, err)
 	}

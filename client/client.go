@@ -257,7 +257,7 @@ func (c *Client) runControl(dc *deviceConn, device identity.ID) {
 	dc.ctl, dc.ctlErr = c.agent.OpenControl(dc.sess, log)
 	close(dc.ctlReady)
 	if dc.ctlErr == nil {
-		c.agent.ServeControl(dc.sess, dc.ctl, log)
+		c.agent.ServeControl(c.ctx, dc.sess, dc.ctl, log)
 	}
 }
 

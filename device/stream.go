@@ -120,7 +120,7 @@ func (d *Device) serveControl(s *session.Session, in *session.Incoming, log *slo
 		log.Debug("control stream failed", "err", err)
 		return
 	}
-	d.agent.ServeControl(s, ctl, log)
+	d.agent.ServeControl(d.ctx, s, ctl, log)
 }
 
 func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req session.Request, log *slog.Logger) {
