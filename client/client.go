@@ -5,6 +5,14 @@
 // A Client keeps one E2E session per device and reuses it for every
 // tunnel; it re-establishes a lost session on the next tunnel. Devices are
 // pinned by ID: a device that proves another key is never spoken to.
+//
+// The path layer, the end-to-end endpoint and the serving of control
+// streams are package agent's, as on a device; this package holds the
+// receiver's own part: which devices it reaches and how (one session per
+// device, dialed on demand, dropped when the relay says the device left),
+// pairing, the local listeners, and the home directory of known devices
+// (home.go). It must not decide anything for a device: the device
+// authorizes every tunnel itself.
 package client
 
 import (
@@ -16,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/agent"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/pipe"
 	"github.com/burrow-tunnel/burrow/paths"
@@ -47,92 +56,35 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// ErrOffline is matched by every [*OfflineError].
-var ErrOffline = errors.New("device offline")
-
-// An OfflineError reports that the relay has no session from the device.
-type OfflineError struct {
-	Device   identity.ID
-	Relay    string
-	LastSeen time.Time // zero if the relay does not know
-}
-
-func (e *OfflineError) Error() string {
-	seen := ""
-	if !e.LastSeen.IsZero() {
-		seen = fmt.Sprintf(", last seen %s ago", time.Since(e.LastSeen).Round(time.Second))
-	}
-	return fmt.Sprintf("device %s is offline: it is not attached to relay %s%s", e.Device.Short(), e.Relay, seen)
-}
-
-// Is makes an OfflineError match [ErrOffline].
-func (e *OfflineError) Is(target error) bool { return target == ErrOffline }
-
-// A NotAllowedError reports that the relay does not route this client to
-// the device, because the device has not allowed it: the relay enforces
-// the device's own list. It matches [session.ErrNotAuthorized].
-type NotAllowedError struct {
-	Device identity.ID
-	Relay  string
-}
-
-func (e *NotAllowedError) Error() string {
-	return fmt.Sprintf("not authorized by the device: device %s has not allowed this client, so relay %s drops its packets; ask the device owner for an invite (burrow pair)",
-		e.Device.Short(), e.Relay)
-}
-
-// Is makes a NotAllowedError match [session.ErrNotAuthorized].
-func (e *NotAllowedError) Is(target error) bool { return target == session.ErrNotAuthorized }
-
-// ErrUnreachable is matched by every [*UnreachableError].
-var ErrUnreachable = errors.New("device unreachable")
-
-// An UnreachableError reports that the relay does not route this client to
-// the device and does not say why: the device is offline, or it has not
-// allowed this client. A relay tells the difference (and when the device
-// was last seen) only to clients the device allowed, so that a stranger
-// learns nothing of it.
-type UnreachableError struct {
-	Device identity.ID
-	Relay  string
-}
-
-func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("device %s is unreachable through relay %s: it is offline, or it has not authorized this client (the relay does not say which to a client the device has not allowed). "+
-		"If you paired with it, check that it runs and is attached (burrow device status) and that you were not revoked; if not, ask its owner for an invite (burrow pair)",
-		e.Device.Short(), e.Relay)
-}
-
-// Is makes an UnreachableError match [ErrUnreachable].
-func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
-
 // A Client is a running receiver. Create it with [New]; it is safe for
 // concurrent use.
 type Client struct {
-	cfg Config
-	log *slog.Logger
-	pc  *paths.Conn
-	ep  *session.Endpoint
+	cfg   Config
+	log   *slog.Logger
+	agent *agent.Agent
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // dials and session watchers
+	wg     sync.WaitGroup // dials and control streams
 
 	mu      sync.Mutex
-	devices map[identity.ID]*deviceSession // guarded by mu
-	closed  bool                           // guarded by mu
+	devices map[identity.ID]*deviceConn // guarded by mu
+	closed  bool                        // guarded by mu
 }
 
-// A deviceSession is the client's session with one device, or the dial
-// that will produce it.
-type deviceSession struct {
-	ready  chan struct{} // closed when the dial ends
+// A deviceConn is what the client holds for one device: the session with
+// it, or the dial that will produce it, and the session's control stream.
+type deviceConn struct {
+	// ready is closed when the dial ends; the dial sets sess or err
+	// before, and they do not change after.
+	ready  chan struct{}
 	sess   *session.Session
 	err    error
 	cancel context.CancelCauseFunc // of the dial in progress
 
 	// ctlReady is closed once the session's control stream is open (ctl)
-	// or failed to open (ctlErr).
+	// or failed to open (ctlErr); they are set before, and do not change
+	// after.
 	ctlReady chan struct{}
 	ctl      *session.Control
 	ctlErr   error
@@ -159,9 +111,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 15 * time.Second
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, devices: make(map[identity.ID]*deviceSession)}
+	c := &Client{cfg: cfg, log: cfg.Logger, devices: make(map[identity.ID]*deviceConn)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	pc, err := paths.Listen(paths.Config{
+	a, err := agent.Start(paths.Config{
 		Identity:   cfg.Identity,
 		Role:       relayproto.RoleClient,
 		Relay:      cfg.Relay,
@@ -173,12 +125,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("client: %w", err)
-	}
-	c.pc, c.ep = pc, ep
+	c.agent = a
 	return c, nil
 }
 
@@ -187,18 +134,20 @@ func (c *Client) ID() identity.ID { return c.cfg.Identity.ID() }
 
 // WaitAttached waits until the client is attached to its relay; see
 // [paths.Conn.WaitAttached].
-func (c *Client) WaitAttached(ctx context.Context) error { return c.pc.WaitAttached(ctx) }
+func (c *Client) WaitAttached(ctx context.Context) error {
+	return c.agent.Paths().WaitAttached(ctx)
+}
 
 // RelayStatus returns the client's relay attachment.
-func (c *Client) RelayStatus() paths.Status { return c.pc.Status() }
+func (c *Client) RelayStatus() paths.Status { return c.agent.Paths().Status() }
 
 // peerGone is called by the path layer when the relay could not deliver to
 // a peer. It must not block.
 func (c *Client) peerGone(g paths.PeerGone) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ds := c.devices[g.Peer.ID]
-	if ds == nil {
+	dc := c.devices[g.Peer.ID]
+	if dc == nil {
 		return
 	}
 	var err error
@@ -213,15 +162,15 @@ func (c *Client) peerGone(g paths.PeerGone) {
 		err = fmt.Errorf("relay %s will not route to device %s (%s)", c.cfg.Relay.Addr, g.Peer.ID.Short(), g.Reason)
 	}
 	select {
-	case <-ds.ready:
-		if ds.sess != nil && !ds.goneSet {
-			ds.goneSet = true
-			ds.recvWhenGone = ds.sess.Stats().PacketsReceived
-			ds.goneCancel(err)
+	case <-dc.ready:
+		if dc.sess != nil && !dc.goneSet {
+			dc.goneSet = true
+			dc.recvWhenGone = dc.sess.Stats().PacketsReceived
+			dc.goneCancel(err)
 		}
 	default:
 		// A dial is in progress: fail it now rather than at its timeout.
-		ds.cancel(err)
+		dc.cancel(err)
 	}
 }
 
@@ -234,116 +183,81 @@ func (c *Client) session(ctx context.Context, device identity.ID) (*session.Sess
 		c.mu.Unlock()
 		return nil, nil, errors.New("client is closed")
 	}
-	ds := c.devices[device]
-	if ds != nil {
+	dc := c.devices[device]
+	if dc != nil {
 		select {
-		case <-ds.ready:
-			if !c.usableLocked(ds) {
+		case <-dc.ready:
+			if !c.usableLocked(dc) {
 				delete(c.devices, device)
-				ds = nil
+				dc = nil
 			}
 		default:
 		}
 	}
-	if ds == nil {
-		ds = &deviceSession{ready: make(chan struct{}), ctlReady: make(chan struct{})}
-		ds.gone, ds.goneCancel = context.WithCancelCause(c.ctx)
-		c.devices[device] = ds
+	if dc == nil {
+		dc = &deviceConn{ready: make(chan struct{}), ctlReady: make(chan struct{})}
+		dc.gone, dc.goneCancel = context.WithCancelCause(c.ctx)
+		c.devices[device] = dc
 		dialCtx, cancel := context.WithCancelCause(c.ctx)
-		ds.cancel = cancel
-		c.wg.Go(func() { c.dial(dialCtx, ds, device) })
+		dc.cancel = cancel
+		c.wg.Go(func() { c.dial(dialCtx, dc, device) })
 	}
 	c.mu.Unlock()
 
 	select {
-	case <-ds.ready:
+	case <-dc.ready:
 	case <-ctx.Done():
 		return nil, nil, context.Cause(ctx)
 	}
-	if ds.err != nil {
-		return nil, nil, ds.err
+	if dc.err != nil {
+		return nil, nil, dc.err
 	}
 	c.mu.Lock()
-	gone := ds.gone
+	gone := dc.gone
 	c.mu.Unlock()
-	return ds.sess, gone, nil
+	return dc.sess, gone, nil
 }
 
 // usableLocked reports whether a finished dial's session can carry new
 // tunnels; an unusable one is closed.
-func (c *Client) usableLocked(ds *deviceSession) bool {
-	if ds.err != nil || ds.sess.Context().Err() != nil {
+func (c *Client) usableLocked(dc *deviceConn) bool {
+	if dc.err != nil || dc.sess.Context().Err() != nil {
 		return false
 	}
-	if ds.goneSet {
-		if ds.sess.Stats().PacketsReceived == ds.recvWhenGone {
+	if dc.goneSet {
+		if dc.sess.Stats().PacketsReceived == dc.recvWhenGone {
 			// Not a word from the device since the relay said it left.
-			ds.sess.Close(session.CloseNormal, "device went offline")
+			dc.sess.Close(session.CloseNormal, "device went offline")
 			return false
 		}
 		// The device answered since; it is back.
-		ds.goneSet = false
-		ds.gone, ds.goneCancel = context.WithCancelCause(c.ctx)
+		dc.goneSet = false
+		dc.gone, dc.goneCancel = context.WithCancelCause(c.ctx)
 	}
 	return true
 }
 
-// dial establishes a session with device and publishes it in ds.
-func (c *Client) dial(ctx context.Context, ds *deviceSession, device identity.ID) {
-	defer close(ds.ready)
-	defer ds.cancel(nil)
+// dial establishes a session with device and publishes it in dc.
+func (c *Client) dial(ctx context.Context, dc *deviceConn, device identity.ID) {
+	defer close(dc.ready)
+	defer dc.cancel(nil)
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.DialTimeout,
 		fmt.Errorf("no answer from device %s within %s", device.Short(), c.cfg.DialTimeout))
 	defer cancel()
-	if err := c.pc.WaitAttached(ctx); err != nil {
-		ds.err = fmt.Errorf("cannot reach device %s: %w", device.Short(), err)
-		return
+	dc.sess, dc.err = c.agent.Dial(ctx, device)
+	if dc.err == nil {
+		c.wg.Go(func() { c.runControl(dc, device) })
 	}
-	start := time.Now()
-	s, err := c.ep.Dial(ctx, paths.Addr{ID: device}, device)
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, identity.ErrKeyMismatch) {
-			err = cause
-		}
-		c.log.Warn("session failed", "device", device.String(), "err", err)
-		ds.err = err
-		return
-	}
-	c.log.Info("session opened", "device", device.String(), "path", "relay",
-		"handshake", time.Since(start).Round(time.Microsecond).String())
-	ds.sess = s
-	c.wg.Go(func() { c.runControl(ds, device) })
-	c.wg.Go(func() {
-		<-s.Context().Done()
-		st := s.Stats()
-		c.log.Info("session closed", "device", device.String(), "reason", context.Cause(s.Context()).Error(),
-			"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
-	})
 }
 
-// controlTimeout bounds opening a session's control stream.
-const controlTimeout = 10 * time.Second
-
-// runControl opens and serves the control stream of ds's session: pings,
+// runControl opens and serves the control stream of dc's session: pings,
 // and the search for a direct path.
-func (c *Client) runControl(ds *deviceSession, device identity.ID) {
+func (c *Client) runControl(dc *deviceConn, device identity.ID) {
 	log := c.log.With("device", device.String())
-	ctx, cancel := context.WithTimeout(ds.sess.Context(), controlTimeout)
-	ds.ctl, ds.ctlErr = ds.sess.OpenControl(ctx)
-	cancel()
-	close(ds.ctlReady)
-	if ds.ctlErr != nil {
-		if ds.sess.Context().Err() == nil {
-			log.Debug("no control stream: the session stays on the relay", "err", ds.ctlErr)
-		}
-		return
-	}
-	err := ds.ctl.Run(session.ControlOptions{
-		DisableDirect: c.cfg.Direct.Disable,
-		OnPath:        func(p paths.PathInfo) { log.Info("session path", p.LogAttrs()...) },
-	})
-	if ds.sess.Context().Err() == nil && c.ctx.Err() == nil {
-		log.Debug("control stream ended", "err", err)
+	dc.ctl, dc.ctlErr = c.agent.OpenControl(dc.sess, log)
+	close(dc.ctlReady)
+	if dc.ctlErr == nil {
+		c.agent.ServeControl(c.ctx, dc.sess, dc.ctl, log)
 	}
 }
 
@@ -361,20 +275,20 @@ func (c *Client) Ping(ctx context.Context, device identity.ID) (PingResult, erro
 		return PingResult{}, err
 	}
 	c.mu.Lock()
-	ds := c.devices[device]
+	dc := c.devices[device]
 	c.mu.Unlock()
-	if ds == nil || ds.sess != s {
+	if dc == nil || dc.sess != s {
 		return PingResult{}, errors.New("client: the session ended")
 	}
 	select {
-	case <-ds.ctlReady:
+	case <-dc.ctlReady:
 	case <-ctx.Done():
 		return PingResult{}, context.Cause(ctx)
 	}
-	if ds.ctlErr != nil {
-		return PingResult{}, ds.ctlErr
+	if dc.ctlErr != nil {
+		return PingResult{}, dc.ctlErr
 	}
-	rtt, err := ds.ctl.Ping(ctx)
+	rtt, err := dc.ctl.Ping(ctx)
 	if err != nil {
 		return PingResult{}, err
 	}
@@ -386,11 +300,11 @@ func (c *Client) Ping(ctx context.Context, device identity.ID) (PingResult, erro
 func (c *Client) Path(device identity.ID) paths.PathInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ds := c.devices[device]; ds != nil {
+	if dc := c.devices[device]; dc != nil {
 		select {
-		case <-ds.ready:
-			if ds.sess != nil {
-				return ds.sess.Path()
+		case <-dc.ready:
+			if dc.sess != nil {
+				return dc.sess.Path()
 			}
 		default:
 		}
@@ -540,14 +454,13 @@ func (c *Client) Close() error {
 	c.devices = nil
 	c.mu.Unlock()
 	c.cancel()
-	for _, ds := range devices {
-		<-ds.ready
-		if ds.sess != nil {
-			ds.sess.Close(session.CloseNormal, "client closed")
+	for _, dc := range devices {
+		<-dc.ready
+		if dc.sess != nil {
+			dc.sess.Close(session.CloseNormal, "client closed")
 		}
 	}
-	c.ep.Close()
-	err := c.pc.Close()
+	err := c.agent.Close()
 	c.wg.Wait()
 	return err
 }

@@ -29,8 +29,8 @@ func (c *Client) Pair(ctx context.Context, inv pairing.Invite) (Paired, error) {
 	if time.Now().After(inv.Expires) {
 		return Paired{}, fmt.Errorf("the invite expired at %s: ask the device owner for a new one", inv.Expires.Local().Format(time.DateTime))
 	}
-	c.pc.SetPairIntent(inv.Device, inv.Secret.RelayToken())
-	defer c.pc.ClearPairIntent(inv.Device)
+	c.agent.Paths().SetPairIntent(inv.Device, inv.Secret.RelayToken())
+	defer c.agent.Paths().ClearPairIntent(inv.Device)
 	s, _, err := c.session(ctx, inv.Device)
 	if err != nil {
 		if _, ok := errors.AsType[*NotAllowedError](err); ok {

@@ -9,6 +9,14 @@
 // only the services of its role; revocation closes its sessions at once.
 // The device tells its relay who may reach it, so that the relay drops
 // everyone else's packets, but decides every tunnel itself.
+//
+// The path layer, the end-to-end endpoint and the serving of control
+// streams are package agent's, as on a client; this package holds the
+// dispatcher's policy: its configuration ([Config]), who may open a
+// session, a tunnel or a control stream (stream.go), pairing and users
+// (pair.go, pairguard.go) and their store (store.go), and the admin API
+// (admin.go). It must never dial an address a client sent, nor let the
+// relay decide who gets in.
 package device
 
 import (
@@ -25,8 +33,8 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/burrow-tunnel/burrow/agent"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/internal/pipe"
 	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relayproto"
@@ -93,6 +101,32 @@ type Config struct {
 // DefaultReattachSpread is a device's ReattachSpread unless configured.
 const DefaultReattachSpread = 15 * time.Second
 
+// setDefaults fills in the fields whose zero value means a default.
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ServiceDialTimeout == 0 {
+		c.ServiceDialTimeout = 5 * time.Second
+	}
+	if c.TunnelRate == 0 {
+		c.TunnelRate = 100
+	}
+	if c.TunnelBurst == 0 {
+		c.TunnelBurst = 1000
+	}
+	switch {
+	case c.ReattachSpread == 0:
+		c.ReattachSpread = DefaultReattachSpread
+	case c.ReattachSpread < 0:
+		c.ReattachSpread = 0
+	}
+	if c.DialService == nil {
+		d := &net.Dialer{}
+		c.DialService = d.DialContext
+	}
+}
+
 func (c *Config) validate() error {
 	if c.Identity == nil {
 		return errors.New("device: Config.Identity is required")
@@ -156,74 +190,37 @@ type Device struct {
 	log *slog.Logger
 	st  *store // nil without a state directory
 
-	pc *paths.Conn
-	ep *session.Endpoint
-	ln *session.Listener
+	agent *agent.Agent
+	ln    *session.Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	users    map[identity.ID]User              // paired users; guarded by mu
-	invites  map[[32]byte]pendingInvite        // by verifier; guarded by mu
-	guards   pairGuards                        // guarded by mu
-	sessions map[*session.Session]*sessionInfo // guarded by mu
-	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client; guarded by mu
-	// unsaved holds the users revoked while the state directory could not
-	// be written: shut out, but still in the store. Guarded by mu.
-	unsaved map[identity.ID]User
 	// revokeMu orders saving a revocation and pairing, so that saving a
-	// revocation late never deletes the client's new pairing.
+	// revocation late never deletes the client's new pairing. It is taken
+	// before mu.
 	revokeMu sync.Mutex
-	closed   bool       // guarded by mu
-	seenLog  failureLog // guarded by mu
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	closed   bool
+	users    map[identity.ID]User              // paired users
+	invites  map[[32]byte]pendingInvite        // by verifier
+	guards   pairGuards                        // of pairing, per client and per invite
+	sessions map[*session.Session]*sessionInfo // open ones
+	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client
+	// unsaved holds the users revoked while the state directory could not
+	// be written: shut out, but still in the store.
+	unsaved map[identity.ID]User
+	seenLog failureLog
 	// pairLog rate-limits pairing warnings; pairLogSkipped counts those
-	// not logged since the last one. Guarded by mu.
+	// not logged since the last one.
 	pairLog        *rate.Limiter
 	pairLogSkipped int
 }
 
-// A failureLog rate-limits the warnings of a failure that may repeat on
-// every session: the first, then one per failureLogEvery at most.
-type failureLog struct {
-	failing    bool
-	logged     time.Time
-	suppressed int
-}
-
-const failureLogEvery = 10 * time.Minute
-
-// touched logs the result of recording when a user was last seen. Its
-// failure (a full or read-only state directory) affects nothing else, so
-// it is logged once, then at most every failureLogEvery.
-func (d *Device) touched(err error) {
-	now := time.Now()
-	d.mu.Lock()
-	l := &d.seenLog
-	var logIt bool
-	var suppressed int
-	switch {
-	case err != nil && (!l.failing || now.Sub(l.logged) >= failureLogEvery):
-		logIt, suppressed = true, l.suppressed
-		l.failing, l.logged, l.suppressed = true, now, 0
-	case err != nil:
-		l.suppressed++
-	case l.failing:
-		logIt, suppressed = true, l.suppressed
-		l.failing, l.suppressed = false, 0
-	}
-	d.mu.Unlock()
-	switch {
-	case !logIt:
-	case err != nil:
-		d.log.Warn("cannot record when users were last seen (tunnels are not affected)",
-			"err", err, "failures_not_logged", suppressed, "next_log_after", failureLogEvery.String())
-	default:
-		d.log.Info("recording when users were last seen works again", "failures_not_logged", suppressed)
-	}
-}
-
+// A sessionInfo is what the device keeps of one open session.
 type sessionInfo struct {
 	since   time.Time
 	tunnels int  // open now; guarded by Device.mu
@@ -237,28 +234,7 @@ func New(cfg Config) (*Device, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.ServiceDialTimeout == 0 {
-		cfg.ServiceDialTimeout = 5 * time.Second
-	}
-	if cfg.TunnelRate == 0 {
-		cfg.TunnelRate = 100
-	}
-	if cfg.TunnelBurst == 0 {
-		cfg.TunnelBurst = 1000
-	}
-	switch {
-	case cfg.ReattachSpread == 0:
-		cfg.ReattachSpread = DefaultReattachSpread
-	case cfg.ReattachSpread < 0:
-		cfg.ReattachSpread = 0
-	}
-	if cfg.DialService == nil {
-		d := &net.Dialer{}
-		cfg.DialService = d.DialContext
-	}
+	cfg.setDefaults()
 	d := &Device{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -270,19 +246,8 @@ func New(cfg Config) (*Device, error) {
 		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	if cfg.StateDir != "" {
-		st, err := openStore(cfg.StateDir)
-		if err != nil {
+		if err := d.openState(); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
-		}
-		users, invites, err := st.load()
-		if err != nil {
-			st.close()
-			return nil, fmt.Errorf("device: %w", err)
-		}
-		d.st, d.users, d.invites = st, users, invites
-		if err := st.writable(); err != nil {
-			d.log.Error("the device state cannot be saved: invites and pairing fail, and revocations last only until a restart, until it can; paired users can still connect",
-				"err", err, "users", len(users), "invites", len(invites))
 		}
 	}
 	if len(cfg.Clients) == 0 && len(d.users) == 0 {
@@ -298,7 +263,7 @@ func New(cfg Config) (*Device, error) {
 			d.log.Info("admitted by the relay (enrolled, or listed there): the enrollment token is no longer needed (it is not sent again); delete it from where it is configured")
 		}
 	}
-	pc, err := paths.Listen(paths.Config{
+	a, err := agent.Start(paths.Config{
 		Identity:       cfg.Identity,
 		Role:           relayproto.RoleDevice,
 		Relay:          cfg.Relay,
@@ -314,24 +279,37 @@ func New(cfg Config) (*Device, error) {
 		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity})
+	ln, err := a.Listen()
 	if err != nil {
-		pc.Close()
+		a.Close()
 		d.closeStore()
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	ln, err := ep.Listen()
-	if err != nil {
-		ep.Close()
-		pc.Close()
-		d.closeStore()
-		return nil, fmt.Errorf("device: %w", err)
-	}
-	d.pc, d.ep, d.ln = pc, ep, ln
+	d.agent, d.ln = a, ln
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Go(d.acceptLoop)
 	d.wg.Go(d.sweep)
 	return d, nil
+}
+
+// openState loads the paired users and pending invites from the state
+// directory.
+func (d *Device) openState() error {
+	st, err := openStore(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	users, invites, err := st.load()
+	if err != nil {
+		st.close()
+		return err
+	}
+	d.st, d.users, d.invites = st, users, invites
+	if err := st.writable(); err != nil {
+		d.log.Error("the device state cannot be saved: invites and pairing fail, and revocations last only until a restart, until it can; paired users can still connect",
+			"err", err, "users", len(users), "invites", len(invites))
+	}
+	return nil
 }
 
 func (d *Device) closeStore() {
@@ -345,7 +323,9 @@ func (d *Device) ID() identity.ID { return d.cfg.Identity.ID() }
 
 // WaitAttached waits until the device is attached to its relay; see
 // [paths.Conn.WaitAttached].
-func (d *Device) WaitAttached(ctx context.Context) error { return d.pc.WaitAttached(ctx) }
+func (d *Device) WaitAttached(ctx context.Context) error {
+	return d.agent.Paths().WaitAttached(ctx)
+}
 
 // Status describes a running device.
 type Status struct {
@@ -372,7 +352,7 @@ type SessionStatus struct {
 
 // Status returns the device's relay attachment and open sessions.
 func (d *Device) Status() Status {
-	st := Status{Relay: d.pc.Status()}
+	st := Status{Relay: d.agent.Paths().Status()}
 	if d.st != nil {
 		if err := d.st.writable(); err != nil {
 			st.StateError = err.Error()
@@ -430,8 +410,7 @@ func (d *Device) Close() error {
 	d.cancel()
 	d.ln.Close()
 	d.wg.Wait()
-	d.ep.Close()
-	err := d.pc.Close()
+	err := d.agent.Close()
 	d.closeStore()
 	return err
 }
@@ -541,175 +520,8 @@ func (d *Device) serveSession(s *session.Session) {
 			d.saveRevocations() // the state directory may be writable again
 		}
 	}
-	reason := "device closed"
-	if cause := context.Cause(s.Context()); cause != nil {
-		reason = cause.Error()
-	}
-	st := s.Stats()
-	log.Info("session closed", "reason", reason,
-		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total,
-		"bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived, "packets_lost", st.PacketsLost)
-}
-
-// authorize decides a tunnel request. On success it returns the service's
-// address; otherwise the refusal to send.
-func (d *Device) authorize(client identity.ID, service string) (string, *session.Reply) {
-	svcs, known := d.access(client)
-	if !known {
-		return "", &session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"}
-	}
-	all := slices.Contains(svcs, AllServices)
-	addr, defined := d.cfg.Services[service]
-	if !defined {
-		allowed := svcs
-		if all {
-			allowed = slices.Collect(maps.Keys(d.cfg.Services))
-		}
-		allowed = slices.DeleteFunc(slices.Clone(allowed), func(s string) bool { return s == AllServices })
-		slices.Sort(allowed)
-		return "", &session.Reply{Code: session.CodeUnknownService, Allowed: allowed}
-	}
-	if !all && !slices.Contains(svcs, service) {
-		return "", &session.Reply{Code: session.CodeNotAuthorized, Detail: "service not granted to this client"}
-	}
-	return addr, nil
-}
-
-// serveStream answers one stream: a pairing or a tunnel.
-func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog.Logger) {
-	req, err := in.Request()
-	if err != nil {
-		log.Warn("stream refused: bad request", "stream", in.ID(), "err", err)
-		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: err.Error()})
-		return
-	}
-	switch req.Kind {
-	case session.KindPair:
-		d.pair(s, in, req, log)
-	case session.KindControl:
-		d.serveControl(s, in, log)
-	default:
-		if !d.allowTunnel(s.PeerID()) {
-			log.Debug("tunnel refused: rate limited", "service", req.Service, "stream", in.ID())
-			in.Refuse(session.Reply{Code: session.CodeRateLimited,
-				Detail: fmt.Sprintf("more than %g tunnels per second", d.cfg.TunnelRate)})
-			return
-		}
-		d.serveTunnel(s, in, req, log)
-	}
-}
-
-// maxLimits bounds the clients whose tunnel rates are tracked; past it the
-// ones whose buckets are full again are forgotten.
-const maxLimits = 4096
-
-// allowTunnel takes a token from client's bucket of tunnel opens.
-func (d *Device) allowTunnel(client identity.ID) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	l := d.limits[client]
-	if l == nil {
-		if len(d.limits) >= maxLimits {
-			now := time.Now()
-			for id, l := range d.limits {
-				if l.TokensAt(now) >= float64(d.cfg.TunnelBurst) {
-					delete(d.limits, id)
-				}
-			}
-		}
-		l = rate.NewLimiter(rate.Limit(d.cfg.TunnelRate), d.cfg.TunnelBurst)
-		d.limits[client] = l
-	}
-	return l.Allow()
-}
-
-// serveControl serves a session's control stream: pings, and the search
-// for a direct path. Only clients the device knows get one: a direct path
-// search makes the device send probes to addresses the client names.
-func (d *Device) serveControl(s *session.Session, in *session.Incoming, log *slog.Logger) {
-	if _, known := d.access(s.PeerID()); !known {
-		in.Refuse(session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"})
-		return
-	}
-	d.mu.Lock()
-	info := d.sessions[s]
-	dup := info == nil || info.control
-	if !dup {
-		info.control = true
-	}
-	d.mu.Unlock()
-	if dup {
-		in.Refuse(session.Reply{Code: session.CodeBadRequest, Detail: "the session has a control stream already"})
-		return
-	}
-	defer func() {
-		d.mu.Lock()
-		info.control = false
-		d.mu.Unlock()
-	}()
-	ctl, err := in.AcceptControl()
-	if err != nil {
-		log.Debug("control stream failed", "err", err)
-		return
-	}
-	err = ctl.Run(session.ControlOptions{
-		DisableDirect: d.cfg.Direct.Disable,
-		OnPath:        func(p paths.PathInfo) { log.Info("session path", p.LogAttrs()...) },
-	})
-	if s.Context().Err() == nil && d.ctx.Err() == nil {
-		log.Debug("control stream ended", "err", err)
-	}
-}
-
-func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req session.Request, log *slog.Logger) {
-	log = log.With("service", req.Service, "stream", in.ID())
-	addr, refusal := d.authorize(s.PeerID(), req.Service)
-	if refusal != nil {
-		log.Warn("tunnel refused", "reason", refusal.Code.String())
-		in.Refuse(*refusal)
-		return
-	}
-	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ServiceDialTimeout)
-	conn, err := d.cfg.DialService(ctx, "tcp", addr)
-	cancel()
-	if err != nil {
-		log.Warn("tunnel refused: service unreachable", "addr", addr, "err", err)
-		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: err.Error()})
-		return
-	}
-	svc, ok := conn.(pipe.Conn)
-	if !ok {
-		conn.Close()
-		log.Error("tunnel refused: service connection cannot half-close", "type", fmt.Sprintf("%T", conn))
-		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: "service connection cannot half-close"})
-		return
-	}
-	tun, err := in.Accept()
-	if err != nil {
-		conn.Close()
-		log.Warn("tunnel failed before it opened", "err", err)
-		return
-	}
-	d.mu.Lock()
-	info := d.sessions[s]
-	if info != nil {
-		info.tunnels++
-		info.total++
-	}
-	d.mu.Unlock()
-	start := time.Now()
-	log.Info("tunnel opened", "addr", addr)
-	res := pipe.Join(tun, svc)
-	d.mu.Lock()
-	if info != nil {
-		info.tunnels--
-	}
-	d.mu.Unlock()
-	attrs := []any{"bytes_in", res.AToB, "bytes_out", res.BToA, "duration", time.Since(start).Round(time.Millisecond).String()}
-	if res.Err != nil {
-		attrs = append(attrs, "err", res.Err)
-	}
-	log.Info("tunnel closed", attrs...)
+	d.agent.LogClosed(log, s,
+		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)
 }
 
 // closeSessionsOf closes every session of client with code and msg.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"syscall"
+	"time"
 
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -98,4 +99,44 @@ func stateCause(dir string, err error) error {
 	// bbolt reports some failures as text only (growing the file): ask
 	// the file system.
 	return fsCause(dir)
+}
+
+// A failureLog rate-limits the warnings of a failure that may repeat on
+// every session: the first, then one per failureLogEvery at most.
+type failureLog struct {
+	failing    bool
+	logged     time.Time
+	suppressed int
+}
+
+const failureLogEvery = 10 * time.Minute
+
+// touched logs the result of recording when a user was last seen. Its
+// failure (a full or read-only state directory) affects nothing else, so
+// it is logged once, then at most every failureLogEvery.
+func (d *Device) touched(err error) {
+	now := time.Now()
+	d.mu.Lock()
+	l := &d.seenLog
+	var logIt bool
+	var suppressed int
+	switch {
+	case err != nil && (!l.failing || now.Sub(l.logged) >= failureLogEvery):
+		logIt, suppressed = true, l.suppressed
+		l.failing, l.logged, l.suppressed = true, now, 0
+	case err != nil:
+		l.suppressed++
+	case l.failing:
+		logIt, suppressed = true, l.suppressed
+		l.failing, l.suppressed = false, 0
+	}
+	d.mu.Unlock()
+	switch {
+	case !logIt:
+	case err != nil:
+		d.log.Warn("cannot record when users were last seen (tunnels are not affected)",
+			"err", err, "failures_not_logged", suppressed, "next_log_after", failureLogEvery.String())
+	default:
+		d.log.Info("recording when users were last seen works again", "failures_not_logged", suppressed)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"time"
 
@@ -40,22 +39,6 @@ const directKeyLabel = "burrow direct path"
 
 // ErrBadControl is returned for a malformed control message.
 var ErrBadControl = errors.New("session: malformed control message")
-
-// pathLayer is a packet connection that can look for direct paths: a
-// [*paths.Conn].
-type pathLayer interface {
-	StartDirect(peer net.Addr, cfg paths.DirectConfig) (*paths.Direct, error)
-	Path(peer net.Addr) paths.PathInfo
-}
-
-// Path says how the session's packets travel now: over the relay, or a
-// direct path.
-func (s *Session) Path() paths.PathInfo {
-	if s.paths == nil {
-		return paths.PathInfo{}
-	}
-	return s.paths.Path(s.conn.RemoteAddr())
-}
 
 // A Control is a session's control stream. Call [Control.Run] to serve it.
 type Control struct {
@@ -130,8 +113,10 @@ type ControlOptions struct {
 const pathWatchEvery = time.Second
 
 // Run serves the control stream until it or the session ends: it answers
-// pings and, unless direct paths are off, looks for a direct path with the
-// peer. It returns why the stream ended.
+// pings and, unless direct paths are off or the endpoint has no
+// [PathLayer], looks for a direct path with the peer. The search runs in
+// the path layer; Run carries its signalling both ways (see [PathLayer]).
+// It returns why the stream ended.
 func (c *Control) Run(opts ControlOptions) error {
 	var direct *paths.Direct
 	if !opts.DisableDirect && c.sess.paths != nil {

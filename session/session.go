@@ -2,14 +2,20 @@
 // a QUIC connection (quic-go) over a path-layer [net.PacketConn], with TLS
 // 1.3 in which both sides present their identity keys and pin each other.
 // Whatever carries the packets (a relay today) sees only sealed QUIC
-// packets.
+// packets. In burrow, "session" means this connection and nothing else.
 //
 // Each tunnelled TCP connection is one QUIC stream ([Tunnel]). The stream
 // starts with a [Request] naming a service, and the device answers with a
 // [Reply] before any service byte flows (header.go). One more stream, the
 // control stream ([Control]), carries pings and the path layer's
 // signalling: over it the two agents find a direct path, which the path
-// layer then uses under the session without the session noticing.
+// layer then uses under the session without the session noticing. The
+// path layer comes in explicitly, as a [PathLayer] in [Config]; the
+// signalling flows through [Control.Run] (pathlayer.go).
+//
+// The package runs sessions over any packet connection: it must not attach
+// to a relay or decide who may do what. Attaching is package agent's, and
+// authorizing the roles' (packages client and device).
 package session
 
 import (
@@ -64,6 +70,11 @@ type Config struct {
 	// MaxTunnels bounds the tunnels a peer may have open at once in one
 	// session. Zero means 4096.
 	MaxTunnels int64
+	// Paths is the path layer under the endpoint's packet connection
+	// (usually that connection itself), over which sessions look for a
+	// direct path to their peer. Nil: no direct path is looked for, and
+	// [Session.Path] reports the relay.
+	Paths PathLayer
 }
 
 // An Endpoint runs E2E sessions over one path-layer packet connection: it
@@ -74,7 +85,7 @@ type Endpoint struct {
 	cert  tls.Certificate
 	tr    *quic.Transport
 	qcfg  *quic.Config
-	paths pathLayer // nil if pc cannot look for direct paths
+	paths PathLayer // Config.Paths; nil if there is none
 }
 
 // NewEndpoint returns an endpoint on pc. The endpoint does not own pc:
@@ -96,8 +107,7 @@ func NewEndpoint(pc net.PacketConn, cfg Config) (*Endpoint, error) {
 	if cfg.MaxTunnels == 0 {
 		cfg.MaxTunnels = 4096
 	}
-	e := &Endpoint{cfg: cfg, cert: cert}
-	e.paths, _ = pc.(pathLayer)
+	e := &Endpoint{cfg: cfg, cert: cert, paths: cfg.Paths}
 	// The reset key comes from the identity key, so that a restarted agent
 	// can still tell a peer that the session it remembers is gone.
 	rk, err := hkdf.Key(sha256.New, cfg.Identity.PrivateKey().Seed(), nil, "burrow quic stateless reset", 32)
@@ -176,7 +186,7 @@ func (e *Endpoint) Listen() (*Listener, error) {
 // A Listener accepts sessions.
 type Listener struct {
 	l     *quic.Listener
-	paths pathLayer
+	paths PathLayer
 }
 
 // Accept waits for the next session. It fails only when the listener is
@@ -206,7 +216,7 @@ func (l *Listener) Close() error { return l.l.Close() }
 type Session struct {
 	conn  *quic.Conn
 	peer  identity.ID
-	paths pathLayer // nil if the packets cannot take a direct path
+	paths PathLayer // nil if the packets cannot take a direct path
 }
 
 // PeerID returns the ID of the key the peer proved.
