@@ -1,9 +1,7 @@
 package paths
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/peerproto"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -89,45 +88,20 @@ import (
 // unanswered. An idle session sends nothing to lose and a one-way flow
 // still arrives, so neither trips the check; nor does a lone lost packet.
 //
-// Datagrams on the socket, told from QUIC packets (which always have bit
-// 0x40 of their first byte set) by their type:
-//
-//	probe  (0x21): type, pathID [8], txid [8], mac [16], zero padding (41 bytes at least)
-//	reply  (0x22): type, pathID [8], txid [8], received [8], mac [16]
-//	opener (0x23): type, pathID [8]
-//
-// pathID names the prober's direction of one Direct; txid numbers the
-// prober's probes in that direction, from 1, big-endian (every Direct has a
-// key of its own, so a number never repeats under a key). A probe's mac is
-// the first 16 bytes of HMAC-SHA256(key, type ‖ pathID ‖ txid); a reply's,
-// of HMAC-SHA256(key, type ‖ pathID ‖ txid ‖ received). A reply echoes the
-// probe's pathID and txid; received (big-endian) counts the QUIC packets
-// the replier has taken from the prober over direct paths. A reply is never
-// larger than its probe. The MACs do not cover addresses: behind a NAT, an
-// agent does not know the address its peer sends to or sees it at.
-//
-// Signalling messages (carried by the layer above):
-//
-//	candidates: type u8 (1), round u32, count u8, count × (family u8 (4|6), ip [4|16], port u16)
-//	ready:      type u8 (2), round u32
-//	lost:       type u8 (3), round u32: the sender's direct path lost its packets (the data check); taken in any round
+// The datagrams on the socket (probes, replies, openers: told from QUIC
+// packets by their first byte), their MACs and the signalling messages are
+// package peerproto's (PROTOCOL.md there). A probe's pathID names the
+// prober's direction of one Direct, and its txid numbers the prober's
+// probes in that direction, from 1 (every Direct has a key of its own, so
+// a number never repeats under a key). The MACs do not cover addresses:
+// behind a NAT, an agent does not know the address its peer sends to or
+// sees it at.
 const (
 	// MaxDirectPacket is the largest packet a direct path carries: a path
 	// is used only once a probe this big has crossed it.
-	MaxDirectPacket = 1452
+	MaxDirectPacket = peerproto.MaxPacketLen
 
-	msgProbe  byte = 0x21
-	msgReply  byte = 0x22
-	msgOpener byte = 0x23
-	probeLen       = 1 + 8 + 8 + 16 // a probe's fields
-	replyLen       = probeLen + 8   // a reply; and the smallest probe
-
-	sigCandidates byte = 1
-	sigReady      byte = 2
-	sigLost       byte = 3
-
-	maxCandidates = 16
-	openerTTL     = 2
+	openerTTL = 2
 
 	discoveryEvery  = 200 * time.Millisecond // probes to every candidate
 	discoveryFor    = 5 * time.Second        // a round's probing
@@ -383,39 +357,35 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 		ds.strange.Add(1)
 		return
 	}
-	switch b[0] {
-	case msgProbe:
-		if len(b) < replyLen {
+	m, err := peerproto.ParseDatagram(b)
+	switch m := m.(type) {
+	case peerproto.Probe:
+		d := ds.direct(m.PathID)
+		if d == nil || !m.Valid(d.key) {
 			ds.strange.Add(1)
 			return
 		}
-		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
-		d := ds.direct(id)
-		if d == nil || !hmac.Equal(b[17:33], d.mac(msgProbe, id, txid, nil)) {
-			ds.strange.Add(1)
-			return
-		}
-		if id != d.theirID {
+		if m.PathID != d.theirID {
 			return // our own probe, looped back to us
 		}
-		d.probed(txid, from, len(b))
-	case msgReply:
-		if len(b) != replyLen {
+		d.probed(m.TxID, from, m.Len)
+	case peerproto.Reply:
+		d := ds.direct(m.PathID)
+		if d == nil || !m.Valid(d.key) {
 			ds.strange.Add(1)
 			return
 		}
-		id, txid := [8]byte(b[1:9]), [8]byte(b[9:17])
-		d := ds.direct(id)
-		if d == nil || !hmac.Equal(b[25:41], d.mac(msgReply, id, txid, b[17:25])) {
-			ds.strange.Add(1)
-			return
+		if m.PathID == d.myID {
+			d.replied(m.TxID, m.Received, from)
 		}
-		if id == d.myID {
-			d.replied(txid, binary.BigEndian.Uint64(b[17:25]), from)
-		}
-	case msgOpener:
+	case peerproto.Opener:
 		// Its work was done on the way; nothing to do here.
-	case relayproto.UDPBindingResponse:
+	default:
+		// Not a peer's datagram: a relay's binding response, or strange.
+		if !errors.Is(err, peerproto.ErrUnknownType) || b[0] != relayproto.UDPBindingResponse {
+			ds.strange.Add(1)
+			return
+		}
 		req := ds.binding.Load()
 		txid, addr, err := relayproto.ParseBindingResponse(b)
 		if req == nil || err != nil || from != req.to || txid != req.txid {
@@ -427,8 +397,6 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 			c.log.Debug("relay sees our UDP socket", "addr", addr.String())
 		}
 		ds.binding.CompareAndSwap(req, nil)
-	default:
-		ds.strange.Add(1)
 	}
 }
 
@@ -509,8 +477,8 @@ func (c *Conn) LocalCandidates() []netip.AddrPort {
 			out = append(out, ap)
 		}
 	}
-	if len(out) > maxCandidates {
-		out = out[:maxCandidates]
+	if len(out) > peerproto.MaxCandidates {
+		out = out[:peerproto.MaxCandidates]
 	}
 	return out
 }
@@ -696,12 +664,8 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 		probeBacks: rate.NewLimiter(rate.Every(probeBackEvery), probeBackBurst),
 	}
 	d.lastSend.Store(c.now() - int64(activeWindow)) // idle
-	mine, theirs := "responder", "initiator"
-	if cfg.Initiator {
-		mine, theirs = theirs, mine
-	}
-	d.myID = [8]byte(d.hmac([]byte("burrow direct path " + mine)))
-	d.theirID = [8]byte(d.hmac([]byte("burrow direct path " + theirs)))
+	d.myID = peerproto.PathID(d.key, cfg.Initiator)
+	d.theirID = peerproto.PathID(d.key, !cfg.Initiator)
 
 	ds := c.ds
 	ds.mu.Lock()
@@ -720,19 +684,6 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 	}
 	c.wg.Go(d.run)
 	return d, nil
-}
-
-func (d *Direct) hmac(parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, d.key)
-	for _, p := range parts {
-		m.Write(p)
-	}
-	return m.Sum(nil)
-}
-
-// mac returns the MAC of a probe (received nil) or a reply.
-func (d *Direct) mac(typ byte, id, txid [8]byte, received []byte) []byte {
-	return d.hmac([]byte{typ}, id[:], txid[:], received)[:16]
 }
 
 // Close stops using and looking for the direct path: packets to the peer
@@ -879,35 +830,32 @@ func (c *Conn) Path(peerAddr net.Addr) PathInfo {
 
 // Receive handles a signalling message from the peer's Direct.
 func (d *Direct) Receive(msg []byte) error {
-	if len(msg) < 5 {
-		return fmt.Errorf("paths: signalling message of %d bytes", len(msg))
+	m, err := peerproto.ParseSignal(msg)
+	if errors.Is(err, peerproto.ErrUnknownType) {
+		return nil // from a newer peer: ignored
 	}
-	round := binary.BigEndian.Uint32(msg[1:5])
-	switch msg[0] {
-	case sigCandidates:
-		cands, err := parseCandidates(msg[5:])
-		if err != nil {
-			return err
-		}
-		d.gotCandidates(round, cands)
-	case sigReady, sigLost:
-		if len(msg) != 5 {
-			return fmt.Errorf("paths: signalling message %d of %d bytes", msg[0], len(msg))
-		}
+	if err != nil {
+		return fmt.Errorf("paths: %w", err)
+	}
+	switch m := m.(type) {
+	case peerproto.Candidates:
+		d.gotCandidates(m.Round, m.Addrs)
+	case peerproto.Lost:
 		d.mu.Lock()
-		switch {
-		case d.closed:
-		case msg[0] == sigLost:
+		if !d.closed {
 			// Whatever the round: the peer lost packets on the path just
 			// now, and keeps from taking it up again for a while.
 			d.dropLossyLocked(time.Now(), "the peer's direct path loses packets: packets go over the relay")
-		case round == d.round:
+		}
+		d.mu.Unlock()
+	case peerproto.Ready:
+		d.mu.Lock()
+		if !d.closed && m.Round == d.round {
 			d.peerReady = true
 			d.maybeProbeLocked()
 		}
 		d.mu.Unlock()
 	}
-	// Other types come from newer peers: ignored.
 	return nil
 }
 
@@ -951,7 +899,7 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 	// Openers, then ready: only then may the peer's probes cross.
 	msgs := make([][]byte, len(remote))
 	for i := range remote {
-		msgs[i] = append([]byte{msgOpener}, d.myID[:]...)
+		msgs[i] = peerproto.AppendOpener(nil, peerproto.Opener{PathID: d.myID})
 	}
 	if err := d.c.ds.writeLowTTL(msgs, remote); err != nil {
 		d.log.Debug("no openers sent", "err", err)
@@ -964,7 +912,7 @@ func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
 	d.opened = true
 	d.maybeProbeLocked()
 	d.mu.Unlock()
-	d.cfg.Signal(binary.BigEndian.AppendUint32([]byte{sigReady}, round))
+	d.cfg.Signal(peerproto.AppendReady(nil, peerproto.Ready{Round: round}))
 }
 
 // newRoundLocked forgets the last round's search (not the path in use).
@@ -986,41 +934,7 @@ func (d *Direct) maybeProbeLocked() {
 
 // candidatesMsg encodes this side's candidates for round.
 func (d *Direct) candidatesMsg(round uint32) []byte {
-	b := binary.BigEndian.AppendUint32([]byte{sigCandidates}, round)
-	return appendCandidates(b, d.c.LocalCandidates())
-}
-
-// appendCandidates appends the encoding of a candidate list (at most
-// maxCandidates).
-func appendCandidates(b []byte, cands []netip.AddrPort) []byte {
-	b = append(b, byte(len(cands)))
-	for _, a := range cands {
-		b = relayproto.AppendAddrPort(b, a)
-	}
-	return b
-}
-
-// parseCandidates parses the body of a candidates message.
-func parseCandidates(b []byte) ([]netip.AddrPort, error) {
-	bad := errors.New("paths: malformed candidates")
-	if len(b) < 1 || int(b[0]) > maxCandidates {
-		return nil, bad
-	}
-	n := int(b[0])
-	b = b[1:]
-	out := make([]netip.AddrPort, 0, n)
-	for range n {
-		var a netip.AddrPort
-		var err error
-		if a, b, err = relayproto.ParseAddrPort(b); err != nil {
-			return nil, bad
-		}
-		out = append(out, a)
-	}
-	if len(b) != 0 {
-		return nil, bad
-	}
-	return out, nil
+	return peerproto.AppendCandidates(nil, peerproto.Candidates{Round: round, Addrs: d.c.LocalCandidates()})
 }
 
 // probed answers a valid probe of the peer's that came from from, of size
@@ -1043,11 +957,8 @@ func (d *Direct) probed(txid [8]byte, from netip.AddrPort, size int) {
 	}
 	back := !slices.Contains(d.routes, from) && d.mayProbe(from) && d.probeBacks.Allow()
 	d.mu.Unlock()
-	reply := make([]byte, 0, replyLen)
-	reply = append(append(append(reply, msgReply), d.theirID[:]...), txid[:]...)
-	reply = binary.BigEndian.AppendUint64(reply, d.received.Load())
-	reply = append(reply, d.mac(msgReply, d.theirID, txid, reply[17:25])...)
-	d.c.ds.write(reply, from)
+	reply := peerproto.Reply{PathID: d.theirID, TxID: txid, Received: d.received.Load()}.Signed(d.key)
+	d.c.ds.write(peerproto.AppendReply(make([]byte, 0, peerproto.ReplyLen), reply), from)
 	if back {
 		d.mu.Lock()
 		if !d.closed {
@@ -1087,7 +998,7 @@ func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 		path.rtt.Store(int64(rtt))
 		if d.checkDataLocked(rec, received) {
 			d.dropLossyLocked(now, "direct path loses packets: they go over the relay")
-			lost = binary.BigEndian.AppendUint32([]byte{sigLost}, d.round)
+			lost = peerproto.AppendLost(nil, peerproto.Lost{Round: d.round})
 		}
 	case now.Before(d.lossy[rec.to]):
 		// It lost packets lately: not yet.
@@ -1201,12 +1112,8 @@ func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named
 	var txid [8]byte
 	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
 	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named, full: size >= MaxDirectPacket}
-	b := make([]byte, size)
-	b[0] = msgProbe
-	copy(b[1:], d.myID[:])
-	copy(b[9:], txid[:])
-	copy(b[17:], d.mac(msgProbe, d.myID, txid, nil))
-	d.c.ds.write(b, addr)
+	probe := peerproto.Probe{PathID: d.myID, TxID: txid, Len: size}.Signed(d.key)
+	d.c.ds.write(peerproto.AppendProbe(make([]byte, 0, max(size, peerproto.ProbeMinLen)), probe), addr)
 }
 
 // run keeps the search, the probes and the retries on schedule.
@@ -1269,7 +1176,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 			}
 			kicked := d.kick.Swap(false) && now.Sub(d.lastBeat) >= kickGap
 			if kicked || now.Sub(d.lastBeat) >= every {
-				d.probeLocked(path.addr, replyLen, now, path.named)
+				d.probeLocked(path.addr, peerproto.ProbeMinLen, now, path.named)
 				d.lastBeat = now
 			}
 			at(d.lastBeat.Add(every))

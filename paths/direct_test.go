@@ -3,7 +3,6 @@ package paths
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/binary"
 	"net"
 	"net/netip"
 	"reflect"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/peerproto"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -182,7 +182,7 @@ func (p *directPair) start(t *testing.T, key []byte) {
 		for {
 			select {
 			case m := <-ch:
-				if p.stalled.Load() && len(m) > 0 && m[0] == sigLost {
+				if p.stalled.Load() && len(m) > 0 && peerproto.SignalType(m[0]) == peerproto.SignalLost {
 					continue
 				}
 				if err := d.Receive(m); err != nil {
@@ -408,13 +408,13 @@ func TestDirectSpoofing(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 			mu.Lock()
 			for i, d := range seen {
-				if len(d.b) == 0 || d.b[0] != msgProbe {
+				if len(d.b) == 0 || d.b[0] != byte(peerproto.DatagramProbe) {
 					continue
 				}
 				// A reply with the probe's path ID and txid, and a wrong
 				// MAC; a probe of the attacker's own with a wrong MAC; the
 				// probe itself reflected; a QUIC-looking packet.
-				reply := append([]byte{msgReply}, d.b[1:replyLen]...)
+				reply := append([]byte{byte(peerproto.DatagramReply)}, d.b[1:peerproto.ReplyLen]...)
 				reply[20] ^= 1
 				probe := bytes.Clone(d.b)
 				probe[25] ^= 1
@@ -450,18 +450,18 @@ func TestDirectRoundsLimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := newDirectPair(t)
 		var victims []netip.AddrPort
-		for i := range maxCandidates {
+		for i := range peerproto.MaxCandidates {
 			victims = append(victims, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9))
 		}
 		var probes atomic.Int64
 		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if from == p.dSock.addr && len(b) > 0 && b[0] == msgProbe && slices.Contains(victims, to) {
+			if from == p.dSock.addr && len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && slices.Contains(victims, to) {
 				probes.Add(1)
 			}
 		})
 		var joined atomic.Int64
 		d, err := p.dev.StartDirect(p.cli.LocalAddr(), DirectConfig{Key: newKey(), Signal: func(m []byte) {
-			if m[0] == sigReady {
+			if peerproto.SignalType(m[0]) == peerproto.SignalReady {
 				joined.Add(1)
 			}
 		}})
@@ -473,11 +473,11 @@ func TestDirectRoundsLimited(t *testing.T) {
 		rounds := 0
 		for start := time.Now(); time.Since(start) < flood; time.Sleep(100 * time.Millisecond) {
 			rounds++
-			cands := appendCandidates(binary.BigEndian.AppendUint32([]byte{sigCandidates}, uint32(rounds)), victims)
+			cands := peerproto.AppendCandidates(nil, peerproto.Candidates{Round: uint32(rounds), Addrs: victims})
 			if err := d.Receive(cands); err != nil {
 				t.Fatal(err)
 			}
-			if err := d.Receive(binary.BigEndian.AppendUint32([]byte{sigReady}, uint32(rounds))); err != nil {
+			if err := d.Receive(peerproto.AppendReady(nil, peerproto.Ready{Round: uint32(rounds)})); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -501,7 +501,7 @@ func TestDirectReplay(t *testing.T) {
 		var replies []datagram
 		var dst []netip.AddrPort
 		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if len(b) > 0 && b[0] == msgReply {
+			if len(b) > 0 && b[0] == byte(peerproto.DatagramReply) {
 				mu.Lock()
 				replies = append(replies, datagram{from: from, b: bytes.Clone(b)})
 				dst = append(dst, to)
@@ -571,56 +571,22 @@ func TestDirectOff(t *testing.T) {
 	})
 }
 
-// TestCandidates: the candidate list's encoding round-trips, and
-// truncated or overlong lists are refused.
+// TestCandidates: a Direct offers its candidates, the address the relay
+// saw first, in a candidates message of the round.
 func TestCandidates(t *testing.T) {
 	cands := []netip.AddrPort{
 		netip.MustParseAddrPort("192.0.2.1:4000"),
 		netip.MustParseAddrPort("[2001:db8::1]:443"),
 	}
+	observed := netip.MustParseAddrPort("203.0.113.7:40000")
 	d := &Direct{c: &Conn{cfg: Config{Direct: DirectOptions{Addrs: []netip.Addr{cands[0].Addr(), cands[1].Addr()}}}}}
 	d.c.ds = &directSocket{port: 4000}
-	msg := d.candidatesMsg(7)
-	if msg[0] != sigCandidates || msg[4] != 7 {
-		t.Fatalf("header % x", msg[:5])
+	d.c.ds.observed.Store(&observed)
+	m, err := peerproto.ParseSignal(d.candidatesMsg(7))
+	want := peerproto.Candidates{Round: 7, Addrs: []netip.AddrPort{observed, cands[0], netip.AddrPortFrom(cands[1].Addr(), 4000)}}
+	if err != nil || !reflect.DeepEqual(m, want) {
+		t.Fatalf("got %v, %v; want %v", m, err, want)
 	}
-	got, err := parseCandidates(msg[5:])
-	want := []netip.AddrPort{cands[0], netip.AddrPortFrom(cands[1].Addr(), 4000)}
-	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %v, %v; want %v", got, err, want)
-	}
-	for i := range len(msg) - 5 {
-		if _, err := parseCandidates(msg[5 : 5+i]); err == nil {
-			t.Errorf("truncated to %d bytes: accepted", i)
-		}
-	}
-	if _, err := parseCandidates(append(bytes.Clone(msg[5:]), 0)); err == nil {
-		t.Error("trailing byte accepted")
-	}
-	if _, err := parseCandidates([]byte{maxCandidates + 1}); err == nil {
-		t.Error("too many candidates accepted")
-	}
-	if _, err := parseCandidates([]byte{1, 5, 1, 2, 3, 4, 0, 1}); err == nil {
-		t.Error("family 5 accepted")
-	}
-}
-
-func FuzzCandidates(f *testing.F) {
-	d := &Direct{c: &Conn{cfg: Config{Direct: DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}}}}}
-	d.c.ds = &directSocket{port: 4000}
-	f.Add(d.candidatesMsg(1)[5:])
-	f.Add([]byte{0})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		cands, err := parseCandidates(b)
-		if err != nil {
-			return
-		}
-		// What parses encodes to what parses the same.
-		again, err := parseCandidates(appendCandidates(nil, cands))
-		if err != nil || !reflect.DeepEqual(again, cands) {
-			t.Fatalf("% x parsed to %v, and its encoding to %v, %v", b, cands, again, err)
-		}
-	})
 }
 
 // TestOpenersOnSystemSocket: openers leave a real socket (IPv4 and dual
@@ -645,12 +611,12 @@ func TestOpenersOnSystemSocket(t *testing.T) {
 				t.Fatalf("socket TTL %d, %v", ttl4, ok)
 			}
 			to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
-			if err := c.ds.writeLowTTL([][]byte{{msgOpener, 1, 2, 3, 4, 5, 6, 7, 8}}, []netip.AddrPort{to}); err != nil {
+			if err := c.ds.writeLowTTL([][]byte{peerproto.AppendOpener(nil, peerproto.Opener{PathID: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}})}, []netip.AddrPort{to}); err != nil {
 				t.Fatalf("writeLowTTL: %v", err)
 			}
 			rx.SetReadDeadline(time.Now().Add(5 * time.Second))
 			buf := make([]byte, 64)
-			if n, _, err := rx.ReadFromUDPAddrPort(buf); err != nil || n != 9 || buf[0] != msgOpener {
+			if n, _, err := rx.ReadFromUDPAddrPort(buf); err != nil || n != 9 || buf[0] != byte(peerproto.DatagramOpener) {
 				t.Fatalf("opener: %d bytes, %v", n, err)
 			}
 			if t4, h6, _ := socketTTL(c.ds.udp); t4 != ttl4 || h6 != hops6 {
@@ -743,7 +709,7 @@ func TestDirectReplayFromElsewhere(t *testing.T) {
 		var seen []datagram
 		var dst []netip.AddrPort
 		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if len(b) > 0 && (b[0] == msgProbe || b[0] == msgReply) && slices.Contains(agents, from) && slices.Contains(agents, to) {
+			if len(b) > 0 && (b[0] == byte(peerproto.DatagramProbe) || b[0] == byte(peerproto.DatagramReply)) && slices.Contains(agents, from) && slices.Contains(agents, to) {
 				mu.Lock()
 				seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
 				dst = append(dst, to)
@@ -931,17 +897,17 @@ func TestDirectFreshReplay(t *testing.T) {
 		var stolen [][]byte
 		var backs atomic.Int64
 		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr && to == p.dSock.addr {
+			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.addr && to == p.dSock.addr {
 				mu.Lock()
 				stolen = append(stolen, bytes.Clone(b))
 				mu.Unlock()
 			}
-			if len(b) > 0 && b[0] == msgProbe && from == p.dSock.addr && slices.Contains(attackers, to) {
+			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.dSock.addr && slices.Contains(attackers, to) {
 				backs.Add(1)
 			}
 		})
 		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
-			return len(b) > 0 && b[0] == msgProbe && from == p.cSock.addr
+			return len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.addr
 		})
 		p.start(t, newKey())
 		const attack = 10 * time.Second

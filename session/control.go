@@ -6,39 +6,20 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/peerproto"
 )
 
 // The control stream. Once a session is up, the client opens one stream of
 // kind [KindControl]; the device accepts it only from clients it knows.
-// Both sides then send messages on it, in either direction:
-//
-//	message: type u8, len u16, payload [len]   (len ≤ 1024)
-//	  1 path: a signalling message of the path layer ([paths.Direct])
-//	  2 ping: id u64
-//	  3 pong: id u64, echoing a ping's
-//
-// Messages of unknown types are skipped.
-const (
-	ctlPath byte = 1
-	ctlPing byte = 2
-	ctlPong byte = 3
-
-	maxControlLen = 1024
-)
-
-// directKeyLabel names the TLS exporter of the key that direct-path probes
-// carry: only the two ends of the session know it.
-const directKeyLabel = "burrow direct path"
-
-// ErrBadControl is returned for a malformed control message.
-var ErrBadControl = errors.New("session: malformed control message")
+// Both sides then send messages on it, in either direction: the path
+// layer's signalling ([paths.Direct]), pings and pongs. Their wire format
+// is package peerproto's; messages of unknown types are skipped.
 
 // A Control is a session's control stream. Call [Control.Run] to serve it.
 type Control struct {
@@ -121,14 +102,18 @@ func (c *Control) Run(opts ControlOptions) error {
 	var direct *paths.Direct
 	if !opts.DisableDirect && c.sess.paths != nil {
 		tlsState := c.sess.conn.ConnectionState().TLS
-		key, err := tlsState.ExportKeyingMaterial(directKeyLabel, nil, 32)
+		key, err := tlsState.ExportKeyingMaterial(peerproto.ExporterLabel, nil, peerproto.KeyLen)
 		if err != nil {
 			return fmt.Errorf("control: direct path key: %w", err)
 		}
 		direct, err = c.sess.paths.StartDirect(c.sess.conn.RemoteAddr(), paths.DirectConfig{
 			Key:       key,
 			Initiator: c.initiator,
-			Signal:    func(msg []byte) { c.write(ctlPath, msg) },
+			Signal: func(msg []byte) {
+				if len(msg) <= peerproto.MaxControlLen {
+					c.write(peerproto.AppendPathMessage(nil, peerproto.PathMessage{Signal: msg}))
+				}
+			},
 		})
 		if err != nil && !errors.Is(err, paths.ErrNoDirect) {
 			return fmt.Errorf("control: %w", err)
@@ -148,63 +133,35 @@ func (c *Control) Run(opts ControlOptions) error {
 	}
 	defer c.str.CancelWrite(streamClosed)
 	defer c.str.CancelRead(streamClosed)
-	buf := make([]byte, maxControlLen)
+	buf := make([]byte, peerproto.MaxControlLen)
 	for {
-		typ, msg, err := readControl(c.str, buf)
-		if err != nil {
-			if errors.Is(err, ErrBadControl) {
-				return err
-			}
+		m, err := peerproto.ReadControl(c.str, buf)
+		switch {
+		case errors.Is(err, peerproto.ErrUnknownType):
+			continue // a newer peer's: skipped
+		case errors.Is(err, peerproto.ErrMalformed):
+			return fmt.Errorf("control: %w", err)
+		case err != nil:
 			return c.sess.streamError(err)
 		}
-		switch typ {
-		case ctlPath:
+		switch m := m.(type) {
+		case peerproto.PathMessage:
 			if direct != nil {
-				if err := direct.Receive(msg); err != nil {
+				if err := direct.Receive(m.Signal); err != nil {
 					return fmt.Errorf("control: %w", err)
 				}
 			}
-		case ctlPing:
-			c.write(ctlPong, msg)
-		case ctlPong:
+		case peerproto.Ping:
+			c.write(peerproto.AppendPong(nil, peerproto.Pong{ID: m.ID}))
+		case peerproto.Pong:
 			c.mu.Lock()
-			id := binary.BigEndian.Uint64(msg)
-			if ch := c.pings[id]; ch != nil {
+			if ch := c.pings[m.ID]; ch != nil {
 				close(ch)
-				delete(c.pings, id)
+				delete(c.pings, m.ID)
 			}
 			c.mu.Unlock()
 		}
 	}
-}
-
-// readControl reads one control message into buf (maxControlLen bytes)
-// and returns its type and payload. Pings and pongs must carry 8 bytes.
-func readControl(r io.Reader, buf []byte) (byte, []byte, error) {
-	var hdr [3]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := int(binary.BigEndian.Uint16(hdr[1:]))
-	if n > maxControlLen {
-		return 0, nil, fmt.Errorf("%w: %d bytes", ErrBadControl, n)
-	}
-	if (hdr[0] == ctlPing || hdr[0] == ctlPong) && n != 8 {
-		return 0, nil, fmt.Errorf("%w: ping or pong of %d bytes", ErrBadControl, n)
-	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, err
-	}
-	return hdr[0], buf[:n], nil
-}
-
-// appendControl appends a control message.
-func appendControl(b []byte, typ byte, payload []byte) []byte {
-	b = binary.BigEndian.AppendUint16(append(b, typ), uint16(len(payload)))
-	return append(b, payload...)
 }
 
 // watchPath calls onPath whenever the path changes, until done is closed.
@@ -225,14 +182,10 @@ func (c *Control) watchPath(done chan struct{}, onPath func(paths.PathInfo)) {
 	}
 }
 
-// write sends one control message; a failure shows in Run's read.
-func (c *Control) write(typ byte, payload []byte) {
-	if len(payload) > maxControlLen {
-		return
-	}
-	b := appendControl(make([]byte, 0, 3+len(payload)), typ, payload)
+// write sends one encoded control message; a failure shows in Run's read.
+func (c *Control) write(msg []byte) {
 	c.wmu.Lock()
-	c.str.Write(b)
+	c.str.Write(msg)
 	c.wmu.Unlock()
 }
 
@@ -252,7 +205,7 @@ func (c *Control) Ping(ctx context.Context) (time.Duration, error) {
 		c.mu.Unlock()
 	}()
 	start := time.Now()
-	c.write(ctlPing, idb[:])
+	c.write(peerproto.AppendPing(nil, peerproto.Ping{ID: id}))
 	select {
 	case <-ch:
 		return time.Since(start), nil

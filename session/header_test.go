@@ -3,7 +3,6 @@ package session
 import (
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -197,60 +196,6 @@ func FuzzReply(f *testing.F) {
 		}
 		if !bytes.Equal(AppendReply(nil, r), b) {
 			t.Fatal("reply does not re-encode to itself")
-		}
-	})
-}
-
-func TestControlMessages(t *testing.T) {
-	var b []byte
-	b = appendControl(b, ctlPing, []byte{1, 2, 3, 4, 5, 6, 7, 8})
-	b = appendControl(b, ctlPath, bytes.Repeat([]byte{7}, maxControlLen))
-	b = appendControl(b, 99, nil) // a newer peer's type
-	r := bytes.NewReader(b)
-	buf := make([]byte, maxControlLen)
-	for _, want := range []struct {
-		typ byte
-		n   int
-	}{{ctlPing, 8}, {ctlPath, maxControlLen}, {99, 0}} {
-		typ, msg, err := readControl(r, buf)
-		if err != nil || typ != want.typ || len(msg) != want.n {
-			t.Fatalf("got type %d, %d bytes, %v; want type %d, %d bytes", typ, len(msg), err, want.typ, want.n)
-		}
-	}
-	for _, bad := range [][]byte{
-		{ctlPath, 0x04, 0x01}, // longer than maxControlLen: refused before reading it
-		{ctlPath, 0xff, 0xff}, // the largest length field
-		{ctlPing, 0, 7, 1, 2, 3, 4, 5, 6, 7},
-		{ctlPong, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9},
-		{ctlPath, 0, 5, 1, 2}, // truncated payload
-		{ctlPath, 0},          // truncated header
-	} {
-		if _, _, err := readControl(bytes.NewReader(bad), buf); err == nil || err == io.EOF {
-			t.Errorf("% x: %v, want an error", bad, err)
-		}
-	}
-}
-
-func FuzzControl(f *testing.F) {
-	f.Add(appendControl(appendControl(nil, ctlPing, make([]byte, 8)), ctlPath, []byte{1, 0, 0, 0, 1, 0}))
-	f.Add(appendControl(nil, ctlPong, make([]byte, 8)))
-	f.Add([]byte{ctlPath, 0xff, 0xff})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r := bytes.NewReader(b)
-		buf := make([]byte, maxControlLen)
-		var again []byte
-		consumed := 0
-		for {
-			typ, msg, err := readControl(r, buf)
-			if err != nil {
-				break
-			}
-			again = appendControl(again, typ, msg)
-			consumed = len(b) - r.Len()
-		}
-		// What parses encodes back to the bytes it came from.
-		if !bytes.Equal(again, b[:consumed]) {
-			t.Fatalf("% x re-encodes to % x", b[:consumed], again)
 		}
 	})
 }
