@@ -18,13 +18,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/internal/testing/israce"
-)
-
-// msgProbe and msgReply are the first bytes of a direct-path probe and reply
-// (paths/direct.go).
-const (
-	msgProbe = 0x21
-	msgReply = 0x22
+	"github.com/burrow-tunnel/burrow/peerproto"
 )
 
 // A sniffer reads copies of the IPv4 UDP datagrams that cross a
@@ -151,12 +145,12 @@ func TestNATReplayedProbes(t *testing.T) {
 		if to.Addr() != device || from.Addr() == natHosts["hc"] || len(payload) == 0 {
 			return
 		}
-		if payload[0] == msgProbe {
+		if payload[0] == byte(peerproto.DatagramProbe) {
 			mu.Lock()
 			probe, target = slices.Clone(payload), to
 			mu.Unlock()
 		}
-		if payload[0] == msgProbe || payload[0] == msgReply {
+		if payload[0] == byte(peerproto.DatagramProbe) || payload[0] == byte(peerproto.DatagramReply) {
 			select {
 			case heard <- struct{}{}:
 			default:
@@ -229,7 +223,10 @@ func TestNATReplayedProbes(t *testing.T) {
 	if replays.Load() == 0 {
 		t.Fatal("the tap saw no probe to replay")
 	}
-	t.Logf("%d probes replayed to %v from 16 ports; longest stall of the echo %v", replays.Load(), target, maxStall)
+	mu.Lock()
+	to := target // the tap may still be writing it
+	mu.Unlock()
+	t.Logf("%d probes replayed to %v from 16 ports; longest stall of the echo %v", replays.Load(), to, maxStall)
 	r.check(t, 11)
 }
 
