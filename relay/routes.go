@@ -24,7 +24,7 @@ import (
 // held while another lock is taken: [allowIndex.mu] and [Server.mu] are
 // taken before it, never under it.
 type routes struct {
-	// Immutable after newRoutes.
+	// Immutable after init.
 	maxClients, perIP int
 
 	mu        sync.RWMutex
@@ -40,15 +40,20 @@ type routes struct {
 const maxLastSeen = 100_000
 
 func newRoutes(lim clientLimits) *routes {
-	return &routes{
-		maxClients: lim.max,
-		perIP:      lim.perIP,
-		devices:    make(map[identity.ID]*attachment),
-		clients:    make(map[relayproto.Addr]*attachment),
-		clientsIP:  make(map[netip.Addr]int),
-		lastSeen:   make(map[identity.ID]offline),
-		flaps:      flapLog{times: make(map[identity.ID][]time.Time)},
-	}
+	r := new(routes)
+	r.init(lim)
+	return r
+}
+
+// init readies a zero routes (a Server holds its registry by value, so
+// that the forwarding path follows no pointer to reach it).
+func (r *routes) init(lim clientLimits) {
+	r.maxClients, r.perIP = lim.max, lim.perIP
+	r.devices = make(map[identity.ID]*attachment)
+	r.clients = make(map[relayproto.Addr]*attachment)
+	r.clientsIP = make(map[netip.Addr]int)
+	r.lastSeen = make(map[identity.ID]offline)
+	r.flaps = flapLog{times: make(map[identity.ID][]time.Time)}
 }
 
 // A refusal is why the relay does not take an agent: the code it is told

@@ -75,12 +75,13 @@ type Server struct {
 	closedCh chan struct{}   // closed by Close
 	pre      *preauth        // bounds Serve's connections until they attach (own lock)
 	writers  *writers        // write every attachment's send queue
-	routes   *routes         // attached agents (own lock)
 
-	idx   allowIndex // clients → devices that allow them (own lock)
-	udp   udpGrants  // binding tokens (own lock)
-	stats counters   // atomic
-	wg    sync.WaitGroup
+	// Each guarded by a lock of its own, or atomic.
+	routes routes     // attached agents (own lock)
+	idx    allowIndex // clients → devices that allow them (own lock)
+	udp    udpGrants  // binding tokens (own lock)
+	stats  counters   // atomic
+	wg     sync.WaitGroup
 
 	mu       sync.Mutex
 	closed   bool                        // guarded by mu
@@ -116,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.writers = newWriters(&s.wg)
 	s.pre = newPreauth(s.hsTimeout, s.pendingPerIP, s.maxPending)
-	s.routes = newRoutes(s.clientLim)
+	s.routes.init(s.clientLim)
 	return s, nil
 }
 
