@@ -276,9 +276,10 @@ func (s *Server) admitDevice(id identity.ID, exts []relayproto.Extension) error 
 
 // register adds a, whose agent is on conn, to the registry, replacing (and
 // sending away) an older attachment of the same device or client process,
-// or says why it does not. It holds mu throughout, so that Close and
-// Shutdown find a either still pending (and close its connection) or
-// registered (and send it a go-away), never neither.
+// or says why it does not. It checks that the relay is open and adds a
+// under one hold of mu, so that Close and Shutdown find a either still
+// pending (and close its connection) or registered (and send it a
+// go-away), never neither.
 func (s *Server) register(a *attachment, conn net.Conn) *refusal {
 	now := time.Now()
 	s.mu.Lock()
