@@ -9,6 +9,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/adminsock"
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 // The relay's admin API, served on a Unix socket in its data directory
@@ -104,4 +105,16 @@ func (a *AdminClient) Devices(ctx context.Context) ([]EnrolledDevice, error) {
 // Remove un-enrolls a device and disconnects it.
 func (a *AdminClient) Remove(ctx context.Context, id identity.ID) error {
 	return a.c.Call(ctx, "DELETE", "/devices/"+url.PathEscape(id.String()), nil, nil)
+}
+
+// Online reports whether the device id is attached, and when it was last
+// seen if it is not (zero if the relay does not know).
+func (s *Server) Online(id identity.ID) (bool, time.Time) { return s.routes.online(id) }
+
+// Disconnect detaches the device id, if it is attached, with a go-away
+// saying it was removed.
+func (s *Server) Disconnect(id identity.ID) {
+	if d := s.routes.device(id); d != nil {
+		d.goAway(relayproto.GoAway{Reason: relayproto.GoAwayRemoved, Message: "this device is no longer enrolled on the relay"})
+	}
 }

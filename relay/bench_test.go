@@ -17,8 +17,10 @@ import (
 // so that none is dropped.
 func BenchmarkForward(b *testing.B) {
 	srv, addr := serve(b, Config{AllowDevice: allowAll})
+	cliID := newIdentity(b)
 	dev := attach(b, addr, newIdentity(b), relayproto.RoleDevice)
-	cli := attach(b, addr, newIdentity(b), relayproto.RoleClient)
+	dev.allow(cliID) // a device nobody may reach gets no packet
+	cli := attach(b, addr, cliID, relayproto.RoleClient)
 	const pkt, burst, window = 1200, 16, 512
 	frame := append(relayproto.AppendPacketHeader(nil, relayproto.FrameSendPacket, relayproto.Addr{ID: dev.id.ID()}, pkt), make([]byte, pkt)...)
 	batch := make([]byte, 0, burst*len(frame))

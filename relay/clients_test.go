@@ -22,8 +22,8 @@ func refusedFrom(t *testing.T, local, addr string) relayproto.Refuse {
 	return a.refusal()
 }
 
-// TestClientLimits: one address holds at most MaxClientsPerIP client
-// sessions and the relay MaxClients in all; past them a client is refused
+// TestClientLimits: one address holds at most MaxClientsPerIP attached
+// clients and the relay MaxClients in all; past them a client is refused
 // with a code that says which. A client process coming back takes its own
 // place, devices are never counted, and a place that is freed is taken
 // again.
@@ -38,10 +38,10 @@ func TestClientLimits(t *testing.T) {
 		t.Fatalf("a fourth client from one address: %+v, want %s", f, relayproto.RefuseTooMany)
 	}
 	// The same client process (key and instance) reattaching replaces its
-	// old session rather than needing room.
+	// old attachment rather than needing room.
 	again := attachFrom(t, "127.0.0.1", addr, ids[0], relayproto.RoleClient)
 	if typ, p := held[0].read(); typ != relayproto.FrameGoAway {
-		t.Fatalf("the replaced session got %s %q, want go-away", typ, p)
+		t.Fatalf("the replaced attachment got %s %q, want go-away", typ, p)
 	}
 	held[0] = again
 
@@ -62,7 +62,7 @@ func TestClientLimits(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for srv.Stats().Clients != 4 {
 		if time.Now().After(deadline) {
-			t.Fatal("the closed client session is still counted")
+			t.Fatal("the closed client is still counted")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -117,7 +117,7 @@ func (a *agent) alive() bool {
 	}
 }
 
-// TestUnusedClientsClosed: a client session that no attached device
+// TestUnusedClientsClosed: a client that no attached device
 // allows is closed after the grace period with go-away "unused" and a
 // wait before it comes back; one that a device lists, or that is pairing
 // with a listed invite, stays; and a listed client whose device has left
@@ -189,7 +189,7 @@ func TestStrangerLearnsNothing(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for srv.Stats().Devices != 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("the device's session did not end")
+			t.Fatal("the device's attachment did not end")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -209,8 +209,8 @@ func TestStrangerLearnsNothing(t *testing.T) {
 	}
 }
 
-// TestUDPBindingLimits: a session's binding token is answered only from
-// the address family the session came in on, and only udpAnswers times
+// TestUDPBindingLimits: an attachment's binding token is answered only
+// from the address family its agent came in on, and only udpAnswers times
 // in a window.
 func TestUDPBindingLimits(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "[::]:0")
@@ -218,7 +218,7 @@ func TestUDPBindingLimits(t *testing.T) {
 		t.Skipf("no dual-stack UDP socket: %v", err)
 	}
 	port := pc.LocalAddr().(*net.UDPAddr).Port
-	_, _, binding := serveUDP(t, pc) // the session over IPv4
+	_, _, binding := serveUDP(t, pc) // attached over IPv4
 	req := relayproto.AppendBindingRequest(nil, binding.Token, [8]byte{1})
 	ask := func(to string) bool {
 		t.Helper()
@@ -235,11 +235,11 @@ func TestUDPBindingLimits(t *testing.T) {
 	v4 := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	v6 := net.JoinHostPort("::1", strconv.Itoa(port))
 	if ask(v6) {
-		t.Fatal("a token of an IPv4 session was answered over IPv6")
+		t.Fatal("a token of an IPv4 attachment was answered over IPv6")
 	}
 	for i := range udpAnswers {
 		if !ask(v4) {
-			t.Fatalf("request %d of the session's own family was not answered", i+1)
+			t.Fatalf("request %d of the attachment's own family was not answered", i+1)
 		}
 	}
 	if ask(v4) {
@@ -270,12 +270,7 @@ func TestAllowIndex(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll, ClientGrace: -1})
 	devID, cliID := newIdentity(t), newIdentity(t)
 	cli := attach(t, addr, cliID, relayproto.RoleClient)
-	var c *session
-	srv.mu.RLock()
-	for _, s := range srv.clients {
-		c = s
-	}
-	srv.mu.RUnlock()
+	c := srv.routes.appendClients(nil)[0]
 	want := func(allowed bool, what string) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
@@ -291,9 +286,9 @@ func TestAllowIndex(t *testing.T) {
 	first.allow(cliID)
 	want(true, "listed")
 	second := attach(t, addr, devID, relayproto.RoleDevice) // replaces the first, empty list
-	want(false, "replaced by a session with an empty list")
+	want(false, "replaced by an attachment with an empty list")
 	second.allow(cliID)
-	want(true, "listed by the new session")
+	want(true, "listed by the new attachment")
 	second.allow()
 	want(false, "a new list without the client")
 	second.allow(cliID)

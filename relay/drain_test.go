@@ -132,7 +132,7 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatalf("Shutdown returned after %v, before the drain period of %v", took, period)
 	}
 	if st := srv.Stats(); st.Devices+st.Clients != 0 {
-		t.Fatalf("sessions left after Shutdown: %+v", st)
+		t.Fatalf("agents left attached after Shutdown: %+v", st)
 	}
 }
 
@@ -244,7 +244,7 @@ func TestCloseSpreadsRetries(t *testing.T) {
 }
 
 // TestClosingRelaySaysNothingOfPeers: while the relay closes, a packet
-// whose peer's session is already gone is dropped without a peer-gone: the
+// whose peer's attachment is already gone is dropped without a peer-gone: the
 // peer did not leave, the relay is closing it, and an agent told otherwise
 // would give up on a peer that comes back with the relay.
 func TestClosingRelaySaysNothingOfPeers(t *testing.T) {
@@ -252,7 +252,7 @@ func TestClosingRelaySaysNothingOfPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &session{srv: srv, role: relayproto.RoleClient}
+	src := &attachment{srv: srv, role: relayproto.RoleClient}
 	dst := relayproto.Addr{ID: newIdentity(t).ID()}
 	if _, gone := srv.route(src, dst); gone.Reason != relayproto.GoneUnreachable {
 		t.Fatalf("open relay, absent device: %+v, want unreachable", gone)

@@ -7,7 +7,7 @@ import (
 	"syscall"
 )
 
-// rawConnOf returns nil here: sessions wait inside their TLS read.
+// rawConnOf returns nil here: attachments wait inside their TLS read.
 func rawConnOf(net.Conn) syscall.RawConn { return nil }
 
 func waitReadable(syscall.RawConn) error { panic("unreachable") }

@@ -3,9 +3,19 @@ package relay
 import (
 	"sync"
 	"time"
+
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
-// An outFrame waits in a session's send queue. A packet frame carries its
+// packetBufLen holds the largest packet frame, header included.
+const packetBufLen = relayproto.HeaderLen + relayproto.AddrLen + relayproto.MaxPacketLen
+
+// packetPool holds the buffers that packets are read into and queued in:
+// a packet is read once, rewritten in place and written from the same
+// buffer, which goes back to the pool when it has been written or dropped.
+var packetPool = sync.Pool{New: func() any { b := make([]byte, packetBufLen); return &b }}
+
+// An outFrame waits in an agent's send queue. A packet frame carries its
 // whole encoding in a pooled buffer (header included); a control frame
 // carries its own bytes.
 type outFrame struct {
@@ -135,7 +145,7 @@ func (q *sendQueue) releaseLocked() {
 }
 
 // writers are the goroutines that write send queues, shared by every
-// session of a server. A writer that finds no queue to take for a while
+// attachment of a server. A writer that finds no queue to take for a while
 // exits; at most as many run as queues are being written at once. Handing
 // a queue to a waiting writer allocates nothing, where starting a goroutine
 // per batch would.

@@ -297,18 +297,18 @@ func TestUnknownFramesSkipped(t *testing.T) {
 	if typ, p := a.read(); typ != relayproto.FramePong || string(p) != "12345678" {
 		t.Fatalf("got %s %q, want the pong", typ, p)
 	}
-	// A frame over its type's limit ends the session, before any allocation.
+	// A frame over its type's limit detaches the agent, before any allocation.
 	a.conn.Write(relayproto.AppendHeader(nil, relayproto.FrameSendPacket, 0xFFFFFFFF))
 	a.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(a.br); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatal("relay kept a session that sent a 4 GiB frame")
+			t.Fatal("relay kept an agent that sent a 4 GiB frame")
 		}
 	}
 }
 
-func TestNewerDeviceSessionWins(t *testing.T) {
+func TestNewerDeviceAttachmentWins(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll})
 	id := newIdentity(t)
 	old := attach(t, addr, id, relayproto.RoleDevice)
@@ -316,7 +316,7 @@ func TestNewerDeviceSessionWins(t *testing.T) {
 	typ, p := old.read()
 	f, err := relayproto.ParseGoAway(p)
 	if typ != relayproto.FrameGoAway || err != nil || f.Reason != relayproto.GoAwayReplaced {
-		t.Fatalf("old session got %s %+v %v, want go-away(replaced)", typ, f, err)
+		t.Fatalf("old attachment got %s %+v %v, want go-away(replaced)", typ, f, err)
 	}
 	if st := srv.Stats(); st.Devices != 1 {
 		t.Fatalf("%d devices attached", st.Devices)
@@ -325,8 +325,8 @@ func TestNewerDeviceSessionWins(t *testing.T) {
 
 // TestOtherKeyCannotClaimDevice: an attach that claims an attached
 // device's ID (its public key in the hello) but cannot sign with that key
-// is refused, and the device's session stays; with the attacker's own key
-// in the hello, it is another ID and touches nothing of the device's.
+// is refused, and the device's attachment stays; with the attacker's own
+// key in the hello, it is another ID and touches nothing of the device's.
 func TestOtherKeyCannotClaimDevice(t *testing.T) {
 	srv, addr := serve(t, Config{AllowDevice: allowAll})
 	dev, attacker, c := newIdentity(t), newIdentity(t), newIdentity(t)
@@ -411,7 +411,7 @@ func TestCloseSendsGoAway(t *testing.T) {
 }
 
 // TestAccept serves an agent through Accept on a connection the caller
-// upgraded itself, and ends the session when the context is cancelled.
+// upgraded itself, and detaches it when the context is cancelled.
 func TestAccept(t *testing.T) {
 	srv, err := New(Config{Identity: newIdentity(t), AllowDevice: allowAll})
 	if err != nil {
@@ -460,11 +460,11 @@ func TestAccept(t *testing.T) {
 	}
 }
 
-// TestAcceptOutlivesQuiet: a session served through Accept that falls quiet
+// TestAcceptOutlivesQuiet: an agent served through Accept that falls quiet
 // (and so waits on another goroutine) keeps Accept waiting until it ends.
 func TestAcceptOutlivesQuiet(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits for a session to fall quiet")
+		t.Skip("waits for an agent to fall quiet")
 	}
 	srv, err := New(Config{Identity: newIdentity(t), AllowDevice: allowAll})
 	if err != nil {
@@ -501,10 +501,10 @@ func TestAcceptOutlivesQuiet(t *testing.T) {
 	time.Sleep(idleProbe + 500*time.Millisecond) // quiet: the wait moves to another goroutine
 	select {
 	case <-returned:
-		t.Fatal("Accept returned while its session was alive")
+		t.Fatal("Accept returned while its agent was attached")
 	default:
 	}
-	// The quiet session still serves.
+	// The quiet attachment still serves.
 	a.write(relayproto.FramePing, []byte("12345678"))
 	if typ, _ := a.read(); typ != relayproto.FramePong {
 		t.Fatalf("got %s, want pong", typ)
@@ -686,8 +686,8 @@ func serveUDP(t *testing.T, pc net.PacketConn) (*Server, *agent, relayproto.UDPB
 }
 
 // TestUDPBindingIsNoReflector: the relay's UDP port answers only binding
-// requests that carry a current session's token, with the address it saw,
-// and never with more bytes than it received.
+// requests that carry a current attachment's token, with the address it
+// saw, and never with more bytes than it received.
 func TestUDPBindingIsNoReflector(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -748,12 +748,12 @@ func TestUDPBindingIsNoReflector(t *testing.T) {
 		t.Fatalf("stats: answered %d ignored %d, want 1 and 8", st.UDPAnswered, st.UDPIgnored)
 	}
 
-	// Once the session ends, its token is worth nothing.
+	// Once the attachment ends, its token is worth nothing.
 	a.conn.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for ask(good) != nil {
 		if time.Now().After(deadline) {
-			t.Fatal("the token of an ended session is still answered")
+			t.Fatal("the token of an ended attachment is still answered")
 		}
 	}
 }
