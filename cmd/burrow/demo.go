@@ -20,6 +20,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -127,7 +128,7 @@ func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
 	go d.relay.Serve(relayLn)
 	go d.relay.ServeUDP(relayUDP)
 	cleanups = append(cleanups, func() { d.relay.Close() })
-	pin := paths.RelayConfig{Addr: d.relayAddr, ID: relayID.ID()}
+	pin := relaylink.RelayConfig{Addr: d.relayAddr, ID: relayID.ID()}
 	// Both agents are on this machine: their direct path is on loopback.
 	direct := paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 

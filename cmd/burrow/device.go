@@ -15,7 +15,7 @@ import (
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/adminsock"
-	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newDeviceCmd(g *globals) *cobra.Command {
@@ -125,7 +125,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 			wctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			err = d.WaitAttached(wctx)
 			cancel()
-			var untrusted *paths.UntrustedRelayError
+			var untrusted *relaylink.UntrustedRelayError
 			if errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted) {
 				return err
 			}

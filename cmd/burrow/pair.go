@@ -15,7 +15,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/pairing"
-	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newPairCmd(g *globals) *cobra.Command {
@@ -80,7 +80,7 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 			if created {
 				log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
 			}
-			c, err := client.New(client.Config{Identity: id, Relay: paths.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
+			c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
 			if err != nil {
 				return err
 			}
