@@ -5,12 +5,12 @@
 // A Conn is the multiplexer between two paths it does not implement
 // itself:
 //
-//	            E2E session (QUIC)
-//	                   │ WriteTo / ReadFrom, by peer
-//	              paths.Conn ── Direct per peer (direct.go): the search
-//	             ╱          ╲
-//	relaylink.Attacher    udpsock.Socket (directsock.go)
-//	TLS link to the relay  the UDP socket of direct paths
+//	                E2E session (QUIC)
+//	                        │ WriteTo / ReadFrom, by peer
+//	                   paths.Conn ─── a Direct per peer: the search (direct.go)
+//	                  ╱          ╲
+//	relaylink.Attacher            udpsock.Socket (directsock.go)
+//	the relay link (relay.go)     the UDP socket of direct paths
 //
 // Every packet can travel over the agent's relay link, which a
 // [relaylink.Attacher] keeps attached (relay.go). Beside it, the Conn keeps
@@ -218,6 +218,7 @@ type Status struct {
 // [Listen]; it attaches to the relay in the background and keeps doing so
 // until closed. It is safe for concurrent use.
 type Conn struct {
+	// Set by Listen, then only read.
 	cfg      Config
 	log      *slog.Logger
 	instance uint64

@@ -50,22 +50,25 @@ var packetPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); ret
 
 // listenDirect opens the socket of direct paths.
 func (c *Conn) listenDirect() error {
-	var conn udpsock.Conn
-	var err error
-	if c.cfg.Direct.ListenUDP != nil {
-		conn, err = c.cfg.Direct.ListenUDP()
-	} else {
-		conn, err = net.ListenUDP("udp", &net.UDPAddr{Port: c.cfg.Direct.Port})
-	}
-	if err != nil {
-		return fmt.Errorf("paths: socket for direct paths: %w", err)
-	}
 	ds := &directSocket{ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct)}
 	routes := make(map[netip.AddrPort]*Direct)
 	ds.routes.Store(&routes)
-	c.ds = ds
 	// No Direct exists yet to use ds.sock while the socket starts reading.
-	ds.sock = udpsock.New(conn, udpsock.Config{Receive: c.directDatagram, QueueLen: c.cfg.QueueLen})
+	c.ds = ds
+	cfg := udpsock.Config{Receive: c.directDatagram, QueueLen: c.cfg.QueueLen}
+	var err error
+	if c.cfg.Direct.ListenUDP != nil {
+		var conn udpsock.Conn
+		if conn, err = c.cfg.Direct.ListenUDP(); err == nil {
+			ds.sock = udpsock.New(conn, cfg)
+		}
+	} else {
+		ds.sock, err = udpsock.Listen(c.cfg.Direct.Port, cfg)
+	}
+	if err != nil {
+		c.ds = nil
+		return fmt.Errorf("paths: socket for direct paths: %w", err)
+	}
 	ds.port = ds.sock.Port()
 	return nil
 }
