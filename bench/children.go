@@ -21,6 +21,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -165,7 +166,7 @@ func simDevicesMain(args []string) error {
 				c, err = paths.Listen(paths.Config{
 					Identity:   id,
 					Role:       relayproto.RoleDevice,
-					Relay:      paths.RelayConfig{Addr: *relayAddr, ID: rid},
+					Relay:      relaylink.RelayConfig{Addr: *relayAddr, ID: rid},
 					QueueLen:   4,
 					MaxBackoff: time.Second,
 					// A relay session each, as a real device's, but no

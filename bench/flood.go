@@ -13,6 +13,7 @@ import (
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/session"
 )
 
@@ -69,7 +70,7 @@ func (b *bench) flood(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fc, err := client.New(client.Config{Identity: fid, Relay: paths.RelayConfig{Addr: setup.relayAddr, ID: relayID},
+	fc, err := client.New(client.Config{Identity: fid, Relay: relaylink.RelayConfig{Addr: setup.relayAddr, ID: relayID},
 		Direct: paths.DirectOptions{Disable: true}})
 	if err != nil {
 		return err

@@ -28,6 +28,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/pipe"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
 )
@@ -37,7 +38,7 @@ type Config struct {
 	// Identity is the client's key; devices authorize its ID. Required.
 	Identity *identity.Identity
 	// Relay is the relay the client attaches to. Required.
-	Relay paths.RelayConfig
+	Relay relaylink.RelayConfig
 	// Logger receives one line per significant event. Nil discards logs.
 	Logger *slog.Logger
 	// DialRelay opens the TCP connection to the relay. Nil uses net.Dialer.

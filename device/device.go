@@ -37,6 +37,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
 )
@@ -51,7 +52,7 @@ type Config struct {
 	// Name is what the device calls itself in invites. Optional.
 	Name string
 	// Relay is the relay the device attaches to. Required.
-	Relay paths.RelayConfig
+	Relay relaylink.RelayConfig
 	// EnrollToken is presented to a relay that has not enrolled this
 	// device yet, until the relay first admits the device (see
 	// [paths.Config.EnrollToken]). Optional.

@@ -9,6 +9,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -34,7 +35,7 @@ func pair(tb testing.TB) (cli, dev *Conn) {
 			id, _ = identity.Generate()
 			access = func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil }
 		}
-		c, err := Listen(Config{Identity: id, Role: role, Relay: RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}, Access: access})
+		c, err := Listen(Config{Identity: id, Role: role, Relay: relaylink.RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}, Access: access})
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -2,23 +2,34 @@
 // [net.PacketConn] whose addresses are peers ([Addr]: an agent ID), not
 // sockets; the E2E session above sees one stable address per peer.
 //
-// Every packet can travel over the agent's relay session: a TLS connection
-// to the relay, kept alive and re-established with backoff when it is lost
-// (see relay.go). Beside it, the Conn keeps one UDP socket for direct paths
-// (see direct.go): once the layer above has an E2E session with a peer, it
-// starts a [Direct] for it, which looks for a direct path by hole punching,
-// moves the peer's packets onto it when a probe crosses, and back to the
-// relay when probes stop crossing or the packets themselves do. The session above sees the same peer
-// address throughout and notices nothing. On both paths packets travel in
-// batches: a TLS record to the relay holds a burst of them, and the direct
-// socket sends and receives a burst with one system call where the kernel
-// segments and coalesces UDP (see direct_send.go).
+// A Conn is the multiplexer between two paths it does not implement
+// itself:
+//
+//	                E2E session (QUIC)
+//	                        │ WriteTo / ReadFrom, by peer
+//	                   paths.Conn ─── a Direct per peer: the search (direct.go)
+//	                  ╱          ╲
+//	relaylink.Attacher            udpsock.Socket (directsock.go)
+//	the relay link (relay.go)     the UDP socket of direct paths
+//
+// Every packet can travel over the agent's relay link, which a
+// [relaylink.Attacher] keeps attached (relay.go). Beside it, the Conn keeps
+// one UDP socket for direct paths, a [udpsock.Socket] (directsock.go): once
+// the layer above has an E2E session with a peer, it starts a [Direct] for
+// it, a state machine (direct.go) that looks for a direct path by hole
+// punching, moves the peer's packets onto it when a probe crosses, and
+// back to the relay when probes stop crossing or the packets themselves
+// do. The session above sees the same peer address throughout and notices
+// nothing. WriteTo picks the path per packet; ReadFrom returns the packets
+// of both.
+//
+// The Conn knows neither relay frames nor socket options: relaylink and
+// udpsock, below it, know nothing of peers, paths or the session above.
 package paths
 
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,7 +42,9 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
+	"github.com/burrow-tunnel/burrow/udpsock"
 )
 
 // An Addr is a peer on the path layer: an agent's ID and, for clients, the
@@ -104,20 +117,6 @@ func (c *Conn) peerFor(a net.Addr) *peer {
 	return nil
 }
 
-// RelayConfig says which relay an agent attaches to and how it checks it.
-type RelayConfig struct {
-	// Addr is the relay's host:port. Required.
-	Addr string
-	// ID pins the relay's key: the relay must present, in the TLS
-	// handshake, a certificate whose key has this ID, whoever signed it
-	// (RootCAs are not used). If zero, the relay's certificate must chain
-	// to a trusted root for Addr's host instead (RootCAs).
-	ID identity.ID
-	// RootCAs are the roots a CA-signed relay certificate is checked
-	// against when ID is zero; nil means the system roots.
-	RootCAs *x509.CertPool
-}
-
 // Config configures a [Conn].
 type Config struct {
 	// Identity is the agent's key. Required.
@@ -125,7 +124,7 @@ type Config struct {
 	// Role is the agent's role on the relay. Required.
 	Role relayproto.Role
 	// Relay is the relay to attach to. Required.
-	Relay RelayConfig
+	Relay relaylink.RelayConfig
 	// Dial opens the TCP connection to the relay. Nil uses a [net.Dialer].
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives attach and detach events. Nil discards them.
@@ -140,14 +139,8 @@ type Config struct {
 	// Zero means 250ms and 8s.
 	MinBackoff, MaxBackoff time.Duration
 	// ReattachSpread spreads the return of agents that lost the relay at
-	// the same moment (it crashed or restarted: their connections were
-	// closed or reset together). After such a loss the agent waits a
-	// random time in [0, ReattachSpread) before its first attempt, and at
-	// least a random time in [ReattachSpread/2, ReattachSpread) between
-	// attempts until it is attached again, so that a relay coming back
-	// sees its agents return evenly over ReattachSpread rather than all
-	// at once. A session lost to silence (keepalive) is not spread: its
-	// agents noticed at different moments already. Zero means no spread.
+	// the same moment (it crashed or restarted), as
+	// [relaylink.Config.ReattachSpread] says. Zero means no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
 	// enrolled it yet: at each attach until the relay first admits the
@@ -181,8 +174,8 @@ type DirectOptions struct {
 	// interfaces' addresses. The address the relay sees is offered too.
 	Addrs []netip.Addr
 	// ListenUDP, if set, opens the socket instead (tests use it to put
-	// the socket in a network namespace).
-	ListenUDP func() (UDPConn, error)
+	// the socket in a network namespace, or on an in-memory network).
+	ListenUDP func() (udpsock.Conn, error)
 	// InterfaceAddrs, if set, lists the interface addresses instead of
 	// the system (tests).
 	InterfaceAddrs func() ([]netip.Addr, error)
@@ -212,19 +205,9 @@ type PeerGone struct {
 	LastSeen time.Time // zero if unknown
 }
 
-// Status describes a [Conn]'s relay attachment.
+// Status describes a [Conn]'s relay attachment, and counts its packets.
 type Status struct {
-	Attached     bool          `json:"attached"`
-	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this session soon
-	Relay        string        `json:"relay"`              // the relay's address
-	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay in this session
-	Since        time.Time     `json:"since"`              // when the current state began
-	ObservedAddr string        `json:"observed,omitempty"` // our address as the relay sees it
-	RTT          time.Duration `json:"rtt,omitempty"`
-	// LastError is why the last attach attempt or session failed; nil
-	// while attached. Error is its text, which survives JSON.
-	LastError error  `json:"-"`
-	Error     string `json:"error,omitempty"`
+	relaylink.Status
 	// Sent, Received and Dropped count packets since the Conn started.
 	Sent     uint64 `json:"sent"`
 	Received uint64 `json:"received"`
@@ -235,6 +218,7 @@ type Status struct {
 // [Listen]; it attaches to the relay in the background and keeps doing so
 // until closed. It is safe for concurrent use.
 type Conn struct {
+	// Set by Listen, then only read.
 	cfg      Config
 	log      *slog.Logger
 	instance uint64
@@ -243,28 +227,16 @@ type Conn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	recvq chan inPacket
-	cur   atomic.Pointer[relaySession] // nil while detached
-	// wanted wakes an attach loop that waits for a reason to attach (after
-	// the relay closed an unused client session): a packet to send, or a
-	// wait for attachment.
-	wanted chan struct{}
+	relay *relaylink.Attacher // the relay path
+	ds    *directSocket       // the direct paths; nil if off
 
-	mu      sync.Mutex
-	status  Status        // guarded by mu
-	changed chan struct{} // closed and replaced on every status change; guarded by mu
-
+	recvq        chan inPacket
 	readDeadline deadline
 
 	peersMu sync.RWMutex
 	peers   map[Addr]*peer // guarded by peersMu
 
-	ctlMu      sync.Mutex
-	intents    map[identity.ID][32]byte // a client's pairing intents; guarded by ctlMu
-	ctlVersion uint64                   // counts changes to the above; guarded by ctlMu
-
-	ds    *directSocket // nil if direct paths are off
-	epoch time.Time     // for now
+	epoch time.Time // for now
 
 	sent, received, dropped atomic.Uint64
 }
@@ -273,11 +245,28 @@ type Conn struct {
 // comparable in atomics.
 func (c *Conn) now() int64 { return int64(time.Since(c.epoch)) }
 
-// An inPacket waits in the receive queue; its bytes are (*buf)[off:end].
+// An inPacket waits in the receive queue: a packet of the relay, or one of
+// a direct path, whose bytes are (*buf)[:n].
 type inPacket struct {
-	buf      *[]byte
-	off, end int
-	from     *peer
+	relayed *relaylink.Packet
+	buf     *[]byte // from packetPool
+	n       int
+	from    *peer
+}
+
+func (p inPacket) bytes() []byte {
+	if p.relayed != nil {
+		return p.relayed.Data
+	}
+	return (*p.buf)[:p.n]
+}
+
+func (p inPacket) release() {
+	if p.relayed != nil {
+		p.relayed.Release()
+	} else {
+		packetPool.Put(p.buf)
+	}
 }
 
 // ErrClosed is returned by a closed [Conn]'s methods; it matches net.ErrClosed.
@@ -291,16 +280,6 @@ func Listen(cfg Config) (*Conn, error) {
 	if cfg.QueueLen == 0 {
 		cfg.QueueLen = 1024
 	}
-	if cfg.MinBackoff == 0 {
-		cfg.MinBackoff = 250 * time.Millisecond
-	}
-	if cfg.MaxBackoff == 0 {
-		cfg.MaxBackoff = 8 * time.Second
-	}
-	if cfg.Dial == nil {
-		d := &net.Dialer{KeepAlive: -1}
-		cfg.Dial = d.DialContext
-	}
 	var inst [8]byte
 	rand.Read(inst[:])
 	c := &Conn{
@@ -308,8 +287,6 @@ func Listen(cfg Config) (*Conn, error) {
 		log:          cfg.Logger,
 		instance:     binary.BigEndian.Uint64(inst[:]) | 1, // never 0
 		recvq:        make(chan inPacket, cfg.QueueLen),
-		wanted:       make(chan struct{}, 1),
-		changed:      make(chan struct{}),
 		readDeadline: makeDeadline(),
 		peers:        make(map[Addr]*peer),
 		epoch:        time.Now(),
@@ -318,18 +295,14 @@ func Listen(cfg Config) (*Conn, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("relay", cfg.Relay.Addr)
-	c.status = Status{Relay: cfg.Relay.Addr, Since: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if !cfg.Direct.Disable {
 		if err := c.listenDirect(); err != nil {
 			// The relay still carries everything.
 			c.log.Warn("direct paths are off", "err", err)
-		} else {
-			c.wg.Go(c.directReadLoop)
-			c.wg.Go(c.directWriteLoop)
 		}
 	}
-	c.wg.Go(c.attachLoop)
+	c.relay = relaylink.Attach(c.relayConfig())
 	return c, nil
 }
 
@@ -340,66 +313,6 @@ func (c *Conn) LocalAddr() net.Addr {
 		a.Instance = c.instance
 	}
 	return a
-}
-
-// Status returns the relay attachment's state.
-func (c *Conn) Status() Status {
-	c.mu.Lock()
-	st := c.status
-	c.mu.Unlock()
-	st.Sent, st.Received, st.Dropped = c.sent.Load(), c.received.Load(), c.dropped.Load()
-	if st.LastError != nil {
-		st.Error = st.LastError.Error()
-	}
-	return st
-}
-
-// setStatus applies f to the status and wakes every waiter.
-func (c *Conn) setStatus(f func(*Status)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f(&c.status)
-	close(c.changed)
-	c.changed = make(chan struct{})
-}
-
-// WaitAttached waits until the Conn is attached to the relay. It returns
-// early with the attach error if an attempt failed for a reason that
-// retrying will not fix by itself (a key mismatch, a refusal); the Conn
-// keeps retrying in the background all the same.
-func (c *Conn) WaitAttached(ctx context.Context) error {
-	for {
-		c.mu.Lock()
-		st, ch := c.status, c.changed
-		c.mu.Unlock()
-		if st.Attached {
-			return nil
-		}
-		// After the status it read, so that an attach loop that has just
-		// detached (and forgotten earlier wants) sees this one.
-		c.want()
-		if st.LastError != nil && isPermanent(st.LastError) {
-			return st.LastError
-		}
-		select {
-		case <-ch:
-		case <-c.ctx.Done():
-			return ErrClosed
-		case <-ctx.Done():
-			if st.LastError != nil {
-				return fmt.Errorf("not attached to relay %s: %w", c.cfg.Relay.Addr, st.LastError)
-			}
-			return fmt.Errorf("not attached to relay %s yet: %w", c.cfg.Relay.Addr, context.Cause(ctx))
-		}
-	}
-}
-
-// want tells the attach loop that the relay is wanted now.
-func (c *Conn) want() {
-	select {
-	case c.wanted <- struct{}{}:
-	default:
-	}
 }
 
 // WriteTo sends b to the peer addr, which must be an [Addr] or an address
@@ -433,11 +346,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 			return len(b), nil
 		}
 	}
-	rs := c.cur.Load()
-	if rs == nil {
-		c.want()
-	}
-	if rs == nil || !rs.send(relayproto.Addr(dst), b) {
+	if !c.relay.Send(relayproto.Addr(dst), b) {
 		c.dropped.Add(1)
 		return len(b), nil
 	}
@@ -449,8 +358,8 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 	select {
 	case pkt := <-c.recvq:
-		n := copy(p, (*pkt.buf)[pkt.off:pkt.end])
-		packetPool.Put(pkt.buf)
+		n := copy(p, pkt.bytes())
+		pkt.release()
 		return n, pkt.from, nil
 	case <-c.ctx.Done():
 		return 0, nil, ErrClosed
@@ -466,7 +375,7 @@ func (c *Conn) deliver(pkt inPacket) {
 	case c.recvq <- pkt:
 		c.received.Add(1)
 	default:
-		packetPool.Put(pkt.buf)
+		pkt.release()
 		c.dropped.Add(1)
 	}
 }
@@ -500,21 +409,20 @@ func (c *Conn) Close() error {
 	if c.ctx.Err() == nil {
 		// What the E2E sessions sent last (a QUIC close, say) goes out.
 		if c.ds != nil {
-			c.ds.flush(closeDrain)
+			c.ds.sock.Flush(closeDrain)
 		}
-		if rs := c.cur.Load(); rs != nil {
-			rs.drain(closeDrain)
-		}
+		c.relay.Drain(closeDrain)
 	}
 	c.cancel()
+	c.relay.Close()
 	if c.ds != nil {
-		c.ds.udp.Close()
+		c.ds.sock.Close()
 	}
 	c.wg.Wait()
 	for {
 		select {
 		case pkt := <-c.recvq:
-			packetPool.Put(pkt.buf)
+			pkt.release()
 			continue
 		default:
 		}

@@ -1,7 +1,6 @@
 package paths
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/backoff"
 	"github.com/burrow-tunnel/burrow/peerproto"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -126,14 +126,6 @@ const (
 	lostRetryMax    = 5 * time.Minute        // later each time it does so again
 )
 
-// A UDPConn is the socket of direct paths. *net.UDPConn implements it.
-type UDPConn interface {
-	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
-	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
-	LocalAddr() net.Addr
-	Close() error
-}
-
 // ErrNoDirect is returned by [Conn.StartDirect] when direct paths are off.
 var ErrNoDirect = errors.New("paths: direct paths are disabled")
 
@@ -164,36 +156,6 @@ func (p PathInfo) LogAttrs() []any {
 	return []any{"path", p.String()}
 }
 
-// directSocket is a Conn's UDP socket and what it knows.
-type directSocket struct {
-	udp  UDPConn
-	port uint16
-
-	// ttlMu: sending openers changes the socket's TTL; every other send
-	// holds it shared.
-	ttlMu            sync.RWMutex
-	ttl4, hops6      int // the socket's own values, restored after openers
-	canTTL           bool
-	observed         atomic.Pointer[netip.AddrPort] // from the relay's UDP port
-	binding          atomic.Pointer[bindingRequest]
-	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
-	dropped, strange atomic.Uint64
-	replayed         atomic.Uint64 // probes refused: their txid was answered before
-
-	// sendq holds end-to-end packets for directWriteLoop; gso says that
-	// the socket segments sends; segmented counts the packets sent so.
-	sendq     chan outDatagram
-	gso       atomic.Bool
-	segmented atomic.Uint64
-	// coalesce: the socket hands a burst of datagrams over in one read.
-	coalesce bool
-
-	mu     sync.Mutex
-	ids    map[[8]byte]*Direct           // both path IDs of every Direct; guarded by mu
-	byPeer map[Addr]*Direct              // guarded by mu
-	rounds map[identity.ID]*rate.Limiter // search rounds each peer may start; guarded by mu
-}
-
 // allowRound reports whether peer may start a search round now: each round
 // makes this agent send openers and probes to addresses the peer chose, so
 // a peer (a known one, but perhaps hostile) starts at most peerRoundBurst
@@ -212,142 +174,6 @@ func (ds *directSocket) allowRound(peer identity.ID) bool {
 		ds.rounds[peer] = l
 	}
 	return l.Allow()
-}
-
-type bindingRequest struct {
-	to   netip.AddrPort
-	txid [8]byte
-}
-
-// listenDirect opens the socket of direct paths.
-func (c *Conn) listenDirect() error {
-	var udp UDPConn
-	var err error
-	if c.cfg.Direct.ListenUDP != nil {
-		udp, err = c.cfg.Direct.ListenUDP()
-	} else {
-		udp, err = net.ListenUDP("udp", &net.UDPAddr{Port: c.cfg.Direct.Port})
-	}
-	if err != nil {
-		return fmt.Errorf("paths: socket for direct paths: %w", err)
-	}
-	ds := &directSocket{udp: udp, ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct),
-		sendq: make(chan outDatagram, c.cfg.QueueLen)}
-	ds.gso.Store(canSegment(udp))
-	ds.coalesce = enableCoalescing(udp)
-	if ua, ok := udp.LocalAddr().(*net.UDPAddr); ok {
-		ds.port = uint16(ua.Port)
-	}
-	ds.ttl4, ds.hops6, ds.canTTL = socketTTL(udp)
-	routes := make(map[netip.AddrPort]*Direct)
-	ds.routes.Store(&routes)
-	c.ds = ds
-	return nil
-}
-
-// write sends b to addr from the direct socket.
-func (ds *directSocket) write(b []byte, addr netip.AddrPort) error {
-	ds.ttlMu.RLock()
-	_, err := ds.udp.WriteToUDPAddrPort(b, addr)
-	ds.ttlMu.RUnlock()
-	return err
-}
-
-// writeLowTTL sends each of msgs with a TTL that ends them two hops away.
-// It sends nothing if it cannot set the TTL: such messages would travel
-// all the way, which is worse than none.
-func (ds *directSocket) writeLowTTL(msgs [][]byte, to []netip.AddrPort) error {
-	if !ds.canTTL {
-		return errors.ErrUnsupported
-	}
-	ds.ttlMu.Lock()
-	defer ds.ttlMu.Unlock()
-	hops6 := -1 // an IPv4 socket has no hop limit to set
-	if ds.hops6 >= 0 {
-		hops6 = openerTTL
-	}
-	if err := setSocketTTL(ds.udp, openerTTL, hops6); err != nil {
-		setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
-		return err
-	}
-	for i, m := range msgs {
-		ds.udp.WriteToUDPAddrPort(m, to[i])
-	}
-	return setSocketTTL(ds.udp, ds.ttl4, ds.hops6)
-}
-
-// directReadLoop reads the direct socket until it is closed.
-func (c *Conn) directReadLoop() {
-	ds := c.ds
-	if ds.coalesce {
-		c.directReadCoalesced()
-		return
-	}
-	for {
-		bp := packetPool.Get().(*[]byte)
-		buf := (*bp)[:cap(*bp)]
-		n, from, err := ds.udp.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			packetPool.Put(bp)
-			if c.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// An ICMP error reported on the socket, or the like: the
-			// socket itself is fine.
-			continue
-		}
-		c.directDatagram(bp, n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
-	}
-}
-
-// directReadCoalesced is directReadLoop on a socket that hands a burst of
-// datagrams over in one read.
-func (c *Conn) directReadCoalesced() {
-	ds := c.ds
-	u := ds.udp.(*net.UDPConn)
-	b := make([]byte, 1<<16)
-	oob := make([]byte, oobLen)
-	for {
-		n, seg, from, err := readCoalesced(u, b, oob)
-		if err != nil {
-			if c.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		for off := 0; off < n; off += seg {
-			d := b[off:min(off+seg, n)]
-			bp := packetPool.Get().(*[]byte)
-			if len(d) > cap(*bp) {
-				// Larger than any packet: not from a peer.
-				packetPool.Put(bp)
-				ds.strange.Add(1)
-				continue
-			}
-			c.directDatagram(bp, copy((*bp)[:cap(*bp)], d), from)
-		}
-	}
-}
-
-// directDatagram handles a datagram of n bytes, read into *bp, which it
-// takes.
-func (c *Conn) directDatagram(bp *[]byte, n int, from netip.AddrPort) {
-	ds := c.ds
-	b := (*bp)[:n]
-	if n > 0 && b[0]&0x40 != 0 {
-		// A QUIC packet: from a peer only if it proved this address.
-		if d := (*ds.routes.Load())[from]; d != nil {
-			d.received.Add(1)
-			c.deliver(inPacket{buf: bp, off: 0, end: n, from: d.peer})
-			return
-		}
-		ds.dropped.Add(1)
-		packetPool.Put(bp)
-		return
-	}
-	c.directMessage(b, from)
-	packetPool.Put(bp)
 }
 
 // directMessage handles a datagram that is not a QUIC packet.
@@ -405,43 +231,6 @@ func (ds *directSocket) direct(id [8]byte) *Direct {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	return ds.ids[id]
-}
-
-// bindingAttempts and bindingEvery pace binding requests.
-const (
-	bindingAttempts = 5
-	bindingEvery    = 500 * time.Millisecond
-)
-
-// bind asks the relay's UDP port (port, with token) for the address of the
-// direct socket, until it answers or rs ends.
-func (c *Conn) bind(rs *relaySession, b relayproto.UDPBinding) {
-	ta, ok := rs.conn.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return
-	}
-	ip, _ := netip.AddrFromSlice(ta.IP)
-	to := netip.AddrPortFrom(ip.Unmap(), b.Port)
-	req := &bindingRequest{to: to}
-	rand.Read(req.txid[:])
-	c.ds.binding.Store(req)
-	msg := relayproto.AppendBindingRequest(nil, b.Token, req.txid)
-	t := time.NewTicker(bindingEvery)
-	defer t.Stop()
-	for range bindingAttempts {
-		if c.ds.binding.Load() != req {
-			return // answered
-		}
-		c.ds.write(msg, to)
-		select {
-		case <-t.C:
-		case <-rs.ctx.Done():
-			return
-		}
-	}
-	if c.ds.binding.CompareAndSwap(req, nil) {
-		c.log.Debug("relay's UDP port did not answer", "addr", to.String())
-	}
 }
 
 // LocalCandidates returns the addresses at which peers may reach this
@@ -1078,9 +867,9 @@ func (d *Direct) dropLossyLocked(now time.Time, why string) {
 			delete(d.outgoing, k)
 		}
 	}
-	b := backoff{min: lostRetryMin, max: lostRetryMax, n: d.dataFails}
+	b := backoff.Backoff{Min: lostRetryMin, Max: lostRetryMax, N: d.dataFails}
 	d.dataFails++
-	d.retryAt = now.Add(b.next())
+	d.retryAt = now.Add(b.Next())
 	for a, until := range d.lossy {
 		if !now.Before(until) {
 			delete(d.lossy, a)
@@ -1216,14 +1005,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 // scheduleRetryLocked plans the next round after a failed one, with
 // backoff.
 func (d *Direct) scheduleRetryLocked(now time.Time) {
-	b := backoff{min: retryMin, max: retryMax, n: d.retries}
+	b := backoff.Backoff{Min: retryMin, Max: retryMax, N: d.retries}
 	d.retries++
-	d.retryAt = now.Add(b.next())
-}
-
-// ttlSetter is a socket that is not a system one (an in-memory network in
-// tests) but models TTLs.
-type ttlSetter interface {
-	DefaultTTL() int
-	SetTTL(ttl int) error
+	d.retryAt = now.Add(b.Next())
 }

@@ -15,7 +15,9 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/peerproto"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
+	"github.com/burrow-tunnel/burrow/udpsock"
 )
 
 // udpNet is an in-memory UDP network for synctest bubbles: sockets by
@@ -138,17 +140,17 @@ func newDirectPair(t *testing.T) *directPair {
 	cliID, _ := identity.Generate()
 	var err error
 	p.dev, err = Listen(Config{Identity: devID, Role: relayproto.RoleDevice,
-		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
+		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
 		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
-		Direct: DirectOptions{ListenUDP: func() (UDPConn, error) { return p.dSock, nil },
+		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.dSock, nil },
 			Addrs: []netip.Addr{p.dSock.addr.Addr()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.dev.Close() })
 	p.cli, err = Listen(Config{Identity: cliID, Role: relayproto.RoleClient,
-		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
-		Direct: DirectOptions{ListenUDP: func() (UDPConn, error) { return p.cSock, nil },
+		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
+		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.cSock, nil },
 			Addrs: []netip.Addr{p.cSock.addr.Addr()}}})
 	if err != nil {
 		t.Fatal(err)
@@ -557,7 +559,7 @@ func TestDirectOff(t *testing.T) {
 		srv := startRelay(t, m, 15*time.Second)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -586,43 +588,6 @@ func TestCandidates(t *testing.T) {
 	want := peerproto.Candidates{Round: 7, Addrs: []netip.AddrPort{observed, cands[0], netip.AddrPortFrom(cands[1].Addr(), 4000)}}
 	if err != nil || !reflect.DeepEqual(m, want) {
 		t.Fatalf("got %v, %v; want %v", m, err, want)
-	}
-}
-
-// TestOpenersOnSystemSocket: openers leave a real socket (IPv4 and dual
-// stack) with the low TTL, and the socket's own TTL comes back after.
-func TestOpenersOnSystemSocket(t *testing.T) {
-	for _, network := range []string{"udp4", "udp"} {
-		t.Run(network, func(t *testing.T) {
-			rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rx.Close()
-			c := &Conn{cfg: Config{Direct: DirectOptions{ListenUDP: func() (UDPConn, error) {
-				return net.ListenUDP(network, &net.UDPAddr{})
-			}}}}
-			if err := c.listenDirect(); err != nil {
-				t.Fatal(err)
-			}
-			defer c.ds.udp.Close()
-			ttl4, hops6, ok := socketTTL(c.ds.udp)
-			if !ok || ttl4 < 32 {
-				t.Fatalf("socket TTL %d, %v", ttl4, ok)
-			}
-			to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
-			if err := c.ds.writeLowTTL([][]byte{peerproto.AppendOpener(nil, peerproto.Opener{PathID: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}})}, []netip.AddrPort{to}); err != nil {
-				t.Fatalf("writeLowTTL: %v", err)
-			}
-			rx.SetReadDeadline(time.Now().Add(5 * time.Second))
-			buf := make([]byte, 64)
-			if n, _, err := rx.ReadFromUDPAddrPort(buf); err != nil || n != 9 || buf[0] != byte(peerproto.DatagramOpener) {
-				t.Fatalf("opener: %d bytes, %v", n, err)
-			}
-			if t4, h6, _ := socketTTL(c.ds.udp); t4 != ttl4 || h6 != hops6 {
-				t.Fatalf("TTL after openers %d/%d, want %d/%d", t4, h6, ttl4, hops6)
-			}
-		})
 	}
 }
 

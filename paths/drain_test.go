@@ -14,6 +14,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -69,9 +70,8 @@ func waitStatusWithin(t *testing.T, c *Conn, d time.Duration, what string, ok fu
 	t.Helper()
 	timeout := time.After(d)
 	for {
-		c.mu.Lock()
-		st, ch := c.status, c.changed
-		c.mu.Unlock()
+		rst, ch := c.relay.Watch()
+		st := Status{Status: rst}
 		if ok(st) {
 			return time.Now()
 		}
@@ -98,7 +98,7 @@ func TestDrainKeepsSession(t *testing.T) {
 		cliID, _ := identity.Generate()
 		var gone atomic.Int64
 		listen := func(id *identity.Identity, role relayproto.Role, access func() ([]identity.ID, [][32]byte)) *Conn {
-			c, err := Listen(Config{Identity: id, Role: role, Relay: RelayConfig{Addr: "relay:443", ID: relayID.ID()},
+			c, err := Listen(Config{Identity: id, Role: role, Relay: relaylink.RelayConfig{Addr: "relay:443", ID: relayID.ID()},
 				Dial: m.Dial, Direct: DirectOptions{Disable: true}, Access: access,
 				OnPeerGone: func(g PeerGone) { gone.Add(1) }})
 			if err != nil {
@@ -156,7 +156,7 @@ func TestDrainKeepsSession(t *testing.T) {
 
 		// Refused for now: the third agent keeps trying, WaitAttached does
 		// not give up on it.
-		late, err := Listen(Config{Identity: relayID, Role: relayproto.RoleClient, Relay: RelayConfig{Addr: "relay:443", ID: relayID.ID()},
+		late, err := Listen(Config{Identity: relayID, Role: relayproto.RoleClient, Relay: relaylink.RelayConfig{Addr: "relay:443", ID: relayID.ID()},
 			Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
@@ -165,7 +165,7 @@ func TestDrainKeepsSession(t *testing.T) {
 		// (Over net.Pipe, which buffers nothing, both ends' TLS close
 		// notices wait for their 5s timeout before the refusal is known.)
 		waitStatusWithin(t, late, time.Minute, "refused", func(s Status) bool { return s.LastError != nil })
-		if _, ok := errors.AsType[*RefusedError](late.Status().LastError); !ok || isPermanent(late.Status().LastError) {
+		if refused, ok := errors.AsType[*relaylink.AttachRefusedError](late.Status().LastError); !ok || refused.Code != relayproto.RefuseShuttingDown {
 			t.Fatalf("attaching during the drain: %v, want a refusal for now", late.Status().LastError)
 		}
 		wctx, wcancel := context.WithTimeout(t.Context(), time.Second)

@@ -20,62 +20,11 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func TestBackoff(t *testing.T) {
-	b := backoff{min: 250 * time.Millisecond, max: 8 * time.Second}
-	// With the lowest and highest draws, every wait lies in [d/2, d).
-	for _, draw := range []func(int64) int64{
-		func(int64) int64 { return 0 },
-		func(n int64) int64 { return n - 1 },
-	} {
-		b.rand = draw
-		b.reset()
-		d := 250 * time.Millisecond
-		for i := range 12 {
-			got := b.next()
-			if got < d/2 || got >= d {
-				t.Fatalf("wait %d = %v, want in [%v, %v)", i, got, d/2, d)
-			}
-			d = min(2*d, 8*time.Second)
-		}
-	}
-	// Capped for ever, never zero, even after very many attempts.
-	b.rand = nil
-	for range 1000 {
-		if w := b.next(); w < 4*time.Second || w >= 8*time.Second {
-			t.Fatalf("wait %v outside the cap's range", w)
-		}
-	}
-	b.reset()
-	if w := b.next(); w >= 250*time.Millisecond {
-		t.Fatalf("after reset: %v", w)
-	}
-}
-
-// TestBackoffSpreads checks that agents which lost the relay together do
-// not retry together: at every attempt, their waits spread evenly over the
-// jitter range (no tenth of it holds more than 15% of 1,000 agents).
-func TestBackoffSpreads(t *testing.T) {
-	const agents = 1000
-	for attempt := range 8 {
-		d := min(250*time.Millisecond<<attempt, 8*time.Second)
-		var counts [10]int
-		for range agents {
-			b := backoff{min: 250 * time.Millisecond, max: 8 * time.Second, n: attempt}
-			w := b.next()
-			counts[int((w-d/2)*10/(d-d/2))]++
-		}
-		for slot, n := range counts {
-			if n > agents*15/100 {
-				t.Fatalf("attempt %d: %d of %d agents in tenth %d of the range: %v", attempt, n, agents, slot, counts)
-			}
-		}
-	}
-}
 
 // memNet is an in-memory network of net.Pipe connections between agents
 // and one relay, for synctest bubbles. Each connection can be cut.
@@ -247,10 +196,8 @@ func attached(c *Conn) bool { return c.Status().Attached }
 // waitStatus waits until c's status satisfies ok and returns when it did.
 func waitStatus(c *Conn, ok func(Status) bool) time.Time {
 	for {
-		c.mu.Lock()
-		st, ch := c.status, c.changed
-		c.mu.Unlock()
-		if ok(st) {
+		st, ch := c.relay.Watch()
+		if ok(Status{Status: st}) {
 			return time.Now()
 		}
 		<-ch
@@ -266,7 +213,7 @@ func TestKeepAliveDetectsDeadRelay(t *testing.T) {
 		srv := startRelay(t, m, keepAlive)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,7 +234,7 @@ func TestKeepAliveDetectsDeadRelay(t *testing.T) {
 		if took := detached.Sub(dark); took > 3*keepAlive {
 			t.Fatalf("dead relay noticed after %v, want within %v", took, 3*keepAlive)
 		}
-		if err := c.Status().LastError; !errors.Is(err, errRelayIdle) {
+		if err := c.Status().LastError; !errors.Is(err, relaylink.ErrIdle) {
 			t.Fatalf("detach reason %v", err)
 		}
 		// The relay also dropped the dark session.
@@ -319,7 +266,7 @@ func TestReattachAfterOutage(t *testing.T) {
 		}
 		m.down.Store(true)
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -378,7 +325,7 @@ func TestReattachAfterRelayCrashIsSpread(t *testing.T) {
 				for i := range conns {
 					id, _ := identity.Generate()
 					c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-						Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial,
+						Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial,
 						Direct: DirectOptions{Disable: true}, ReattachSpread: spread})
 					if err != nil {
 						t.Fatal(err)
@@ -481,7 +428,7 @@ func TestWritesBatched(t *testing.T) {
 			return cc, nil
 		}
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -519,7 +466,7 @@ func TestFlappingDamped(t *testing.T) {
 		id, _ := identity.Generate()
 		for range 2 {
 			c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-				Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+				Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -556,7 +503,7 @@ func countingClient(t *testing.T, m *memNet, cfg relay.Config) (*Conn, *atomic.I
 		return m.Dial(ctx, n, a)
 	}
 	c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-		Relay: RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
 	if err != nil {
 		t.Fatal(err)
 	}

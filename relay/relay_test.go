@@ -18,6 +18,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -435,7 +436,7 @@ func TestAccept(t *testing.T) {
 	pc, err := paths.Listen(paths.Config{
 		Identity: newIdentity(t),
 		Role:     relayproto.RoleDevice,
-		Relay:    paths.RelayConfig{Addr: "relay:443", ID: srv.ID()},
+		Relay:    relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()},
 		Dial: func(context.Context, string, string) (net.Conn, error) {
 			return a, nil
 		},

@@ -16,6 +16,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/yamlstrict"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 //go:generate go test -update -run ^TestDeviceKeysDoc$
@@ -229,7 +230,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 	cfg := device.Config{
 		Identity:    id,
 		Name:        f.Name,
-		Relay:       paths.RelayConfig{Addr: f.Relay},
+		Relay:       relaylink.RelayConfig{Addr: f.Relay},
 		EnrollToken: f.EnrollToken,
 		Services:    f.Services,
 		Roles:       f.Roles,

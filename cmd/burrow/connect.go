@@ -20,6 +20,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/yamlstrict"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/session"
 )
 
@@ -41,7 +42,7 @@ type forward struct {
 	name    string // as the user wrote it
 	service string
 	listen  string
-	relay   paths.RelayConfig
+	relay   relaylink.RelayConfig
 }
 
 // connectOptions are the flags of "burrow connect".
@@ -201,7 +202,7 @@ func resolveForward(home client.Home, dev, service, listen string, rf relayFlags
 			}
 			return forward{}, err
 		}
-		f.device, f.relay = kd.ID, paths.RelayConfig{Addr: kd.Relay, ID: kd.RelayID}
+		f.device, f.relay = kd.ID, relaylink.RelayConfig{Addr: kd.Relay, ID: kd.RelayID}
 		return f, nil
 	}
 	var err error
@@ -256,7 +257,7 @@ func readConnectConfig(path string, home client.Home) ([]forward, paths.DirectOp
 // serveForwards runs one client per relay and every forward until ctx is
 // done or a listener fails.
 func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, direct paths.DirectOptions, fwds []forward) error {
-	clients := make(map[paths.RelayConfig]*client.Client)
+	clients := make(map[relaylink.RelayConfig]*client.Client)
 	defer func() {
 		for _, c := range clients {
 			c.Close()

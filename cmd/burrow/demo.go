@@ -20,6 +20,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -169,7 +170,7 @@ func (d *demo) startRelay(id *identity.Identity, dev identity.ID, log *slog.Logg
 // the client, and waits until both are attached to the relay: the URL is
 // printed once the page can be fetched.
 func (d *demo) startAgents(relayID identity.ID, deviceID, clientID *identity.Identity, log *slog.Logger) (err error) {
-	pin := paths.RelayConfig{Addr: d.relayAddr, ID: relayID}
+	pin := relaylink.RelayConfig{Addr: d.relayAddr, ID: relayID}
 	// Both agents are on this machine: their direct path is on loopback.
 	direct := paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 	d.device, err = device.New(device.Config{

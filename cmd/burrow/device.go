@@ -10,7 +10,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 // deviceOptions are the flags of "burrow device"; --config is shared with
@@ -136,7 +136,7 @@ func waitDeviceAttached(ctx context.Context, d *device.Device) error {
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err := d.WaitAttached(wctx)
 	cancel()
-	var untrusted *paths.UntrustedRelayError
+	var untrusted *relaylink.UntrustedRelayError
 	if errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted) {
 		return err
 	}

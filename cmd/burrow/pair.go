@@ -15,7 +15,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/pairing"
-	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newPairCmd(g *globals) *cobra.Command {
@@ -92,7 +92,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 	if created {
 		log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
 	}
-	c, err := client.New(client.Config{Identity: id, Relay: paths.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
+	c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 // A testAuthority is a certificate authority that agents in a test trust
@@ -124,29 +125,29 @@ func TestCASignedRelay(t *testing.T) {
 	r.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	attach := func(cfg paths.RelayConfig) error {
+	attach := func(cfg relaylink.RelayConfig) error {
 		c := NewClient(t, client.Config{Relay: cfg})
 		defer c.Close()
 		return c.WaitAttached(ctx)
 	}
-	if err := attach(paths.RelayConfig{Addr: r.Addr, RootCAs: roots}); err != nil {
+	if err := attach(relaylink.RelayConfig{Addr: r.Addr, RootCAs: roots}); err != nil {
 		t.Fatalf("trusted CA, no pin: %v", err)
 	}
-	if err := attach(paths.RelayConfig{Addr: r.Addr, RootCAs: roots, ID: r.Identity.ID()}); err != nil {
+	if err := attach(relaylink.RelayConfig{Addr: r.Addr, RootCAs: roots, ID: r.Identity.ID()}); err != nil {
 		t.Fatalf("trusted CA, right pin: %v", err)
 	}
-	if err := attach(paths.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}); err != nil {
+	if err := attach(relaylink.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}); err != nil {
 		t.Fatalf("right pin, CA not trusted: %v", err)
 	}
 	wrong := NewIdentity(t).ID()
-	err = attach(paths.RelayConfig{Addr: r.Addr, RootCAs: roots, ID: wrong})
+	err = attach(relaylink.RelayConfig{Addr: r.Addr, RootCAs: roots, ID: wrong})
 	var km *identity.KeyMismatchError
 	if !errors.As(err, &km) || km.Expected != wrong || km.Got != r.Identity.ID() {
 		t.Fatalf("trusted CA, wrong pin: err = %v, want a key mismatch naming the relay's ID", err)
 	}
 	// Without the root (the system roots do not hold this test CA).
-	err = attach(paths.RelayConfig{Addr: r.Addr})
-	var untrusted *paths.UntrustedRelayError
+	err = attach(relaylink.RelayConfig{Addr: r.Addr})
+	var untrusted *relaylink.UntrustedRelayError
 	if !errors.As(err, &untrusted) {
 		t.Fatalf("untrusted CA: err = %v", err)
 	}
@@ -241,7 +242,7 @@ func TestPinnedRelayImpostor(t *testing.T) {
 		t.Fatal(err)
 	}
 	const token = "enroll-impostor-wants-this-token"
-	attachDevice := func(t *testing.T, relay paths.RelayConfig) error {
+	attachDevice := func(t *testing.T, relay relaylink.RelayConfig) error {
 		directOff := paths.DirectOptions{Disable: true}
 		d, err := device.New(device.Config{
 			Identity:    NewIdentity(t),
@@ -257,7 +258,7 @@ func TestPinnedRelayImpostor(t *testing.T) {
 		defer d.Close()
 		return d.WaitAttached(ctx5(t))
 	}
-	attachClient := func(t *testing.T, relay paths.RelayConfig) error {
+	attachClient := func(t *testing.T, relay relaylink.RelayConfig) error {
 		c := NewClient(t, client.Config{Relay: relay})
 		defer c.Close()
 		return c.WaitAttached(ctx5(t))
@@ -266,7 +267,7 @@ func TestPinnedRelayImpostor(t *testing.T) {
 		name   string
 		key    crypto.Signer
 		got    identity.ID // what the key mismatch names as presented
-		attach func(*testing.T, paths.RelayConfig) error
+		attach func(*testing.T, relaylink.RelayConfig) error
 	}{
 		{"device, Ed25519 certificate", edKey, identity.IDOf(edPub), attachDevice},
 		{"device, ECDSA certificate", ecKey, identity.ID{}, attachDevice},
@@ -274,7 +275,7 @@ func TestPinnedRelayImpostor(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			imp := startImpostorRelay(t, ca.issue(t, tc.key))
-			err := tc.attach(t, paths.RelayConfig{Addr: imp.Addr, ID: pinned, RootCAs: ca.roots})
+			err := tc.attach(t, relaylink.RelayConfig{Addr: imp.Addr, ID: pinned, RootCAs: ca.roots})
 			imp.Close()
 			imp.mu.Lock()
 			received, hsErrs := imp.received, imp.hsErrs

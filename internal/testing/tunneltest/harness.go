@@ -23,6 +23,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 // Logger returns a logger writing to t.Log until the test ends.
@@ -218,8 +219,8 @@ func (r *Relay) stop(shutdown func(*relay.Server)) {
 }
 
 // Pin returns the configuration agents use to attach to r.
-func (r *Relay) Pin() paths.RelayConfig {
-	return paths.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}
+func (r *Relay) Pin() relaylink.RelayConfig {
+	return relaylink.RelayConfig{Addr: r.Addr, ID: r.Identity.ID()}
 }
 
 // Loopback are the direct-path options that keep an agent's direct paths

@@ -21,6 +21,8 @@ import (
 	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
+	"github.com/burrow-tunnel/burrow/udpsock"
 )
 
 // nsNet is a network of namespaces with a relay in one of them, for the
@@ -133,7 +135,7 @@ func (n *nsNet) startRelay(t *testing.T, ns, addr string, keepAlive time.Duratio
 }
 
 // agent returns the relay and direct-path settings of an agent in host.
-func (n *nsNet) agent(host string) (paths.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
+func (n *nsNet) agent(host string) (relaylink.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := n.Do(host, func() error {
@@ -144,7 +146,7 @@ func (n *nsNet) agent(host string) (paths.RelayConfig, func(ctx context.Context,
 		return c, err
 	}
 	direct := paths.DirectOptions{
-		ListenUDP: func() (paths.UDPConn, error) {
+		ListenUDP: func() (udpsock.Conn, error) {
 			var c *net.UDPConn
 			err := n.Do(host, func() error {
 				var err error
@@ -156,7 +158,7 @@ func (n *nsNet) agent(host string) (paths.RelayConfig, func(ctx context.Context,
 		InterfaceAddrs: func() ([]netip.Addr, error) { return []netip.Addr{n.hosts[host]}, nil },
 		Disable:        n.noDirect,
 	}
-	return paths.RelayConfig{Addr: n.relayAddr, ID: n.relayID}, dial, direct
+	return relaylink.RelayConfig{Addr: n.relayAddr, ID: n.relayID}, dial, direct
 }
 
 // pair starts a device in devHost serving services, and a client in

@@ -26,6 +26,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/israce"
 	"github.com/burrow-tunnel/burrow/paths"
+	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
 )
@@ -552,7 +553,7 @@ func TestWrongDeviceKey(t *testing.T) {
 func TestWrongRelayKey(t *testing.T) {
 	r := StartRelay(t)
 	wrong := NewIdentity(t).ID()
-	c := NewClient(t, client.Config{Relay: paths.RelayConfig{Addr: r.Addr, ID: wrong}})
+	c := NewClient(t, client.Config{Relay: relaylink.RelayConfig{Addr: r.Addr, ID: wrong}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := c.WaitAttached(ctx)
@@ -564,9 +565,9 @@ func TestWrongRelayKey(t *testing.T) {
 		t.Fatalf("relay attached the agent anyway: %+v", st)
 	}
 	// An agent with no pin at all does not trust a self-signed relay.
-	c2 := NewClient(t, client.Config{Relay: paths.RelayConfig{Addr: r.Addr}})
+	c2 := NewClient(t, client.Config{Relay: relaylink.RelayConfig{Addr: r.Addr}})
 	err = c2.WaitAttached(ctx)
-	var untrusted *paths.UntrustedRelayError
+	var untrusted *relaylink.UntrustedRelayError
 	if !errors.As(err, &untrusted) || !strings.Contains(err.Error(), "relay-id") {
 		t.Fatalf("unpinned self-signed relay: err = %v", err)
 	}

@@ -1,4 +1,4 @@
-package paths
+package udpsock
 
 import (
 	"encoding/binary"
@@ -12,7 +12,7 @@ import (
 
 // canSegment reports whether the kernel segments UDP sends on u (Linux
 // 4.18 and later: UDP_SEGMENT).
-func canSegment(u UDPConn) bool {
+func canSegment(u Conn) bool {
 	return onSocket(u, func(fd int) error {
 		_, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 		return err
@@ -21,7 +21,7 @@ func canSegment(u UDPConn) bool {
 
 // onSocket runs f on u's file descriptor, if u is a system socket, and
 // reports whether it succeeded.
-func onSocket(u UDPConn, f func(fd int) error) bool {
+func onSocket(u Conn, f func(fd int) error) bool {
 	uc, ok := u.(*net.UDPConn)
 	if !ok {
 		return false
@@ -38,7 +38,7 @@ func onSocket(u UDPConn, f func(fd int) error) bool {
 }
 
 // errNoSegmenting: the kernel refused to segment a send.
-var errNoSegmenting = errors.New("paths: UDP segmentation refused")
+var errNoSegmenting = errors.New("udpsock: UDP segmentation refused")
 
 // writeSegmented sends b to addr as datagrams of size bytes each (the last
 // may be shorter) with one system call. It returns errNoSegmenting if the
@@ -62,7 +62,7 @@ func writeSegmented(u *net.UDPConn, b []byte, size int, addr netip.AddrPort) err
 // enableCoalescing asks the kernel to hand u's datagrams of a burst over
 // in one read, as one buffer of equal segments (Linux 5.0 and later:
 // UDP_GRO), and reports whether it will.
-func enableCoalescing(u UDPConn) bool {
+func enableCoalescing(u Conn) bool {
 	return onSocket(u, func(fd int) error {
 		return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
 	})

@@ -1,8 +1,7 @@
-package paths
+package udpsock
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,22 +11,25 @@ import (
 	"time"
 )
 
-// TestDirectSendBatches: a batch of packets to two addresses, of mixed
+// full is the size of a full QUIC packet on a direct path.
+const full = 1452
+
+// TestSendBatches: a batch of datagrams to two addresses, of mixed
 // sizes and longer than one segmented send may be, arrives whole and in
 // order at each address, from a real socket (IPv4 and dual stack), with
 // the socket's segmentation and without; where the kernel segments, runs
-// of packets went out in single sends.
-func TestDirectSendBatches(t *testing.T) {
+// of datagrams went out in single sends.
+func TestSendBatches(t *testing.T) {
 	for _, network := range []string{"udp4", "udp"} {
 		for _, gso := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/segmenting=%v", network, gso), func(t *testing.T) {
-				testDirectSendBatches(t, network, gso)
+				testSendBatches(t, network, gso)
 			})
 		}
 	}
 }
 
-func testDirectSendBatches(t *testing.T, network string, gso bool) {
+func testSendBatches(t *testing.T, network string, gso bool) {
 	var rx [2]*net.UDPConn
 	var to [2]netip.AddrPort
 	for i := range rx {
@@ -39,14 +41,12 @@ func testDirectSendBatches(t *testing.T, network string, gso bool) {
 		rx[i].SetReadBuffer(4 << 20)
 		to[i] = rx[i].LocalAddr().(*net.UDPAddr).AddrPort()
 	}
-	c := &Conn{cfg: Config{QueueLen: 16, Direct: DirectOptions{ListenUDP: func() (UDPConn, error) {
-		return net.ListenUDP(network, &net.UDPAddr{})
-	}}}}
-	if err := c.listenDirect(); err != nil {
+	u, err := net.ListenUDP(network, &net.UDPAddr{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.ds.udp.Close()
-	ds := c.ds
+	ds := New(u, Config{QueueLen: 16, Receive: func([]byte, netip.AddrPort) {}})
+	defer ds.Close()
 	if gso && !ds.gso.Load() {
 		if runtime.GOOS == "linux" {
 			t.Fatal("the socket does not segment sends")
@@ -55,18 +55,18 @@ func testDirectSendBatches(t *testing.T, network string, gso bool) {
 	}
 	ds.gso.Store(gso)
 
-	// Runs: 10 full packets and a short one to A; 3 to B; two small ones
+	// Runs: 10 full datagrams and a short one to A; 3 to B; two small ones
 	// of different sizes to A; 70 to B (more than one send may carry).
 	type spec struct{ to, n, size int }
 	var want [2][][]byte
 	var batch []outDatagram
 	seq := 0
-	for _, s := range []spec{{0, 10, MaxDirectPacket}, {0, 1, 600}, {1, 3, MaxDirectPacket}, {0, 1, 100}, {0, 1, 200}, {1, 70, 1200}} {
+	for _, s := range []spec{{0, 10, full}, {0, 1, 600}, {1, 3, full}, {0, 1, 100}, {0, 1, 200}, {1, 70, 1200}} {
 		for range s.n {
 			p := bytes.Repeat([]byte{byte(seq)}, s.size)
 			p[0], p[1] = byte(seq>>8), byte(seq)
 			seq++
-			bp := packetPool.Get().(*[]byte)
+			bp := bufPool.Get().(*[]byte)
 			*bp = append((*bp)[:0], p...)
 			batch = append(batch, outDatagram{buf: bp, n: len(p), to: to[s.to]})
 			want[s.to] = append(want[s.to], p)
@@ -88,22 +88,22 @@ func testDirectSendBatches(t *testing.T, network string, gso bool) {
 		}
 	}
 	sent := len(want[0]) + len(want[1])
-	t.Logf("%d packets, %d of them in segmented sends", sent, ds.segmented.Load())
+	t.Logf("%d datagrams, %d of them in segmented sends", sent, ds.segmented.Load())
 	if gso {
-		// Only the two small packets to A go alone (the second is larger
-		// than the first), and the run of 70 splits in two: 84 of the 86
-		// packets go in 4 sends.
+		// Only the two small datagrams to A go alone (the second is
+		// larger than the first), and the run of 70 splits in two: 84 of
+		// the 86 datagrams go in 4 sends.
 		if n := ds.segmented.Load(); n != uint64(sent-2) {
-			t.Fatalf("%d packets went in segmented sends, want %d", n, sent-2)
+			t.Fatalf("%d datagrams went in segmented sends, want %d", n, sent-2)
 		}
 	} else if n := ds.segmented.Load(); n != 0 {
-		t.Fatalf("%d packets segmented with segmentation off", n)
+		t.Fatalf("%d datagrams segmented with segmentation off", n)
 	}
 }
 
 // TestWriteSegmentedRefusal: a send the kernel will not segment (more
 // segments than it takes) is reported as errNoSegmenting, on which the
-// writer falls back to one send a packet.
+// writer falls back to one send a datagram.
 func TestWriteSegmentedRefusal(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("segmentation is Linux's")
@@ -122,43 +122,39 @@ func TestWriteSegmentedRefusal(t *testing.T) {
 	}
 }
 
-// TestDirectFlush: flush returns once every packet queued before it is
-// sent, so that Close sends what the E2E sessions wrote last (their QUIC
+// TestFlush: Flush returns once every datagram queued before it is sent,
+// so that a closing agent sends what its sessions wrote last (their QUIC
 // close) before the socket goes.
-func TestDirectFlush(t *testing.T) {
+func TestFlush(t *testing.T) {
 	rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rx.Close()
 	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
-	c := &Conn{cfg: Config{QueueLen: 64}}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if err := c.listenDirect(); err != nil {
+	s, err := Listen(0, Config{QueueLen: 64, Receive: func([]byte, netip.AddrPort) {}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 40 {
-		if !c.ds.enqueue([]byte{byte(i)}, to) {
+		if !s.Enqueue([]byte{byte(i)}, to) {
 			t.Fatal("queue full")
 		}
 	}
-	c.wg.Go(c.directWriteLoop)
-	c.ds.flush(5 * time.Second)
-	c.cancel()
-	c.wg.Wait()
-	c.ds.udp.Close()
+	s.Flush(5 * time.Second)
+	s.Close()
 	rx.SetReadDeadline(time.Now().Add(time.Second))
 	buf := make([]byte, 16)
 	for i := range 40 {
 		n, _, err := rx.ReadFromUDPAddrPort(buf)
 		if err != nil || n != 1 || buf[0] != byte(i) {
-			t.Fatalf("packet %d: %d bytes % x, %v", i, n, buf[:n], err)
+			t.Fatalf("datagram %d: %d bytes % x, %v", i, n, buf[:n], err)
 		}
 	}
 }
 
 // TestCoalescedRead: a burst sent as one segmented send reaches a
-// coalescing socket as one read, whose segments are the packets sent;
+// coalescing socket as one read, whose segments are the datagrams sent;
 // each is handled as a datagram of its own.
 func TestCoalescedRead(t *testing.T) {
 	if runtime.GOOS != "linux" {
@@ -179,13 +175,13 @@ func TestCoalescedRead(t *testing.T) {
 	defer tx.Close()
 	var sent []byte
 	for i := range 11 {
-		size := MaxDirectPacket
+		size := full
 		if i == 10 {
 			size = 600
 		}
 		sent = append(sent, bytes.Repeat([]byte{0x40 | byte(i)}, size)...)
 	}
-	if err := writeSegmented(tx, sent, MaxDirectPacket, rx.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+	if err := writeSegmented(tx, sent, full, rx.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
 		t.Fatal(err)
 	}
 	b, oob := make([]byte, 1<<16), make([]byte, oobLen)
@@ -208,7 +204,7 @@ func TestCoalescedRead(t *testing.T) {
 		t.Fatalf("%d datagrams, the last of %d bytes", len(got), len(got[len(got)-1]))
 	}
 	for i, d := range got {
-		if !bytes.Equal(d, bytes.Repeat([]byte{0x40 | byte(i)}, len(d))) || i < 10 && len(d) != MaxDirectPacket {
+		if !bytes.Equal(d, bytes.Repeat([]byte{0x40 | byte(i)}, len(d))) || i < 10 && len(d) != full {
 			t.Fatalf("datagram %d: %d bytes of % x...", i, len(d), d[:2])
 		}
 	}

@@ -1,6 +1,6 @@
 //go:build unix
 
-package paths
+package udpsock
 
 import (
 	"syscall"
@@ -8,9 +8,9 @@ import (
 
 // socketTTL returns the TTL and hop limit the socket uses, and whether they
 // can be changed.
-func socketTTL(udp UDPConn) (ttl4, hops6 int, ok bool) {
-	if ts, isTest := udp.(ttlSetter); isTest {
-		return ts.DefaultTTL(), ts.DefaultTTL(), true
+func socketTTL(udp Conn) (ttl4, hops6 int, ok bool) {
+	if tc, modeled := udp.(TTLConn); modeled {
+		return tc.DefaultTTL(), tc.DefaultTTL(), true
 	}
 	sc, isSys := udp.(syscall.Conn)
 	if !isSys {
@@ -36,9 +36,9 @@ func socketTTL(udp UDPConn) (ttl4, hops6 int, ok bool) {
 
 // setSocketTTL sets the TTL of the socket's IPv4 packets and the hop limit
 // of its IPv6 ones (hops6 < 0: an IPv4 socket).
-func setSocketTTL(udp UDPConn, ttl4, hops6 int) error {
-	if ts, isTest := udp.(ttlSetter); isTest {
-		return ts.SetTTL(ttl4)
+func setSocketTTL(udp Conn, ttl4, hops6 int) error {
+	if tc, modeled := udp.(TTLConn); modeled {
+		return tc.SetTTL(ttl4)
 	}
 	sc, isSys := udp.(syscall.Conn)
 	if !isSys {

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package paths
+package udpsock
 
 import (
 	"errors"
@@ -10,14 +10,14 @@ import (
 
 // canSegment reports whether the kernel segments UDP sends: only Linux's
 // does here.
-func canSegment(UDPConn) bool { return false }
+func canSegment(Conn) bool { return false }
 
-var errNoSegmenting = errors.New("paths: UDP segmentation unsupported")
+var errNoSegmenting = errors.New("udpsock: UDP segmentation unsupported")
 
 func writeSegmented(*net.UDPConn, []byte, int, netip.AddrPort) error { return errNoSegmenting }
 
 // enableCoalescing: only Linux coalesces received datagrams here.
-func enableCoalescing(UDPConn) bool { return false }
+func enableCoalescing(Conn) bool { return false }
 
 const oobLen = 0
 

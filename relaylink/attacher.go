@@ -1,0 +1,490 @@
+package relaylink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/backoff"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// stableLink is how long a Link must last for the backoff to start again
+// from its minimum.
+const stableLink = 10 * time.Second
+
+// Config configures an [Attacher], and [Dial] (which uses the fields that
+// say who dials and how).
+type Config struct {
+	// Relay is the relay to attach to. Required.
+	Relay RelayConfig
+	// Identity is the agent's key. Required.
+	Identity *identity.Identity
+	// Role is the agent's role on the relay. Required.
+	Role relayproto.Role
+	// Instance tells the relay which process of a client's ID this is;
+	// zero for a device.
+	Instance uint64
+	// Dial opens the TCP connection to the relay. Nil uses a [net.Dialer].
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives attach and detach events. Nil discards them.
+	Logger *slog.Logger
+	// QueueLen bounds the frames waiting to be sent; beyond it packets are
+	// dropped. Zero means 1024.
+	QueueLen int
+	// MinBackoff and MaxBackoff bound the wait between attach attempts.
+	// Zero means 250ms and 8s.
+	MinBackoff, MaxBackoff time.Duration
+	// ReattachSpread spreads the return of agents that lost the relay at
+	// the same moment (it crashed or restarted: their connections were
+	// closed or reset together). After such a loss the agent waits a
+	// random time in [0, ReattachSpread) before its first attempt, and at
+	// least a random time in [ReattachSpread/2, ReattachSpread) between
+	// attempts until it is attached again, so that a relay coming back
+	// sees its agents return evenly over ReattachSpread rather than all
+	// at once. A Link lost to silence ([ErrIdle]) is not spread: its
+	// agents noticed at different moments already. Zero means no spread.
+	ReattachSpread time.Duration
+	// EnrollToken, for a device, is presented to a relay that has not
+	// enrolled it yet: at each attach until the relay first admits the
+	// device, and never after, so that a device the relay's operator
+	// removes is not enrolled again by it. Empty presents none.
+	EnrollToken string
+	// OnEnrolled, if set, is called once when the relay first admits a
+	// device that has an EnrollToken, on the attach loop's goroutine: it
+	// must not block.
+	OnEnrolled func()
+	// Access, for a device, says who may reach it: the client IDs, and the
+	// relay tokens of its pending invites. It is asked at every attach and
+	// after [Attacher.AccessChanged]. Nil lets no one through.
+	Access func() (clients []identity.ID, invites [][32]byte)
+	// OnAttach, if set, is called with every new Link once it is attached,
+	// on the attach loop's goroutine: it must not block.
+	OnAttach func(*Link)
+	// OnPacket takes every packet the relay delivers, on the reader's
+	// goroutine; it must not block, and it releases the packet. Nil
+	// releases them.
+	OnPacket func(*Packet)
+	// OnPeerGone, if set, is called (on the reader's goroutine; it must
+	// not block) when the relay could not deliver to a peer.
+	OnPeerGone func(relayproto.PeerGone)
+}
+
+func (cfg *Config) setDefaults() {
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 1024
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 8 * time.Second
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{KeepAlive: -1}
+		cfg.Dial = d.DialContext
+	}
+}
+
+// Status describes an [Attacher]'s attachment.
+type Status struct {
+	Attached     bool          `json:"attached"`
+	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this session soon
+	Relay        string        `json:"relay"`              // the relay's address
+	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay in this session
+	Since        time.Time     `json:"since"`              // when the current state began
+	ObservedAddr string        `json:"observed,omitempty"` // our address as the relay sees it
+	RTT          time.Duration `json:"rtt,omitempty"`
+	// LastError is why the last attach attempt or session failed; nil
+	// while attached. Error is its text, which survives JSON.
+	LastError error  `json:"-"`
+	Error     string `json:"error,omitempty"`
+}
+
+// An Attacher keeps an agent attached to its relay: it dials a [Link],
+// serves it until it ends, and dials again, until closed. Create it with
+// [Attach]; it is safe for concurrent use.
+type Attacher struct {
+	cfg  Config // EnrollToken is the attach loop's
+	log  *slog.Logger
+	cur  atomic.Pointer[Link] // nil while detached
+	done chan struct{}        // closed when the attach loop returns
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// wanted wakes an attach loop that waits for a reason to attach (after
+	// the relay closed an unused client): a packet to send, or a wait for
+	// attachment.
+	wanted chan struct{}
+
+	mu      sync.Mutex
+	status  Status        // guarded by mu
+	changed chan struct{} // closed and replaced on every status change; guarded by mu
+
+	stateMu      sync.Mutex
+	intents      map[identity.ID][32]byte // a client's pairing intents; guarded by stateMu
+	stateVersion uint64                   // counts changes to the state; guarded by stateMu
+}
+
+// Attach starts keeping an agent attached to cfg.Relay.
+func Attach(cfg Config) *Attacher {
+	cfg.setDefaults()
+	a := &Attacher{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		done:    make(chan struct{}),
+		wanted:  make(chan struct{}, 1),
+		changed: make(chan struct{}),
+		status:  Status{Relay: cfg.Relay.Addr, Since: time.Now()},
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	go func() {
+		defer close(a.done)
+		a.loop()
+	}()
+	return a
+}
+
+// Close detaches and waits for the attach loop. It is idempotent.
+func (a *Attacher) Close() {
+	a.cancel()
+	<-a.done
+}
+
+// Send sends a packet to dst over the current Link. It never blocks: it
+// reports false, having dropped the packet, when detached (and then wants
+// the relay: see [Attacher.WaitAttached]) or when the Link's queue is full.
+func (a *Attacher) Send(dst relayproto.Addr, p []byte) bool {
+	l := a.cur.Load()
+	if l == nil {
+		a.want()
+		return false
+	}
+	return l.Send(dst, p)
+}
+
+// Drain waits, up to timeout, until the current Link has written what is
+// queued on it.
+func (a *Attacher) Drain(timeout time.Duration) {
+	if l := a.cur.Load(); l != nil {
+		l.Drain(timeout)
+	}
+}
+
+// Status returns the attachment's state.
+func (a *Attacher) Status() Status {
+	st, _ := a.Watch()
+	if st.LastError != nil {
+		st.Error = st.LastError.Error()
+	}
+	return st
+}
+
+// Watch returns the attachment's state and a channel closed when it
+// next changes.
+func (a *Attacher) Watch() (Status, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status, a.changed
+}
+
+// setStatus applies f to the status and wakes every waiter.
+func (a *Attacher) setStatus(f func(*Status)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f(&a.status)
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// WaitAttached waits until the agent is attached to the relay. It returns
+// early with the attach error if an attempt failed for a reason that
+// retrying will not fix by itself (a key mismatch, a refusal); the
+// Attacher keeps retrying in the background all the same. It returns
+// [ErrClosed] once the Attacher is closed.
+func (a *Attacher) WaitAttached(ctx context.Context) error {
+	for {
+		st, ch := a.Watch()
+		if st.Attached {
+			return nil
+		}
+		// After the status it read, so that an attach loop that has just
+		// detached (and forgotten earlier wants) sees this one.
+		a.want()
+		if st.LastError != nil && isPermanent(st.LastError) {
+			return st.LastError
+		}
+		select {
+		case <-ch:
+		case <-a.ctx.Done():
+			return ErrClosed
+		case <-ctx.Done():
+			if st.LastError != nil {
+				return fmt.Errorf("not attached to relay %s: %w", a.cfg.Relay.Addr, st.LastError)
+			}
+			return fmt.Errorf("not attached to relay %s yet: %w", a.cfg.Relay.Addr, context.Cause(ctx))
+		}
+	}
+}
+
+// want tells the attach loop that the relay is wanted now.
+func (a *Attacher) want() {
+	select {
+	case a.wanted <- struct{}{}:
+	default:
+	}
+}
+
+// unwant forgets that the relay was wanted.
+func (a *Attacher) unwant() {
+	select {
+	case <-a.wanted:
+	default:
+	}
+}
+
+// waitWanted waits until the relay is wanted (see want), d has passed or
+// the Attacher closes.
+func (a *Attacher) waitWanted(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-a.wanted:
+	case <-t.C:
+	case <-a.ctx.Done():
+	}
+}
+
+func (a *Attacher) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-a.ctx.Done():
+	}
+}
+
+// spread returns a random wait in [from·ReattachSpread, ReattachSpread).
+func (a *Attacher) spread(from float64) time.Duration {
+	s := a.cfg.ReattachSpread
+	lo := time.Duration(from * float64(s))
+	return lo + rand.N(s-lo)
+}
+
+// AccessChanged tells the relay that Config.Access would now answer
+// differently: the new list is sent now if attached (and on every attach,
+// as always).
+func (a *Attacher) AccessChanged() {
+	a.stateMu.Lock()
+	a.stateVersion++
+	a.stateMu.Unlock()
+	a.sendState()
+}
+
+// SetPairIntent tells the relay that this client is pairing with device
+// using the invite whose relay token is token, so that the relay lets it
+// through while the device lists the token.
+func (a *Attacher) SetPairIntent(device identity.ID, token [32]byte) {
+	a.stateMu.Lock()
+	if a.intents == nil {
+		a.intents = make(map[identity.ID][32]byte)
+	}
+	a.intents[device] = token
+	a.stateVersion++
+	a.stateMu.Unlock()
+	a.sendState()
+}
+
+// ClearPairIntent forgets the pairing intent for device; it is not sent
+// on later Links.
+func (a *Attacher) ClearPairIntent(device identity.ID) {
+	a.stateMu.Lock()
+	delete(a.intents, device)
+	a.stateMu.Unlock()
+}
+
+// sendState sends the state over the current Link, if any.
+func (a *Attacher) sendState() {
+	if l := a.cur.Load(); l != nil {
+		st, _ := a.state()
+		l.SendState(st)
+	}
+}
+
+// state returns the agent's state, with the version it reflects.
+func (a *Attacher) state() (State, uint64) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	var st State
+	if a.cfg.Role == relayproto.RoleDevice && a.cfg.Access != nil {
+		st.Access = AccessList(a.cfg.Access())
+	}
+	for dev, tok := range a.intents {
+		st.Intents = append(st.Intents, relayproto.PairIntent{Device: dev, Token: tok})
+	}
+	return st, a.stateVersion
+}
+
+// loop keeps the agent attached to the relay until the Attacher is closed.
+func (a *Attacher) loop() {
+	b := backoff.Backoff{Min: a.cfg.MinBackoff, Max: a.cfg.MaxBackoff}
+	var (
+		lastMsg    string    // the last attach error logged
+		lastLogged time.Time // and when
+		spreading  bool      // returning to a relay that dropped everyone (ReattachSpread)
+	)
+	for a.ctx.Err() == nil {
+		st, version := a.state()
+		l, err := Dial(a.ctx, a.cfg, st)
+		if err != nil {
+			if a.ctx.Err() != nil {
+				return
+			}
+			// The same failure again is logged once a minute, not at
+			// every attempt.
+			level := slog.LevelWarn
+			if isPermanent(err) {
+				level = slog.LevelError
+			}
+			if msg := err.Error(); msg == lastMsg && time.Since(lastLogged) < time.Minute {
+				level = slog.LevelDebug
+			} else {
+				lastMsg, lastLogged = msg, time.Now()
+			}
+			a.log.Log(a.ctx, level, "relay attach failed", "err", err)
+			a.setStatus(func(s *Status) { s.LastError = err; s.Since = time.Now() })
+			if isPermanent(err) {
+				b.N = 64 // only a configuration change helps: retry slowly
+			}
+			wait := b.Next()
+			if spreading {
+				wait = max(wait, a.spread(0.5))
+			}
+			a.sleep(wait)
+			continue
+		}
+		lastMsg, spreading = "", false
+		start := time.Now()
+		a.attached(l, version, start)
+		ga, drained, err := a.serve(l)
+		// Wants from while attached do not count; from here on, every
+		// one does (see WaitAttached, Send).
+		a.unwant()
+		a.cur.Store(nil)
+		if a.ctx.Err() != nil {
+			return
+		}
+		a.setStatus(func(s *Status) { s.Attached, s.Draining, s.LastError, s.Since = false, false, err, time.Now() })
+		if time.Since(start) >= stableLink {
+			b.Reset()
+		}
+		wait := b.Next()
+		switch {
+		case ga != nil && ga.Reason == relayproto.GoAwayUnused:
+			// No device on the relay allows this client: it is of no use
+			// there until it has something to send (a tunnel to open, a
+			// packet of a session), or, to keep its status fresh, until
+			// the relay's wait is over; never sooner than the backoff, so
+			// that a relay that says so at once cannot make it loop.
+			retry := time.Duration(ga.RetryAfterMillis) * time.Millisecond
+			a.log.Info("relay closed this client's session: no device there allows it now; attaching again when there is something to send",
+				"retry_in", max(retry, wait).String())
+			since := time.Now()
+			a.waitWanted(max(retry, wait))
+			a.sleep(wait - time.Since(since))
+			continue
+		case ga != nil:
+			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
+		case a.cfg.ReattachSpread > 0 && !errors.Is(err, ErrIdle):
+			// Closed or reset without a word: the relay (or its host)
+			// went down, for every agent at once.
+			spreading = true
+			wait = max(wait, a.spread(0))
+		}
+		attrs := []any{"err", err, "after", time.Since(start).Round(time.Millisecond).String(), "retry_in", wait.Round(time.Millisecond).String()}
+		if drained {
+			// Announced: the relay said it would close the session.
+			a.log.Info("detached from draining relay", attrs...)
+		} else {
+			a.log.Warn("detached from relay", attrs...)
+		}
+		a.sleep(wait)
+	}
+}
+
+// attached makes l the current Link: it sends the state that changed
+// since version (while attaching), says so, and stops presenting the
+// enrollment token.
+func (a *Attacher) attached(l *Link, version uint64, start time.Time) {
+	a.cur.Store(l)
+	if st, v := a.state(); v != version {
+		l.SendState(st)
+	}
+	a.setStatus(func(s *Status) {
+		*s = Status{Attached: true, Relay: a.cfg.Relay.Addr, RelayID: l.relayID, Since: start, ObservedAddr: l.observed}
+	})
+	a.log.Info("attached to relay", "relay_id", l.relayID.String(), "observed_addr", l.observed)
+	if a.cfg.EnrollToken != "" {
+		// Admitted, so enrolled: the token is not sent again (only
+		// the attach loop reads it).
+		a.cfg.EnrollToken = ""
+		if a.cfg.OnEnrolled != nil {
+			a.cfg.OnEnrolled()
+		}
+	}
+	if a.cfg.OnAttach != nil {
+		a.cfg.OnAttach(l)
+	}
+}
+
+// serve reads l until it ends, then closes it. It returns why it ended,
+// the relay's go-away if it sent one, and whether it announced a drain.
+func (a *Attacher) serve(l *Link) (goAway *relayproto.GoAway, drained bool, err error) {
+	defer l.Close()
+	for {
+		m, err := l.Read()
+		if err != nil {
+			return nil, drained, err
+		}
+		switch m := m.(type) {
+		case *Packet:
+			if a.cfg.OnPacket != nil {
+				a.cfg.OnPacket(m)
+			} else {
+				m.Release()
+			}
+		case relayproto.PeerGone:
+			if a.cfg.OnPeerGone != nil {
+				a.cfg.OnPeerGone(m)
+			}
+		case Pong:
+			a.setStatus(func(s *Status) { s.RTT = m.RTT })
+		case relayproto.Drain:
+			// Nothing changes here: the Link, and the E2E sessions on
+			// it, go on until the relay closes it with a go-away; the
+			// reattach after that is the usual one.
+			if !drained {
+				drained = true
+				a.setStatus(func(s *Status) { s.Draining = true })
+				attrs := []any{"msg", m.Message}
+				if m.WithinMillis != 0 {
+					attrs = append(attrs, "closes_within", (time.Duration(m.WithinMillis) * time.Millisecond).String())
+				}
+				a.log.Info("relay is draining: keeping this session and its tunnels until the relay closes it", attrs...)
+			}
+		case relayproto.GoAway:
+			return &m, drained, fmt.Errorf("relay said go away: %s (%s)", m.Reason, m.Message)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+// Package relaylink is an agent's link to its relay: one TLS connection,
+// upgraded from HTTP, over which the agent proves its key and then sends
+// and receives the frames of relayproto.
+//
+// A [Link] is one such connection. [Dial] opens it: TCP, TLS with the
+// relay's certificate checked against a pinned relay ID or a trusted root
+// ([RelayConfig]), the HTTP upgrade, and the hello/challenge exchange,
+// with the agent's state (a device's access list, a client's pairing
+// intents: [State]) sent right behind the hello. [Link.Read] returns what
+// the relay sends as typed messages ([*Packet], [relayproto.PeerGone],
+// [relayproto.Drain], [relayproto.GoAway], [Pong]) and answers its pings;
+// a write loop sends what is queued in batches, one TLS record for a burst
+// of packets, and pings the relay every keepalive interval.
+//
+// An [Attacher] keeps an agent attached: it dials, serves the Link until
+// it ends, and dials again with backoff, spread after a relay crash, or
+// only on demand after the relay closed an unused client. It lives here,
+// beside the Link, rather than in the path layer, because everything it
+// decides is about the relay: when to dial again, what the relay said on
+// leaving (go-away, drain), which state to send again at every attach and
+// when the enrollment token is no longer presented. The path layer above
+// gives it packets to send and takes the packets it delivers, and knows
+// nothing of frames, handshakes or retries.
+//
+// This package carries opaque packets: it never imports the path layer,
+// the end-to-end session or QUIC, and holds no key that could read what
+// the packets carry. It imports only identity and relayproto of burrow.
+package relaylink
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// RelayConfig says which relay an agent attaches to and how it checks it.
+type RelayConfig struct {
+	// Addr is the relay's host:port. Required.
+	Addr string
+	// ID pins the relay's key: the relay must present, in the TLS
+	// handshake, a certificate whose key has this ID, whoever signed it
+	// (RootCAs are not used). If zero, the relay's certificate must chain
+	// to a trusted root for Addr's host instead (RootCAs).
+	ID identity.ID
+	// RootCAs are the roots a CA-signed relay certificate is checked
+	// against when ID is zero; nil means the system roots.
+	RootCAs *x509.CertPool
+}
+
+// An AttachRefusedError is the relay's refusal of this agent, in answer to
+// its hello.
+type AttachRefusedError struct {
+	Relay string
+	relayproto.Refuse
+}
+
+func (e *AttachRefusedError) Error() string {
+	return fmt.Sprintf("relay %s refused this agent (%s): %s", e.Relay, e.Code, e.Message)
+}
+
+// An UntrustedRelayError reports a relay certificate that is neither pinned
+// nor signed by a trusted authority.
+type UntrustedRelayError struct {
+	Relay string
+	Err   error
+}
+
+func (e *UntrustedRelayError) Error() string {
+	return fmt.Sprintf("relay %s: certificate not trusted (%v): pin the relay with its ID (relay_id, --relay-id)", e.Relay, e.Err)
+}
+
+func (e *UntrustedRelayError) Unwrap() error { return e.Err }
+
+var (
+	// ErrIdle ends a Link on which the relay sent nothing, not even a
+	// ping, for 3 keepalive intervals: the network went dark.
+	ErrIdle = errors.New("relay sent nothing for 3 keepalive intervals")
+	// ErrClosed is returned by a closed [Attacher]'s WaitAttached and a
+	// closed [Link]'s Read; it matches net.ErrClosed.
+	ErrClosed = fmt.Errorf("relaylink: %w", net.ErrClosed)
+
+	errStateNotSent = errors.New("could not send the access list to the relay: its session is stalled")
+)
+
+// isPermanent reports whether err is an attach failure that retrying alone
+// will not fix: someone has to change a configuration somewhere. A relay
+// that is overloaded, shutting down (draining) or holding as many sessions
+// from this address as it takes refuses only for now.
+func isPermanent(err error) bool {
+	if refused, ok := errors.AsType[*AttachRefusedError](err); ok {
+		switch refused.Code {
+		case relayproto.RefuseOverloaded, relayproto.RefuseShuttingDown, relayproto.RefuseTooMany:
+			return false
+		}
+		return true
+	}
+	var untrusted *UntrustedRelayError
+	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted)
+}
