@@ -203,7 +203,9 @@ func TestBinaryRelayClientFlood(t *testing.T) {
 	// The shell sets the limits and becomes the relay.
 	cmd := exec.Command("bash", "-c", `ulimit -n 4096 && ulimit -Sn 1024 && exec "$0" "$@"`, binary(t),
 		"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--devices", devicesFile, "--no-udp",
-		"--client-grace", "10m") // longer than the flood: its sessions stay
+		// Longer than the flood, however slow the machine: its sessions
+		// reach no device and never ping, and must stay.
+		"--client-grace", "10m", "--keepalive", "5m")
 	relay := startCmd(t, "relay", cmd)
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	addr := m[1]
