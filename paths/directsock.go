@@ -2,6 +2,7 @@ package paths
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/peerproto"
 	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/udpsock"
@@ -154,4 +156,91 @@ func (c *Conn) bind(l *relaylink.Link, b relayproto.UDPBinding) {
 	if c.ds.binding.CompareAndSwap(req, nil) {
 		c.log.Debug("relay's UDP port did not answer", "addr", to.String())
 	}
+}
+
+// allowRound reports whether peer may start a search round now: each round
+// makes this agent send openers and probes to addresses the peer chose, so
+// a peer (a known one, but perhaps hostile) starts at most peerRoundBurst
+// in a row and then one per peerRoundEvery, whatever sessions it opens.
+// An honest peer's rounds (at a session's start, then after failures with
+// backoff from retryMin to retryMax) stay well inside.
+func (ds *directSocket) allowRound(peer identity.ID) bool {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	l := ds.rounds[peer]
+	if l == nil {
+		if ds.rounds == nil {
+			ds.rounds = make(map[identity.ID]*rate.Limiter)
+		}
+		l = rate.NewLimiter(rate.Every(peerRoundEvery), peerRoundBurst)
+		ds.rounds[peer] = l
+	}
+	return l.Allow()
+}
+
+// directMessage handles a datagram that is not a QUIC packet.
+func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
+	ds := c.ds
+	if len(b) == 0 {
+		ds.strange.Add(1)
+		return
+	}
+	m, err := peerproto.ParseDatagram(b)
+	switch m := m.(type) {
+	case peerproto.Probe:
+		d := ds.direct(m.PathID)
+		if d == nil || !m.Valid(d.key) {
+			ds.strange.Add(1)
+			return
+		}
+		if m.PathID != d.theirID {
+			return // our own probe, looped back to us
+		}
+		d.probed(m.TxID, from, m.Len)
+	case peerproto.Reply:
+		d := ds.direct(m.PathID)
+		if d == nil || !m.Valid(d.key) {
+			ds.strange.Add(1)
+			return
+		}
+		if m.PathID == d.myID {
+			d.replied(m.TxID, m.Received, from)
+		}
+	case peerproto.Opener:
+		// Its work was done on the way; nothing to do here.
+	default:
+		// Not a peer's datagram: a relay's binding response, or strange.
+		if !errors.Is(err, peerproto.ErrUnknownType) || b[0] != relayproto.UDPBindingResponse {
+			ds.strange.Add(1)
+			return
+		}
+		req := ds.binding.Load()
+		txid, addr, err := relayproto.ParseBindingResponse(b)
+		if req == nil || err != nil || from != req.to || txid != req.txid {
+			ds.strange.Add(1)
+			return
+		}
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		if old := ds.observed.Swap(&addr); old == nil || *old != addr {
+			c.log.Debug("relay sees our UDP socket", "addr", addr.String())
+		}
+		ds.binding.CompareAndSwap(req, nil)
+	}
+}
+
+// direct returns the Direct one of whose path IDs is id, or nil.
+func (ds *directSocket) direct(id [8]byte) *Direct {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return ds.ids[id]
+}
+
+// updateRoutesLocked replaces the route table with a copy changed by f.
+func (ds *directSocket) updateRoutesLocked(f func(map[netip.AddrPort]*Direct)) {
+	m := make(map[netip.AddrPort]*Direct, len(*ds.routes.Load())+1)
+	for a, d := range *ds.routes.Load() {
+		m[a] = d
+	}
+	f(m)
+	ds.routes.Store(&m)
 }
