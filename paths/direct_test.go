@@ -3,7 +3,6 @@ package paths
 import (
 	"bytes"
 	"crypto/rand"
-	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -14,104 +13,17 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/testing/memnet"
 	"github.com/burrow-tunnel/burrow/peerproto"
 	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/udpsock"
 )
 
-// udpNet is an in-memory UDP network for synctest bubbles: sockets by
-// address, a filter that drops datagrams, a tap that sees them, and a way
-// to inject datagrams with any source address.
-type udpNet struct {
-	mu    sync.Mutex
-	socks map[netip.AddrPort]*memUDP
-	drop  func(from, to netip.AddrPort, b []byte) bool // guarded by mu
-	tap   func(from, to netip.AddrPort, b []byte)      // guarded by mu
-}
-
-func newUDPNet() *udpNet { return &udpNet{socks: make(map[netip.AddrPort]*memUDP)} }
-
+// A datagram is one the tests saw on the network.
 type datagram struct {
 	from netip.AddrPort
 	b    []byte
-}
-
-// memUDP is a socket on a udpNet. Datagrams sent with a TTL of 2 or less
-// die on the way, as openers do between two NATs.
-type memUDP struct {
-	n         *udpNet
-	addr      netip.AddrPort
-	in        chan datagram
-	ttl       atomic.Int32
-	done      chan struct{}
-	closeOnce sync.Once
-}
-
-func (n *udpNet) listen(addr string) *memUDP {
-	s := &memUDP{n: n, addr: netip.MustParseAddrPort(addr), in: make(chan datagram, 4096), done: make(chan struct{})}
-	s.ttl.Store(64)
-	n.mu.Lock()
-	n.socks[s.addr] = s
-	n.mu.Unlock()
-	return s
-}
-
-func (n *udpNet) setDrop(f func(from, to netip.AddrPort, b []byte) bool) {
-	n.mu.Lock()
-	n.drop = f
-	n.mu.Unlock()
-}
-
-func (n *udpNet) setTap(f func(from, to netip.AddrPort, b []byte)) {
-	n.mu.Lock()
-	n.tap = f
-	n.mu.Unlock()
-}
-
-// send carries b from from to to, unless dropped.
-func (n *udpNet) send(from, to netip.AddrPort, b []byte) {
-	n.mu.Lock()
-	dst, drop, tap := n.socks[to], n.drop, n.tap
-	n.mu.Unlock()
-	if tap != nil {
-		tap(from, to, b)
-	}
-	if dst == nil || drop != nil && drop(from, to, b) {
-		return
-	}
-	select {
-	case dst.in <- datagram{from: from, b: bytes.Clone(b)}:
-	default:
-	}
-}
-
-func (s *memUDP) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
-	select {
-	case d := <-s.in:
-		return copy(b, d.b), d.from, nil
-	case <-s.done:
-		return 0, netip.AddrPort{}, net.ErrClosed
-	}
-}
-
-func (s *memUDP) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
-	if s.ttl.Load() > 2 {
-		s.n.send(s.addr, to, b)
-	}
-	return len(b), nil
-}
-
-func (s *memUDP) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(s.addr) }
-func (s *memUDP) DefaultTTL() int     { return 64 }
-func (s *memUDP) SetTTL(ttl int) error {
-	s.ttl.Store(int32(ttl))
-	return nil
-}
-
-func (s *memUDP) Close() error {
-	s.closeOnce.Do(func() { close(s.done) })
-	return nil
 }
 
 // directPair is a device and a client attached to one in-memory relay, each
@@ -119,9 +31,9 @@ func (s *memUDP) Close() error {
 // whose signalling the test carries.
 type directPair struct {
 	dev, cli     *Conn
-	dSock, cSock *memUDP
+	dSock, cSock *memnet.UDPConn
 	dDir, cDir   *Direct
-	udp          *udpNet
+	udp          *memnet.UDPNet
 	relayStats   func() uint64 // packets the relay forwarded
 	// stalled, when set, holds back lost messages, as a session whose
 	// packets the lossy path swallowed would.
@@ -132,10 +44,10 @@ func newDirectPair(t *testing.T) *directPair {
 	t.Helper()
 	m := newMemNet()
 	srv := startRelay(t, m, 15*time.Second)
-	un := newUDPNet()
+	un := memnet.NewUDP()
 	p := &directPair{udp: un, relayStats: func() uint64 { return srv.Stats().PacketsForwarded }}
-	p.dSock = un.listen("10.0.0.1:4000")
-	p.cSock = un.listen("10.0.0.2:5000")
+	p.dSock = un.Listen("10.0.0.1:4000")
+	p.cSock = un.Listen("10.0.0.2:5000")
 	devID, _ := identity.Generate()
 	cliID, _ := identity.Generate()
 	var err error
@@ -143,7 +55,7 @@ func newDirectPair(t *testing.T) *directPair {
 		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
 		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
 		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.dSock, nil },
-			Addrs: []netip.Addr{p.dSock.addr.Addr()}}})
+			Addrs: []netip.Addr{p.dSock.Addr().Addr()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +63,7 @@ func newDirectPair(t *testing.T) *directPair {
 	p.cli, err = Listen(Config{Identity: cliID, Role: relayproto.RoleClient,
 		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
 		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.cSock, nil },
-			Addrs: []netip.Addr{p.cSock.addr.Addr()}}})
+			Addrs: []netip.Addr{p.cSock.Addr().Addr()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,10 +167,10 @@ func TestDirectPath(t *testing.T) {
 		p.exchange(t) // over the relay
 		p.start(t, newKey())
 		took := p.waitPath(t, time.Second, isDirect, "direct")
-		if got, want := p.cDir.Path().Addr, p.dSock.addr; got != want {
+		if got, want := p.cDir.Path().Addr, p.dSock.Addr(); got != want {
 			t.Fatalf("client's path goes to %v, want %v", got, want)
 		}
-		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
+		if got, want := p.dDir.Path().Addr, p.cSock.Addr(); got != want {
 			t.Fatalf("device's path goes to %v, want %v", got, want)
 		}
 		if p.cli.Path(p.dev.LocalAddr()) != p.cDir.Path() {
@@ -314,7 +226,7 @@ func TestDirectDataLossQuietSide(t *testing.T) {
 		defer func() { close(stop); wg.Wait() }()
 		time.Sleep(time.Second)
 		p.stalled.Store(true)
-		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
+		p.udp.SetDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
 		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
 		t.Logf("both on the relay %v after data stopped crossing", took)
 	})
@@ -349,7 +261,7 @@ func TestDirectFallback(t *testing.T) {
 		wg.Go(func() { drain(p.cli, stop) })
 		time.Sleep(time.Second)
 
-		p.udp.setDrop(func(_, _ netip.AddrPort, _ []byte) bool { return true })
+		p.udp.SetDrop(func(_, _ netip.AddrPort, _ []byte) bool { return true })
 		cut := time.Now()
 		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
 		t.Logf("on the relay %v after the cut", took)
@@ -365,7 +277,7 @@ func TestDirectFallback(t *testing.T) {
 
 		// Cut long enough for the path to be given up, then lifted.
 		time.Sleep(10*time.Second - time.Since(cut))
-		p.udp.setDrop(nil)
+		p.udp.SetDrop(nil)
 		took = p.waitPath(t, retryMax+discoveryFor, isDirect, "direct again")
 		t.Logf("direct again %v after the cut was lifted", took)
 		p.exchange(t)
@@ -396,14 +308,14 @@ func TestDirectSpoofing(t *testing.T) {
 		var mu sync.Mutex
 		var seen []datagram
 		var dst []netip.AddrPort
-		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+		p.udp.SetTap(func(from, to netip.AddrPort, b []byte) {
 			mu.Lock()
 			seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
 			dst = append(dst, to)
 			mu.Unlock()
 		})
-		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
-			return from == p.dSock.addr || from == p.cSock.addr
+		p.udp.SetDrop(func(from, to netip.AddrPort, b []byte) bool {
+			return from == p.dSock.Addr() || from == p.cSock.Addr()
 		})
 		p.start(t, newKey())
 		for range 30 {
@@ -422,7 +334,7 @@ func TestDirectSpoofing(t *testing.T) {
 				probe[25] ^= 1
 				quic := append([]byte{0x40}, d.b[1:100]...)
 				for _, b := range [][]byte{reply, probe, d.b, quic} {
-					p.udp.inject(dst[i], d.from, b)
+					p.udp.Inject(dst[i], d.from, b)
 				}
 			}
 			seen, dst = nil, nil
@@ -437,8 +349,8 @@ func TestDirectSpoofing(t *testing.T) {
 		if p.cli.ds.strange.Load() == 0 || p.dev.ds.strange.Load() == 0 || p.cli.ds.dropped.Load() == 0 {
 			t.Fatal("the spoofed datagrams did not arrive")
 		}
-		p.udp.setTap(nil)
-		p.udp.setDrop(nil)
+		p.udp.SetTap(nil)
+		p.udp.SetDrop(nil)
 		// The real path still works.
 		p.waitPath(t, retryMax+discoveryFor, isDirect, "direct once the path works")
 	})
@@ -456,8 +368,8 @@ func TestDirectRoundsLimited(t *testing.T) {
 			victims = append(victims, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9))
 		}
 		var probes atomic.Int64
-		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if from == p.dSock.addr && len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && slices.Contains(victims, to) {
+		p.udp.SetTap(func(from, to netip.AddrPort, b []byte) {
+			if from == p.dSock.Addr() && len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && slices.Contains(victims, to) {
 				probes.Add(1)
 			}
 		})
@@ -502,7 +414,7 @@ func TestDirectReplay(t *testing.T) {
 		var mu sync.Mutex
 		var replies []datagram
 		var dst []netip.AddrPort
-		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+		p.udp.SetTap(func(from, to netip.AddrPort, b []byte) {
 			if len(b) > 0 && b[0] == byte(peerproto.DatagramReply) {
 				mu.Lock()
 				replies = append(replies, datagram{from: from, b: bytes.Clone(b)})
@@ -513,8 +425,8 @@ func TestDirectReplay(t *testing.T) {
 		p.start(t, newKey())
 		p.waitPath(t, time.Second, isDirect, "direct")
 		time.Sleep(3 * time.Second) // heartbeats: more replies to capture
-		p.udp.setTap(nil)
-		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool { return true })
+		p.udp.SetTap(nil)
+		p.udp.SetDrop(func(from, to netip.AddrPort, b []byte) bool { return true })
 		mu.Lock()
 		if len(replies) < 2 {
 			t.Fatalf("captured %d replies", len(replies))
@@ -526,7 +438,7 @@ func TestDirectReplay(t *testing.T) {
 		wg.Go(func() {
 			for {
 				for i, d := range old {
-					p.udp.inject(d.from, to[i], d.b)
+					p.udp.Inject(d.from, to[i], d.b)
 				}
 				select {
 				case <-stop:
@@ -539,16 +451,6 @@ func TestDirectReplay(t *testing.T) {
 		close(stop)
 		wg.Wait()
 	})
-}
-
-// inject delivers b to to as if from from, past the drop filter.
-func (n *udpNet) inject(from, to netip.AddrPort, b []byte) {
-	n.mu.Lock()
-	dst := n.socks[to]
-	n.mu.Unlock()
-	if dst != nil {
-		dst.in <- datagram{from: from, b: bytes.Clone(b)}
-	}
 }
 
 // TestDirectOff: with direct paths disabled there is no socket and no
@@ -665,7 +567,7 @@ func (f *flow) close() {
 func TestDirectReplayFromElsewhere(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := newDirectPair(t)
-		agents := []netip.AddrPort{p.dSock.addr, p.cSock.addr}
+		agents := []netip.AddrPort{p.dSock.Addr(), p.cSock.Addr()}
 		var attackers []netip.AddrPort
 		for i := range 2 * maxRoutes {
 			attackers = append(attackers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 66}), uint16(6000+i)))
@@ -673,7 +575,7 @@ func TestDirectReplayFromElsewhere(t *testing.T) {
 		var mu sync.Mutex
 		var seen []datagram
 		var dst []netip.AddrPort
-		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
+		p.udp.SetTap(func(from, to netip.AddrPort, b []byte) {
 			if len(b) > 0 && (b[0] == byte(peerproto.DatagramProbe) || b[0] == byte(peerproto.DatagramReply)) && slices.Contains(agents, from) && slices.Contains(agents, to) {
 				mu.Lock()
 				seen = append(seen, datagram{from: from, b: bytes.Clone(b)})
@@ -703,7 +605,7 @@ func TestDirectReplayFromElsewhere(t *testing.T) {
 			mu.Unlock()
 			for i, d := range got {
 				for _, a := range attackers {
-					p.udp.inject(a, to[i], d.b)
+					p.udp.Inject(a, to[i], d.b)
 					replays++
 				}
 			}
@@ -712,7 +614,7 @@ func TestDirectReplayFromElsewhere(t *testing.T) {
 				c    *Conn
 				dir  *Direct
 				peer netip.AddrPort
-			}{{"device", p.dev, p.dDir, p.cSock.addr}, {"client", p.cli, p.cDir, p.dSock.addr}} {
+			}{{"device", p.dev, p.dDir, p.cSock.Addr()}, {"client", p.cli, p.cDir, p.dSock.Addr()}} {
 				routes := *side.c.ds.routes.Load()
 				for _, a := range attackers {
 					if routes[a] != nil {
@@ -751,7 +653,7 @@ func TestDirectDataLoss(t *testing.T) {
 		defer f.close()
 		time.Sleep(time.Second)
 
-		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
+		p.udp.SetDrop(func(_, _ netip.AddrPort, b []byte) bool { return len(b) > 0 && b[0]&0x40 != 0 })
 		took := p.waitPath(t, 3*time.Second, isRelay, "back on the relay")
 		t.Logf("on the relay %v after data stopped crossing", took)
 		f.measure.Store(true)
@@ -770,7 +672,7 @@ func TestDirectDataLoss(t *testing.T) {
 			t.Fatalf("the relay forwarded %d packets in %v", n, watch)
 		}
 		// Once the path carries data again, it is used again.
-		p.udp.setDrop(nil)
+		p.udp.SetDrop(nil)
 		p.waitPath(t, lostRetryMax+discoveryFor, isDirect, "direct again once data crosses")
 	})
 }
@@ -816,7 +718,7 @@ func TestDirectDataCheckQuiet(t *testing.T) {
 
 		// One packet lost, then silence.
 		var once atomic.Bool
-		p.udp.setDrop(func(_, _ netip.AddrPort, b []byte) bool {
+		p.udp.SetDrop(func(_, _ netip.AddrPort, b []byte) bool {
 			return len(b) > 0 && b[0]&0x40 != 0 && once.CompareAndSwap(false, true)
 		})
 		pkt := make([]byte, 100)
@@ -838,7 +740,7 @@ func TestDirectProbeBack(t *testing.T) {
 		p.cli.cfg.Direct.Addrs = []netip.Addr{netip.MustParseAddr("10.0.0.99")}
 		p.start(t, newKey())
 		p.waitPath(t, time.Second, isDirect, "direct")
-		if got, want := p.dDir.Path().Addr, p.cSock.addr; got != want {
+		if got, want := p.dDir.Path().Addr, p.cSock.Addr(); got != want {
 			t.Fatalf("device's path goes to %v, want %v", got, want)
 		}
 		p.exchangeDirect(t, 20)
@@ -861,18 +763,18 @@ func TestDirectFreshReplay(t *testing.T) {
 		var mu sync.Mutex
 		var stolen [][]byte
 		var backs atomic.Int64
-		p.udp.setTap(func(from, to netip.AddrPort, b []byte) {
-			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.addr && to == p.dSock.addr {
+		p.udp.SetTap(func(from, to netip.AddrPort, b []byte) {
+			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.Addr() && to == p.dSock.Addr() {
 				mu.Lock()
 				stolen = append(stolen, bytes.Clone(b))
 				mu.Unlock()
 			}
-			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.dSock.addr && slices.Contains(attackers, to) {
+			if len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.dSock.Addr() && slices.Contains(attackers, to) {
 				backs.Add(1)
 			}
 		})
-		p.udp.setDrop(func(from, to netip.AddrPort, b []byte) bool {
-			return len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.addr
+		p.udp.SetDrop(func(from, to netip.AddrPort, b []byte) bool {
+			return len(b) > 0 && b[0] == byte(peerproto.DatagramProbe) && from == p.cSock.Addr()
 		})
 		p.start(t, newKey())
 		const attack = 10 * time.Second
@@ -883,7 +785,7 @@ func TestDirectFreshReplay(t *testing.T) {
 			mu.Unlock()
 			for _, b := range got {
 				for _, a := range attackers {
-					p.udp.inject(a, p.dSock.addr, b)
+					p.udp.Inject(a, p.dSock.Addr(), b)
 				}
 			}
 			routes := *p.dev.ds.routes.Load()
@@ -892,12 +794,12 @@ func TestDirectFreshReplay(t *testing.T) {
 					t.Fatalf("after %v the device takes the attacker's %v for the client's", time.Since(start), a)
 				}
 			}
-			if pi := p.dDir.Path(); pi.Direct && pi.Addr != p.cSock.addr {
+			if pi := p.dDir.Path(); pi.Direct && pi.Addr != p.cSock.Addr() {
 				t.Fatalf("after %v the device's path goes to %v", time.Since(start), pi.Addr)
 			}
 		}
-		if pi := p.dDir.Path(); !pi.Direct || pi.Addr != p.cSock.addr {
-			t.Fatalf("device's path %v, want direct %v", pi, p.cSock.addr)
+		if pi := p.dDir.Path(); !pi.Direct || pi.Addr != p.cSock.Addr() {
+			t.Fatalf("device's path %v, want direct %v", pi, p.cSock.Addr())
 		}
 		most := int64(probeBackBurst + attack/probeBackEvery)
 		t.Logf("%d probes sent back to the attacker's addresses in %v (at most %d)", backs.Load(), attack, most)

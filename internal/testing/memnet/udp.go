@@ -15,10 +15,13 @@ import (
 // A UDPNet is an in-memory UDP network: sockets by address, each with a
 // queue that drops what does not fit, as a socket buffer does. Datagrams
 // sent with a TTL of 2 or less die on the way, as they do between two
-// NATs.
+// NATs. A test can drop datagrams ([UDPNet.SetDrop]), watch them
+// ([UDPNet.SetTap]) and send them from any address ([UDPNet.Inject]).
 type UDPNet struct {
 	mu    sync.Mutex
-	socks map[netip.AddrPort]*UDPConn // guarded by mu
+	socks map[netip.AddrPort]*UDPConn                  // guarded by mu
+	drop  func(from, to netip.AddrPort, b []byte) bool // guarded by mu
+	tap   func(from, to netip.AddrPort, b []byte)      // guarded by mu
 }
 
 // NewUDP returns an empty network.
@@ -50,12 +53,42 @@ func (n *UDPNet) Listen(addr string) *UDPConn {
 	return s
 }
 
-// send carries b from from to to.
-func (n *UDPNet) send(from, to netip.AddrPort, b []byte) {
+// SetDrop makes the network drop the datagrams f returns true for; nil
+// drops none.
+func (n *UDPNet) SetDrop(f func(from, to netip.AddrPort, b []byte) bool) {
+	n.mu.Lock()
+	n.drop = f
+	n.mu.Unlock()
+}
+
+// SetTap makes the network call f with every datagram sent on it (dropped
+// or not) before it is delivered; nil stops it. f must not keep b.
+func (n *UDPNet) SetTap(f func(from, to netip.AddrPort, b []byte)) {
+	n.mu.Lock()
+	n.tap = f
+	n.mu.Unlock()
+}
+
+// Inject delivers b to to as if from from, past the drop filter and the
+// tap; it waits while to's queue is full.
+func (n *UDPNet) Inject(from, to netip.AddrPort, b []byte) {
 	n.mu.Lock()
 	dst := n.socks[to]
 	n.mu.Unlock()
-	if dst == nil {
+	if dst != nil {
+		dst.in <- datagram{from: from, b: bytes.Clone(b)}
+	}
+}
+
+// send carries b from from to to, unless dropped.
+func (n *UDPNet) send(from, to netip.AddrPort, b []byte) {
+	n.mu.Lock()
+	dst, drop, tap := n.socks[to], n.drop, n.tap
+	n.mu.Unlock()
+	if tap != nil {
+		tap(from, to, b)
+	}
+	if dst == nil || drop != nil && drop(from, to, b) {
 		return
 	}
 	select {
