@@ -317,7 +317,7 @@ func (c *Conn) LocalAddr() net.Addr {
 
 // WriteTo sends b to the peer addr, which must be an [Addr] or an address
 // ReadFrom returned: over the peer's direct path if it has a working one,
-// else over the relay. It never blocks: with no relay session, or a full
+// else over the relay. It never blocks: with no link to the relay, or a full
 // send queue, the packet is dropped (and counted), as a network would; the
 // E2E session retransmits.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {

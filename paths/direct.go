@@ -18,7 +18,7 @@ import (
 
 // Direct paths.
 //
-// Besides its relay session, an agent keeps one UDP socket. Once two
+// Besides its link to the relay, an agent keeps one UDP socket. Once two
 // agents share an E2E session (which always starts over the relay), the
 // layer above carries this file's signalling messages between their
 // [Direct]s, in order, and they look for a direct path:

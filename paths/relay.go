@@ -99,5 +99,5 @@ func (c *Conn) SetPairIntent(device identity.ID, token [32]byte) {
 }
 
 // ClearPairIntent forgets the pairing intent for device; it is not sent
-// on later sessions.
+// when the link is next made.
 func (c *Conn) ClearPairIntent(device identity.ID) { c.relay.ClearPairIntent(device) }

@@ -199,7 +199,7 @@ func (a *attachment) goAway(f relayproto.GoAway) {
 	})
 }
 
-// notify queues the advisory control frame b and starts the writer; a
+// notify queues the advisory notice b and starts the writer; a
 // full queue drops it.
 func (a *attachment) notify(b []byte) {
 	if a.q.push(outFrame{ctl: b}) {
@@ -356,7 +356,7 @@ func (a *attachment) handleFrame(br *bufio.Reader, t relayproto.FrameType, n uin
 		if _, err := io.ReadFull(br, p); err != nil {
 			return a.readErr(err)
 		}
-		return a.control(t, p)
+		return a.deviceState(t, p)
 	case relayproto.FramePing:
 		var p [8]byte
 		if n != 8 {
@@ -365,7 +365,7 @@ func (a *attachment) handleFrame(br *bufio.Reader, t relayproto.FrameType, n uin
 		if _, err := io.ReadFull(br, p[:]); err != nil {
 			return a.readErr(err)
 		}
-		a.sendControl(a, append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+8), relayproto.FramePong, 8), p[:]...))
+		a.sendNotice(a, append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+8), relayproto.FramePong, 8), p[:]...))
 	default:
 		// Pongs and frame types this relay does not know are skipped
 		// without allocating.
@@ -422,8 +422,8 @@ func (a *attachment) readFirstByte() error {
 // maxIntents bounds the pairing intents a client may hold at once.
 const maxIntents = 8
 
-// control handles an access or pair-intent frame.
-func (a *attachment) control(t relayproto.FrameType, p []byte) error {
+// deviceState handles an access or pair-intent frame.
+func (a *attachment) deviceState(t relayproto.FrameType, p []byte) error {
 	switch {
 	case t == relayproto.FrameAccess && a.role == relayproto.RoleDevice:
 		flags, entries, err := relayproto.ParseAccess(p, a.accessBuild)
@@ -518,7 +518,7 @@ func (a *attachment) forward(bp *[]byte, buf []byte) {
 		}
 		a.srv.countPeerGone()
 		p := relayproto.AppendPeerGone(relayproto.AppendHeader(make([]byte, 0, 64), relayproto.FramePeerGone, relayproto.AddrLen+9), gone)
-		a.sendControl(a, p)
+		a.sendNotice(a, p)
 		return
 	}
 	// Rewrite the frame in place: header, then the source address where
@@ -534,9 +534,9 @@ func (a *attachment) forward(bp *[]byte, buf []byte) {
 	a.srv.countForwarded(pktLen)
 }
 
-// sendControl queues a control frame for to, dropping it if the queue is
-// full: every control frame is advisory or repeated.
-func (a *attachment) sendControl(to *attachment, b []byte) {
+// sendNotice queues a notice (a frame other than a packet) for to,
+// dropping it if the queue is full: every notice is advisory or repeated.
+func (a *attachment) sendNotice(to *attachment, b []byte) {
 	if !to.q.push(outFrame{ctl: b}) {
 		to.dropped.Add(1)
 		a.srv.countDropped()

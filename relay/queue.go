@@ -16,10 +16,10 @@ const packetBufLen = relayproto.HeaderLen + relayproto.AddrLen + relayproto.MaxP
 var packetPool = sync.Pool{New: func() any { b := make([]byte, packetBufLen); return &b }}
 
 // An outFrame waits in an agent's send queue. A packet frame carries its
-// whole encoding in a pooled buffer (header included); a control frame
+// whole encoding in a pooled buffer (header included); a notice
 // carries its own bytes.
 type outFrame struct {
-	buf *[]byte // pooled; nil for a control frame
+	buf *[]byte // pooled; nil for a notice
 	n   int     // valid bytes of *buf
 	ctl []byte
 }

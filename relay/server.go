@@ -376,7 +376,7 @@ func (s *Server) announceDrain(ctx context.Context) {
 	p := relayproto.AppendDrain(nil, f)
 	frame := append(relayproto.AppendHeader(nil, relayproto.FrameDrain, len(p)), p...)
 	for _, a := range slices.Concat(devices, clients) {
-		a.notify(frame) // advisory, like every control frame
+		a.notify(frame) // advisory, like every notice
 	}
 	attrs := []any{"sessions", len(devices) + len(clients), "devices", len(devices), "clients", len(clients)}
 	if f.WithinMillis != 0 {

@@ -96,13 +96,13 @@ func (cfg *Config) setDefaults() {
 // Status describes an [Attacher]'s attachment.
 type Status struct {
 	Attached     bool          `json:"attached"`
-	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this session soon
+	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this link soon
 	Relay        string        `json:"relay"`              // the relay's address
-	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay in this session
+	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay on this link
 	Since        time.Time     `json:"since"`              // when the current state began
 	ObservedAddr string        `json:"observed,omitempty"` // our address as the relay sees it
 	RTT          time.Duration `json:"rtt,omitempty"`
-	// LastError is why the last attach attempt or session failed; nil
+	// LastError is why the last attach attempt or link failed; nil
 	// while attached. Error is its text, which survives JSON.
 	LastError error  `json:"-"`
 	Error     string `json:"error,omitempty"`
@@ -414,7 +414,7 @@ func (a *Attacher) loop() {
 		}
 		attrs := []any{"err", err, "after", time.Since(start).Round(time.Millisecond).String(), "retry_in", wait.Round(time.Millisecond).String()}
 		if drained {
-			// Announced: the relay said it would close the session.
+			// Announced: the relay said it would close the link.
 			a.log.Info("detached from draining relay", attrs...)
 		} else {
 			a.log.Warn("detached from relay", attrs...)

@@ -171,8 +171,9 @@ func (l *Link) SendState(st State) {
 	}
 }
 
-// sendControl queues a small control frame, dropping it if the queue is full.
-func (l *Link) sendControl(t relayproto.FrameType, payload []byte) {
+// sendNotice queues a small notice (a frame other than a packet),
+// dropping it if the queue is full.
+func (l *Link) sendNotice(t relayproto.FrameType, payload []byte) {
 	bp := framePool.Get().(*[]byte)
 	*bp = append(relayproto.AppendHeader((*bp)[:0], t, len(payload)), payload...)
 	select {
@@ -309,7 +310,7 @@ func (l *Link) readPing(t relayproto.FrameType, n uint32) (any, error) {
 		return nil, l.readErr(err)
 	}
 	if t == relayproto.FramePing {
-		l.sendControl(relayproto.FramePong, p[:])
+		l.sendNotice(relayproto.FramePong, p[:])
 		return nil, nil
 	}
 	if sent := l.pingSent.Swap(0); sent != 0 {
