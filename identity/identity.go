@@ -6,6 +6,9 @@
 // ID without asking anyone. Keys travel as self-signed X.509 certificates in
 // TLS 1.3 and are checked by pinning ([VerifyPinned]); no certificate authority
 // is involved between agents.
+//
+// It is the bottom layer: it imports nothing of burrow but the file
+// permission checks, and holds no network code.
 package identity
 
 import (

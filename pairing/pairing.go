@@ -9,6 +9,9 @@
 //
 // relay_id is absent when the relay has a CA-signed certificate. name is
 // what the device calls itself; the client may store it under another.
+//
+// The package only encodes, parses and hashes: it keeps no state, decides
+// no role and never sends anything.
 package pairing
 
 import (

@@ -2,7 +2,7 @@
 // HTTP with JSON bodies, reachable only by who may open the socket (mode
 // 0600, in a directory only its owner can enter). The device and relay
 // agents serve one, so that commands change their state through the one
-// process that owns it.
+// process that owns it. It must not listen on anything but a Unix socket.
 package adminsock
 
 import (

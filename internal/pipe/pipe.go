@@ -1,6 +1,7 @@
 // Package pipe joins two connections, copying bytes both ways with TCP's
 // semantics end to end: a half-close on one side becomes a half-close on
-// the other, and an abort (reset) on one side aborts the other.
+// the other, and an abort (reset) on one side aborts the other. It never
+// reads what it copies.
 package pipe
 
 import (
