@@ -24,7 +24,8 @@
 //
 // This package carries opaque packets: it never imports the path layer,
 // the end-to-end session or QUIC, and holds no key that could read what
-// the packets carry. It imports only identity and relayproto of burrow.
+// the packets carry. Of burrow it imports only identity, relayproto and
+// internal/backoff.
 package relaylink
 
 import (
