@@ -170,6 +170,7 @@ type DirectConfig struct {
 // A Direct looks for, uses and watches a direct path to one peer. Create it
 // with [Conn.StartDirect]; it is safe for concurrent use.
 type Direct struct {
+	// Set by StartDirect, then only read.
 	c       *Conn
 	peer    *peer
 	key     []byte
