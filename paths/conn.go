@@ -143,15 +143,11 @@ type Config struct {
 	// [relaylink.Config.ReattachSpread] says. Zero means no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
-	// enrolled it yet: at each attach until the relay first admits the
-	// device, and never after, so that a device the relay's operator
-	// removes is not enrolled again by it. Empty presents none.
+	// enrolled it yet, and OnEnrolled is called once it has, as
+	// [relaylink.Config.EnrollToken] and [relaylink.Config.OnEnrolled]
+	// say. An empty token presents none.
 	EnrollToken string
-	// OnEnrolled, if set, is called once when the relay first admits a
-	// device that has an EnrollToken (it is enrolled there; the token is
-	// no longer needed), on the attach loop's goroutine: it must not
-	// block.
-	OnEnrolled func()
+	OnEnrolled  func()
 	// Access, for a device, says who may reach it: the client IDs, and the
 	// relay tokens of its pending invites. It is asked at every attach and
 	// after [Conn.AccessChanged]; the relay routes no one else to the
