@@ -24,9 +24,12 @@
 //	burrow_tokens    key: lowercase hex of relay.EnrollTokenHash(token); the token itself is never stored
 //	                 value: {"v":1,"uses":N,"created":T,"expires":T}   N uses left
 //
-// Times are RFC 3339 in UTC. A device's one key holds both its enrollment
-// and its removal, so that removing a device is one compare-and-swap and
-// every relay's watch of the bucket sees it as one change. A spent token
+// Times are RFC 3339 in UTC, from the clock of the relay that wrote them:
+// whether a token was issued after a device's removal is decided by the
+// clocks of the two relays involved, so keep the fleet's clocks in step
+// (NTP). A device's one key holds both its enrollment and its removal, so
+// that removing a device is one compare-and-swap and every relay's watch
+// of the bucket sees it as one change. A spent token
 // is deleted (a delete marker). Every change that depends on what was read
 // is a compare-and-swap on the key's revision (KeyValue.Update with the
 // revision read, or Delete with LastRevision): two relays spending the
@@ -34,8 +37,8 @@
 //
 // "v" is the version of the record; a reader refuses a record of a
 // version it does not know (the device counts as not enrolled, the token
-// as unknown) rather than guess, and refuses to open buckets whose
-// burrow_format is newer than its own. A change of meaning takes a new
+// is refused) rather than guess, and refuses to open buckets whose
+// burrow_format is not its own. A change of meaning takes a new
 // version; a new optional field does not.
 package fleetstate
 
@@ -299,7 +302,7 @@ type tokenRecord struct {
 	Expires time.Time `json:"expires"`
 }
 
-// decode parses a record of format version 1 into v, whose V it checks.
+// decode parses a record, and refuses one of another format version.
 func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
 	var rec T
 	if err := json.Unmarshal(b, &rec); err != nil {

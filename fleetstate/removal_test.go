@@ -75,6 +75,8 @@ func TestFailClosed(t *testing.T) {
 	eventually(t, "B learns of the removal", func() bool { return !b.state.Enrolled(removed.ID()) })
 
 	ns.Stop()
+	// Long enough for many failed reconnections (every 100ms here).
+	time.Sleep(3 * time.Second)
 	l, err := b.dial(known, "")
 	if err != nil {
 		t.Fatalf("known device while NATS is down: %v", err)
