@@ -26,8 +26,9 @@ type TokenRequest struct {
 	TTL  string `json:"ttl,omitempty"`
 }
 
-// AdminHandler returns the handler of the admin API of srv and its store.
-func AdminHandler(srv *Server, st *Store) http.Handler {
+// AdminHandler returns the handler of the admin API of srv and its state.
+// A state that cannot be reached answers 503 Service Unavailable.
+func AdminHandler(srv *Server, st State) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /tokens", func(w http.ResponseWriter, r *http.Request) {
 		var req TokenRequest
@@ -42,7 +43,7 @@ func AdminHandler(srv *Server, st *Store) http.Handler {
 		}
 		tok, err := st.CreateToken(req.Uses, ttl)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, err.Error(), stateStatus(err, http.StatusBadRequest))
 			return
 		}
 		adminsock.WriteJSON(w, map[string]string{"token": tok})
@@ -50,7 +51,7 @@ func AdminHandler(srv *Server, st *Store) http.Handler {
 	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
 		devs, err := st.Devices()
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			http.Error(w, err.Error(), stateStatus(err, http.StatusInternalServerError))
 			return
 		}
 		for i := range devs {
@@ -65,7 +66,7 @@ func AdminHandler(srv *Server, st *Store) http.Handler {
 			return
 		}
 		if err := st.Remove(id); err != nil {
-			status := http.StatusInternalServerError
+			status := stateStatus(err, http.StatusInternalServerError)
 			if errors.Is(err, ErrNotEnrolled) {
 				status = http.StatusNotFound
 			}
@@ -76,6 +77,15 @@ func AdminHandler(srv *Server, st *Store) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	return mux
+}
+
+// stateStatus is the HTTP status of the state's error err: 503 if the
+// state is unavailable, otherwise status.
+func stateStatus(err error, status int) int {
+	if errors.Is(err, ErrStateUnavailable) {
+		return http.StatusServiceUnavailable
+	}
+	return status
 }
 
 // An AdminClient calls a running relay's admin API.

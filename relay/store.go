@@ -1,14 +1,11 @@
 package relay
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -107,7 +104,7 @@ var tokenEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithP
 
 // tokenKey is what the store keeps of a token: its hash, never the token.
 func tokenKey(token string) []byte {
-	h := sha256.Sum256([]byte("burrow enrollment token\x00" + strings.ToLower(strings.TrimSpace(token))))
+	h := EnrollTokenHash(token)
 	return h[:]
 }
 
@@ -115,15 +112,10 @@ func tokenKey(token string) []byte {
 // 1) until ttl from now (more than 0). The token is returned once; the
 // store keeps only its hash.
 func (s *Store) CreateToken(uses int, ttl time.Duration) (string, error) {
-	if uses < 1 {
-		return "", fmt.Errorf("token uses must be at least 1, got %d", uses)
+	if err := CheckTokenLimits(uses, ttl); err != nil {
+		return "", err
 	}
-	if ttl <= 0 {
-		return "", fmt.Errorf("token lifetime must be more than 0, got %v: give how long it may enroll devices (a token for a production line can last long, 8760h say)", ttl)
-	}
-	var b [16]byte
-	rand.Read(b[:])
-	token := "enroll-" + tokenEncoding.EncodeToString(b[:])
+	token := NewEnrollToken()
 	rec := tokenRecord{Uses: uses, Created: time.Now().UTC()}
 	rec.Expires = rec.Created.Add(ttl)
 	v, _ := json.Marshal(rec)

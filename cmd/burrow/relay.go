@@ -40,12 +40,13 @@ type relayOptions struct {
 	drain, drainIdle             time.Duration
 	limits                       relayLimits
 	clientGrace                  time.Duration
+	nats                         natsOptions
 }
 
 func newRelayCmd(g *globals) *cobra.Command {
 	o := &relayOptions{}
 	cmd := &cobra.Command{
-		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open]",
+		Use:   "relay --listen ADDR --data DIR [--devices FILE | --open] [--nats URL[,URL…]]",
 		Short: "Run a relay that devices and clients attach to",
 		Long: `Run a burrow relay: the public server that devices and clients attach to.
 
@@ -65,6 +66,17 @@ Deny by default: the relay admits only devices it enrolled, which present an
 enrollment token once ("burrow relay token create"), devices listed in
 --devices FILE (one device ID per line, "#" comments; re-read when it
 changes), or, with --open, any device.
+
+A relay keeps the devices it enrolled and the tokens it issued in its data
+directory. Relays of a fleet share them in NATS instead (--nats, a server
+or cluster with JetStream): a token made through one relay enrolls a device
+at any other, once per use, and a device removed through one relay is
+disconnected by all of them within a second. Each relay keeps a copy of the
+enrolled devices: while NATS is unreachable it admits those it knows and
+no other, refuses enrollment tokens (saying why), and catches up with the
+removals made meanwhile once NATS is back. The data directory still holds
+the relay's key; "burrow relay token create" and "burrow relay devices" work
+through any running relay of the fleet.
 
 The relay also listens on UDP, on the same port number as --listen unless
 --udp-listen says otherwise: there it tells an attached agent the public
@@ -109,6 +121,7 @@ signal closes it at once, as does --drain 0.`,
 	f.IntVar(&o.limits.pending, "max-pending", 0, "connections not authenticated yet (0: an eighth of the open-file limit, at most 10000)")
 	f.IntVar(&o.limits.pendingPerIP, "max-pending-per-ip", defaultPendingPerIP, "connections not authenticated yet from one address")
 	f.DurationVar(&o.clientGrace, "client-grace", 20*time.Second, "close a client session that no attached device allows after this long (0: never)")
+	o.nats.flags(f)
 	cmd.PersistentFlags().StringVar(&o.dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 	cmd.AddCommand(
 		newRelayIDCmd(g, &o.dataDir),
@@ -132,7 +145,7 @@ func (o *relayOptions) check(cmd *cobra.Command) error {
 	case o.clientGrace < 0:
 		return usageError(cmd, "--client-grace %v: want a duration of 0 or more", o.clientGrace)
 	}
-	return nil
+	return o.nats.check(cmd)
 }
 
 // runRelay runs the relay until the command's context is done, then
@@ -169,11 +182,11 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	if created {
 		log.Info("created relay identity", "path", filepath.Join(o.dataDir, relayKeyFile))
 	}
-	st, err := relay.OpenStore(filepath.Join(o.dataDir, relayStoreFile))
+	st, attachState, closeState, err := o.openRelayState(cmd.Context(), id, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeState()
 	allow, err := o.admission(st, log)
 	if err != nil {
 		return err
@@ -197,6 +210,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	if err != nil {
 		return err
 	}
+	attachState(srv)
 	// The admin socket serves until the relay has stopped, drain included.
 	stopAdmin, err := serveAdmin(context.WithoutCancel(cmd.Context()), filepath.Join(o.dataDir, relayAdminsFile), relay.AdminHandler(srv, st))
 	if err != nil {
@@ -216,7 +230,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 
 // admission returns the relay's AllowDevice: enrolled devices, and those
 // of --devices, or any device with --open.
-func (o *relayOptions) admission(st *relay.Store, log *slog.Logger) (func(identity.ID) bool, error) {
+func (o *relayOptions) admission(st relay.State, log *slog.Logger) (func(identity.ID) bool, error) {
 	switch {
 	case o.open:
 		log.Warn("relay is open: any device may attach")
@@ -255,7 +269,7 @@ func (o *relayOptions) listenUDP(tcp net.Addr, log *slog.Logger) net.PacketConn 
 }
 
 // relayConfig returns the relay's Config for the flags.
-func (o *relayOptions) relayConfig(id *identity.Identity, allow func(identity.ID) bool, st *relay.Store, udp net.PacketConn, log *slog.Logger) relay.Config {
+func (o *relayOptions) relayConfig(id *identity.Identity, allow func(identity.ID) bool, st relay.State, udp net.PacketConn, log *slog.Logger) relay.Config {
 	cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: o.keepAlive, DrainQuiet: o.drainIdle,
 		MaxClients: o.limits.clients, MaxClientsPerIP: o.limits.clientsPerIP, MaxPending: o.limits.pending, MaxPendingPerIP: o.limits.pendingPerIP,
 		ClientGrace: o.clientGrace}

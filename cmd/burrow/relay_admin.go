@@ -52,7 +52,8 @@ func newRelayIDCmd(g *globals, dataDir *string) *cobra.Command {
 }
 
 // withRelayState runs online through the running relay's admin socket, or,
-// if no relay runs on dataDir, offline on its store.
+// if no relay runs on dataDir, offline on its store (unless that relay
+// keeps its state in NATS).
 func withRelayState(ctx context.Context, dataDir string, online func(*relay.AdminClient) error, offline func(*relay.Store) error) error {
 	if dataDir == "" {
 		return errors.New("--data is required: the relay's data directory")
@@ -65,6 +66,9 @@ func withRelayState(ctx context.Context, dataDir string, online func(*relay.Admi
 		return err
 	}
 	if err := fileperm.CheckDir(dataDir, "data directory"); err != nil {
+		return err
+	}
+	if err := checkNotFleet(dataDir); err != nil {
 		return err
 	}
 	st, err := relay.OpenStore(filepath.Join(dataDir, relayStoreFile))

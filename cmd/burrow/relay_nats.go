@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/burrow-tunnel/burrow/fleetstate"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relay"
+)
+
+// relayFleetMark, in a relay's data directory, says that the relay keeps
+// its devices and tokens in NATS (it holds the --nats URLs), so that the
+// subcommands do not use the directory's own store, which the relay does
+// not read, when it is not running.
+const relayFleetMark = "nats-state"
+
+// natsOptions are the flags of "burrow relay" that connect it to NATS.
+type natsOptions struct {
+	urls            string
+	creds           string
+	tlsCA           string
+	tlsCert, tlsKey string
+	replicas        int
+	set             bool // --nats is given; filled in by check
+}
+
+func (n *natsOptions) flags(f *pflag.FlagSet) {
+	f.StringVar(&n.urls, "nats", "", "NATS servers (URL[,URL…], with JetStream) that keep the devices and tokens a fleet of relays shares, instead of the data directory")
+	f.StringVar(&n.creds, "nats-creds", "", "NATS credentials file (user JWT and NKey seed) to authenticate with")
+	f.StringVar(&n.tlsCA, "nats-tls-ca", "", "PEM CA certificates to check the NATS servers' certificates against, instead of the system roots")
+	f.StringVar(&n.tlsCert, "nats-tls-cert", "", "PEM client certificate for NATS servers that require TLS client authentication (with --nats-tls-key)")
+	f.StringVar(&n.tlsKey, "nats-tls-key", "", "PEM private key of --nats-tls-cert")
+	f.IntVar(&n.replicas, "nats-replicas", 1, "copies of each state bucket NATS keeps, when this relay creates them (3 for a three-node NATS cluster)")
+}
+
+// check reports NATS flags that contradict each other.
+func (n *natsOptions) check(cmd *cobra.Command) error {
+	n.set = n.urls != ""
+	others := n.creds != "" || n.tlsCA != "" || n.tlsCert != "" || n.tlsKey != "" || cmd.Flags().Changed("nats-replicas")
+	switch {
+	case !n.set && others:
+		return usageError(cmd, "--nats-creds, --nats-tls-* and --nats-replicas go with --nats")
+	case (n.tlsCert == "") != (n.tlsKey == ""):
+		return usageError(cmd, "--nats-tls-cert and --nats-tls-key go together")
+	case n.replicas < 1 || n.replicas > 5:
+		return usageError(cmd, "--nats-replicas %d: want 1 to 5", n.replicas)
+	}
+	return nil
+}
+
+// connect connects to the NATS servers, reconnecting without end once
+// connected: the fleet state fails closed while it cannot reach them.
+func (n *natsOptions) connect(name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("lost the connection to NATS; reconnecting", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+	}
+	if n.creds != "" {
+		opts = append(opts, nats.UserCredentials(n.creds))
+	}
+	if n.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(n.tlsCA))
+	}
+	if n.tlsCert != "" {
+		opts = append(opts, nats.ClientCert(n.tlsCert, n.tlsKey))
+	}
+	nc, err := nats.Connect(n.urls, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w: check --nats and that a NATS server with JetStream runs there", n.urls, err)
+	}
+	return nc, nil
+}
+
+// openRelayState opens where the relay keeps its devices and tokens: the
+// fleet's state in NATS with --nats, else the store in its data
+// directory. close closes it; attach, given the relay's server, lets the
+// state disconnect removed devices.
+func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity, log *slog.Logger) (st relay.State, attach func(*relay.Server), close func(), err error) {
+	mark := filepath.Join(o.dataDir, relayFleetMark)
+	if !o.nats.set {
+		if err := os.Remove(mark); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, nil, err
+		}
+		s, err := relay.OpenStore(filepath.Join(o.dataDir, relayStoreFile))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return s, func(*relay.Server) {}, func() { s.Close() }, nil
+	}
+	nc, err := o.nats.connect("burrow relay "+id.ID().Short(), log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fs, err := fleetstate.Open(ctx, fleetstate.Config{Conn: nc, Replicas: o.nats.replicas, Logger: log})
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	if err := os.WriteFile(mark, []byte(o.nats.urls+"\n"), 0o600); err != nil {
+		fs.Close()
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	devs, _ := fs.Devices()
+	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs))
+	return fs, func(srv *relay.Server) { fs.OnRemove(srv.Disconnect) }, func() { fs.Close(); nc.Close() }, nil
+}
+
+// checkNotFleet fails if the relay of dataDir keeps its state in NATS:
+// its data directory's store is not the relay's state.
+func checkNotFleet(dataDir string) error {
+	b, err := os.ReadFile(filepath.Join(dataDir, relayFleetMark))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("the relay of %s keeps its devices and tokens in NATS (%s), and it is not running: run this command while it runs, or with the --data of another relay of the fleet",
+		dataDir, strings.TrimSpace(string(b)))
+}

@@ -1,0 +1,327 @@
+// Package fleetstate keeps the enrollment state that a fleet of relays
+// shares in NATS JetStream key-value buckets: the enrolled devices, the
+// enrollment tokens, and when devices were removed. A [State] is a
+// [relay.State], interchangeable with the relay's own on-disk
+// [relay.Store] and with the same meaning: a token issued through one
+// relay enrolls a device at any other, a single-use token is spent exactly
+// once across the whole fleet, and a device removed through one relay is
+// disconnected by every relay it is attached to.
+//
+// It does not route, hold sessions or speak the relay protocol (that is
+// package relay, which it serves), and it imports nothing that could
+// decrypt tunnel traffic. The fleet map, the fleet key and presence are
+// not its business.
+//
+// # Storage format, version 1
+//
+// Two buckets, each a JetStream stream of the usual key-value layout
+// (stream KV_<bucket>, subjects $KV.<bucket>.<key>), history 1, with
+// AllowDirect off (see [Open]) and metadata "burrow_format": "1":
+//
+//	burrow_devices   key: the device ID (lowercase base32, as identity.ID prints it)
+//	                 value: {"v":1,"enrolled":T}            enrolled since T
+//	                        {"v":1,"removed":T}             removed at T, not enrolled
+//	burrow_tokens    key: lowercase hex of relay.EnrollTokenHash(token); the token itself is never stored
+//	                 value: {"v":1,"uses":N,"created":T,"expires":T}   N uses left
+//
+// Times are RFC 3339 in UTC, from the clock of the relay that wrote them:
+// whether a token was issued after a device's removal is decided by the
+// clocks of the two relays involved, so keep the fleet's clocks in step
+// (NTP). A device's one key holds both its enrollment and its removal, so
+// that removing a device is one compare-and-swap and every relay's watch
+// of the bucket sees it as one change. A spent token
+// is deleted (a delete marker). Every change that depends on what was read
+// is a compare-and-swap on the key's revision (KeyValue.Update with the
+// revision read, or Delete with LastRevision): two relays spending the
+// last use of a token cannot both succeed.
+//
+// "v" is the version of the record; a reader refuses a record of a
+// version it does not know (the device counts as not enrolled, the token
+// is refused) rather than guess, and refuses to open buckets whose
+// burrow_format is not its own. A change of meaning takes a new
+// version; a new optional field does not.
+package fleetstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relay"
+)
+
+// The buckets and the storage format (see the package comment).
+const (
+	DevicesBucket = "burrow_devices"
+	TokensBucket  = "burrow_tokens"
+	FormatVersion = 1
+	formatKey     = "burrow_format"
+)
+
+// Config configures a [State].
+type Config struct {
+	// Conn is the connection to NATS (with JetStream). Required. The
+	// State uses it but does not close it. It should reconnect without
+	// end (nats.MaxReconnects(-1)): the State resumes by itself whenever
+	// the connection does.
+	Conn *nats.Conn
+
+	// Replicas is how many copies of each bucket NATS keeps, when the
+	// State creates it (a bucket that exists keeps its own setting). Zero
+	// means 1; a three-node NATS cluster wants 3.
+	Replicas int
+
+	// Timeout bounds each operation on NATS (one enrollment, one token,
+	// one removal). Zero means 5s.
+	Timeout time.Duration
+
+	// Logger receives a line when the state is lost and found again, and
+	// for records it cannot read. Nil discards logs.
+	Logger *slog.Logger
+}
+
+// A State is the fleet's enrollment state in NATS, with a copy of the
+// enrolled devices in memory that a watch of the devices bucket keeps
+// current. It fails closed: while NATS is unreachable, Enrolled answers
+// from that copy, and everything that needs NATS fails with an error that
+// wraps [relay.ErrStateUnavailable]; when NATS is back, the watch starts
+// over and applies whatever changed meanwhile. A State is safe for
+// concurrent use.
+type State struct {
+	nc      *nats.Conn
+	devices jetstream.KeyValue
+	tokens  jetstream.KeyValue
+	timeout time.Duration
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	enrolled map[identity.ID]time.Time // device → enrolled since; guarded by mu
+	onRemove func(identity.ID)         // guarded by mu
+
+	stop context.CancelFunc
+	done chan struct{} // closed when the watch loop has returned
+}
+
+// Open opens the fleet's state on cfg.Conn, creating its buckets if they
+// do not exist, and loads the enrolled devices; it fails if NATS does not
+// answer in time. Close stops it.
+//
+// Reads that a compare-and-swap depends on go to the stream's leader: a
+// key-value bucket normally has AllowDirect on, and nats.go then reads
+// with a direct get ($JS.API.DIRECT.GET), which any replica may answer,
+// possibly with a value the leader has already replaced. Open turns
+// AllowDirect off on both buckets before it takes its handles, so that
+// KeyValue.Get reads through $JS.API.STREAM.MSG.GET, which only the
+// leader answers. (A stale read could not spend a token twice, since
+// the write that follows is checked by the leader against the revision
+// read; it would only fail that write, or call a token used up that
+// was not.)
+func Open(ctx context.Context, cfg Config) (*State, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("fleetstate: Config.Conn is required")
+	}
+	if cfg.Replicas < 0 || cfg.Timeout < 0 {
+		return nil, errors.New("fleetstate: negative Replicas or Timeout in Config")
+	}
+	s := &State{nc: cfg.Conn, timeout: cfg.Timeout, log: cfg.Logger, enrolled: make(map[identity.ID]time.Time), done: make(chan struct{})}
+	if s.timeout == 0 {
+		s.timeout = 5 * time.Second
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, s.fail("open fleet state", err)
+	}
+	if s.devices, err = openBucket(ctx, js, DevicesBucket, cfg.Replicas); err != nil {
+		return nil, s.fail("open fleet state", err)
+	}
+	if s.tokens, err = openBucket(ctx, js, TokensBucket, cfg.Replicas); err != nil {
+		return nil, s.fail("open fleet state", err)
+	}
+	wctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	loaded := make(chan struct{})
+	go s.watchLoop(wctx, loaded)
+	select {
+	case <-loaded:
+		return s, nil
+	case <-ctx.Done():
+		s.Close()
+		return nil, s.fail("load enrolled devices", ctx.Err())
+	}
+}
+
+// openBucket returns a handle on bucket, creating the bucket if needed,
+// that reads from the stream's leader (see Open).
+func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		// Two relays starting at once may both create it; the same
+		// configuration twice is not an error.
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "burrow relay fleet state, see package fleetstate",
+			Replicas:    replicas,
+			Storage:     jetstream.FileStorage,
+			Metadata:    map[string]string{formatKey: fmt.Sprint(FormatVersion)},
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	str, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	scfg := str.CachedInfo().Config
+	if v := scfg.Metadata[formatKey]; v != "" && v != fmt.Sprint(FormatVersion) {
+		return nil, fmt.Errorf("bucket %s holds burrow_format %s, this relay knows only %d: upgrade the relay", bucket, v, FormatVersion)
+	}
+	if !scfg.AllowDirect {
+		return kv, nil
+	}
+	scfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, scfg); err != nil {
+		return nil, fmt.Errorf("bucket %s: turn direct reads off: %w", bucket, err)
+	}
+	// The handle takes the setting from the stream's configuration when
+	// it is made: make it again.
+	if kv, err = js.KeyValue(ctx, bucket); err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// Close stops the watch and waits for it. It does not close the NATS
+// connection. Close is idempotent.
+func (s *State) Close() error {
+	s.stop()
+	<-s.done
+	return nil
+}
+
+// OnRemove sets f to be called with every device whose removal the watch
+// sees, whichever relay removed it: the relay disconnects it
+// ([relay.Server.Disconnect]). f must not block.
+func (s *State) OnRemove(f func(identity.ID)) {
+	s.mu.Lock()
+	s.onRemove = f
+	s.mu.Unlock()
+}
+
+// Enrolled reports whether the device id is enrolled, from the copy in
+// memory: it answers while NATS is unreachable too.
+func (s *State) Enrolled(id identity.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.enrolled[id]
+	return ok
+}
+
+// Devices returns the enrolled devices, oldest enrollment first, from the
+// copy in memory.
+func (s *State) Devices() ([]relay.EnrolledDevice, error) {
+	s.mu.Lock()
+	out := make([]relay.EnrolledDevice, 0, len(s.enrolled))
+	for id, t := range s.enrolled {
+		out = append(out, relay.EnrolledDevice{ID: id, Enrolled: t})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b relay.EnrolledDevice) int { return a.Enrolled.Compare(b.Enrolled) })
+	return out, nil
+}
+
+var _ relay.State = (*State)(nil)
+
+// op returns the context of one operation on NATS, or an error that wraps
+// [relay.ErrStateUnavailable] at once if the connection is down: a
+// request would only wait for the timeout.
+func (s *State) op(what string) (context.Context, context.CancelFunc, error) {
+	if !s.nc.IsConnected() {
+		return nil, nil, s.fail(what, nats.ErrDisconnected)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	return ctx, cancel, nil
+}
+
+// fail wraps err, an error of NATS, for what: as unavailable if NATS
+// could not be reached, which says what the relay does meanwhile and what
+// to do.
+func (s *State) fail(what string, err error) error {
+	if !unreachable(err) && s.nc.IsConnected() {
+		return fmt.Errorf("%s: fleet state in NATS: %w", what, err)
+	}
+	return fmt.Errorf("%s: %w: NATS is unreachable (%v): until it is back, the relay admits only the devices it knows to be enrolled and enrolls, issues tokens for and removes none; check the NATS servers (burrow relay --nats) and the network to them",
+		what, relay.ErrStateUnavailable, err)
+}
+
+// unreachable reports whether err says that NATS did not answer.
+func unreachable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+// conflict reports whether err is a compare-and-swap that lost: the key
+// changed since it was read.
+func conflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// deviceRecord is the value of a device's key (format version 1).
+type deviceRecord struct {
+	V        int       `json:"v"`
+	Enrolled time.Time `json:"enrolled,omitzero"`
+	Removed  time.Time `json:"removed,omitzero"`
+}
+
+// tokenRecord is the value of a token's key (format version 1).
+type tokenRecord struct {
+	V       int       `json:"v"`
+	Uses    int       `json:"uses"` // left
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+}
+
+// decode parses a record, and refuses one of another format version.
+func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
+	var rec T
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, fmt.Errorf("unreadable record: %w", err)
+	}
+	var v int
+	switch r := any(rec).(type) {
+	case deviceRecord:
+		v = r.V
+	case tokenRecord:
+		v = r.V
+	}
+	if v != FormatVersion {
+		return rec, fmt.Errorf("record of format version %d, this relay knows only %d: upgrade the relay", v, FormatVersion)
+	}
+	return rec, nil
+}
+
+func encode(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}

@@ -1,0 +1,157 @@
+package fleetstate
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/burrow-tunnel/burrow/identity"
+)
+
+// checkEvery is how often the watch looks at the NATS connection: a
+// reconnection starts the watch over.
+const checkEvery = 200 * time.Millisecond
+
+// errReconnected ends a watch whose connection to NATS was lost and found
+// again.
+var errReconnected = errors.New("NATS connection re-established")
+
+// watchLoop keeps the copy of the enrolled devices current until ctx is
+// done: it watches the devices bucket and, whenever the connection to NATS
+// comes back after a loss, or the watch fails, starts over. Each start
+// reads every device's latest record first, so that removals made while
+// this relay could not hear of them are applied then. loaded is closed
+// once the first full read is done.
+func (s *State) watchLoop(ctx context.Context, loaded chan struct{}) {
+	defer close(s.done)
+	var once sync.Once
+	markLoaded := func() { once.Do(func() { close(loaded) }) }
+	for ctx.Err() == nil {
+		err := s.watch(ctx, markLoaded)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errReconnected) {
+			s.log.Info("fleet state: NATS is back; reloading the enrolled devices")
+			continue
+		}
+		s.log.Warn("fleet state: watch of the enrolled devices failed; the relay admits only the devices it knew; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// watch watches the devices bucket until ctx is done, the watch fails, or
+// the connection to NATS was re-established (errReconnected).
+func (s *State) watch(ctx context.Context, loaded func()) error {
+	for !s.nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(checkEvery):
+		}
+	}
+	reconnects := s.nc.Stats().Reconnects
+	w, err := s.devices.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	tick := time.NewTicker(checkEvery)
+	defer tick.Stop()
+	seen := make(map[identity.ID]bool) // during the first read; nil after
+	connected := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return errors.New("the watch ended")
+			case e == nil:
+				s.sweep(seen)
+				seen = nil
+				loaded()
+			default:
+				id, ok := s.apply(e, seen == nil)
+				if ok && seen != nil {
+					seen[id] = true
+				}
+			}
+		case <-tick.C:
+			if s.nc.Stats().Reconnects != reconnects {
+				return errReconnected
+			}
+			if now := s.nc.IsConnected(); now != connected {
+				if connected = now; !now {
+					s.log.Warn("fleet state: NATS is unreachable; the relay admits only the devices it knows to be enrolled, and enrolls, issues tokens for and removes none until it is back")
+				}
+			}
+		}
+	}
+}
+
+// apply records e, a device's latest record, in the copy of the enrolled
+// devices, and reports the device's ID. A device no longer enrolled is
+// handed to OnRemove if it was enrolled here, or if e is a change made
+// now (not part of the first read: a device removed long ago needs no
+// disconnecting).
+func (s *State) apply(e jetstream.KeyValueEntry, live bool) (identity.ID, bool) {
+	id, err := identity.ParseID(e.Key())
+	if err != nil {
+		s.log.Warn("fleet state: key in the devices bucket is not a device ID; ignored", "key", e.Key())
+		return id, false
+	}
+	var since time.Time
+	enrolled := false
+	if e.Operation() == jetstream.KeyValuePut {
+		rec, err := decode[deviceRecord](e.Value())
+		switch {
+		case err != nil:
+			// Fail closed: a record this relay cannot read enrolls no one.
+			s.log.Warn("fleet state: device record unreadable; the device counts as not enrolled", "id", id.String(), "err", err)
+		case rec.Removed.IsZero() && !rec.Enrolled.IsZero():
+			since, enrolled = rec.Enrolled, true
+		}
+	}
+	s.mu.Lock()
+	_, was := s.enrolled[id]
+	if enrolled {
+		s.enrolled[id] = since
+	} else {
+		delete(s.enrolled, id)
+	}
+	f := s.onRemove
+	s.mu.Unlock()
+	if !enrolled && (was || live) && f != nil {
+		f(id)
+	}
+	return id, true
+}
+
+// sweep ends a first read that saw the devices of seen: any other device
+// the copy held has lost its key altogether (a bucket purged or made
+// again) and is no longer enrolled.
+func (s *State) sweep(seen map[identity.ID]bool) {
+	var gone []identity.ID
+	s.mu.Lock()
+	for id := range s.enrolled {
+		if !seen[id] {
+			gone = append(gone, id)
+			delete(s.enrolled, id)
+		}
+	}
+	f := s.onRemove
+	s.mu.Unlock()
+	if f != nil {
+		for _, id := range gone {
+			f(id)
+		}
+	}
+}
