@@ -29,6 +29,7 @@ var rules = []rule{
 	{pkg: "identity", only: []string{"internal/fileperm"}, why: "identity is the bottom layer"},
 	{pkg: "relayproto", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
 	{pkg: "peerproto", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
+	{pkg: "fleet", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
 	{pkg: "udpsock", only: []string{}, why: "the UDP socket knows nothing of burrow"},
 	{pkg: "internal/backoff", only: []string{}, why: "a leaf helper"},
 	{pkg: "relaylink", only: []string{"identity", "relayproto", "internal/backoff"}, never: []string{"github.com/quic-go/quic-go"},
