@@ -32,7 +32,7 @@ var rules = []rule{
 	{pkg: "fleet", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
 	{pkg: "udpsock", only: []string{}, why: "the UDP socket knows nothing of burrow"},
 	{pkg: "internal/backoff", only: []string{}, why: "a leaf helper"},
-	{pkg: "relaylink", only: []string{"identity", "relayproto", "internal/backoff"}, never: []string{"github.com/quic-go/quic-go"},
+	{pkg: "relaylink", only: []string{"identity", "fleet", "relayproto", "internal/backoff"}, never: []string{"github.com/quic-go/quic-go"},
 		why: "the agent's link to the relay carries packets it cannot read"},
 	{pkg: "relay", never: []string{"github.com/quic-go/quic-go", "session", "paths", "peerproto", "relaylink", "udpsock", "agent", "client", "device"},
 		why: "the relay must never be able to decrypt: no QUIC, no session, no path layer"},
