@@ -36,6 +36,8 @@ var rules = []rule{
 		why: "the agent's link to the relay carries packets it cannot read"},
 	{pkg: "relay", never: []string{"github.com/quic-go/quic-go", "session", "paths", "peerproto", "relaylink", "udpsock", "agent", "client", "device"},
 		why: "the relay must never be able to decrypt: no QUIC, no session, no path layer"},
+	{pkg: "fleetstate", never: []string{"github.com/quic-go/quic-go", "session", "paths", "client", "device"},
+		why: "the fleet's shared state serves relays: it knows no session, no path layer, no agent role"},
 	{pkg: "paths", never: []string{"github.com/quic-go/quic-go", "session", "agent", "client", "device", "relay"},
 		why: "the path layer moves packets; the session above it is not its business"},
 	{pkg: "session", never: []string{"agent", "client", "device", "relay"}, why: "the session serves the roles, not the other way round"},
