@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
 	"fmt"
+	"io/fs"
 	"sync"
 
 	"github.com/burrow-tunnel/burrow/identity"
@@ -31,7 +33,9 @@ func CreateKey(path string) (*identity.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := key.Save(path); err != nil {
+	if err := key.Save(path); errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("fleet key %s exists already: a fleet has one key, which agents pin; use it, or remove the file only to start a new fleet that no agent trusts yet: %w", path, err)
+	} else if err != nil {
 		return nil, fmt.Errorf("fleet key: %w", err)
 	}
 	return key, nil

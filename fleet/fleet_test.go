@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -247,8 +248,8 @@ func TestKeyFile(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, %v", fi, err)
 	}
-	if _, err := CreateKey(path); err == nil {
-		t.Error("CreateKey overwrote a key")
+	if _, err := CreateKey(path); !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "exists already") {
+		t.Errorf("CreateKey over a key: %v", err)
 	}
 	l, err := LoadKey(path)
 	if err != nil || l.ID() != k.ID() {
