@@ -95,8 +95,13 @@ var (
 // isPermanent reports whether err is an attach failure that retrying alone
 // will not fix: someone has to change a configuration somewhere. A relay
 // that is overloaded, shutting down (draining) or holding as many sessions
-// from this address as it takes refuses only for now.
+// from this address as it takes refuses only for now; so does a fleet
+// relay showing a map older than one this agent has seen, which may only
+// be slow to pick up the new map.
 func isPermanent(err error) bool {
+	if _, ok := errors.AsType[*fleet.RollbackError](err); ok {
+		return false
+	}
 	if refused, ok := errors.AsType[*AttachRefusedError](err); ok {
 		switch refused.Code {
 		case relayproto.RefuseOverloaded, relayproto.RefuseShuttingDown, relayproto.RefuseTooMany:

@@ -37,7 +37,7 @@ func TestIsPermanent(t *testing.T) {
 		{&UntrustedRelayError{Relay: "r:443", Err: errors.New("x509")}, true},
 		{&identity.KeyMismatchError{Peer: "relay"}, true},
 		{fmt.Errorf("relay TLS handshake: %w", &fleet.NotInFleetError{}), true},
-		{&fleet.RollbackError{}, true},
+		{fmt.Errorf("relay TLS handshake: %w", &fleet.RollbackError{}), false},
 		{ErrIdle, false},
 		{errors.New("connection refused"), false},
 	} {
