@@ -15,7 +15,9 @@ import (
 // Certificate returns a self-signed TLS certificate for the identity's key.
 // Peers check it by pinning the key ([VerifyPinned]), never by its issuer,
 // names or dates, so its fields are informational: the subject is the ID.
-func (i *Identity) Certificate() (tls.Certificate, error) {
+// exts are added to the certificate as they are (a fleet relay's carries
+// its fleet map in one).
+func (i *Identity) Certificate(exts ...pkix.Extension) (tls.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("certificate serial: %w", err)
@@ -29,6 +31,8 @@ func (i *Identity) Certificate() (tls.Certificate, error) {
 		NotAfter:     now.AddDate(20, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+
+		ExtraExtensions: exts,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, i.PublicKey(), i.priv)
 	if err != nil {

@@ -23,6 +23,16 @@ type Config struct {
 	// [relayproto.ALPNPinned]); one made otherwise must do the same.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
+	// FleetMap, if set, makes the relay a member of a fleet: it returns
+	// the fleet's current signed map (package fleet), which the relay
+	// carries in the self-signed certificate it serves agents that pin an
+	// ID, so that agents pinning the fleet's ID accept it. It is called at
+	// every such TLS handshake and may return a new map at any time (the
+	// certificate is made again when it changes); it must be fast. [New]
+	// fails unless the map lists this relay. Nil: no fleet, the relay is
+	// pinned by its own ID only.
+	FleetMap func() []byte
+
 	// AllowDevice reports whether a device may attach. Nil allows no
 	// device: a relay admits only the devices it was told about.
 	AllowDevice func(identity.ID) bool

@@ -36,7 +36,8 @@
 // read loop and forwarding (attachment.go) and send queue (queue.go), the
 // bounds on clients (clients.go) and on unauthenticated connections
 // (preauth.go), the UDP binding service (udpbind.go), and the operator's
-// side: admin API, enrollment store, device list, certificate files.
+// side: admin API, enrollment store, device list, certificate files and
+// the certificate that carries a fleet's map (certfile.go).
 package relay
 
 import (
@@ -71,6 +72,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	cert     tls.Certificate // self-signed; used when cfg.GetCertificate is nil
+	fleet    *fleetCert      // the certificate with the fleet map; nil without cfg.FleetMap
 	settings                 // cfg's numbers, defaults filled in
 	closedCh chan struct{}   // closed by Close
 	pre      *preauth        // bounds Serve's connections until they attach (own lock)
@@ -115,6 +117,11 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.FleetMap != nil {
+		if s.fleet, err = newFleetCert(cfg.Identity, cfg.FleetMap, s.log); err != nil {
+			return nil, err
+		}
+	}
 	s.writers = newWriters(&s.wg)
 	s.pre = newPreauth(s.hsTimeout, s.pendingPerIP, s.maxPending)
 	s.routes.init(s.clientLim)
@@ -131,7 +138,7 @@ func (s *Server) TLSConfig() *tls.Config {
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{"http/1.1"},
 	}
-	if s.cfg.GetCertificate != nil {
+	if s.cfg.GetCertificate != nil || s.fleet != nil {
 		conf.GetCertificate = s.certificate
 	} else {
 		conf.Certificates = []tls.Certificate{s.cert}

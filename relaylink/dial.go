@@ -12,9 +12,18 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
+
+// fleetVersions remembers, for this process, the highest version of each
+// fleet's map that a relay has shown and the agent accepted, so that no
+// relay of the fleet can show an older one after that (a relay removed
+// from the map showing the map from before its removal). It lives in
+// memory only: a restarted agent accepts any version again, until it has
+// seen a newer one.
+var fleetVersions fleet.Versions
 
 // attachTimeout bounds one attach attempt: TCP, TLS, upgrade and hellos.
 const attachTimeout = 10 * time.Second
@@ -75,10 +84,13 @@ func Dial(ctx context.Context, cfg Config, st State) (*Link, error) {
 		return nil, err
 	}
 	relayID := identity.IDOf(sh.PublicKey)
-	// A pinned ID was checked in the TLS handshake already; the hello,
-	// signed by the identity key, must name the same.
-	if !relay.ID.IsZero() && relayID != relay.ID {
-		return nil, &identity.KeyMismatchError{Peer: "relay", Expected: relay.ID, Got: relayID}
+	// A pinned ID (the relay's, or its fleet's) was checked in the TLS
+	// handshake already; the hello, signed by the identity key, must name
+	// the key that passed.
+	if !relay.ID.IsZero() {
+		if certID, err := identity.PeerID(cs); err != nil || relayID != certID {
+			return nil, &identity.KeyMismatchError{Peer: "relay", Expected: certID, Got: relayID}
+		}
 	}
 	if sh.Version < relayproto.MinVersion || sh.Version > relayproto.MaxVersion {
 		return nil, fmt.Errorf("relay chose protocol version %d, outside %d-%d", sh.Version, relayproto.MinVersion, relayproto.MaxVersion)
@@ -157,11 +169,14 @@ func readServerHello(br *bufio.Reader, relay RelayConfig, exporter []byte) (rela
 // the leaf's key must have that ID and nothing else counts: a certificate
 // that chains to a trusted root but holds another key is refused (a relay
 // with a CA-signed certificate serves pinning agents its identity
-// certificate; they ask with [relayproto.ALPNPinned]). Without a pin, the
-// certificate must chain to a trusted root for host.
+// certificate; they ask with [relayproto.ALPNPinned]). The pinned ID may
+// also be a fleet's: then the certificate must carry that fleet's signed
+// map, listing the leaf's key, and no older than a map of the fleet this
+// process has accepted before ([fleet.VerifyRelay], with fleetVersions).
+// Without a pin, the certificate must chain to a trusted root for host.
 func verifyRelay(relay RelayConfig, host string) func(tls.ConnectionState) error {
 	if !relay.ID.IsZero() {
-		return identity.VerifyPinned("relay", relay.ID)
+		return fleet.VerifyRelay(relay.ID, relay.Addr, &fleetVersions)
 	}
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {

@@ -3,8 +3,9 @@
 // and receives the frames of relayproto.
 //
 // A [Link] is one such connection. [Dial] opens it: TCP, TLS with the
-// relay's certificate checked against a pinned relay ID or a trusted root
-// ([RelayConfig]), the HTTP upgrade, and the hello/challenge exchange,
+// relay's certificate checked against a pinned relay ID, a pinned fleet ID
+// (the relay shows the fleet's signed map: package fleet) or a trusted
+// root ([RelayConfig]), the HTTP upgrade, and the hello/challenge exchange,
 // with the agent's state (a device's access list, a client's pairing
 // intents: [State]) sent right behind the hello. [Link.Read] returns what
 // the relay sends as typed messages ([*Packet], [relayproto.PeerGone],
@@ -24,8 +25,8 @@
 //
 // This package carries opaque packets: it never imports the path layer,
 // the end-to-end session or QUIC, and holds no key that could read what
-// the packets carry. Of burrow it imports only identity, relayproto and
-// internal/backoff.
+// the packets carry. Of burrow it imports only identity, fleet,
+// relayproto and internal/backoff.
 package relaylink
 
 import (
@@ -34,6 +35,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -44,8 +46,11 @@ type RelayConfig struct {
 	Addr string
 	// ID pins the relay's key: the relay must present, in the TLS
 	// handshake, a certificate whose key has this ID, whoever signed it
-	// (RootCAs are not used). If zero, the relay's certificate must chain
-	// to a trusted root for Addr's host instead (RootCAs).
+	// (RootCAs are not used). ID may instead be a fleet's ID: then the
+	// relay's certificate must carry the fleet map signed by the key with
+	// this ID and listing the certificate's key (see package fleet). If
+	// zero, the relay's certificate must chain to a trusted root for
+	// Addr's host instead (RootCAs).
 	ID identity.ID
 	// RootCAs are the roots a CA-signed relay certificate is checked
 	// against when ID is zero; nil means the system roots.
@@ -90,8 +95,13 @@ var (
 // isPermanent reports whether err is an attach failure that retrying alone
 // will not fix: someone has to change a configuration somewhere. A relay
 // that is overloaded, shutting down (draining) or holding as many sessions
-// from this address as it takes refuses only for now.
+// from this address as it takes refuses only for now; so does a fleet
+// relay showing a map older than one this agent has seen, which may only
+// be slow to pick up the new map.
 func isPermanent(err error) bool {
+	if _, ok := errors.AsType[*fleet.RollbackError](err); ok {
+		return false
+	}
 	if refused, ok := errors.AsType[*AttachRefusedError](err); ok {
 		switch refused.Code {
 		case relayproto.RefuseOverloaded, relayproto.RefuseShuttingDown, relayproto.RefuseTooMany:
@@ -100,5 +110,5 @@ func isPermanent(err error) bool {
 		return true
 	}
 	var untrusted *UntrustedRelayError
-	return errors.Is(err, identity.ErrKeyMismatch) || errors.As(err, &untrusted)
+	return errors.Is(err, identity.ErrKeyMismatch) || errors.Is(err, fleet.ErrRefused) || errors.As(err, &untrusted)
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relayproto"
@@ -35,6 +36,8 @@ func TestIsPermanent(t *testing.T) {
 		{refused(relayproto.RefuseNotAllowed), true},
 		{&UntrustedRelayError{Relay: "r:443", Err: errors.New("x509")}, true},
 		{&identity.KeyMismatchError{Peer: "relay"}, true},
+		{fmt.Errorf("relay TLS handshake: %w", &fleet.NotInFleetError{}), true},
+		{fmt.Errorf("relay TLS handshake: %w", &fleet.RollbackError{}), false},
 		{ErrIdle, false},
 		{errors.New("connection refused"), false},
 	} {

@@ -18,7 +18,9 @@
 //     agent given the relay's ID pins it: it offers [ALPNPinned] after
 //     "http/1.1", the relay answers with the self-signed certificate of its
 //     identity key (even if it also has a CA-signed one), and the agent
-//     accepts only a key with that ID, whatever CA signed the certificate.
+//     accepts only a key with that ID, whatever CA signed the certificate,
+//     or, if the ID is a fleet's, a key that the fleet's signed map in the
+//     certificate lists (see fleet/FORMAT.md).
 //     An agent without an ID accepts a certificate chain to a trusted root.
 //  2. The agent sends "GET /burrow HTTP/1.1" with "Upgrade: burrow-relay"
 //     and, without waiting for the answer, its [ClientHello] frame. The hello

@@ -496,7 +496,7 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 }
 
 func TestBinaryHelp(t *testing.T) {
-	for _, args := range [][]string{{"help"}, {"--help"}, {"connect", "--help"}, {"relay", "--help"}, {"device", "--help"}, {"id", "--help"}, {"demo", "--help"}} {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"connect", "--help"}, {"relay", "--help"}, {"device", "--help"}, {"id", "--help"}, {"demo", "--help"}, {"fleet", "--help"}, {"fleet", "add", "--help"}} {
 		out, _, err := run(t, args...)
 		if err != nil || !strings.Contains(out, "Usage:") {
 			t.Fatalf("burrow %v: err %v, output %q", args, err, out)

@@ -35,7 +35,9 @@ type deviceFile struct {
 	Relay string `yaml:"relay"`
 	// RelayID (required unless `relay_ca`): the relay's ID, pinned: the device
 	// attaches only to a relay that proves the key of this ID
-	// (`burrow relay id` prints it).
+	// (`burrow relay id` prints it). For a fleet of relays, the fleet ID
+	// (`burrow fleet init` printed it): any relay the fleet's signed map
+	// lists.
 	RelayID string `yaml:"relay_id"`
 	// RelayCA: `true` accepts, when `relay_id` is not set, a relay whose
 	// certificate is CA-signed for its host, checked against the system

@@ -8,7 +8,9 @@ const deviceKeysHelp = `  relay (required)
       the relay's host:port.
   relay_id (required unless relay_ca)
       the relay's ID, pinned: the device attaches only to a relay that proves
-      the key of this ID (burrow relay id prints it).
+      the key of this ID (burrow relay id prints it). For a fleet of relays,
+      the fleet ID (burrow fleet init printed it): any relay the fleet's
+      signed map lists.
   relay_ca
       true accepts, when relay_id is not set, a relay whose certificate is
       CA-signed for its host, checked against the system roots. Default false:

@@ -2,6 +2,7 @@
 // that cannot read the traffic. One binary plays every role:
 //
 //	burrow relay     the public relay agents attach to
+//	burrow fleet     the key and map of a fleet of relays
 //	burrow device    the agent on the device (dispatcher)
 //	burrow connect   the agent on the user's machine (receiver)
 //	burrow demo      all three in one process, on loopback
@@ -14,8 +15,8 @@
 // Each command is built by one function (newDeviceCmd, newDeviceInviteCmd,
 // …) in the file named for it: device.go and device_admin.go (the
 // subcommands that talk to a running device), relay.go and relay_admin.go
-// (those that work on a relay's data directory), connect.go, pair.go,
-// ping.go, id.go and demo.go. The device's configuration file is decoded
+// (those that work on a relay's data directory), fleet.go (a fleet's key
+// and map in NATS), connect.go, pair.go, ping.go, id.go and demo.go. The device's configuration file is decoded
 // into deviceFile (config.go), whose field comments are the one
 // description of its keys: the README's reference and the keys of "burrow
 // device --help" are generated from them (go generate).
@@ -234,6 +235,7 @@ Start with "burrow demo" to see all three roles work on this machine.`,
 	root.AddCommand(
 		newIDCmd(g),
 		newRelayCmd(g),
+		newFleetCmd(g),
 		newDeviceCmd(g),
 		newConnectCmd(g),
 		newPairCmd(g),

@@ -81,6 +81,9 @@ type Relay struct {
 	// DrainQuiet, if set before Start, is the relay's DrainQuiet (see
 	// Shutdown).
 	DrainQuiet time.Duration
+	// FleetMap, if set before Start, is the relay's fleet map (see
+	// relay.Config.FleetMap).
+	FleetMap func() []byte
 
 	mu  sync.Mutex
 	srv *relay.Server
@@ -140,6 +143,7 @@ func (r *Relay) Start() {
 		UDPPort:        udp.LocalAddr().(*net.UDPAddr).Port,
 		Logger:         Logger(r.t).With("role", "relay"),
 		DrainQuiet:     r.DrainQuiet,
+		FleetMap:       r.FleetMap,
 	})
 	if err != nil {
 		ln.Close()
