@@ -228,7 +228,7 @@ func fleetMapSource(ctx context.Context, nc *nats.Conn, relayID identity.ID) (fu
 	}
 	signed, m, _, err := fm.Get(ctx)
 	if errors.Is(err, fleetstate.ErrNoFleetMap) {
-		return nil, fmt.Errorf("no fleet map in NATS: add this relay first with \"burrow fleet add --key FILE --nats URL --relay-id %s --addr HOST:PORT\"", relayID)
+		return nil, fmt.Errorf("%w: add this relay first with \"burrow fleet add --key FILE --nats URL --relay-id %s --addr HOST:PORT\"", err, relayID)
 	}
 	if err != nil {
 		return nil, err

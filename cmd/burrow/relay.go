@@ -182,7 +182,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	if created {
 		log.Info("created relay identity", "path", filepath.Join(o.dataDir, relayKeyFile))
 	}
-	st, attachState, closeState, err := o.openRelayState(cmd.Context(), id, log)
+	st, fleetMap, attachState, closeState, err := o.openRelayState(cmd.Context(), id, log)
 	if err != nil {
 		return err
 	}
@@ -201,6 +201,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 		defer udp.Close()
 	}
 	cfg := o.relayConfig(id, allow, st, udp, log)
+	cfg.FleetMap = fleetMap
 	if o.tlsCert != "" {
 		if cfg.GetCertificate, err = relay.CertFile(o.tlsCert, o.tlsKey); err != nil {
 			return err

@@ -91,35 +91,52 @@ func (n *natsOptions) connect(name string, log *slog.Logger) (*nats.Conn, error)
 // fleet's state in NATS with --nats, else the store in its data
 // directory. close closes it; attach, given the relay's server, lets the
 // state disconnect removed devices.
-func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity, log *slog.Logger) (st relay.State, attach func(*relay.Server), close func(), err error) {
+//
+// With NATS, fleetMap is the fleet map the relay shows agents that pin the
+// fleet ID (see fleetMapSource): the relay must be in it. A NATS without a
+// fleet map at all (no "burrow fleet add" yet) shares the state only, and
+// fleetMap is nil: agents then pin each relay by its own ID.
+func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity, log *slog.Logger) (st relay.State, fleetMap func() []byte, attach func(*relay.Server), close func(), err error) {
 	mark := filepath.Join(o.dataDir, relayFleetMark)
 	if !o.nats.set {
 		if err := os.Remove(mark); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		s, err := relay.OpenStore(filepath.Join(o.dataDir, relayStoreFile))
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
-		return s, func(*relay.Server) {}, func() { s.Close() }, nil
+		return s, nil, func(*relay.Server) {}, func() { s.Close() }, nil
 	}
 	nc, err := o.nats.connect("burrow relay "+id.ID().Short(), log)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	fs, err := fleetstate.Open(ctx, fleetstate.Config{Conn: nc, Replicas: o.nats.replicas, Logger: log})
 	if err != nil {
 		nc.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	if err := os.WriteFile(mark, []byte(o.nats.urls+"\n"), 0o600); err != nil {
 		fs.Close()
 		nc.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
+	}
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	fleetMap, err = fleetMapSource(watchCtx, nc, id.ID())
+	if errors.Is(err, fleetstate.ErrNoFleetMap) {
+		log.Info("no fleet map in NATS: agents pin this relay by its own ID", "relay_id", id.ID().String())
+		err = nil
+	}
+	if err != nil {
+		stopWatch()
+		fs.Close()
+		nc.Close()
+		return nil, nil, nil, nil, err
 	}
 	devs, _ := fs.Devices()
-	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs))
-	return fs, func(srv *relay.Server) { fs.OnRemove(srv.Disconnect) }, func() { fs.Close(); nc.Close() }, nil
+	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs), "fleet_map", fleetMap != nil)
+	return fs, fleetMap, func(srv *relay.Server) { fs.OnRemove(srv.Disconnect) }, func() { stopWatch(); fs.Close(); nc.Close() }, nil
 }
 
 // checkNotFleet fails if the relay of dataDir keeps its state in NATS:
