@@ -68,10 +68,19 @@ func runPair(t *testing.T, stdin string, args ...string) (cmdline, stdout, stder
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// The process waits for its standard input, so it is running now.
-	b, rerr := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
-	if rerr != nil {
-		t.Logf("no command line to read: %v", rerr)
+	// The process waits for its standard input, so it keeps running; its
+	// command line is the burrow binary's once the exec is done (read
+	// sooner, it is empty).
+	var b []byte
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		var rerr error
+		b, rerr = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+		if rerr != nil || bytes.Contains(b, []byte("pair")) || time.Now().After(deadline) {
+			if rerr != nil {
+				t.Logf("no command line to read: %v", rerr)
+			}
+			break
+		}
 	}
 	io.WriteString(w, stdin)
 	w.Close()
