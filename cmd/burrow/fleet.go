@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync/atomic"
 	"text/tabwriter"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,14 +20,14 @@ import (
 
 // fleetOptions are the flags of "burrow fleet" and its subcommands.
 type fleetOptions struct {
-	key, nats      string
-	relayID, addr  string
-	region         string
-	connectTimeout time.Duration
+	key           string
+	nats          natsOptions // --nats and its credentials and TLS, as burrow relay takes them
+	relayID, addr string
+	region        string
 }
 
 func newFleetCmd(g *globals) *cobra.Command {
-	o := &fleetOptions{connectTimeout: 10 * time.Second}
+	o := &fleetOptions{nats: natsOptions{replicas: 1}}
 	cmd := &cobra.Command{
 		Use:   "fleet",
 		Short: "Manage a fleet of relays: its key and its signed map",
@@ -49,7 +49,7 @@ trust. Only "init", "add" and "remove" need it.`,
 		c.Flags().StringVar(&o.key, "key", "", "the fleet key's file")
 	}
 	natsFlag := func(c *cobra.Command) {
-		c.Flags().StringVar(&o.nats, "nats", "", "NATS server URL(s), comma-separated")
+		o.nats.connFlags(c.Flags(), "NATS servers of the fleet (URL[,URL…], with JetStream)")
 	}
 	initCmd := &cobra.Command{
 		Use:   "init --key FILE",
@@ -176,12 +176,15 @@ func (o *fleetOptions) change(cmd *cobra.Command, g *globals, f func(fleet.Map) 
 
 // openMap connects to --nats and opens the fleet map's bucket.
 func (o *fleetOptions) openMap(cmd *cobra.Command) (*fleetstate.FleetMap, func(), error) {
-	if o.nats == "" {
+	if o.nats.urls == "" {
 		return nil, nil, usageError(cmd, "--nats is required: the URL of a NATS server of the fleet")
 	}
-	nc, err := nats.Connect(o.nats, nats.Name("burrow fleet"), nats.Timeout(o.connectTimeout))
+	if err := o.nats.check(cmd); err != nil {
+		return nil, nil, err
+	}
+	nc, err := o.nats.connect("burrow fleet", slog.New(slog.DiscardHandler))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w: is the server running, and is the URL right?", o.nats, err)
+		return nil, nil, err
 	}
 	fm, err := openFleetMap(cmd.Context(), nc)
 	if err != nil {

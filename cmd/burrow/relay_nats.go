@@ -36,12 +36,18 @@ type natsOptions struct {
 }
 
 func (n *natsOptions) flags(f *pflag.FlagSet) {
-	f.StringVar(&n.urls, "nats", "", "NATS servers (URL[,URL…], with JetStream) that keep the devices and tokens a fleet of relays shares, instead of the data directory")
+	n.connFlags(f, "NATS servers (URL[,URL…], with JetStream) that keep the devices and tokens a fleet of relays shares, instead of the data directory")
+	f.IntVar(&n.replicas, "nats-replicas", 1, "copies of each state bucket NATS keeps, when this relay creates them (3 for a three-node NATS cluster)")
+}
+
+// connFlags adds the flags that say how to reach the NATS servers: --nats
+// (with urlsHelp), its credentials and TLS.
+func (n *natsOptions) connFlags(f *pflag.FlagSet, urlsHelp string) {
+	f.StringVar(&n.urls, "nats", "", urlsHelp)
 	f.StringVar(&n.creds, "nats-creds", "", "NATS credentials file (user JWT and NKey seed) to authenticate with")
 	f.StringVar(&n.tlsCA, "nats-tls-ca", "", "PEM CA certificates to check the NATS servers' certificates against, instead of the system roots")
 	f.StringVar(&n.tlsCert, "nats-tls-cert", "", "PEM client certificate for NATS servers that require TLS client authentication (with --nats-tls-key)")
 	f.StringVar(&n.tlsKey, "nats-tls-key", "", "PEM private key of --nats-tls-cert")
-	f.IntVar(&n.replicas, "nats-replicas", 1, "copies of each state bucket NATS keeps, when this relay creates them (3 for a three-node NATS cluster)")
 }
 
 // check reports NATS flags that contradict each other.
