@@ -450,17 +450,7 @@ func TestRevokeOnReadOnlyState(t *testing.T) {
 	if _, err := tun.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("bob's open tunnel: read err = %v, want it closed", err)
 	}
-	// Until bob's client has seen its session end, a tunnel on it hears
-	// the device's own refusal; after, the relay no longer routes bob.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, err := bc.Dial(ctx10(t), g.d.ID(), "rtsp")
-		if errors.Is(err, client.ErrUnreachable) {
-			break
-		}
-		if !errors.Is(err, session.ErrNotAuthorized) || time.Now().After(deadline) {
-			t.Fatalf("bob's next tunnel: err = %v, want unreachable", err)
-		}
-	}
+	waitUnreachable(t, bc, g.d.ID())
 	bc.Close()
 	// Revoking again tries again, and says the same.
 	if _, err := g.d.Revoke("bob"); !errors.Is(err, device.ErrRevocationNotSaved) || !errors.Is(err, device.ErrStateReadOnly) {
