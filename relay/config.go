@@ -33,6 +33,11 @@ type Config struct {
 	// pinned by its own ID only.
 	FleetMap func() []byte
 
+	// Presence, if set, is told of every device that attaches and
+	// detaches, and says where a device attached to another relay of the
+	// fleet is. Nil: no fleet, a device not attached here is offline.
+	Presence Presence
+
 	// AllowDevice reports whether a device may attach. Nil allows no
 	// device: a relay admits only the devices it was told about.
 	AllowDevice func(identity.ID) bool

@@ -315,6 +315,9 @@ func (s *Server) register(a *attachment, conn net.Conn) *refusal {
 	}
 	if a.isDevice() {
 		s.reindex(a.address().ID)
+		if s.cfg.Presence != nil {
+			s.cfg.Presence.Attached(a.address().ID)
+		}
 	}
 	if rep.old != nil {
 		s.stats.replaced.Add(1)

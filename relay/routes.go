@@ -138,23 +138,29 @@ func (r *routes) countClientLocked(a *attachment, d int) {
 }
 
 // remove takes a out of the registry if it is still there (a newer
-// attachment may have replaced it). A device is remembered as last seen at
-// now, with the clients its access list allowed then.
-func (r *routes) remove(a *attachment, now time.Time) {
+// attachment may have replaced it), and reports whether it was. A device
+// is remembered as last seen at now, with the clients its access list
+// allowed then.
+func (r *routes) remove(a *attachment, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	addr := a.address()
 	if a.isDevice() {
-		if r.devices[addr.ID] == a {
-			delete(r.devices, addr.ID)
-			if len(r.lastSeen) < maxLastSeen {
-				r.lastSeen[addr.ID] = newOffline(now, a.accessSet())
-			}
+		if r.devices[addr.ID] != a {
+			return false
 		}
-	} else if r.clients[addr] == a {
-		delete(r.clients, addr)
-		r.countClientLocked(a, -1)
+		delete(r.devices, addr.ID)
+		if len(r.lastSeen) < maxLastSeen {
+			r.lastSeen[addr.ID] = newOffline(now, a.accessSet())
+		}
+		return true
 	}
+	if r.clients[addr] != a {
+		return false
+	}
+	delete(r.clients, addr)
+	r.countClientLocked(a, -1)
+	return true
 }
 
 // route finds the attachment a packet from src to dst goes to. With none,

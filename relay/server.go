@@ -220,9 +220,12 @@ func (s *Server) route(src *attachment, dst relayproto.Addr) (*attachment, relay
 // token out of the UDP service.
 func (s *Server) detach(a *attachment) {
 	s.udp.revoke(a)
-	s.routes.remove(a, time.Now())
+	current := s.routes.remove(a, time.Now())
 	if a.isDevice() {
 		s.reindex(a.address().ID)
+		if current && s.cfg.Presence != nil {
+			s.cfg.Presence.Detached(a.address().ID)
+		}
 	}
 }
 
