@@ -69,6 +69,14 @@ type peer struct {
 	addr   Addr
 	str    string
 	direct atomic.Pointer[Direct] // the peer's direct path search, if any
+
+	// Clients of a fleet (see redirect.go): the relay a redirect named for
+	// this device, whether a packet came from it yet, and, until one
+	// did, the last packets sent to it.
+	via    atomic.Pointer[relaylink.Attacher]
+	heard  atomic.Bool
+	heldMu sync.Mutex
+	held   [][]byte // guarded by heldMu
 }
 
 func (p *peer) Network() string { return "burrow" }
@@ -224,7 +232,11 @@ type Conn struct {
 	wg     sync.WaitGroup
 
 	relay *relaylink.Attacher // the relay path
+	fleet fleetRelays         // clients: the other relays of a fleet, by redirect
 	ds    *directSocket       // the direct paths; nil if off
+
+	intentsMu sync.Mutex
+	intents   map[identity.ID][32]byte // a client's pairing intents; guarded by intentsMu
 
 	recvq        chan inPacket
 	readDeadline deadline
@@ -325,7 +337,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	switch a := addr.(type) {
 	case Addr:
 		dst = a
-		if c.ds != nil {
+		if c.ds != nil || c.cfg.Role == relayproto.RoleClient {
 			p = c.peerOf(a)
 		}
 	case *peer:
@@ -340,6 +352,15 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		if d := p.direct.Load(); d != nil && len(b) <= MaxDirectPacket && d.send(b) {
 			c.sent.Add(1)
 			return len(b), nil
+		}
+	}
+	if p != nil {
+		if via := p.via.Load(); via != nil && via.Send(relayproto.Addr(dst), b) {
+			c.sent.Add(1)
+			return len(b), nil
+		}
+		if !p.heard.Load() && !c.cfg.Relay.ID.IsZero() && c.cfg.Role == relayproto.RoleClient {
+			p.hold(b)
 		}
 	}
 	if !c.relay.Send(relayproto.Addr(dst), b) {
@@ -402,7 +423,8 @@ const closeDrain = 500 * time.Millisecond
 // Close sends what is queued (for up to half a second), detaches from the
 // relay and waits for every goroutine the Conn started. It is idempotent.
 func (c *Conn) Close() error {
-	if c.ctx.Err() == nil {
+	open := c.ctx.Err() == nil
+	if open {
 		// What the E2E sessions sent last (a QUIC close, say) goes out.
 		if c.ds != nil {
 			c.ds.sock.Flush(closeDrain)
@@ -410,6 +432,7 @@ func (c *Conn) Close() error {
 		c.relay.Drain(closeDrain)
 	}
 	c.cancel()
+	c.closeFleetRelays(open)
 	c.relay.Close()
 	if c.ds != nil {
 		c.ds.sock.Close()

@@ -36,6 +36,7 @@ func (c *Conn) relayConfig() relaylink.Config {
 	}
 	if c.cfg.Role == relayproto.RoleClient {
 		cfg.Instance = c.instance
+		cfg.OnRedirect = c.redirected
 	}
 	if c.cfg.OnPeerGone != nil {
 		cfg.OnPeerGone = c.peerGone
@@ -45,7 +46,14 @@ func (c *Conn) relayConfig() relaylink.Config {
 
 // relayPacket queues a packet the relay delivered for ReadFrom.
 func (c *Conn) relayPacket(p *relaylink.Packet) {
-	c.deliver(inPacket{relayed: p, from: c.peerOf(Addr(p.From))})
+	from := c.peerOf(Addr(p.From))
+	if !from.heard.Load() {
+		from.heard.Store(true)
+		from.heldMu.Lock()
+		from.held = nil
+		from.heldMu.Unlock()
+	}
+	c.deliver(inPacket{relayed: p, from: from})
 }
 
 // peerGone tells Config.OnPeerGone that the relay could not deliver to a
@@ -95,9 +103,22 @@ func (c *Conn) AccessChanged() { c.relay.AccessChanged() }
 // using the invite whose relay token is token, so that the relay lets it
 // through while the device lists the token.
 func (c *Conn) SetPairIntent(device identity.ID, token [32]byte) {
+	c.intentsMu.Lock()
+	if c.intents == nil {
+		c.intents = make(map[identity.ID][32]byte)
+	}
+	c.intents[device] = token
+	c.intentsMu.Unlock()
 	c.relay.SetPairIntent(device, token)
+	c.eachFleetRelay(func(a *relaylink.Attacher) { a.SetPairIntent(device, token) })
 }
 
 // ClearPairIntent forgets the pairing intent for device; it is not sent
 // when the link is next made.
-func (c *Conn) ClearPairIntent(device identity.ID) { c.relay.ClearPairIntent(device) }
+func (c *Conn) ClearPairIntent(device identity.ID) {
+	c.intentsMu.Lock()
+	delete(c.intents, device)
+	c.intentsMu.Unlock()
+	c.relay.ClearPairIntent(device)
+	c.eachFleetRelay(func(a *relaylink.Attacher) { a.ClearPairIntent(device) })
+}

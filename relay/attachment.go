@@ -52,6 +52,10 @@ type attachment struct {
 	goAwayOnce sync.Once
 	goAwayMsg  atomic.Pointer[relayproto.GoAway] // sent as the attachment closes
 
+	// Clients: when they were last redirected to another relay, per
+	// device; nil until the first redirect.
+	redirects atomic.Pointer[redirectLog]
+
 	// Atomic counters, for the log line of its end.
 	pktsIn, pktsOut   atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64
@@ -513,7 +517,7 @@ func (a *attachment) forward(bp *[]byte, buf []byte) {
 	to, gone := a.srv.route(a, dst)
 	if to == nil {
 		packetPool.Put(bp)
-		if gone.Reason == 0 {
+		if gone.Reason == 0 || a.srv.redirect(a, dst) {
 			return
 		}
 		a.srv.countPeerGone()

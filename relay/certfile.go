@@ -87,6 +87,7 @@ type fleetCert struct {
 	mu      sync.Mutex
 	signed  []byte           // the map in cert; guarded by mu
 	version uint64           // its version; guarded by mu
+	m       fleet.Map        // the map in cert, parsed; guarded by mu
 	cert    *tls.Certificate // guarded by mu
 }
 
@@ -106,7 +107,15 @@ func newFleetCert(id *identity.Identity, current func() []byte, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	return &fleetCert{id: id, current: current, log: log, fleetID: m.FleetID, signed: signed, version: m.Version, cert: &cert}, nil
+	return &fleetCert{id: id, current: current, log: log, fleetID: m.FleetID, signed: signed, version: m.Version, m: m, cert: &cert}, nil
+}
+
+// relay returns the relay id of the current map, if it lists it.
+func (f *fleetCert) relay(id identity.ID) (fleet.Relay, bool) {
+	f.get()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m.Relay(id)
 }
 
 // get returns the certificate of the current map. A map that does not
@@ -138,7 +147,7 @@ func (f *fleetCert) get() *tls.Certificate {
 		} else {
 			f.log.Info("fleet map", "version", m.Version, "relays", len(m.Relays))
 		}
-		f.cert, f.version = &cert, m.Version
+		f.cert, f.version, f.m = &cert, m.Version, m
 	}
 	// Remember what was seen, good or not, so that it is judged once.
 	f.signed = signed

@@ -168,6 +168,7 @@ type Stats struct {
 	BytesForwarded   uint64 // packet bytes delivered
 	PacketsDropped   uint64 // dropped because a queue was full
 	PeerGone         uint64 // peer-gone answers sent
+	Redirects        uint64 // clients sent to another relay of the fleet
 	UDPAnswered      uint64 // binding requests answered
 	UDPIgnored       uint64 // UDP datagrams not answered
 }
@@ -177,7 +178,7 @@ type Stats struct {
 type counters struct {
 	forwarded, forwardedBytes, dropped, gone atomic.Uint64
 	udpAnswered, udpIgnored, replaced        atomic.Uint64
-	clientsRefused, clientsUnused            atomic.Uint64
+	clientsRefused, clientsUnused, redirects atomic.Uint64
 }
 
 // Stats returns the server's counters.
@@ -192,6 +193,7 @@ func (s *Server) Stats() Stats {
 	st.BytesForwarded = c.forwardedBytes.Load()
 	st.PacketsDropped = c.dropped.Load()
 	st.PeerGone = c.gone.Load()
+	st.Redirects = c.redirects.Load()
 	st.UDPAnswered = c.udpAnswered.Load()
 	st.UDPIgnored = c.udpIgnored.Load()
 	return st

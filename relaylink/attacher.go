@@ -75,6 +75,10 @@ type Config struct {
 	// OnPeerGone, if set, is called (on the reader's goroutine; it must
 	// not block) when the relay could not deliver to a peer.
 	OnPeerGone func(relayproto.PeerGone)
+	// OnRedirect, if set, is called (on the reader's goroutine; it must
+	// not block) when the relay, one of a fleet, says that a device this
+	// client sent to is attached to another relay of the fleet.
+	OnRedirect func(relayproto.Redirect)
 }
 
 func (cfg *Config) setDefaults() {
@@ -467,6 +471,10 @@ func (a *Attacher) serve(l *Link) (goAway *relayproto.GoAway, drained bool, err 
 		case relayproto.PeerGone:
 			if a.cfg.OnPeerGone != nil {
 				a.cfg.OnPeerGone(m)
+			}
+		case relayproto.Redirect:
+			if a.cfg.OnRedirect != nil {
+				a.cfg.OnRedirect(m)
 			}
 		case Pong:
 			a.setStatus(func(s *Status) { s.RTT = m.RTT })

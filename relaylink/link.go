@@ -238,9 +238,9 @@ func (l *Link) Close() error {
 }
 
 // Read returns the next message from the relay: a [*Packet], a
-// [relayproto.PeerGone], a [relayproto.Drain], a [relayproto.GoAway] (the
-// relay closes the Link now: nothing follows) or a [Pong]. It answers the
-// relay's pings itself and skips frames it does not know. It fails once
+// [relayproto.PeerGone], a [relayproto.Redirect], a [relayproto.Drain], a
+// [relayproto.GoAway] (the relay closes the Link now: nothing follows) or
+// a [Pong]. It answers the relay's pings itself and skips frames it does not know. It fails once
 // the Link ends, with the cause: the relay's silence ([ErrIdle]), a
 // malformed frame, the write loop's error, or [ErrClosed]. Only one
 // goroutine may call Read.
@@ -267,6 +267,8 @@ func (l *Link) Read() (any, error) {
 			m, err = readFrame(l, n, relayproto.ParsePeerGone)
 		case relayproto.FrameDrain:
 			m, err = readFrame(l, n, relayproto.ParseDrain)
+		case relayproto.FrameRedirect:
+			m, err = readFrame(l, n, relayproto.ParseRedirect)
 		case relayproto.FrameGoAway:
 			m, err = readFrame(l, n, relayproto.ParseGoAway)
 			if err == nil {

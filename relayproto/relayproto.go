@@ -154,6 +154,12 @@ const (
 	// this is; while the device lists the token, the relay lets this
 	// client reach it.
 	FramePairIntent FrameType = 0x14
+	// FrameRedirect (relay → client): peer Addr [40], relay id [32],
+	// addrLen u8, addr [addrLen]. The device peer is attached to another
+	// relay of this relay's fleet, the one with that ID at that address;
+	// the client sends to it there. Agents that do not know the frame
+	// skip it (and hear nothing back from the device).
+	FrameRedirect FrameType = 0x15
 
 	// FramePing (either way): data [8]. The receiver answers FramePong.
 	FramePing FrameType = 0x20
@@ -199,6 +205,8 @@ func (t FrameType) String() string {
 		return "go-away"
 	case FrameDrain:
 		return "drain"
+	case FrameRedirect:
+		return "redirect"
 	}
 	return fmt.Sprintf("frame-0x%02x", byte(t))
 }
@@ -225,6 +233,8 @@ func (t FrameType) MaxLen() uint32 {
 		return 7 + MaxMessageLen
 	case FrameDrain:
 		return 6 + MaxMessageLen
+	case FrameRedirect:
+		return AddrLen + identity.IDLen + 1 + MaxRelayAddrLen
 	}
 	return MaxFrameLen
 }

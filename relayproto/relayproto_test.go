@@ -41,6 +41,7 @@ func encodings() []struct {
 	dr := Drain{WithinMillis: 30000, Message: "relay is draining"}
 	acc := []AccessEntry{{Kind: AccessClient, Value: [32]byte{1, 2, 3}}, {Kind: AccessInvite, Value: [32]byte{9}}}
 	pi := PairIntent{Device: testAddr.ID, Token: [32]byte{7, 7}}
+	rd := Redirect{Peer: testAddr, Relay: identity.ID{4, 2}, Addr: "relay-b.example.net:443"}
 	return []struct {
 		name  string
 		t     FrameType
@@ -73,6 +74,8 @@ func encodings() []struct {
 			}{AccessFirst | AccessLast, acc}},
 		{"pair-intent", FramePairIntent, AppendPairIntent(nil, pi),
 			func(b []byte) (any, error) { return ParsePairIntent(b) }, pi},
+		{"redirect", FrameRedirect, AppendRedirect(nil, rd),
+			func(b []byte) (any, error) { return ParseRedirect(b) }, rd},
 		{"ping", FramePing, []byte("12345678"),
 			func(b []byte) (any, error) { return ParsePing(b) }, [8]byte([]byte("12345678"))},
 	}
@@ -356,6 +359,10 @@ func FuzzFrame(f *testing.F) {
 		case FramePairIntent:
 			if f, err := ParsePairIntent(p); err == nil && !bytes.Equal(AppendPairIntent(nil, f), p) {
 				t.Fatal("pair-intent does not re-encode to itself")
+			}
+		case FrameRedirect:
+			if f, err := ParseRedirect(p); err == nil && !bytes.Equal(AppendRedirect(nil, f), p) {
+				t.Fatal("redirect does not re-encode to itself")
 			}
 		}
 	})

@@ -84,6 +84,9 @@ type Relay struct {
 	// FleetMap, if set before Start, is the relay's fleet map (see
 	// relay.Config.FleetMap).
 	FleetMap func() []byte
+	// Presence, if set before Start, is the relay's presence in its
+	// fleet (see relay.Config.Presence).
+	Presence relay.Presence
 
 	mu  sync.Mutex
 	srv *relay.Server
@@ -144,6 +147,7 @@ func (r *Relay) Start() {
 		Logger:         Logger(r.t).With("role", "relay"),
 		DrainQuiet:     r.DrainQuiet,
 		FleetMap:       r.FleetMap,
+		Presence:       r.Presence,
 	})
 	if err != nil {
 		ln.Close()

@@ -1,0 +1,75 @@
+package relay
+
+import (
+	"sync"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/relayproto"
+)
+
+// redirectEvery bounds the redirects one client session hears about one
+// device: the packets it sends meanwhile are dropped without an answer.
+const redirectEvery = 250 * time.Millisecond
+
+// maxRedirectLog bounds the devices a client's redirect log remembers;
+// past it the log starts afresh.
+const maxRedirectLog = 64
+
+// redirectLog remembers when a client session was last redirected for
+// each device. It is made at the first redirect: most clients never need
+// one.
+type redirectLog struct {
+	mu   sync.Mutex
+	last map[identity.ID]time.Time // guarded by mu
+}
+
+// due reports whether a redirect for device may be sent at now, and if so
+// records it.
+func (l *redirectLog) due(device identity.ID, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[device]; ok && now.Sub(t) < redirectEvery {
+		return false
+	}
+	if len(l.last) >= maxRedirectLog {
+		clear(l.last)
+	}
+	l.last[device] = now
+	return true
+}
+
+// redirect handles a packet from the client c to dst, a device not
+// attached here: if a live relay of the fleet holds dst, it tells c where
+// (at most once every redirectEvery) and reports true, and the packet is
+// dropped; otherwise it reports false and the packet is answered as any
+// other that finds no peer. The gate stays with the relay holding the
+// device: this one does not know the device's access list, so it tells
+// anyone who asks where the device is attached, but no more.
+func (s *Server) redirect(c *attachment, dst relayproto.Addr) bool {
+	if s.cfg.Presence == nil || s.fleet == nil || c.isDevice() {
+		return false
+	}
+	holder, ok := s.cfg.Presence.Locate(dst.ID)
+	if !ok || holder == s.ID() {
+		return false
+	}
+	r, ok := s.fleet.relay(holder)
+	if !ok {
+		return false
+	}
+	log := c.redirects.Load()
+	if log == nil {
+		c.redirects.CompareAndSwap(nil, &redirectLog{last: make(map[identity.ID]time.Time)})
+		log = c.redirects.Load()
+	}
+	if !log.due(dst.ID, time.Now()) {
+		return true
+	}
+	f := relayproto.Redirect{Peer: relayproto.Addr{ID: dst.ID}, Relay: r.ID, Addr: r.Addr}
+	payload := relayproto.AppendRedirect(nil, f)
+	p := append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+len(payload)), relayproto.FrameRedirect, len(payload)), payload...)
+	s.stats.redirects.Add(1)
+	c.sendNotice(c, p)
+	return true
+}
