@@ -73,10 +73,12 @@ type peer struct {
 	// Clients of a fleet (see redirect.go): the relay a redirect named for
 	// this device, whether a packet came from it yet, and, until one
 	// did, the last packets sent to it.
-	via    atomic.Pointer[relaylink.Attacher]
-	heard  atomic.Bool
-	heldMu sync.Mutex
-	held   [][]byte // guarded by heldMu
+	via        atomic.Pointer[relaylink.Attacher]
+	heard      atomic.Bool
+	lastHeard  atomic.Int64 // Conn.now of the last packet from it over a relay; 0 if none
+	lastLocate int64        // Conn.now of the last locate for it; the relocate loop's
+	heldMu     sync.Mutex
+	held       [][]byte // guarded by heldMu
 }
 
 func (p *peer) Network() string { return "burrow" }
@@ -311,6 +313,9 @@ func Listen(cfg Config) (*Conn, error) {
 		}
 	}
 	c.relay = relaylink.Attach(c.relayConfig())
+	if cfg.Role == relayproto.RoleClient && !cfg.Relay.ID.IsZero() {
+		c.wg.Go(c.relocateLoop)
+	}
 	return c, nil
 }
 

@@ -107,6 +107,9 @@ func (c *Conn) directDatagram(b []byte, from netip.AddrPort) {
 			bp := packetPool.Get().(*[]byte)
 			n := copy((*bp)[:cap(*bp)], b)
 			d.received.Add(1)
+			if c.cfg.Role == relayproto.RoleClient {
+				d.peer.lastHeard.Store(c.now())
+			}
 			c.deliver(inPacket{buf: bp, n: n, from: d.peer})
 			return
 		}

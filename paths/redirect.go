@@ -2,6 +2,7 @@ package paths
 
 import (
 	"sync"
+	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relaylink"
@@ -17,6 +18,20 @@ import (
 // or any more) is sent to over the first relay, which redirects again once
 // it knows where the device went: that is how a client follows a device
 // that moved to another relay when its own died.
+
+// A client that has stopped hearing from a device it was exchanging
+// packets with asks its relay where the device is (relayproto's locate),
+// twice a second while the silence lasts, from relocateAfter of
+// silence until activeFor after the last packet: the device may have
+// moved to another relay (its own died, or was blackholed), and a client
+// that only receives would otherwise never send the packet that gets it
+// redirected.
+const (
+	relocateTick  = 100 * time.Millisecond
+	relocateEvery = 500 * time.Millisecond
+	relocateAfter = time.Second
+	activeFor     = 10 * time.Second
+)
 
 // maxRedirectRelays bounds the relays a client attaches to besides its
 // first; a redirect past it is ignored.
@@ -35,11 +50,16 @@ func (c *Conn) redirected(r relayproto.Redirect) {
 		// one relay, or trusts a CA, stays on it.
 		return
 	}
+	p := c.peerOf(Addr(r.Peer))
+	if r.Relay == c.relay.Status().RelayID {
+		// The device is on the relay of the first link (again).
+		p.via.Store(nil)
+		return
+	}
 	a := c.fleetRelay(r)
 	if a == nil {
 		return
 	}
-	p := c.peerOf(Addr(r.Peer))
 	if p.via.Swap(a) != a {
 		c.log.Debug("device is attached to another relay of the fleet", "device", r.Peer.ID.String(), "at", r.Addr)
 	}
@@ -67,9 +87,11 @@ func (c *Conn) fleetRelay(r relayproto.Redirect) *relaylink.Attacher {
 	}
 	want := r.Relay
 	cfg.OnAttach = func(l *relaylink.Link) {
-		if l.RelayID() != want {
+		if l.RelayID() != want || l.RelayID() == c.relay.Status().RelayID {
 			// The fleet vouches for this relay, but it is not the one the
-			// redirect named: do not route through it.
+			// redirect named, or the first link is on it already (two
+			// links of one client would replace each other): do not
+			// route through it.
 			c.log.Warn("redirected to a relay whose key is not the one named", "addr", r.Addr,
 				"want", want.String(), "got", l.RelayID().String())
 			l.Close()
@@ -159,5 +181,52 @@ func (c *Conn) eachFleetRelay(f func(*relaylink.Attacher)) {
 	defer c.fleet.mu.Unlock()
 	for _, a := range c.fleet.byID {
 		f(a)
+	}
+}
+
+// primaryAttached is told of every new link of the first Attacher: a
+// relay of redirects that the first link now reaches is closed, since one
+// client process has one link per relay (the relay would replace one with
+// the other), and its devices are sent to over the first link.
+func (c *Conn) primaryAttached(l *relaylink.Link) {
+	id := l.RelayID()
+	c.fleet.mu.Lock()
+	a := c.fleet.byID[id]
+	delete(c.fleet.byID, id)
+	c.fleet.mu.Unlock()
+	if a == nil {
+		return
+	}
+	c.peersMu.RLock()
+	for _, p := range c.peers {
+		p.via.CompareAndSwap(a, nil)
+	}
+	c.peersMu.RUnlock()
+	c.wg.Go(a.Close) // Close waits for the loop that calls OnAttach
+}
+
+// relocateLoop asks the first relay where each device gone silent is
+// (see relocateAfter), until the Conn closes.
+func (c *Conn) relocateLoop() {
+	t := time.NewTicker(relocateTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			return
+		}
+		now := c.now()
+		c.peersMu.RLock()
+		for _, p := range c.peers {
+			heard := p.lastHeard.Load()
+			silent := time.Duration(now - heard)
+			if heard == 0 || silent < relocateAfter || silent >= activeFor || time.Duration(now-p.lastLocate) < relocateEvery {
+				continue
+			}
+			p.lastLocate = now
+			c.relay.Locate(p.addr.ID)
+		}
+		c.peersMu.RUnlock()
 	}
 }

@@ -47,6 +47,9 @@ func (c *Conn) relayConfig() relaylink.Config {
 // relayPacket queues a packet the relay delivered for ReadFrom.
 func (c *Conn) relayPacket(p *relaylink.Packet) {
 	from := c.peerOf(Addr(p.From))
+	if c.cfg.Role == relayproto.RoleClient {
+		from.lastHeard.Store(c.now())
+	}
 	if !from.heard.Load() {
 		from.heard.Store(true)
 		from.heldMu.Lock()
@@ -66,9 +69,13 @@ func (c *Conn) peerGone(f relayproto.PeerGone) {
 	c.cfg.OnPeerGone(g)
 }
 
-// relayAttached asks a new relay link, if it offers, for the address the
-// relay sees the direct socket at.
+// relayAttached is told of every new link of the first Attacher: a client
+// of a fleet sorts out its links (primaryAttached), and a relay that
+// offers is asked for the address it sees the direct socket at.
 func (c *Conn) relayAttached(l *relaylink.Link) {
+	if c.cfg.Role == relayproto.RoleClient {
+		c.primaryAttached(l)
+	}
 	if c.ds == nil {
 		return
 	}

@@ -370,6 +370,14 @@ func (a *attachment) handleFrame(br *bufio.Reader, t relayproto.FrameType, n uin
 			return a.readErr(err)
 		}
 		a.sendNotice(a, append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+8), relayproto.FramePong, 8), p[:]...))
+	case relayproto.FrameLocate:
+		var p [identity.IDLen]byte
+		if _, err := io.ReadFull(br, p[:n]); err != nil {
+			return a.readErr(err)
+		}
+		if device, err := relayproto.ParseLocate(p[:n]); err == nil {
+			a.srv.locate(a, device)
+		}
 	default:
 		// Pongs and frame types this relay does not know are skipped
 		// without allocating.

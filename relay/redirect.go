@@ -54,6 +54,32 @@ func (s *Server) redirect(c *attachment, dst relayproto.Addr) bool {
 	if !ok || holder == s.ID() {
 		return false
 	}
+	return s.sendRedirect(c, dst.ID, holder)
+}
+
+// locate answers a client's locate frame for device: a redirect to the
+// relay holding it, this one included, if the client may know. Of a
+// device attached here, only a client its access list allows hears
+// anything (as for packets); of one attached elsewhere, see redirect.
+func (s *Server) locate(c *attachment, device identity.ID) {
+	if s.cfg.Presence == nil || s.fleet == nil || c.isDevice() {
+		return
+	}
+	if d := s.routes.device(device); d != nil {
+		if acc := d.accessSet(); acc != nil && acc.allows(c.address().ID, c.intent(device)) {
+			s.sendRedirect(c, device, s.ID())
+		}
+		return
+	}
+	if holder, ok := s.cfg.Presence.Locate(device); ok && holder != s.ID() {
+		s.sendRedirect(c, device, holder)
+	}
+}
+
+// sendRedirect tells the client c that device is at the relay holder of
+// the fleet map, unless it was told about device less than redirectEvery
+// ago. It reports false if the map does not list holder.
+func (s *Server) sendRedirect(c *attachment, device, holder identity.ID) bool {
 	r, ok := s.fleet.relay(holder)
 	if !ok {
 		return false
@@ -63,10 +89,10 @@ func (s *Server) redirect(c *attachment, dst relayproto.Addr) bool {
 		c.redirects.CompareAndSwap(nil, &redirectLog{last: make(map[identity.ID]time.Time)})
 		log = c.redirects.Load()
 	}
-	if !log.due(dst.ID, time.Now()) {
+	if !log.due(device, time.Now()) {
 		return true
 	}
-	f := relayproto.Redirect{Peer: relayproto.Addr{ID: dst.ID}, Relay: r.ID, Addr: r.Addr}
+	f := relayproto.Redirect{Peer: relayproto.Addr{ID: device}, Relay: r.ID, Addr: r.Addr}
 	payload := relayproto.AppendRedirect(nil, f)
 	p := append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+len(payload)), relayproto.FrameRedirect, len(payload)), payload...)
 	s.stats.redirects.Add(1)

@@ -49,8 +49,9 @@ type Config struct {
 	// least a random time in [ReattachSpread/2, ReattachSpread) between
 	// attempts until it is attached again, so that a relay coming back
 	// sees its agents return evenly over ReattachSpread rather than all
-	// at once. A Link lost to silence ([ErrIdle]) is not spread: its
-	// agents noticed at different moments already. Zero means no spread.
+	// at once. A Link lost to silence ([ErrIdle], [ErrSilent]) is not
+	// spread: its agents noticed at different moments already. Zero means
+	// no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
 	// enrolled it yet: at each attach until the relay first admits the
@@ -176,6 +177,14 @@ func (a *Attacher) Send(dst relayproto.Addr, p []byte) bool {
 		return false
 	}
 	return l.Send(dst, p)
+}
+
+// Locate asks the relay, over the current Link, where the device is
+// attached (see [Link.Locate]); it does nothing while detached.
+func (a *Attacher) Locate(device identity.ID) {
+	if l := a.cur.Load(); l != nil {
+		l.Locate(device)
+	}
 }
 
 // Drain waits, up to timeout, until the current Link has written what is
@@ -410,7 +419,7 @@ func (a *Attacher) loop() {
 			continue
 		case ga != nil:
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
-		case a.cfg.ReattachSpread > 0 && !errors.Is(err, ErrIdle):
+		case a.cfg.ReattachSpread > 0 && !errors.Is(err, ErrIdle) && !errors.Is(err, ErrSilent):
 			// Closed or reset without a word: the relay (or its host)
 			// went down, for every agent at once.
 			spreading = true

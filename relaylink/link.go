@@ -42,6 +42,7 @@ type Link struct {
 	flushed   chan struct{}
 	drainOnce sync.Once // queues flushMarker at most once
 	closeOnce sync.Once
+	silence   silence // the write loop's check of a relay gone silent
 
 	// Owned by the reader.
 	br            *bufio.Reader
@@ -142,6 +143,7 @@ func (l *Link) Send(dst relayproto.Addr, p []byte) bool {
 	*bp = append(relayproto.AppendPacketHeader((*bp)[:0], relayproto.FrameSendPacket, dst, len(p)), p...)
 	select {
 	case l.sendq <- bp:
+		l.silence.packets.Add(1)
 		return true
 	default:
 		framePool.Put(bp)
@@ -257,9 +259,11 @@ func (l *Link) Read() (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		l.silence.framesIn.Add(1)
 		var m any
 		switch t {
 		case relayproto.FrameRecvPacket:
+			l.silence.packets.Add(1)
 			m, err = l.readPacket(n)
 		case relayproto.FramePing, relayproto.FramePong:
 			m, err = l.readPing(t, n)
@@ -351,21 +355,29 @@ func (l *Link) readErr(err error) error {
 }
 
 // writeLoop writes queued frames, batching whatever is queued into one
-// flush, and pings the relay every keepalive interval.
+// flush, pings the relay every keepalive interval, and ends the Link if
+// the relay goes silent while packets are moving (see silence.go).
 func (l *Link) writeLoop() error {
 	ping := time.NewTicker(l.keepAlive)
 	defer ping.Stop()
+	check := time.NewTicker(silenceTick)
+	defer check.Stop()
 	var deadlineSetAt time.Time
 	for {
 		var bp *[]byte
 		select {
 		case bp = <-l.sendq:
 		case <-ping.C:
-			var p [8]byte
-			binary.BigEndian.PutUint64(p[:], rand.Uint64())
-			l.pingSent.Store(time.Now().UnixNano())
-			bp = framePool.Get().(*[]byte)
-			*bp = append(relayproto.AppendHeader((*bp)[:0], relayproto.FramePing, 8), p[:]...)
+			bp = l.ping()
+		case now := <-check.C:
+			probe, err := l.silence.check(now)
+			if err != nil {
+				return err
+			}
+			if !probe {
+				continue
+			}
+			bp = l.ping()
 		case <-l.ctx.Done():
 			return nil
 		}
@@ -377,6 +389,16 @@ func (l *Link) writeLoop() error {
 			return fmt.Errorf("write to relay: %w", err)
 		}
 	}
+}
+
+// ping returns a ping frame, and notes when it went for the pong's RTT.
+func (l *Link) ping() *[]byte {
+	var p [8]byte
+	binary.BigEndian.PutUint64(p[:], rand.Uint64())
+	l.pingSent.Store(time.Now().UnixNano())
+	bp := framePool.Get().(*[]byte)
+	*bp = append(relayproto.AppendHeader((*bp)[:0], relayproto.FramePing, 8), p[:]...)
+	return bp
 }
 
 // writeBatch writes bp and every frame queued behind it with one flush.
@@ -423,4 +445,11 @@ func (l *Link) writeBatch(bp *[]byte) error {
 		}
 		return w.Flush()
 	}
+}
+
+// Locate asks the relay, one of a fleet, where the device is attached; it
+// answers with a redirect, if it knows. The frame is dropped if the queue
+// is full.
+func (l *Link) Locate(device identity.ID) {
+	l.sendNotice(relayproto.FrameLocate, device[:])
 }

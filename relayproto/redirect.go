@@ -47,3 +47,11 @@ func ParseRedirect(p []byte) (Redirect, error) {
 	}
 	return f, nil
 }
+
+// ParseLocate parses the payload of a locate frame: a device's ID.
+func ParseLocate(p []byte) (identity.ID, error) {
+	var id identity.ID
+	r := reader{b: p}
+	copy(id[:], r.take(identity.IDLen))
+	return id, r.done()
+}

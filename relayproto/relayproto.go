@@ -160,6 +160,11 @@ const (
 	// the client sends to it there. Agents that do not know the frame
 	// skip it (and hear nothing back from the device).
 	FrameRedirect FrameType = 0x15
+	// FrameLocate (client → relay): device ID [32]. The client asks a
+	// fleet relay where the device is attached; the relay answers with a
+	// redirect (naming itself if the device is attached there), or not at
+	// all if it does not know. Relays that do not know the frame skip it.
+	FrameLocate FrameType = 0x16
 
 	// FramePing (either way): data [8]. The receiver answers FramePong.
 	FramePing FrameType = 0x20
@@ -207,6 +212,8 @@ func (t FrameType) String() string {
 		return "drain"
 	case FrameRedirect:
 		return "redirect"
+	case FrameLocate:
+		return "locate"
 	}
 	return fmt.Sprintf("frame-0x%02x", byte(t))
 }
@@ -235,6 +242,8 @@ func (t FrameType) MaxLen() uint32 {
 		return 6 + MaxMessageLen
 	case FrameRedirect:
 		return AddrLen + identity.IDLen + 1 + MaxRelayAddrLen
+	case FrameLocate:
+		return identity.IDLen
 	}
 	return MaxFrameLen
 }

@@ -364,6 +364,10 @@ func FuzzFrame(f *testing.F) {
 			if f, err := ParseRedirect(p); err == nil && !bytes.Equal(AppendRedirect(nil, f), p) {
 				t.Fatal("redirect does not re-encode to itself")
 			}
+		case FrameLocate:
+			if id, err := ParseLocate(p); err == nil && !bytes.Equal(id[:], p) {
+				t.Fatal("locate does not re-encode to itself")
+			}
 		}
 	})
 }
