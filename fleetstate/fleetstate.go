@@ -167,17 +167,28 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 // openBucket returns a handle on bucket, creating the bucket if needed,
 // that reads from the stream's leader (see Open).
 func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	return openBucketConfig(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "burrow relay fleet state, see package fleetstate",
+		Replicas:    replicas,
+	})
+}
+
+// openBucketConfig is openBucket for a bucket created, if needed, with
+// cfg (file storage and the format's metadata added).
+func openBucketConfig(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	bucket := cfg.Bucket
 	kv, err := js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		// Two relays starting at once may both create it; the same
-		// configuration twice is not an error.
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "burrow relay fleet state, see package fleetstate",
-			Replicas:    replicas,
-			Storage:     jetstream.FileStorage,
-			Metadata:    map[string]string{formatKey: fmt.Sprint(FormatVersion)},
-		})
+		// configuration twice is not an error, and a bucket created
+		// otherwise meanwhile is used as it is.
+		cfg.Storage = jetstream.FileStorage
+		cfg.Metadata = map[string]string{formatKey: fmt.Sprint(FormatVersion)}
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, bucket)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
@@ -303,7 +314,7 @@ type tokenRecord struct {
 }
 
 // decode parses a record, and refuses one of another format version.
-func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
+func decode[T deviceRecord | tokenRecord | presenceRecord | livenessRecord](b []byte) (T, error) {
 	var rec T
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return rec, fmt.Errorf("unreadable record: %w", err)
@@ -313,6 +324,10 @@ func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
 	case deviceRecord:
 		v = r.V
 	case tokenRecord:
+		v = r.V
+	case presenceRecord:
+		v = r.V
+	case livenessRecord:
 		v = r.V
 	}
 	if v != FormatVersion {
