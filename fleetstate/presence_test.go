@@ -3,6 +3,7 @@ package fleetstate
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,65 +211,52 @@ func TestPresenceStaleRecords(t *testing.T) {
 	}
 }
 
-// TestPresenceScale attaches 10,000 devices spread over three relays and
-// logs how fast their records are written (from Attached to the change
-// seen by a watcher of the bucket) and what NATS stores per device.
+// TestPresenceScale attaches 10,000 devices spread over three relays at
+// once, then moves 3,000 of them to another relay at a steady 1,000 a
+// second, and logs how fast their records are written (from Attached to
+// the change seen by a watcher of the bucket), how often the old relay is
+// told, and what NATS stores per device.
 func TestPresenceScale(t *testing.T) {
 	if testing.Short() {
 		t.Skip("measurement")
 	}
-	const devices = 10_000
+	const devices, moves = 10_000, 3_000
 	ns := natstest.Start(t)
 	relays := []*testRelay{openPresence(t, ns.URL(), PresenceConfig{}), openPresence(t, ns.URL(), PresenceConfig{}), openPresence(t, ns.URL(), PresenceConfig{})}
+	// As the relay does: drop the stale session, which detaches it.
+	var taken atomic.Int64
+	for _, r := range relays {
+		r.p.OnTaken(func(id identity.ID) {
+			taken.Add(1)
+			r.p.Detached(id)
+		})
+	}
 	ids := make([]identity.ID, devices)
-	index := make(map[string]int, devices)
 	for i := range ids {
 		ids[i] = randomID()
-		index[ids[i].String()] = i
 	}
-	kv := relays[0].p.presence
-	w, err := kv.WatchAll(t.Context(), jetstream.UpdatesOnly())
+	w, err := relays[0].p.presence.WatchAll(t.Context(), jetstream.UpdatesOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	attached := make([]time.Time, devices)
-	landed := make([]time.Duration, devices)
-	start := time.Now()
-	go func() {
-		for i, id := range ids {
-			attached[i] = time.Now()
-			relays[i%3].p.Attached(id)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	for n := 0; n < devices; {
-		select {
-		case e := <-w.Updates():
-			if i, ok := index[e.Key()]; ok && landed[i] == 0 {
-				landed[i] = time.Since(attached[i])
-				n++
-			}
-		case <-ctx.Done():
-			t.Fatalf("only %d of %d records landed", n, devices)
-		}
-	}
-	elapsed := time.Since(start)
-	slices.Sort(landed)
-	t.Logf("%d attaches over 3 relays: %.0f writes/s; from Attached to the change seen: p50 %v, p99 %v, max %v",
-		devices, devices/elapsed.Seconds(), landed[devices/2], landed[devices*99/100], landed[devices-1])
+
+	elapsed, lat := measureWrites(t, w, ids, relays, func(i int) int { return i % 3 }, 0)
+	t.Logf("%d attaches at once over 3 relays: %.0f writes/s; from Attached to the change seen: p50 %v, p99 %v, max %v",
+		devices, devices/elapsed.Seconds(), lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
+	elapsed, lat = measureWrites(t, w, ids[:moves], relays, func(i int) int { return (i + 1) % 3 }, time.Millisecond)
+	t.Logf("%d moves to another relay, one a millisecond: %.0f writes/s; from Attached to the change seen: p50 %v, p99 %v, max %v",
+		moves, moves/elapsed.Seconds(), lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
 	for _, r := range relays {
-		eventually(t, "every relay locates every device", func() bool {
-			_, ok := r.p.Locate(ids[devices-1])
-			return ok
-		})
+		eventually(t, "every relay locates the last device moved", func() bool { return r.locatedAt(ids[moves-1], relays[moves%3].id) })
 	}
-	str, err := jetstream.New(relays[0].nc)
+	eventually(t, "the old relays told of every move", func() bool { return taken.Load() == moves })
+
+	js, err := jetstream.New(relays[0].nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := str.Stream(t.Context(), "KV_"+PresenceBucket)
+	s, err := js.Stream(t.Context(), "KV_"+PresenceBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,4 +265,48 @@ func TestPresenceScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("NATS stores %d bytes for %d device records: %d bytes per device", info.State.Bytes, info.State.Msgs, info.State.Bytes/max(info.State.Msgs, 1))
+}
+
+// measureWrites attaches ids[i] at relays[at(i)], pausing gap between
+// attaches, and returns how long until w saw every record name its relay,
+// and the sorted latencies from each Attached to its record.
+func measureWrites(t *testing.T, w jetstream.KeyWatcher, ids []identity.ID, relays []*testRelay, at func(int) int, gap time.Duration) (time.Duration, []time.Duration) {
+	t.Helper()
+	index := make(map[string]int, len(ids))
+	for i, id := range ids {
+		index[id.String()] = i
+	}
+	attached := make([]atomic.Int64, len(ids))
+	landed := make([]time.Duration, len(ids))
+	start := time.Now()
+	go func() {
+		for i, id := range ids {
+			attached[i].Store(time.Now().UnixNano())
+			relays[at(i)].p.Attached(id)
+			if gap > 0 {
+				time.Sleep(gap)
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for n := 0; n < len(ids); {
+		select {
+		case e := <-w.Updates():
+			i, ok := index[e.Key()]
+			if !ok || landed[i] != 0 {
+				continue
+			}
+			if rec, err := decode[presenceRecord](e.Value()); err != nil || rec.Relay != relays[at(i)].id.String() {
+				continue
+			}
+			landed[i] = time.Since(time.Unix(0, attached[i].Load()))
+			n++
+		case <-ctx.Done():
+			t.Fatalf("only %d of %d records landed", n, len(ids))
+		}
+	}
+	elapsed := time.Since(start)
+	slices.Sort(landed)
+	return elapsed, landed
 }
