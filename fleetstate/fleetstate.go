@@ -5,16 +5,19 @@
 // [relay.Store] and with the same meaning: a token issued through one
 // relay enrolls a device at any other, a single-use token is spent exactly
 // once across the whole fleet, and a device removed through one relay is
-// disconnected by every relay it is attached to.
+// disconnected by every relay it is attached to. A [Presence] is a
+// [relay.Presence]: it records which relay holds each device and which
+// relays are alive, so that any relay can locate a device. The fleet map
+// is kept here too ([FleetMap]), as signed bytes.
 //
 // It does not route, hold sessions or speak the relay protocol (that is
 // package relay, which it serves), and it imports nothing that could
-// decrypt tunnel traffic. The fleet map, the fleet key and presence are
-// not its business.
+// decrypt tunnel traffic. The fleet key and the map's signature are not
+// its business (package fleet).
 //
 // # Storage format, version 1
 //
-// Two buckets, each a JetStream stream of the usual key-value layout
+// Four buckets, each a JetStream stream of the usual key-value layout
 // (stream KV_<bucket>, subjects $KV.<bucket>.<key>), history 1, with
 // AllowDirect off (see [Open]) and metadata "burrow_format": "1":
 //
@@ -23,6 +26,23 @@
 //	                        {"v":1,"removed":T}             removed at T, not enrolled
 //	burrow_tokens    key: lowercase hex of relay.EnrollTokenHash(token); the token itself is never stored
 //	                 value: {"v":1,"uses":N,"created":T,"expires":T}   N uses left
+//	burrow_presence  key: the device ID
+//	                 value: {"v":1,"relay":ID}    the device is attached to relay ID
+//	burrow_relays    key: a relay ID; the bucket's MaxAge is the liveness TTL (6s by default)
+//	                 value: {"v":1,"ttl_ms":N}    the relay is live for N ms after this write
+//
+// Presence is written on attach and detach only, never periodically per
+// device. The KV revision of a device's presence record is the attach's
+// epoch: an attach is a plain put, so the latest attach, wherever it is,
+// wins, and the relay it replaced drops its stale session when its watch
+// sees a newer revision than its own. A detach deletes the record only
+// by compare-and-swap on the revision this relay wrote, so that it never
+// erases a newer attach elsewhere. A record counts only while its relay's
+// liveness key does: each relay rewrites its own every 2s by default and
+// deletes it when it stops; every relay times the keys itself (from when
+// it saw each write, plus its ttl_ms), so that a relay that died unheard
+// lapses even if NATS sends no marker of the key's expiry. Deleted
+// presence records leave a delete marker until the device's next attach.
 //
 // Times are RFC 3339 in UTC, from the clock of the relay that wrote them:
 // whether a token was issued after a device's removal is decided by the
@@ -167,17 +187,28 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 // openBucket returns a handle on bucket, creating the bucket if needed,
 // that reads from the stream's leader (see Open).
 func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	return openBucketConfig(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "burrow relay fleet state, see package fleetstate",
+		Replicas:    replicas,
+	})
+}
+
+// openBucketConfig is openBucket for a bucket created, if needed, with
+// cfg (file storage and the format's metadata added).
+func openBucketConfig(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	bucket := cfg.Bucket
 	kv, err := js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		// Two relays starting at once may both create it; the same
-		// configuration twice is not an error.
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "burrow relay fleet state, see package fleetstate",
-			Replicas:    replicas,
-			Storage:     jetstream.FileStorage,
-			Metadata:    map[string]string{formatKey: fmt.Sprint(FormatVersion)},
-		})
+		// configuration twice is not an error, and a bucket created
+		// otherwise meanwhile is used as it is.
+		cfg.Storage = jetstream.FileStorage
+		cfg.Metadata = map[string]string{formatKey: fmt.Sprint(FormatVersion)}
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, bucket)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
@@ -303,7 +334,7 @@ type tokenRecord struct {
 }
 
 // decode parses a record, and refuses one of another format version.
-func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
+func decode[T deviceRecord | tokenRecord | presenceRecord | livenessRecord](b []byte) (T, error) {
 	var rec T
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return rec, fmt.Errorf("unreadable record: %w", err)
@@ -313,6 +344,10 @@ func decode[T deviceRecord | tokenRecord](b []byte) (T, error) {
 	case deviceRecord:
 		v = r.V
 	case tokenRecord:
+		v = r.V
+	case presenceRecord:
+		v = r.V
+	case livenessRecord:
 		v = r.V
 	}
 	if v != FormatVersion {

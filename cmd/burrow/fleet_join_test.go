@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/fleetstate"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/natstest"
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
@@ -18,7 +23,8 @@ import (
 // TestBinaryRelayJoinsFleet: "burrow relay --nats" joins the fleet whose
 // map is in NATS. A relay the map does not list refuses to start and says
 // how to add it; once added, it starts, and an agent pinning the fleet ID
-// (not the relay's) attaches to it.
+// (not the relay's) attaches to it. The relay keeps its liveness key in
+// the fleet's presence while it runs, and deletes it when it stops.
 func TestBinaryRelayJoinsFleet(t *testing.T) {
 	ns := natstest.Start(t)
 	dir := t.TempDir()
@@ -53,5 +59,25 @@ func TestBinaryRelayJoinsFleet(t *testing.T) {
 	}
 	if st := c.RelayStatus(); st.RelayID.String() != m[1] {
 		t.Fatalf("attached to relay %v, want %s", st.RelayID, m[1])
+	}
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := js.KeyValue(ctx, fleetstate.RelaysBucket)
+	if err != nil {
+		t.Fatalf("relays bucket: %v", err)
+	}
+	if _, err := live.Get(ctx, m[1]); err != nil {
+		t.Fatalf("the running relay's liveness key: %v", err)
+	}
+	relay.stop()
+	if _, err := live.Get(ctx, m[1]); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the stopped relay's liveness key: %v, want it deleted", err)
 	}
 }

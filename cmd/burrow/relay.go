@@ -74,7 +74,11 @@ at any other, once per use, and a device removed through one relay is
 disconnected by all of them within a second. Each relay keeps a copy of the
 enrolled devices: while NATS is unreachable it admits those it knows and
 no other, refuses enrollment tokens (saying why), and catches up with the
-removals made meanwhile once NATS is back. The data directory still holds
+removals made meanwhile once NATS is back. A relay listed in the fleet
+map also records in NATS which of its devices are attached to it (on
+attach and detach only) and keeps a liveness key there, refreshed every 2s
+and deleted when it stops; if a device attaches to another relay of the
+fleet, the relay drops its older session. The data directory still holds
 the relay's key; "burrow relay token create" and "burrow relay devices" work
 through any running relay of the fleet.
 
@@ -182,11 +186,11 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	if created {
 		log.Info("created relay identity", "path", filepath.Join(o.dataDir, relayKeyFile))
 	}
-	st, fleetMap, attachState, closeState, err := o.openRelayState(cmd.Context(), id, log)
+	st, err := o.openRelayState(cmd.Context(), id, log)
 	if err != nil {
 		return err
 	}
-	defer closeState()
+	defer st.close()
 	allow, err := o.admission(st, log)
 	if err != nil {
 		return err
@@ -201,7 +205,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 		defer udp.Close()
 	}
 	cfg := o.relayConfig(id, allow, st, udp, log)
-	cfg.FleetMap = fleetMap
+	st.configure(&cfg)
 	if o.tlsCert != "" {
 		if cfg.GetCertificate, err = relay.CertFile(o.tlsCert, o.tlsKey); err != nil {
 			return err
@@ -211,7 +215,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	if err != nil {
 		return err
 	}
-	attachState(srv)
+	st.attach(srv)
 	// The admin socket serves until the relay has stopped, drain included.
 	stopAdmin, err := serveAdmin(context.WithoutCancel(cmd.Context()), filepath.Join(o.dataDir, relayAdminsFile), relay.AdminHandler(srv, st))
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,56 +94,98 @@ func (n *natsOptions) connect(name string, log *slog.Logger) (*nats.Conn, error)
 	return nc, nil
 }
 
+// relayState is where the relay keeps its devices and tokens, and, in a
+// fleet, its map and presence.
+type relayState struct {
+	relay.State
+	// fleetMap is the fleet map the relay shows agents that pin the fleet
+	// ID (see fleetMapSource), or nil outside a fleet.
+	fleetMap func() []byte
+	// presence records the relay's devices in the fleet, or is nil.
+	presence *fleetstate.Presence
+	// attach, given the relay's server, lets the state disconnect removed
+	// devices and drop those that attached to another relay.
+	attach func(*relay.Server)
+	// close closes it all.
+	close func()
+}
+
+// configure sets what the state gives the relay's Config.
+func (s *relayState) configure(cfg *relay.Config) {
+	cfg.FleetMap = s.fleetMap
+	if s.presence != nil {
+		cfg.Presence = s.presence
+	}
+}
+
 // openRelayState opens where the relay keeps its devices and tokens: the
 // fleet's state in NATS with --nats, else the store in its data
-// directory. close closes it; attach, given the relay's server, lets the
-// state disconnect removed devices.
+// directory.
 //
-// With NATS, fleetMap is the fleet map the relay shows agents that pin the
-// fleet ID (see fleetMapSource): the relay must be in it. A NATS without a
-// fleet map at all (no "burrow fleet add" yet) shares the state only, and
-// fleetMap is nil: agents then pin each relay by its own ID.
-func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity, log *slog.Logger) (st relay.State, fleetMap func() []byte, attach func(*relay.Server), close func(), err error) {
+// With NATS, the relay must be in the fleet map, and records which relay
+// holds each device in the fleet's presence (fleetstate.Presence). A NATS
+// without a fleet map at all (no "burrow fleet add" yet) shares the state
+// only: no map, and no presence, since agents then pin each relay by its
+// own ID and could not be sent to another.
+func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity, log *slog.Logger) (*relayState, error) {
 	mark := filepath.Join(o.dataDir, relayFleetMark)
 	if !o.nats.set {
 		if err := os.Remove(mark); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, nil, nil, nil, err
+			return nil, err
 		}
 		s, err := relay.OpenStore(filepath.Join(o.dataDir, relayStoreFile))
 		if err != nil {
-			return nil, nil, nil, nil, err
+			return nil, err
 		}
-		return s, nil, func(*relay.Server) {}, func() { s.Close() }, nil
+		return &relayState{State: s, attach: func(*relay.Server) {}, close: func() { s.Close() }}, nil
 	}
 	nc, err := o.nats.connect("burrow relay "+id.ID().Short(), log)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, err
+	}
+	closers := []func(){nc.Close}
+	closeAll := func() {
+		for _, c := range slices.Backward(closers) {
+			c()
+		}
 	}
 	fs, err := fleetstate.Open(ctx, fleetstate.Config{Conn: nc, Replicas: o.nats.replicas, Logger: log})
 	if err != nil {
-		nc.Close()
-		return nil, nil, nil, nil, err
+		closeAll()
+		return nil, err
 	}
+	closers = append(closers, func() { fs.Close() })
 	if err := os.WriteFile(mark, []byte(o.nats.urls+"\n"), 0o600); err != nil {
-		fs.Close()
-		nc.Close()
-		return nil, nil, nil, nil, err
+		closeAll()
+		return nil, err
 	}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	fleetMap, err = fleetMapSource(watchCtx, nc, id.ID())
-	if errors.Is(err, fleetstate.ErrNoFleetMap) {
-		log.Info("no fleet map in NATS: agents pin this relay by its own ID", "relay_id", id.ID().String())
-		err = nil
+	closers = append(closers, stopWatch)
+	rs := &relayState{State: fs, close: closeAll}
+	rs.fleetMap, err = fleetMapSource(watchCtx, nc, id.ID())
+	switch {
+	case errors.Is(err, fleetstate.ErrNoFleetMap):
+		log.Info("no fleet map in NATS: agents pin this relay by its own ID, and it records no presence", "relay_id", id.ID().String())
+	case err != nil:
+		closeAll()
+		return nil, err
+	default:
+		rs.presence, err = fleetstate.OpenPresence(ctx, fleetstate.PresenceConfig{Conn: nc, Relay: id.ID(), Replicas: o.nats.replicas, Logger: log})
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		closers = append(closers, func() { rs.presence.Close() })
 	}
-	if err != nil {
-		stopWatch()
-		fs.Close()
-		nc.Close()
-		return nil, nil, nil, nil, err
+	rs.attach = func(srv *relay.Server) {
+		fs.OnRemove(srv.Disconnect)
+		if rs.presence != nil {
+			rs.presence.OnTaken(srv.Moved)
+		}
 	}
 	devs, _ := fs.Devices()
-	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs), "fleet_map", fleetMap != nil)
-	return fs, fleetMap, func(srv *relay.Server) { fs.OnRemove(srv.Disconnect) }, func() { stopWatch(); fs.Close(); nc.Close() }, nil
+	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs), "fleet_map", rs.fleetMap != nil, "presence", rs.presence != nil)
+	return rs, nil
 }
 
 // checkNotFleet fails if the relay of dataDir keeps its state in NATS:
