@@ -117,7 +117,7 @@ signal closes it at once, as does --drain 0.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&o.udpListen, "udp-listen", "", "UDP address that tells agents their public address (default: --listen's)")
 	f.BoolVar(&o.noUDP, "no-udp", false, "do not listen on UDP")
-	f.DurationVar(&o.keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals")
+	f.DurationVar(&o.keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals (with --nats: 5s, so that an idle device leaves a dead relay within 15s)")
 	f.DurationVar(&o.drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
 	f.DurationVar(&o.drainIdle, "drain-idle", 5*time.Second, "end the drain early once nothing has been forwarded for this long (0: never early; idle tunnels, an SSH session say, then keep it to --drain)")
 	f.IntVar(&o.limits.clients, "max-clients", 0, "client sessions the relay holds at once (0: a quarter of its open-file limit)")
@@ -151,6 +151,12 @@ func (o *relayOptions) check(cmd *cobra.Command) error {
 	}
 	return o.nats.check(cmd)
 }
+
+// fleetKeepAlive is the keepalive of a relay with --nats: its agents must
+// notice that it died, even idle, in time to move to another relay of the
+// fleet (a link carrying packets notices in seconds whatever the
+// keepalive: see package relaylink).
+const fleetKeepAlive = 5 * time.Second
 
 // runRelay runs the relay until the command's context is done, then
 // drains it (see stopRelay).
@@ -203,6 +209,9 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	udp := o.listenUDP(ln.Addr(), log)
 	if udp != nil {
 		defer udp.Close()
+	}
+	if o.nats.urls != "" && !cmd.Flags().Changed("keepalive") {
+		o.keepAlive = fleetKeepAlive
 	}
 	cfg := o.relayConfig(id, allow, st, udp, log)
 	st.configure(&cfg)

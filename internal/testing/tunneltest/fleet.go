@@ -1,11 +1,16 @@
 package tunneltest
 
 import (
+	"context"
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/burrow-tunnel/burrow/fleet"
+	"github.com/burrow-tunnel/burrow/fleetstate"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relaylink"
@@ -56,10 +61,46 @@ func (f *Fleet) Show(m fleet.Map) {
 	f.shown.Store(&b)
 }
 
-// Start starts every relay.
+// Start starts every relay. A relay whose presence is a
+// fleetstate.Presence drops a device that attached to another relay.
 func (f *Fleet) Start() {
 	for _, r := range f.Relays {
 		r.Start()
+		if p, ok := r.Presence.(*fleetstate.Presence); ok {
+			p.OnTaken(func(id identity.ID) {
+				if srv := r.Server(); srv != nil {
+					srv.Moved(id)
+				}
+			})
+		}
+	}
+}
+
+// NATSPresence returns, for NewFleet, the presence of each relay in the
+// NATS server at url (a natstest.Server, say), with a liveness TTL of 2s.
+// Each is closed when the test ends.
+func NATSPresence(t testing.TB, url string) func(int, identity.ID) relay.Presence {
+	return func(_ int, id identity.ID) relay.Presence {
+		t.Helper()
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, err := fleetstate.OpenPresence(ctx, fleetstate.PresenceConfig{
+			Conn: nc, Relay: id, LivenessTTL: 2 * time.Second, LivenessRefresh: 500 * time.Millisecond,
+			Logger: Logger(t).With("role", "presence"),
+		})
+		if err != nil {
+			nc.Close()
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			p.Close()
+			nc.Close()
+		})
+		return p
 	}
 }
 
@@ -67,4 +108,25 @@ func (f *Fleet) Start() {
 // pins the fleet.
 func (f *Fleet) Pin(i int) relaylink.RelayConfig {
 	return relaylink.RelayConfig{Addr: f.Relays[i].Addr, ID: f.Key.ID()}
+}
+
+// WaitLocated waits until every relay's presence locates the device at
+// relay i.
+func (f *Fleet) WaitLocated(device identity.ID, i int) {
+	f.t.Helper()
+	want := f.Relays[i].Identity.ID()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		all := true
+		for _, r := range f.Relays {
+			if at, ok := r.Presence.Locate(device); !ok || at != want {
+				all = false
+			}
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("the fleet does not locate device %s at relay %d after 10s", device.Short(), i)
+		}
+	}
 }

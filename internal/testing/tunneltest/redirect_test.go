@@ -2,62 +2,22 @@ package tunneltest
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/identity"
-	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/internal/testing/natstest"
 	"github.com/burrow-tunnel/burrow/relaylink"
 )
-
-// sharedPresence is a fleet's presence table in memory, for the tests of
-// routing that need no NATS (package fleetstate keeps the real one, and
-// its tests and the fleet tests run it on a real NATS server).
-type sharedPresence struct {
-	mu sync.Mutex
-	at map[identity.ID]identity.ID
-}
-
-func (p *sharedPresence) of(relayID identity.ID) relay.Presence {
-	return presenceOf{p, relayID}
-}
-
-type presenceOf struct {
-	p    *sharedPresence
-	self identity.ID
-}
-
-func (r presenceOf) Attached(id identity.ID) {
-	r.p.mu.Lock()
-	defer r.p.mu.Unlock()
-	r.p.at[id] = r.self
-}
-
-func (r presenceOf) Detached(id identity.ID) {
-	r.p.mu.Lock()
-	defer r.p.mu.Unlock()
-	if r.p.at[id] == r.self {
-		delete(r.p.at, id)
-	}
-}
-
-func (r presenceOf) Locate(id identity.ID) (identity.ID, bool) {
-	r.p.mu.Lock()
-	defer r.p.mu.Unlock()
-	at, ok := r.p.at[id]
-	return at, ok
-}
 
 // TestFleetRedirect: a client attached to relay A reaches a device attached
 // to relay B: A redirects it, and no packet goes from relay to relay. A
 // stranger is redirected too (A does not know the device's access list)
 // but B keeps it out.
 func TestFleetRedirect(t *testing.T) {
-	shared := &sharedPresence{at: map[identity.ID]identity.ID{}}
-	f := NewFleet(t, 3, func(_ int, id identity.ID) relay.Presence { return shared.of(id) })
+	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
 	f.Start()
 	a, b := f.Relays[0], f.Relays[1]
 
@@ -68,6 +28,7 @@ func TestFleetRedirect(t *testing.T) {
 		Services: map[string]string{"echo": srv.Addr},
 		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
 	})
+	f.WaitLocated(d.ID(), 1)
 	c := NewClient(t, client.Config{Identity: cid, Relay: f.Pin(0)})
 	if err := c.WaitAttached(ctx10(t)); err != nil {
 		t.Fatal(err)
