@@ -76,7 +76,9 @@ type Config struct {
 	// attempts until it is attached again, so that a relay coming back
 	// sees its agents return evenly over ReattachSpread rather than all
 	// at once. A Link lost to silence ([ErrIdle]) is not spread: its
-	// agents noticed at different moments already. Zero means no spread.
+	// agents noticed at different moments already. Nor is a move to
+	// another relay (see Fallback): only the return to the one that went
+	// down waits. Zero means no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
 	// enrolled it yet: at each attach until the relay first admits the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -266,4 +267,43 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestCandidatesRound: a round starts after the relay just lost, which
+// comes last; a relay that refused the agent for good is passed over
+// while others remain, and the refusal is the attachment's state only
+// once every relay refused.
+func TestCandidatesRound(t *testing.T) {
+	var c candidates
+	c.init(Config{Relay: RelayConfig{Addr: "a:1"}, Fallback: []string{"b:1", "c:1"}})
+	addrs := func(cs []candidate) (out []string) {
+		for _, r := range cs {
+			out = append(out, r.Addr)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		after   int
+		refused []string
+		want    []string
+		all     bool
+	}{
+		{-1, nil, []string{"a:1", "b:1", "c:1"}, false},
+		{0, nil, []string{"b:1", "c:1", "a:1"}, false},
+		{2, nil, []string{"a:1", "b:1", "c:1"}, false},
+		{0, []string{"b:1"}, []string{"c:1", "a:1"}, false},
+		{1, []string{"a:1", "b:1", "c:1"}, []string{"c:1", "a:1", "b:1"}, true},
+	} {
+		clear(c.refused)
+		for _, r := range tc.refused {
+			c.refuse(r)
+		}
+		if got := addrs(c.round(tc.after)); !slices.Equal(got, tc.want) || c.allRefused() != tc.all {
+			t.Errorf("round after %d, refused %v: %v (all refused: %v), want %v (%v)", tc.after, tc.refused, got, c.allRefused(), tc.want, tc.all)
+		}
+	}
+	c.admitted("b:1")
+	if c.allRefused() {
+		t.Error("b admitted the agent: not every relay refuses it")
+	}
 }
