@@ -53,6 +53,13 @@ type Config struct {
 	Name string
 	// Relay is the relay the device attaches to. Required.
 	Relay relaylink.RelayConfig
+	// RelayFallback lists more addresses of relays checked as Relay says
+	// (other relays of the fleet Relay.ID pins), tried in turn when Relay
+	// is down; Region is the device's region among a fleet's relays. See
+	// [relaylink.Config.Fallback] and [relaylink.Config.Region]. Empty:
+	// Relay alone, and no region.
+	RelayFallback []string
+	Region        string
 	// EnrollToken is presented to a relay that has not enrolled this
 	// device yet, until the relay first admits the device (see
 	// [paths.Config.EnrollToken]). Optional.
@@ -268,6 +275,8 @@ func New(cfg Config) (*Device, error) {
 		Identity:       cfg.Identity,
 		Role:           relayproto.RoleDevice,
 		Relay:          cfg.Relay,
+		RelayFallback:  cfg.RelayFallback,
+		Region:         cfg.Region,
 		Dial:           cfg.DialRelay,
 		Logger:         cfg.Logger,
 		EnrollToken:    cfg.EnrollToken,

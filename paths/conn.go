@@ -135,6 +135,12 @@ type Config struct {
 	Role relayproto.Role
 	// Relay is the relay to attach to. Required.
 	Relay relaylink.RelayConfig
+	// RelayFallback lists more relay addresses, checked as Relay says,
+	// and Region is the agent's region among a fleet's relays, as
+	// [relaylink.Config.Fallback] and [relaylink.Config.Region] say.
+	// Empty: Relay alone, and no region.
+	RelayFallback []string
+	Region        string
 	// Dial opens the TCP connection to the relay. Nil uses a [net.Dialer].
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives attach and detach events. Nil discards them.
@@ -198,8 +204,10 @@ func (c *Config) validate() error {
 	case c.MinBackoff < 0 || c.MaxBackoff < 0 || c.ReattachSpread < 0:
 		return errors.New("paths: negative backoff or reattach spread")
 	}
-	if _, _, err := net.SplitHostPort(c.Relay.Addr); err != nil {
-		return fmt.Errorf("paths: relay address %q: %w (want host:port)", c.Relay.Addr, err)
+	for _, addr := range append([]string{c.Relay.Addr}, c.RelayFallback...) {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("paths: relay address %q: %w (want host:port)", addr, err)
+		}
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ import (
 func (c *Conn) relayConfig() relaylink.Config {
 	cfg := relaylink.Config{
 		Relay:          c.cfg.Relay,
+		Fallback:       c.cfg.RelayFallback,
+		Region:         c.cfg.Region,
 		Identity:       c.cfg.Identity,
 		Role:           c.cfg.Role,
 		Dial:           c.cfg.Dial,

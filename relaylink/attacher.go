@@ -23,8 +23,34 @@ const stableLink = 10 * time.Second
 // Config configures an [Attacher], and [Dial] (which uses the fields that
 // say who dials and how).
 type Config struct {
-	// Relay is the relay to attach to. Required.
+	// Relay is the relay to attach to. Required. If its ID pins a fleet,
+	// it is where the agent first learns the fleet's map: from then on
+	// the Attacher attaches to the relays of the map (see Fallback).
 	Relay RelayConfig
+	// Fallback lists more relay addresses, tried in turn after
+	// Relay.Addr, each checked as Relay says (ID, RootCAs): other relays of
+	// the fleet Relay.ID pins, or other addresses of the same relay. Once
+	// a relay pinned by its fleet's ID has shown the fleet map, an
+	// [Attacher] tries the map's relays instead, in the order
+	// [fleet.Order] gives for OrderKey and Region: the first is the
+	// agent's home relay, and the others, in turn, take it while home is
+	// down. [Dial] does not use Fallback. Empty: Relay alone.
+	Fallback []string
+	// Region is the agent's region among the fleet's relays: those of the
+	// region come first in its order (see [fleet.Order]). Empty means
+	// none: every relay of the map, by the same hash.
+	Region string
+	// OrderKey is the ID whose order of the fleet's relays the agent
+	// follows ([fleet.Order]). Zero means Identity's ID, as a device's
+	// (and a client's own relay) should be.
+	OrderKey identity.ID
+	// HomeInterval is how long, at least, an agent attached to a relay
+	// other than its home stays before trying home again: it dials home
+	// after a random time in [HomeInterval, 2·HomeInterval) and moves
+	// there only once attached, leaving the other relay then. A newer
+	// fleet map that names another home, or no longer lists the relay
+	// the agent is on, makes it try at once. Zero means 30s.
+	HomeInterval time.Duration
 	// Identity is the agent's key. Required.
 	Identity *identity.Identity
 	// Role is the agent's role on the relay. Required.
@@ -50,8 +76,9 @@ type Config struct {
 	// attempts until it is attached again, so that a relay coming back
 	// sees its agents return evenly over ReattachSpread rather than all
 	// at once. A Link lost to silence ([ErrIdle], [ErrSilent]) is not
-	// spread: its agents noticed at different moments already. Zero means
-	// no spread.
+	// spread: its agents noticed at different moments already. Nor is a
+	// move to another relay (see Fallback): only the return to the one
+	// that went down waits. Zero means no spread.
 	ReattachSpread time.Duration
 	// EnrollToken, for a device, is presented to a relay that has not
 	// enrolled it yet: at each attach until the relay first admits the
@@ -96,13 +123,19 @@ func (cfg *Config) setDefaults() {
 		d := &net.Dialer{KeepAlive: -1}
 		cfg.Dial = d.DialContext
 	}
+	if cfg.OrderKey.IsZero() && cfg.Identity != nil {
+		cfg.OrderKey = cfg.Identity.ID()
+	}
+	if cfg.HomeInterval == 0 {
+		cfg.HomeInterval = 30 * time.Second
+	}
 }
 
 // Status describes an [Attacher]'s attachment.
 type Status struct {
 	Attached     bool          `json:"attached"`
 	Draining     bool          `json:"draining,omitempty"` // the relay is shutting down: it closes this link soon
-	Relay        string        `json:"relay"`              // the relay's address
+	Relay        string        `json:"relay"`              // the relay's address (while detached, the one tried last)
 	RelayID      identity.ID   `json:"relay_id,omitzero"`  // proven by the relay on this link
 	Since        time.Time     `json:"since"`              // when the current state began
 	ObservedAddr string        `json:"observed,omitempty"` // our address as the relay sees it
@@ -113,11 +146,14 @@ type Status struct {
 	Error     string `json:"error,omitempty"`
 }
 
-// An Attacher keeps an agent attached to its relay: it dials a [Link],
-// serves it until it ends, and dials again, until closed. Create it with
-// [Attach]; it is safe for concurrent use.
+// An Attacher keeps an agent attached to a relay: it dials a [Link],
+// serves it until it ends, and dials again, until closed. With several
+// relays (Config.Fallback, or a fleet's map), it tries them in turn and
+// keeps to the agent's home relay when it can. Create it with [Attach];
+// it is safe for concurrent use.
 type Attacher struct {
 	cfg  Config // EnrollToken is the attach loop's
+	move mover  // the relays it attaches to; the attach loop's
 	log  *slog.Logger
 	cur  atomic.Pointer[Link] // nil while detached
 	done chan struct{}        // closed when the attach loop returns
@@ -139,7 +175,8 @@ type Attacher struct {
 	stateVersion uint64                   // counts changes to the state; guarded by stateMu
 }
 
-// Attach starts keeping an agent attached to cfg.Relay.
+// Attach starts keeping an agent attached to cfg.Relay, or to the other
+// relays cfg names.
 func Attach(cfg Config) *Attacher {
 	cfg.setDefaults()
 	a := &Attacher{
@@ -150,6 +187,7 @@ func Attach(cfg Config) *Attacher {
 		changed: make(chan struct{}),
 		status:  Status{Relay: cfg.Relay.Addr, Since: time.Now()},
 	}
+	a.move.init(cfg)
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -244,9 +282,9 @@ func (a *Attacher) WaitAttached(ctx context.Context) error {
 			return ErrClosed
 		case <-ctx.Done():
 			if st.LastError != nil {
-				return fmt.Errorf("not attached to relay %s: %w", a.cfg.Relay.Addr, st.LastError)
+				return fmt.Errorf("not attached to relay %s: %w", st.Relay, st.LastError)
 			}
-			return fmt.Errorf("not attached to relay %s yet: %w", a.cfg.Relay.Addr, context.Cause(ctx))
+			return fmt.Errorf("not attached to relay %s yet: %w", st.Relay, context.Cause(ctx))
 		}
 	}
 }
@@ -349,34 +387,21 @@ func (a *Attacher) state() (State, uint64) {
 	return st, a.stateVersion
 }
 
-// loop keeps the agent attached to the relay until the Attacher is closed.
+// loop keeps the agent attached to a relay until the Attacher is closed.
 func (a *Attacher) loop() {
 	b := backoff.Backoff{Min: a.cfg.MinBackoff, Max: a.cfg.MaxBackoff}
 	var (
-		lastMsg    string    // the last attach error logged
-		lastLogged time.Time // and when
-		spreading  bool      // returning to a relay that dropped everyone (ReattachSpread)
+		spreading bool  // returning to a relay that dropped everyone (ReattachSpread)
+		next      retry // when to dial what, after a loss
 	)
+	next.lost = -1
 	for a.ctx.Err() == nil {
-		st, version := a.state()
-		l, err := Dial(a.ctx, a.cfg, st)
+		l, version, err := a.dialRound(next)
+		next = retry{lost: -1}
 		if err != nil {
 			if a.ctx.Err() != nil {
 				return
 			}
-			// The same failure again is logged once a minute, not at
-			// every attempt.
-			level := slog.LevelWarn
-			if isPermanent(err) {
-				level = slog.LevelError
-			}
-			if msg := err.Error(); msg == lastMsg && time.Since(lastLogged) < time.Minute {
-				level = slog.LevelDebug
-			} else {
-				lastMsg, lastLogged = msg, time.Now()
-			}
-			a.log.Log(a.ctx, level, "relay attach failed", "err", err)
-			a.setStatus(func(s *Status) { s.LastError = err; s.Since = time.Now() })
 			if isPermanent(err) {
 				b.N = 64 // only a configuration change helps: retry slowly
 			}
@@ -387,10 +412,10 @@ func (a *Attacher) loop() {
 			a.sleep(wait)
 			continue
 		}
-		lastMsg, spreading = "", false
+		spreading = false
 		start := time.Now()
 		a.attached(l, version, start)
-		ga, drained, err := a.serve(l)
+		l, start, end := a.run(l, start)
 		// Wants from while attached do not count; from here on, every
 		// one does (see WaitAttached, Send).
 		a.unwant()
@@ -398,12 +423,14 @@ func (a *Attacher) loop() {
 		if a.ctx.Err() != nil {
 			return
 		}
-		a.setStatus(func(s *Status) { s.Attached, s.Draining, s.LastError, s.Since = false, false, err, time.Now() })
-		if time.Since(start) >= stableLink {
+		a.setStatus(func(s *Status) { s.Attached, s.Draining, s.LastError, s.Since = false, false, end.err, time.Now() })
+		lasted := time.Since(start)
+		if lasted >= stableLink {
 			b.Reset()
 		}
 		wait := b.Next()
-		switch {
+		others := wait // before another relay: see retry
+		switch ga := end.goAway; {
 		case ga != nil && ga.Reason == relayproto.GoAwayUnused:
 			// No device on the relay allows this client: it is of no use
 			// there until it has something to send (a tunnel to open, a
@@ -419,20 +446,34 @@ func (a *Attacher) loop() {
 			continue
 		case ga != nil:
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
-		case a.cfg.ReattachSpread > 0 && !errors.Is(err, ErrIdle) && !errors.Is(err, ErrSilent):
+			if ga.Reason == relayproto.GoAwayShutdown {
+				// Its wait is for coming back to it.
+				others = a.move.others(lasted, others)
+			} else {
+				// Replaced, removed, idle: another relay would
+				// say the same.
+				others = wait
+			}
+		case a.cfg.ReattachSpread > 0 && !errors.Is(end.err, ErrIdle) && !errors.Is(end.err, ErrSilent):
 			// Closed or reset without a word: the relay (or its host)
 			// went down, for every agent at once.
 			spreading = true
 			wait = max(wait, a.spread(0))
+			others = a.move.others(lasted, others)
+		default:
+			others = a.move.others(lasted, others)
 		}
-		attrs := []any{"err", err, "after", time.Since(start).Round(time.Millisecond).String(), "retry_in", wait.Round(time.Millisecond).String()}
-		if drained {
+		next = a.move.after(l, wait, others)
+		attrs := []any{"relay", l.addr, "err", end.err, "after", lasted.Round(time.Millisecond).String(), "retry_in", wait.Round(time.Millisecond).String()}
+		if n := a.move.list; len(n) > 1 {
+			attrs = append(attrs, "others_in", others.Round(time.Millisecond).String())
+		}
+		if end.drained {
 			// Announced: the relay said it would close the link.
 			a.log.Info("detached from draining relay", attrs...)
 		} else {
 			a.log.Warn("detached from relay", attrs...)
 		}
-		a.sleep(wait)
 	}
 }
 
@@ -445,9 +486,9 @@ func (a *Attacher) attached(l *Link, version uint64, start time.Time) {
 		l.SendState(st)
 	}
 	a.setStatus(func(s *Status) {
-		*s = Status{Attached: true, Relay: a.cfg.Relay.Addr, RelayID: l.relayID, Since: start, ObservedAddr: l.observed}
+		*s = Status{Attached: true, Relay: l.addr, RelayID: l.relayID, Since: start, ObservedAddr: l.observed}
 	})
-	a.log.Info("attached to relay", "relay_id", l.relayID.String(), "observed_addr", l.observed)
+	a.log.Info("attached to relay", "relay", l.addr, "relay_id", l.relayID.String(), "observed_addr", l.observed)
 	if a.cfg.EnrollToken != "" {
 		// Admitted, so enrolled: the token is not sent again (only
 		// the attach loop reads it).
@@ -461,14 +502,22 @@ func (a *Attacher) attached(l *Link, version uint64, start time.Time) {
 	}
 }
 
-// serve reads l until it ends, then closes it. It returns why it ended,
-// the relay's go-away if it sent one, and whether it announced a drain.
-func (a *Attacher) serve(l *Link) (goAway *relayproto.GoAway, drained bool, err error) {
+// ended says how a Link ended: why, the relay's go-away if it sent one,
+// and whether it announced a drain.
+type ended struct {
+	err     error
+	goAway  *relayproto.GoAway
+	drained bool
+}
+
+// serve reads l until it ends, then closes it, and says how it ended.
+func (a *Attacher) serve(l *Link) ended {
 	defer l.Close()
+	drained := false
 	for {
 		m, err := l.Read()
 		if err != nil {
-			return nil, drained, err
+			return ended{err: err, drained: drained}
 		}
 		switch m := m.(type) {
 		case *Packet:
@@ -501,7 +550,7 @@ func (a *Attacher) serve(l *Link) (goAway *relayproto.GoAway, drained bool, err 
 				a.log.Info("relay is draining: keeping this session and its tunnels until the relay closes it", attrs...)
 			}
 		case relayproto.GoAway:
-			return &m, drained, fmt.Errorf("relay said go away: %s (%s)", m.Reason, m.Message)
+			return ended{goAway: &m, drained: drained, err: fmt.Errorf("relay said go away: %s (%s)", m.Reason, m.Message)}
 		}
 	}
 }

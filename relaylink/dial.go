@@ -87,16 +87,28 @@ func Dial(ctx context.Context, cfg Config, st State) (*Link, error) {
 	// A pinned ID (the relay's, or its fleet's) was checked in the TLS
 	// handshake already; the hello, signed by the identity key, must name
 	// the key that passed.
+	var fleetMap *fleet.Map
 	if !relay.ID.IsZero() {
 		if certID, err := identity.PeerID(cs); err != nil || relayID != certID {
 			return nil, &identity.KeyMismatchError{Peer: "relay", Expected: certID, Got: relayID}
+		}
+		if relayID != relay.ID {
+			// Pinned by its fleet's ID: the map passed in the handshake
+			// (its version was recorded there; it is not checked again).
+			m, err := fleet.VerifyCertificate(cs.PeerCertificates[0], relay.ID, relay.Addr, nil)
+			if err != nil {
+				return nil, fmt.Errorf("relay TLS handshake: %w", err)
+			}
+			fleetMap = &m
 		}
 	}
 	if sh.Version < relayproto.MinVersion || sh.Version > relayproto.MaxVersion {
 		return nil, fmt.Errorf("relay chose protocol version %d, outside %d-%d", sh.Version, relayproto.MinVersion, relayproto.MaxVersion)
 	}
 	ok = true
-	return newLink(ctx, cfg, conn, br, relayID, sh), nil
+	l := newLink(ctx, cfg, conn, br, relayID, sh)
+	l.fleetMap = fleetMap
+	return l, nil
 }
 
 // upgradeRequest returns the upgrade and the hello, to be sent together:

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -26,7 +27,9 @@ import (
 type Link struct {
 	conn       *tls.Conn
 	role       relayproto.Role
+	addr       string // the address dialed
 	relayID    identity.ID
+	fleetMap   *fleet.Map // the map the relay showed, if pinned by its fleet's ID
 	observed   string
 	keepAlive  time.Duration
 	udpBinding *relayproto.UDPBinding // the relay's offer to tell a UDP socket its address; nil if none
@@ -95,6 +98,7 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 		conn:      conn,
 		br:        br,
 		role:      cfg.Role,
+		addr:      cfg.Relay.Addr,
 		relayID:   relayID,
 		observed:  sh.ObservedAddr,
 		keepAlive: max(time.Duration(sh.KeepAliveMillis)*time.Millisecond, time.Second),
@@ -117,6 +121,16 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 
 // RelayID is the relay's ID, proven in the handshake.
 func (l *Link) RelayID() identity.ID { return l.relayID }
+
+// FleetMap returns the fleet map the relay showed in the handshake, checked
+// against the pinned fleet ID, if the Link's relay was pinned by its
+// fleet's ID (see [RelayConfig]).
+func (l *Link) FleetMap() (fleet.Map, bool) {
+	if l.fleetMap == nil {
+		return fleet.Map{}, false
+	}
+	return *l.fleetMap, true
+}
 
 // ObservedAddr is the agent's address as the relay sees it.
 func (l *Link) ObservedAddr() string { return l.observed }

@@ -15,11 +15,14 @@
 //
 // An [Attacher] keeps an agent attached: it dials, serves the Link until
 // it ends, and dials again with backoff, spread after a relay crash, or
-// only on demand after the relay closed an unused client. It lives here,
-// beside the Link, rather than in the path layer, because everything it
-// decides is about the relay: when to dial again, what the relay said on
-// leaving (go-away, drain), which state to send again at every attach and
-// when the enrollment token is no longer presented. The path layer above
+// only on demand after the relay closed an unused client. Given several
+// relays, or once a relay pinned by its fleet's ID has shown the fleet
+// map ([Link.FleetMap]), it moves between them: the next one at once when
+// one goes down, home (the first of [fleet.Order]) when it can. It lives
+// here, beside the Link, rather than in the path layer, because everything
+// it decides is about the relay: when to dial again and which relay, what
+// the relay said on leaving (go-away, drain), which state to send again
+// at every attach and when the enrollment token is no longer presented. The path layer above
 // gives it packets to send and takes the packets it delivers, and knows
 // nothing of frames, handshakes or retries.
 //

@@ -12,7 +12,10 @@ import (
 	"runtime"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/yamlstrict"
 	"github.com/burrow-tunnel/burrow/paths"
@@ -31,8 +34,13 @@ import (
 // meaning", and says what leaving the key out does; `code` is set as code
 // in the README and plain in the help.
 type deviceFile struct {
-	// Relay (required): the relay's `host:port`.
-	Relay string `yaml:"relay"`
+	// Relay (required): the relay's `host:port`, or a list of them,
+	// tried in turn until one answers: relays of one fleet (`relay_id` is
+	// then the fleet ID), or addresses of one relay. One relay of a fleet
+	// is enough: the device learns the others from the fleet's map, keeps
+	// to its home relay among them and moves to the next while home is
+	// down.
+	Relay addrList `yaml:"relay"`
 	// RelayID (required unless `relay_ca`): the relay's ID, pinned: the device
 	// attaches only to a relay that proves the key of this ID
 	// (`burrow relay id` prints it). For a fleet of relays, the fleet ID
@@ -44,6 +52,10 @@ type deviceFile struct {
 	// roots. Default `false`: it must be asked for, so that a forgotten
 	// `relay_id` is an error, not a weaker check.
 	RelayCA bool `yaml:"relay_ca"`
+	// Region: the device's region among the fleet's relays (as `burrow
+	// fleet add --region` named them): the relays of its region come
+	// first. Default: none; every relay of the fleet alike.
+	Region string `yaml:"region"`
 	// EnrollToken (for a relay that has not enrolled the device yet): an
 	// enrollment token (`burrow relay token create`); sent until the relay
 	// admits the device, then never (the agent logs that it can be
@@ -100,6 +112,29 @@ type deviceFile struct {
 	ReattachSpread *time.Duration `yaml:"reattach_spread"`
 }
 
+// addrList is one address or a list of them: a YAML string or sequence.
+type addrList []string
+
+func (l *addrList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var s string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		*l = addrList{s}
+		if s == "" {
+			*l = nil
+		}
+		return nil
+	}
+	var list []string
+	if err := n.Decode(&list); err != nil {
+		return err
+	}
+	*l = list
+	return nil
+}
+
 // directOptions checks an agent's direct-path settings: direct (default
 // on, and off with noDirect), the UDP port and the addresses to offer.
 func directOptions(direct *bool, port int, addrs []string, noDirect bool) (paths.DirectOptions, error) {
@@ -150,11 +185,16 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 		}
 		return fail("%v", err)
 	}
-	if f.Relay == "" {
-		return fail("relay is missing: set it to the relay's host:port")
+	if len(f.Relay) == 0 {
+		return fail("relay is missing: set it to the relay's host:port, or a list of them")
 	}
-	if _, _, err := net.SplitHostPort(f.Relay); err != nil {
-		return fail("relay %q: want host:port, as in relay.example.com:443", f.Relay)
+	for _, addr := range f.Relay {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fail("relay %q: want host:port, as in relay.example.com:443", addr)
+		}
+	}
+	if len(f.Region) > fleet.MaxRegionLen {
+		return fail("region %q: at most %d bytes", f.Region, fleet.MaxRegionLen)
 	}
 	if f.RelayID != "" {
 		if _, err := identity.ParseID(f.RelayID); err != nil {
@@ -230,15 +270,17 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		log.Info("created device identity", "path", ds.keyPath)
 	}
 	cfg := device.Config{
-		Identity:    id,
-		Name:        f.Name,
-		Relay:       relaylink.RelayConfig{Addr: f.Relay},
-		EnrollToken: f.EnrollToken,
-		Services:    f.Services,
-		Roles:       f.Roles,
-		Clients:     make(map[identity.ID][]string, len(f.Clients)),
-		StateDir:    ds.stateDir,
-		Logger:      log,
+		Identity:      id,
+		Name:          f.Name,
+		Relay:         relaylink.RelayConfig{Addr: f.Relay[0]},
+		RelayFallback: f.Relay[1:],
+		Region:        f.Region,
+		EnrollToken:   f.EnrollToken,
+		Services:      f.Services,
+		Roles:         f.Roles,
+		Clients:       make(map[identity.ID][]string, len(f.Clients)),
+		StateDir:      ds.stateDir,
+		Logger:        log,
 	}
 	cfg.OnEnrolled = func() {
 		log.Info("admitted by the relay (enrolled, or listed there): enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)

@@ -5,7 +5,11 @@ package main
 // deviceKeysHelp lists the device configuration keys for "burrow device
 // --help", from the field comments of [deviceFile].
 const deviceKeysHelp = `  relay (required)
-      the relay's host:port.
+      the relay's host:port, or a list of them, tried in turn until one
+      answers: relays of one fleet (relay_id is then the fleet ID), or
+      addresses of one relay. One relay of a fleet is enough: the device
+      learns the others from the fleet's map, keeps to its home relay among
+      them and moves to the next while home is down.
   relay_id (required unless relay_ca)
       the relay's ID, pinned: the device attaches only to a relay that proves
       the key of this ID (burrow relay id prints it). For a fleet of relays,
@@ -16,6 +20,10 @@ const deviceKeysHelp = `  relay (required)
       CA-signed for its host, checked against the system roots. Default false:
       it must be asked for, so that a forgotten relay_id is an error, not a
       weaker check.
+  region
+      the device's region among the fleet's relays (as burrow fleet add
+      --region named them): the relays of its region come first. Default:
+      none; every relay of the fleet alike.
   enroll_token (for a relay that has not enrolled the device yet)
       an enrollment token (burrow relay token create); sent until the relay
       admits the device, then never (the agent logs that it can be deleted).

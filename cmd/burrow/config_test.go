@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,28 @@ func TestLoadDeviceConfigRelayCA(t *testing.T) {
 	}
 }
 
+// TestLoadDeviceConfigRelayList: relay takes a list of addresses too (the
+// first is the relay, the others its fallbacks, all pinned by relay_id),
+// and region passes through.
+func TestLoadDeviceConfigRelayList(t *testing.T) {
+	fleetID := tunneltest.NewIdentity(t).ID()
+	for _, list := range []string{
+		"relay:\n  - a.example.com:443\n  - b.example.com:443\n  - 192.0.2.7:8443\n",
+		"relay: [a.example.com:443, b.example.com:443, \"192.0.2.7:8443\"]\n",
+	} {
+		path := writeConfig(t, list+"relay_id: "+fleetID.String()+"\nregion: eu\nidentity: d.key\n"+
+			"services:\n  http: 127.0.0.1:80\nroles:\n  viewer: [http]\n")
+		cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
+		if err != nil {
+			t.Fatalf("%q: %v", list, err)
+		}
+		if cfg.Relay.Addr != "a.example.com:443" || cfg.Relay.ID != fleetID ||
+			!slices.Equal(cfg.RelayFallback, []string{"b.example.com:443", "192.0.2.7:8443"}) || cfg.Region != "eu" {
+			t.Fatalf("%q: relay %+v, fallback %q, region %q", list, cfg.Relay, cfg.RelayFallback, cfg.Region)
+		}
+	}
+}
+
 func TestLoadDeviceConfigErrors(t *testing.T) {
 	relayID := tunneltest.NewIdentity(t).ID().String()
 	client := tunneltest.NewIdentity(t).ID().String()
@@ -94,6 +117,9 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"no clients, no roles", base + "services:\n  http: 127.0.0.1:80\n", "clients and roles are both empty"},
 		{"empty clients, no roles", base + "services:\n  http: 127.0.0.1:80\nclients: {}\n", "clients and roles are both empty"},
 		{"relay without port", "relay: r.example.com\nrelay_id: " + relayID + "\nservices:\n  http: 127.0.0.1:80\n", "want host:port"},
+		{"relay list with one without port", "relay: [r:443, r2]\nrelay_id: " + relayID + "\nservices:\n  http: 127.0.0.1:80\n", `relay "r2": want host:port`},
+		{"empty relay list", "relay: []\nrelay_id: " + relayID + "\nservices:\n  http: 127.0.0.1:80\n", "relay is missing"},
+		{"relay a mapping", "relay: {a: 1}\nrelay_id: " + relayID + "\nservices:\n  http: 127.0.0.1:80\n", "relay"},
 		{"bad relay id", "relay: r:443\nrelay_id: nope\nservices:\n  http: 127.0.0.1:80\n", "relay_id"},
 		{"no services", base, "services is empty"},
 		{"bad client id", base + "services:\n  http: 127.0.0.1:80\nclients:\n  alice: [http]\n", `clients: invalid ID "alice"`},
@@ -146,7 +172,7 @@ direct_addrs: [192.0.2.10, "2001:db8::10"]
 			return
 		}
 		f := ds.file
-		if f.Relay == "" || len(f.Services) == 0 || ds.keyPath == "" {
+		if len(f.Relay) == 0 || len(f.Services) == 0 || ds.keyPath == "" {
 			t.Fatalf("accepted without relay, services or identity: %+v", ds)
 		}
 		if f.RelayID == "" && !f.RelayCA || len(f.Clients) == 0 && len(f.Roles) == 0 {
