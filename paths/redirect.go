@@ -82,6 +82,7 @@ func (c *Conn) fleetRelay(r relayproto.Redirect) *relaylink.Attacher {
 	}
 	cfg := c.relayConfig()
 	cfg.Relay = relaylink.RelayConfig{Addr: r.Addr, ID: c.cfg.Relay.ID, RootCAs: c.cfg.Relay.RootCAs}
+	cfg.Fallback, cfg.Stay = nil, true
 	if c.cfg.Logger != nil {
 		cfg.Logger = c.cfg.Logger.With("relay", r.Addr)
 	}

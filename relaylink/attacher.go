@@ -51,6 +51,10 @@ type Config struct {
 	// fleet map that names another home, or no longer lists the relay
 	// the agent is on, makes it try at once. Zero means 30s.
 	HomeInterval time.Duration
+	// Stay keeps the Attacher on Relay (and Fallback): it does not follow
+	// the order of a fleet map, nor move. A client's link to the relay a
+	// redirect named stays there, where the device is.
+	Stay bool
 	// Identity is the agent's key. Required.
 	Identity *identity.Identity
 	// Role is the agent's role on the relay. Required.

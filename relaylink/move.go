@@ -113,7 +113,8 @@ func (a *Attacher) dialRound(next retry) (*Link, uint64, error) {
 	return nil, 0, transient
 }
 
-// dial attaches to candidate c, and learns the fleet map it shows.
+// dial attaches to candidate c, and learns the fleet map it shows (unless
+// the Attacher stays on its relay).
 func (a *Attacher) dial(c candidate) (*Link, uint64, error) {
 	st, version := a.state()
 	cfg := a.cfg
@@ -123,7 +124,7 @@ func (a *Attacher) dial(c candidate) (*Link, uint64, error) {
 		return nil, 0, err
 	}
 	a.move.admitted(c.Addr)
-	if m, ok := l.FleetMap(); ok && a.move.learn(m) {
+	if m, ok := l.FleetMap(); ok && !a.cfg.Stay && a.move.learn(m) {
 		a.log.Info("learned the fleet map", "fleet", m.FleetID.String(), "version", m.Version, "relays", len(m.Relays), "home", a.move.home().Addr)
 	}
 	return l, version, nil

@@ -130,3 +130,33 @@ func (f *Fleet) WaitLocated(device identity.ID, i int) {
 		}
 	}
 }
+
+// Home returns the index of the relay that is the home of the agent id
+// (the first of fleet.Order), and of its next relay.
+func (f *Fleet) Home(id identity.ID) (home, next int) {
+	var relays []fleet.Relay
+	for _, r := range f.Relays {
+		relays = append(relays, fleet.Relay{ID: r.Identity.ID(), Addr: r.Addr, Region: "test"})
+	}
+	order := fleet.Order(id, relays, "")
+	index := func(id identity.ID) int {
+		for i, r := range f.Relays {
+			if r.Identity.ID() == id {
+				return i
+			}
+		}
+		return -1
+	}
+	return index(order[0].ID), index(order[1].ID)
+}
+
+// ClientAwayFrom returns a new client identity whose home relay is not
+// relay i.
+func (f *Fleet) ClientAwayFrom(i int) *identity.Identity {
+	for {
+		id := NewIdentity(f.t)
+		if h, _ := f.Home(id.ID()); h != i {
+			return id
+		}
+	}
+}

@@ -19,17 +19,23 @@ import (
 func TestFleetRedirect(t *testing.T) {
 	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
 	f.Start()
-	a, b := f.Relays[0], f.Relays[1]
+	// Every agent attaches to its home relay: the device's is B, the
+	// client's A.
+	did := NewIdentity(t)
+	bi, _ := f.Home(did.ID())
+	cid := f.ClientAwayFrom(bi)
+	ai, _ := f.Home(cid.ID())
+	a, b := f.Relays[ai], f.Relays[bi]
 
 	srv := StartServer(t, Echo)
-	cid := NewIdentity(t)
 	d := StartDevice(t, b, device.Config{
-		Relay:    f.Pin(1),
+		Identity: did,
+		Relay:    f.Pin(bi),
 		Services: map[string]string{"echo": srv.Addr},
 		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
 	})
-	f.WaitLocated(d.ID(), 1)
-	c := NewClient(t, client.Config{Identity: cid, Relay: f.Pin(0)})
+	f.WaitLocated(d.ID(), bi)
+	c := NewClient(t, client.Config{Identity: cid, Relay: f.Pin(ai)})
 	if err := c.WaitAttached(ctx10(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +51,9 @@ func TestFleetRedirect(t *testing.T) {
 		t.Fatal("relay B forwarded nothing")
 	}
 
-	stranger := NewClient(t, client.Config{Relay: f.Pin(0)})
+	sid := f.ClientAwayFrom(bi)
+	si, _ := f.Home(sid.ID())
+	stranger := NewClient(t, client.Config{Identity: sid, Relay: f.Pin(si)})
 	_, err := stranger.Dial(ctx10(t), d.ID(), "echo")
 	if _, ok := err.(*client.UnreachableError); !ok {
 		t.Fatalf("a stranger dialing through a redirect: %v (%T), want UnreachableError", err, err)
