@@ -3,6 +3,7 @@ package tunneltest
 import (
 	"context"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ type Fleet struct {
 	Key    *identity.Identity // the fleet key
 	Relays []*Relay
 	shown  atomic.Pointer[[]byte]
+	conns  trackedConns
 }
 
 // NewFleet returns n relays, not started, listed in a map signed by a new
@@ -41,6 +43,10 @@ func NewFleet(t testing.TB, n int, presence func(i int, id identity.ID) relay.Pr
 		r.Addr = ln.Addr().String()
 		ln.Close()
 		r.FleetMap = func() []byte { return *f.shown.Load() }
+		r.Wrap = func(c net.Conn) net.Conn {
+			f.conns.add(r, c)
+			return c
+		}
 		if presence != nil {
 			r.Presence = presence(i, r.Identity.ID())
 		}
@@ -77,8 +83,8 @@ func (f *Fleet) Start() {
 }
 
 // NATSPresence returns, for NewFleet, the presence of each relay in the
-// NATS server at url (a natstest.Server, say), with a liveness TTL of 2s.
-// Each is closed when the test ends.
+// NATS server at url (a natstest.Server, say), with a liveness TTL of 2s,
+// on a NATS connection of its own. Each is closed when the test ends.
 func NATSPresence(t testing.TB, url string) func(int, identity.ID) relay.Presence {
 	return func(_ int, id identity.ID) relay.Presence {
 		t.Helper()
@@ -96,6 +102,7 @@ func NATSPresence(t testing.TB, url string) func(int, identity.ID) relay.Presenc
 			nc.Close()
 			t.Fatal(err)
 		}
+		natsConns.Store(p, nc)
 		t.Cleanup(func() {
 			p.Close()
 			nc.Close()
@@ -104,20 +111,58 @@ func NATSPresence(t testing.TB, url string) func(int, identity.ID) relay.Presenc
 	}
 }
 
-// Pin returns the configuration of an agent that attaches to relay i and
-// pins the fleet.
-func (f *Fleet) Pin(i int) relaylink.RelayConfig {
-	return relaylink.RelayConfig{Addr: f.Relays[i].Addr, ID: f.Key.ID()}
+// natsConns are the NATS connections of NATSPresence's presences, so that
+// Kill can cut one.
+var natsConns sync.Map // *fleetstate.Presence → *nats.Conn
+
+// Kill stops relay i as a crash would: its NATS connection is cut first
+// (its liveness lapses, nothing it would write on leaving is written), then
+// every agent's connection closes without a go-away, then the relay.
+func (f *Fleet) Kill(i int) {
+	r := f.Relays[i]
+	if nc, ok := natsConns.Load(r.Presence); ok {
+		nc.(*nats.Conn).Close()
+	}
+	f.conns.closeAll(r)
+	r.Stop()
 }
 
-// WaitLocated waits until every relay's presence locates the device at
-// relay i.
+// trackedConns are the agents' connections of each relay, for Kill.
+type trackedConns struct {
+	mu    sync.Mutex
+	conns map[*Relay][]net.Conn
+}
+
+func (tc *trackedConns) add(r *Relay, c net.Conn) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.conns == nil {
+		tc.conns = make(map[*Relay][]net.Conn)
+	}
+	tc.conns[r] = append(tc.conns[r], c)
+}
+
+func (tc *trackedConns) closeAll(r *Relay) {
+	tc.mu.Lock()
+	conns := tc.conns[r]
+	delete(tc.conns, r)
+	tc.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// WaitLocated waits until the presence of every running relay locates
+// the device at relay i.
 func (f *Fleet) WaitLocated(device identity.ID, i int) {
 	f.t.Helper()
 	want := f.Relays[i].Identity.ID()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		all := true
 		for _, r := range f.Relays {
+			if r.Server() == nil {
+				continue
+			}
 			if at, ok := r.Presence.Locate(device); !ok || at != want {
 				all = false
 			}
@@ -159,4 +204,10 @@ func (f *Fleet) ClientAwayFrom(i int) *identity.Identity {
 			return id
 		}
 	}
+}
+
+// Pin returns the configuration of an agent that attaches to relay i and
+// pins the fleet.
+func (f *Fleet) Pin(i int) relaylink.RelayConfig {
+	return relaylink.RelayConfig{Addr: f.Relays[i].Addr, ID: f.Key.ID()}
 }

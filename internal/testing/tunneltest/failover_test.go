@@ -1,0 +1,155 @@
+package tunneltest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/burrow-tunnel/burrow/client"
+	"github.com/burrow-tunnel/burrow/device"
+	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/testing/natstest"
+)
+
+// streamOf writes n bytes of a stream seeded by seed to w: the same bytes
+// for the same seed and n.
+func streamOf(w io.Writer, seed uint64, n int64) error {
+	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		k := min(int64(len(buf)), n)
+		rng.Read(buf[:k])
+		if _, err := w.Write(buf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// streamSum is the SHA-256 of streamOf(seed, n).
+func streamSum(seed uint64, n int64) [32]byte {
+	h := sha256.New()
+	streamOf(h, seed, n)
+	return [32]byte(h.Sum(nil))
+}
+
+// A watchedReader reads a stream into a hash, noting the longest time
+// between two reads.
+type watchedReader struct {
+	n        int64
+	maxStall time.Duration
+	last     time.Time
+}
+
+func (w *watchedReader) copy(r io.Reader) ([32]byte, error) {
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	w.last = time.Now()
+	for {
+		k, err := r.Read(buf)
+		if k > 0 {
+			now := time.Now()
+			w.maxStall = max(w.maxStall, now.Sub(w.last))
+			w.last = now
+			h.Write(buf[:k])
+			w.n += int64(k)
+		}
+		if err == io.EOF {
+			return [32]byte(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return [32]byte{}, err
+		}
+	}
+}
+
+// TestFleetFailover: a relay of a fleet dies (as in a crash: its
+// connections close without a go-away and its NATS connection with them)
+// while it carries a checksummed stream from a device to a client. The
+// device attaches to its next relay, presence follows, the client
+// follows the device there, and the stream completes intact: the
+// end-to-end session moves to the new relay as a change of path. Once
+// with the client on another relay (it is redirected to the device's new
+// one), once with the client on the relay that dies (it moves to its own
+// next relay, and from there to the device's).
+func TestFleetFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		sameRelay  bool
+		streamSize int64
+	}{
+		{"client elsewhere", false, 48 << 20},
+		{"client on the same relay", true, 48 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFailover(t, tc.sameRelay, tc.streamSize) })
+	}
+}
+
+func testFailover(t *testing.T, sameRelay bool, size int64) {
+	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
+	f.Start()
+	did := NewIdentity(t)
+	bi, next := f.Home(did.ID())
+	var cid *identity.Identity
+	for cid = NewIdentity(t); ; cid = NewIdentity(t) {
+		if h, _ := f.Home(cid.ID()); (h == bi) == sameRelay {
+			break
+		}
+	}
+	ai, _ := f.Home(cid.ID())
+
+	const seed = 7
+	src := StartServer(t, func(c *net.TCPConn) {
+		defer c.Close()
+		streamOf(c, seed, size)
+	})
+	d := StartDevice(t, f.Relays[bi], device.Config{
+		Identity: did,
+		Relay:    f.Pin(bi),
+		Services: map[string]string{"source": src.Addr},
+		Clients:  map[identity.ID][]string{cid.ID(): {"source"}},
+	})
+	f.WaitLocated(d.ID(), bi)
+	c := NewClient(t, client.Config{Identity: cid, Relay: f.Pin(ai)})
+	tun, err := c.Dial(ctx10(t), d.ID(), "source")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	want := streamSum(seed, size)
+
+	var wr watchedReader
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := wr.copy(tun)
+		done <- result{sum, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	f.Kill(bi)
+	f.WaitLocated(d.ID(), next)
+	reattached := time.Since(killed)
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the stream did not complete within 60s of the kill")
+	}
+	if res.err != nil {
+		t.Fatalf("the stream failed after %d bytes: %v", wr.n, res.err)
+	}
+	if wr.n != size || !bytes.Equal(res.sum[:], want[:]) {
+		t.Fatalf("the stream ended after %d of %d bytes, checksum match %v", wr.n, size, res.sum == want)
+	}
+	t.Logf("relay killed; device located at its next relay after %v; stream intact (%d MiB), longest stall %v",
+		reattached.Round(time.Millisecond), size>>20, wr.maxStall.Round(time.Millisecond))
+}
