@@ -69,7 +69,8 @@ func (w *watchedReader) copy(r io.Reader) ([32]byte, error) {
 }
 
 // TestFleetFailover: a relay of a fleet dies (as in a crash: its
-// connections close without a go-away and its NATS connection with them)
+// connections close without a go-away and its NATS connection with them),
+// or goes dark (blackholed: nothing moves to or from it, nothing closes),
 // while it carries a checksummed stream from a device to a client. The
 // device attaches to its next relay, presence follows, the client
 // follows the device there, and the stream completes intact: the
@@ -81,16 +82,19 @@ func TestFleetFailover(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		sameRelay  bool
+		blackhole  bool
 		streamSize int64
 	}{
-		{"client elsewhere", false, 48 << 20},
-		{"client on the same relay", true, 48 << 20},
+		{"killed, client elsewhere", false, false, 48 << 20},
+		{"killed, client on the same relay", true, false, 48 << 20},
+		{"blackholed, client elsewhere", false, true, 48 << 20},
+		{"blackholed, client on the same relay", true, true, 48 << 20},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testFailover(t, tc.sameRelay, tc.streamSize) })
+		t.Run(tc.name, func(t *testing.T) { testFailover(t, tc.sameRelay, tc.blackhole, tc.streamSize) })
 	}
 }
 
-func testFailover(t *testing.T, sameRelay bool, size int64) {
+func testFailover(t *testing.T, sameRelay, blackhole bool, size int64) {
 	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
 	f.Start()
 	did := NewIdentity(t)
@@ -135,7 +139,11 @@ func testFailover(t *testing.T, sameRelay bool, size int64) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 	killed := time.Now()
-	f.Kill(bi)
+	if blackhole {
+		f.Blackhole(bi)
+	} else {
+		f.Kill(bi)
+	}
 	f.WaitLocated(d.ID(), next)
 	reattached := time.Since(killed)
 	var res result
@@ -150,6 +158,6 @@ func testFailover(t *testing.T, sameRelay bool, size int64) {
 	if wr.n != size || !bytes.Equal(res.sum[:], want[:]) {
 		t.Fatalf("the stream ended after %d of %d bytes, checksum match %v", wr.n, size, res.sum == want)
 	}
-	t.Logf("relay killed; device located at its next relay after %v; stream intact (%d MiB), longest stall %v",
+	t.Logf("relay lost; device located at its next relay after %v; stream intact (%d MiB), longest stall %v",
 		reattached.Round(time.Millisecond), size>>20, wr.maxStall.Round(time.Millisecond))
 }

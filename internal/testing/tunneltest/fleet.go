@@ -2,6 +2,7 @@ package tunneltest
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -44,8 +45,9 @@ func NewFleet(t testing.TB, n int, presence func(i int, id identity.ID) relay.Pr
 		ln.Close()
 		r.FleetMap = func() []byte { return *f.shown.Load() }
 		r.Wrap = func(c net.Conn) net.Conn {
-			f.conns.add(r, c)
-			return c
+			fc := &freezableConn{Conn: c, frozen: make(chan struct{})}
+			f.conns.add(r, fc)
+			return fc
 		}
 		if presence != nil {
 			r.Presence = presence(i, r.Identity.ID())
@@ -127,19 +129,37 @@ func (f *Fleet) Kill(i int) {
 	r.Stop()
 }
 
-// trackedConns are the agents' connections of each relay, for Kill.
-type trackedConns struct {
-	mu    sync.Mutex
-	conns map[*Relay][]net.Conn
+// Blackhole makes relay i go dark, as a network that drops everything
+// to and from it: its NATS connection is cut (its liveness lapses), and
+// its agents' connections, and any made from now on, carry nothing either
+// way and close nothing. The relay itself runs on.
+func (f *Fleet) Blackhole(i int) {
+	r := f.Relays[i]
+	if nc, ok := natsConns.Load(r.Presence); ok {
+		nc.(*nats.Conn).Close()
+	}
+	f.conns.freezeAll(r)
 }
 
-func (tc *trackedConns) add(r *Relay, c net.Conn) {
+// trackedConns are the agents' connections of each relay, for Kill and
+// Blackhole.
+type trackedConns struct {
+	mu     sync.Mutex
+	conns  map[*Relay][]*freezableConn
+	frozen map[*Relay]bool
+}
+
+func (tc *trackedConns) add(r *Relay, c *freezableConn) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	if tc.conns == nil {
-		tc.conns = make(map[*Relay][]net.Conn)
+		tc.conns = make(map[*Relay][]*freezableConn)
+		tc.frozen = make(map[*Relay]bool)
 	}
 	tc.conns[r] = append(tc.conns[r], c)
+	if tc.frozen[r] {
+		c.freeze()
+	}
 }
 
 func (tc *trackedConns) closeAll(r *Relay) {
@@ -152,15 +172,66 @@ func (tc *trackedConns) closeAll(r *Relay) {
 	}
 }
 
-// WaitLocated waits until the presence of every running relay locates
-// the device at relay i.
+func (tc *trackedConns) freezeAll(r *Relay) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.frozen[r] = true
+	for _, c := range tc.conns[r] {
+		c.freeze()
+	}
+}
+
+// A freezableConn is a relay's connection to an agent that can go dark:
+// once frozen, reads wait until it is closed and writes vanish.
+type freezableConn struct {
+	net.Conn
+	once   sync.Once
+	frozen chan struct{}
+	closed atomic.Bool
+}
+
+// ConnectionState is the TLS state of the connection beneath, which the
+// relay checks.
+func (c *freezableConn) ConnectionState() tls.ConnectionState {
+	return c.Conn.(interface{ ConnectionState() tls.ConnectionState }).ConnectionState()
+}
+
+func (c *freezableConn) freeze() { c.once.Do(func() { close(c.frozen) }) }
+
+func (c *freezableConn) isFrozen() bool {
+	select {
+	case <-c.frozen:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *freezableConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	for c.isFrozen() && err == nil {
+		// What the agent sent is lost; wait for more, or the close.
+		n, err = c.Conn.Read(p)
+	}
+	return n, err
+}
+
+func (c *freezableConn) Write(p []byte) (int, error) {
+	if c.isFrozen() {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// WaitLocated waits until the presence of every running relay (not
+// killed, not blackholed) locates the device at relay i.
 func (f *Fleet) WaitLocated(device identity.ID, i int) {
 	f.t.Helper()
 	want := f.Relays[i].Identity.ID()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		all := true
 		for _, r := range f.Relays {
-			if r.Server() == nil {
+			if nc, ok := natsConns.Load(r.Presence); r.Server() == nil || ok && nc.(*nats.Conn).IsClosed() {
 				continue
 			}
 			if at, ok := r.Presence.Locate(device); !ok || at != want {
