@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -61,16 +62,22 @@ func startFleetRelay(t *testing.T, url string) (*Relay, *fleetstate.State) {
 // service, a chunk every few milliseconds, and checks every byte that
 // comes back against the stream as it arrives.
 type echoCheck struct {
-	tun    net.Conn
-	n      atomic.Int64 // bytes echoed and found right
-	maxGap atomic.Int64 // the longest wait for echoed bytes, in nanoseconds
-	stop   chan struct{}
-	done   chan error // the reader's end: nil once stopped, else why it failed
+	tun      net.Conn
+	n        atomic.Int64 // bytes echoed and found right
+	maxGap   atomic.Int64 // the longest wait for echoed bytes, in nanoseconds
+	stop     chan struct{}
+	stopOnce sync.Once
+	written  chan struct{} // closed when the writer has returned
+	done     chan error    // the reader's end: nil once stopped, else why it failed
+	wg       sync.WaitGroup
 }
 
-func startEchoCheck(tun net.Conn, seed uint64) *echoCheck {
-	e := &echoCheck{tun: tun, stop: make(chan struct{}), done: make(chan error, 1)}
-	go func() {
+// startEchoCheck starts streaming through tun; the streams end with the
+// test at the latest.
+func startEchoCheck(t *testing.T, tun net.Conn, seed uint64) *echoCheck {
+	e := &echoCheck{tun: tun, stop: make(chan struct{}), written: make(chan struct{}), done: make(chan error, 1)}
+	e.wg.Go(func() {
+		defer close(e.written)
 		src := randomStream(seed, 1<<62)
 		for {
 			select {
@@ -83,37 +90,44 @@ func startEchoCheck(tun net.Conn, seed uint64) *echoCheck {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-	}()
-	go func() {
-		want := randomStream(seed, 1<<62)
-		got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
-		last := time.Now()
-		for {
-			k, err := tun.Read(got)
-			now := time.Now()
-			if gap := int64(now.Sub(last)); gap > e.maxGap.Load() {
-				e.maxGap.Store(gap)
-			}
-			last = now
-			io.ReadFull(want, exp[:k])
-			if i := firstDiff(got[:k], exp[:k]); i >= 0 {
-				e.done <- fmt.Errorf("echoed byte %d differs from what was sent", e.n.Load()+int64(i))
-				return
-			}
-			e.n.Add(int64(k))
-			if err != nil {
-				select {
-				case <-e.stop:
-					err = nil
-				default:
-					err = fmt.Errorf("the tunnel failed after %d bytes: %w", e.n.Load(), err)
-				}
-				e.done <- err
-				return
+	})
+	e.wg.Go(func() { e.done <- e.read(seed) })
+	t.Cleanup(func() {
+		e.halt()
+		tun.SetDeadline(time.Now())
+		e.wg.Wait()
+	})
+	return e
+}
+
+func (e *echoCheck) halt() { e.stopOnce.Do(func() { close(e.stop) }) }
+
+// read checks the echo until the tunnel fails or, once stopped, ends.
+func (e *echoCheck) read(seed uint64) error {
+	want := randomStream(seed, 1<<62)
+	got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
+	last := time.Now()
+	for {
+		k, err := e.tun.Read(got)
+		now := time.Now()
+		if gap := int64(now.Sub(last)); gap > e.maxGap.Load() {
+			e.maxGap.Store(gap)
+		}
+		last = now
+		io.ReadFull(want, exp[:k])
+		if i := firstDiff(got[:k], exp[:k]); i >= 0 {
+			return fmt.Errorf("echoed byte %d differs from what was sent", e.n.Load()+int64(i))
+		}
+		e.n.Add(int64(k))
+		if err != nil {
+			select {
+			case <-e.stop:
+				return nil
+			default:
+				return fmt.Errorf("the tunnel failed after %d bytes: %w", e.n.Load(), err)
 			}
 		}
-	}()
-	return e
+	}
 }
 
 func firstDiff(a, b []byte) int {
@@ -150,7 +164,12 @@ func (e *echoCheck) moving(t *testing.T, when string) {
 // bytes checked and the longest wait for them.
 func (e *echoCheck) finish(t *testing.T) (int64, time.Duration) {
 	t.Helper()
-	close(e.stop)
+	e.halt()
+	select {
+	case <-e.written: // the reader still reads, so the writer is not held up
+	case err := <-e.done:
+		t.Fatalf("the tunnel ended while the stream stopped: %v", err)
+	}
 	e.tun.SetReadDeadline(time.Now())
 	if err := <-e.done; err != nil {
 		t.Fatal(err)
@@ -233,7 +252,7 @@ func TestNATSOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tun.Close()
-	flow := startEchoCheck(tun, 14)
+	flow := startEchoCheck(t, tun, 14)
 	flow.moving(t, "before the outage")
 
 	known := NewIdentity(t)
