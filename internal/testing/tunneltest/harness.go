@@ -75,6 +75,9 @@ type Relay struct {
 	// sees what the relay process reads and writes in the clear).
 	Wrap  func(net.Conn) net.Conn
 	Allow func(identity.ID) bool
+	// Enroll, if set before Start, is the relay's Enroll (see
+	// relay.Config.Enroll): it enrolls a device that presents a token.
+	Enroll func(id identity.ID, token string) error
 	// GetCertificate, if set before Start, serves a certificate other than
 	// the relay's self-signed one.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
@@ -142,6 +145,7 @@ func (r *Relay) Start() {
 	srv, err := relay.New(relay.Config{
 		Identity:       r.Identity,
 		AllowDevice:    r.Allow,
+		Enroll:         r.Enroll,
 		GetCertificate: r.GetCertificate,
 		UDPPort:        udp.LocalAddr().(*net.UDPAddr).Port,
 		Logger:         Logger(r.t).With("role", "relay"),
