@@ -157,7 +157,13 @@ func (s *Server) authenticate(conn net.Conn, brw *bufio.ReadWriter) (*attachment
 	switch hello.Role {
 	case relayproto.RoleDevice:
 		if err := s.admitDevice(id, hello.Extensions); err != nil {
-			return nil, &refusal{relayproto.RefuseNotAllowed, err.Error()}
+			code := relayproto.RefuseNotAllowed
+			if errors.Is(err, ErrStateUnavailable) {
+				// Not a verdict on the device: the relay cannot reach its
+				// state now, and the device should try again soon.
+				code = relayproto.RefuseOverloaded
+			}
+			return nil, &refusal{code, err.Error()}
 		}
 		spec.addr.Instance = 0 // a device is unique per ID
 		// A device sends its access list right behind its hello; it
@@ -266,7 +272,7 @@ func (s *Server) admitDevice(id identity.ID, exts []relayproto.Extension) error 
 			continue
 		}
 		if err := s.cfg.Enroll(id, string(e.Value)); err != nil {
-			return fmt.Errorf("device %s is not enrolled on this relay, and its enrollment token was refused: %v", id, err)
+			return fmt.Errorf("device %s is not enrolled on this relay, and its enrollment token was refused: %w", id, err)
 		}
 		s.log.Info("device enrolled", "id", id.String())
 		return nil
