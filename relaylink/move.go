@@ -58,13 +58,19 @@ func (m *mover) after(l *Link, wait, others time.Duration) retry {
 	return retry{lost: m.index(l.addr, l.relayID), lostAt: now.Add(wait), othersAt: now.Add(others)}
 }
 
+// quickDrop is how short a Link must have been for its loss to count as
+// a relay that accepts and drops at once.
+const quickDrop = 2 * time.Second
+
 // others returns how long to wait before another relay, after a relay
 // went down under a Link that lasted lasted: no time, unless the loop
-// moved at once already less than stableLink ago and that Link did not
-// last either (relays that accept and drop at once would make it loop),
-// in which case wait.
+// moved at once already less than stableLink ago and that Link lasted
+// less than quickDrop (relays that accept and drop at once would make it
+// loop), in which case wait. A Link that lasted longer was a working
+// one, and its agent moves at once however often relays die under it:
+// its tunnels wait for the move.
 func (m *mover) others(lasted, wait time.Duration) time.Duration {
-	if lasted < stableLink && time.Since(m.movedAt) < stableLink {
+	if lasted < quickDrop && time.Since(m.movedAt) < stableLink {
 		return wait
 	}
 	m.movedAt = time.Now()

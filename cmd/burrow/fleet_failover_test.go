@@ -155,43 +155,7 @@ func TestBinaryFleetFailover(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		type result struct {
-			n     int64
-			sum   []byte
-			stall time.Duration
-			err   error
-		}
-		done := make(chan result, 1)
-		quarter := make(chan struct{})
-		go func() {
-			defer c.Close()
-			h := sha256.New()
-			buf := make([]byte, 64<<10)
-			var res result
-			last := time.Now()
-			for {
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				k, err := c.Read(buf)
-				if k > 0 {
-					now := time.Now()
-					res.stall = max(res.stall, now.Sub(last))
-					last = now
-					h.Write(buf[:k])
-					if res.n < failoverStream/4 && res.n+int64(k) >= failoverStream/4 {
-						close(quarter)
-					}
-					res.n += int64(k)
-				}
-				if err != nil {
-					if err != io.EOF {
-						res.err = err
-					}
-					res.sum = h.Sum(nil)
-					done <- res
-					return
-				}
-			}
-		}()
+		quarter, done := readStream(c)
 		select {
 		case <-quarter:
 		case res := <-done:
@@ -215,7 +179,7 @@ func TestBinaryFleetFailover(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		res := <-done
-		if res.err != nil || res.n != failoverStream || string(res.sum) != string(want) {
+		if !res.intact(want) {
 			t.Fatalf("round %d: stream of %d of %d bytes, checksum match %v, error %v", round, res.n, failoverStream, string(res.sum) == string(want), res.err)
 		}
 		t.Logf("round %d: killed the relay at %s; device located elsewhere after %v; 200 MiB intact, longest stall %v",
@@ -223,11 +187,6 @@ func TestBinaryFleetFailover(t *testing.T) {
 		reattach, stalls = append(reattach, moved), append(stalls, res.stall)
 		at.p = nil
 		startRelay(at)
-	}
-	p99 := func(ds []time.Duration) time.Duration {
-		s := slices.Clone(ds)
-		slices.Sort(s)
-		return s[(len(s)*99+99)/100-1]
 	}
 	t.Logf("over %d kills: device located elsewhere p50 %v p99 %v; stream stall p50 %v p99 %v", kills,
 		p50(reattach), p99(reattach), p50(stalls), p99(stalls))
@@ -240,4 +199,61 @@ func p50(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// A streamResult is what readStream read: how much, its checksum, the
+// longest wait between two reads, and why it ended if not at EOF.
+type streamResult struct {
+	n     int64
+	sum   []byte
+	stall time.Duration
+	err   error
+}
+
+// intact reports whether the whole stream arrived with checksum want.
+func (r streamResult) intact(want []byte) bool {
+	return r.err == nil && r.n == failoverStream && string(r.sum) == string(want)
+}
+
+// readStream reads c to its end; quarter is closed once a quarter of
+// failoverStream has arrived, and done gets the result.
+func readStream(c net.Conn) (quarter <-chan struct{}, done <-chan streamResult) {
+	q, d := make(chan struct{}), make(chan streamResult, 1)
+	go func() {
+		defer c.Close()
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		var res streamResult
+		last := time.Now()
+		for {
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			k, err := c.Read(buf)
+			if k > 0 {
+				now := time.Now()
+				res.stall = max(res.stall, now.Sub(last))
+				last = now
+				h.Write(buf[:k])
+				if res.n < failoverStream/4 && res.n+int64(k) >= failoverStream/4 {
+					close(q)
+				}
+				res.n += int64(k)
+			}
+			if err != nil {
+				if err != io.EOF {
+					res.err = err
+				}
+				res.sum = h.Sum(nil)
+				d <- res
+				return
+			}
+		}
+	}()
+	return q, d
+}
+
+// p99 is the 99th percentile of ds (its largest, for fewer than 100).
+func p99(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[(len(s)*99+99)/100-1]
 }

@@ -52,13 +52,16 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// reNATSReady is nats-server's line once it serves.
+var reNATSReady = regexp.MustCompile(`Server is ready`)
+
 // startNATSServer runs nats-server with JetStream on addr, its store in
 // dir, and waits until it is ready.
 func startNATSServer(t *testing.T, addr, dir string) *proc {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(addr)
 	p := startCmd(t, "nats-server", exec.Command(natsServerBinary(t), "-js", "-sd", dir, "-a", host, "-p", port))
-	p.waitFor(regexp.MustCompile(`Server is ready`), 0, 10*time.Second)
+	p.waitFor(reNATSReady, 0, 10*time.Second)
 	return p
 }
 
