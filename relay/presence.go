@@ -29,6 +29,7 @@ type Presence interface {
 // between them went dark).
 func (s *Server) Moved(id identity.ID) {
 	if d := s.routes.device(id); d != nil {
+		s.log.Info("device attached to another relay of the fleet: dropping its session here", "id", id.String())
 		d.goAway(relayproto.GoAway{Reason: relayproto.GoAwayReplaced, Message: "this device attached to another relay of the fleet"})
 	}
 }

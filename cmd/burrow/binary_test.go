@@ -152,6 +152,13 @@ func (p *proc) waitFor(re *regexp.Regexp, from int, timeout time.Duration) ([]st
 	}
 }
 
+// lineCount returns how many lines the process has printed so far.
+func (p *proc) lineCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop() {
 	p.t.Helper()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -81,7 +82,10 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 
 	key := filepath.Join(dir, "fleet.key")
 	fleetID := strings.TrimSpace(mustRun(t, "fleet", "init", "--key", key))
-	type relayNS struct{ ns, hubIf, id, addr, data string }
+	type relayNS struct {
+		ns, hubIf, id, addr, data string
+		p                         *proc
+	}
 	relays := make([]*relayNS, 3)
 	byID := map[string]*relayNS{}
 	for i := range relays {
@@ -90,8 +94,8 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 		r.id = strings.TrimSpace(mustRun(t, "relay", "id", "--data", r.data))
 		runIn("ag", "fleet", "add", "--key", key, "--nats", natsURL, "--relay-id", r.id, "--addr", r.addr, "--region", "test")
 		a := in(r.ns, "relay", "--listen", r.addr, "--data", r.data, "--nats", natsURL, "--no-udp", "--drain", "0")
-		p := startCmd(t, "relay "+r.ns, exec.Command(a[0], a[1:]...))
-		p.waitFor(reRelayListening, 0, 10*time.Second)
+		r.p = startCmd(t, "relay "+r.ns, exec.Command(a[0], a[1:]...))
+		r.p.waitFor(reRelayListening, 0, 10*time.Second)
 		relays[i], byID[r.id] = r, r
 	}
 
@@ -185,6 +189,7 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatalf("round %d: a quarter of the stream did not arrive in 30s", round)
 		}
+		before := at.p.lineCount()
 		drop := [][]string{{"-i", at.hubIf, "-j", "DROP"}, {"-o", at.hubIf, "-j", "DROP"}}
 		for _, rule := range drop {
 			n.In("hub", append([]string{"iptables", "-I", "FORWARD"}, rule...)...)
@@ -213,5 +218,10 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 		for _, rule := range drop {
 			n.In("hub", append([]string{"iptables", "-D", "FORWARD"}, rule...)...)
 		}
+		// Back on the network, the relay drops the session it still had:
+		// the device's closing of it gets through, or the relay learns
+		// from NATS that the device attached elsewhere.
+		gone := regexp.MustCompile(`(agent detached" agent=device id=` + camID + `|dropping its session here id=` + camID + `)`)
+		at.p.waitFor(gone, before, 30*time.Second)
 	}
 }

@@ -67,12 +67,18 @@ func (n *natsOptions) check(cmd *cobra.Command) error {
 }
 
 // connect connects to the NATS servers, reconnecting without end once
-// connected: the fleet state fails closed while it cannot reach them.
+// connected: the fleet state fails closed while it cannot reach them. It
+// pings the server every 5s and gives the connection up after 2 pings
+// unanswered, so that a NATS server gone silent (a network that drops
+// everything rather than closing) is noticed in about 15s, not in the
+// minutes of the client's defaults.
 func (n *natsOptions) connect(name string, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("lost the connection to NATS; reconnecting", "err", err)
 		}),
