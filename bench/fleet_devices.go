@@ -30,8 +30,10 @@ func (b *bench) fleet(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "bench:   run %d: %d devices attached at %.0f/s; presence writes %.0f/s, p50 %.1f ms, p99 %.1f ms; relay RSS per device %s KiB (enrolled, none attached: %s KiB per device)\n",
-			run+1, r.devices, r.attachRate, r.writeRate, r.p50, r.p99, strings.Join(kibs(r.perDevice), ", "), strings.Join(kibs(r.enrolledKiB), ", "))
+		fmt.Fprintf(os.Stderr, "bench:   run %d: %d devices attached at %.0f/s; presence writes %.0f/s (p50 %.1f ms, p99 %.1f ms), "+
+			"on leaving %.0f/s (p50 %.1f ms, p99 %.1f ms); relay RSS per device %s KiB (enrolled, none attached: %s KiB per device)\n",
+			run+1, r.devices, r.attachRate, r.attach.rate, r.attach.p50, r.attach.p99, r.detach.rate, r.detach.p50, r.detach.p99,
+			strings.Join(kibs(r.perDevice), ", "), strings.Join(kibs(r.enrolledKiB), ", "))
 		runs = append(runs, r)
 	}
 	b.addFleetRuns(runs)
@@ -50,13 +52,55 @@ func kibs(vs []float64) []string {
 type fleetRun struct {
 	devices    int
 	attachRate float64   // devices attached per second
-	writeRate  float64   // presence records stored per second
-	p50, p99   float64   // attach finished → presence record stored, ms
+	attach     wave      // their presence records written
+	detach     wave      // their presence records deleted when they all left at once
 	perDevice  []float64 // each relay's RSS gain per device it holds, KiB
 	// enrolledKiB is each relay's RSS gain per enrolled device with the
 	// devices enrolled and none attached yet.
 	enrolledKiB []float64
 	storage     map[string]float64
+}
+
+// wave is how a wave of presence writes went: how many records were
+// stored per second, from the first to the last, and the percentiles of
+// the time from each device's event to its record, in ms.
+type wave struct {
+	rate, p50, p99 float64
+}
+
+// waveOf returns the wave of the records stored at stored (by device
+// ID), each device's event having happened at from(ID).
+func waveOf(stored map[string]time.Time, from func(id string) (time.Time, bool)) wave {
+	var lat []time.Duration
+	var times []time.Time
+	for id, t := range stored {
+		times = append(times, t)
+		if f, ok := from(id); ok {
+			lat = append(lat, t.Sub(f))
+		}
+	}
+	return wave{
+		rate: float64(len(times)) / span(times).Seconds(),
+		p50:  float64(percentile(lat, 50)) / float64(time.Millisecond),
+		p99:  float64(percentile(lat, 99)) / float64(time.Millisecond),
+	}
+}
+
+// span is the time from the earliest of ts to the latest.
+func span(ts []time.Time) time.Duration {
+	if len(ts) == 0 {
+		return 0
+	}
+	lo, hi := ts[0], ts[0]
+	for _, t := range ts {
+		if t.Before(lo) {
+			lo = t
+		}
+		if t.After(hi) {
+			hi = t
+		}
+	}
+	return hi.Sub(lo)
 }
 
 // fleetDevices starts a fleet, enrolls simulated devices in its NATS
@@ -101,9 +145,9 @@ func (b *bench) fleetDevices(ctx context.Context, name string) (fleetRun, error)
 	for i, r := range f.relays {
 		addrs[i] = r.addr
 	}
-	times := filepath.Join(f.dir, "attached")
+	timesFile := filepath.Join(f.dir, "attached")
 	sim, err := b.start("simulated devices (fleet)", b.self, "simdevices", "-n", strconv.Itoa(b.o.devices),
-		"-relay", strings.Join(addrs, ","), "-relay-id", f.id, "-seed", seed, "-times", times)
+		"-relay", strings.Join(addrs, ","), "-relay-id", f.id, "-seed", seed, "-times", timesFile)
 	if err != nil {
 		return run, err
 	}
@@ -111,16 +155,21 @@ func (b *bench) fleetDevices(ctx context.Context, name string) (fleetRun, error)
 	if _, err := sim.waitFor(reSim, 4*time.Minute); err != nil {
 		return run, err
 	}
-	attached, err := readAttachTimes(times)
+	attached, err := readAttachTimes(timesFile)
 	if err != nil {
 		return run, err
 	}
 	run.devices = len(attached)
+	times := make([]time.Time, 0, len(attached))
+	for _, t := range attached {
+		times = append(times, t)
+	}
+	run.attachRate = float64(len(times)) / span(times).Seconds()
 	stored, err := presenceTimes(ctx, f, len(attached))
 	if err != nil {
 		return run, err
 	}
-	run.presence(attached, stored)
+	run.attach = waveOf(stored, func(id string) (time.Time, bool) { t, ok := attached[id]; return t, ok })
 	time.Sleep(b.o.settle + time.Second)
 	for i, r := range f.relays {
 		after, err := rss(r.p.pid())
@@ -133,7 +182,10 @@ func (b *bench) fleetDevices(ctx context.Context, name string) (fleetRun, error)
 		}
 		run.perDevice = append(run.perDevice, float64(after-before[i])/float64(held)/1024)
 	}
-	run.storage, err = natsStorage(ctx, f, run.devices)
+	if run.storage, err = natsStorage(ctx, f, run.devices); err != nil {
+		return run, err
+	}
+	run.detach, err = leaveAtOnce(ctx, f, sim, attached)
 	return run, err
 }
 
@@ -252,37 +304,6 @@ func presenceTimes(ctx context.Context, f *fleetSetup, n int) (map[string]time.T
 	return nil, fmt.Errorf("presence watch: %w", ctx.Err())
 }
 
-// presence sets run's presence figures from when each device's attach
-// finished and when its presence record was stored.
-func (run *fleetRun) presence(attached, stored map[string]time.Time) {
-	var lat []time.Duration
-	var first, last time.Time
-	for id, t := range stored {
-		if first.IsZero() || t.Before(first) {
-			first = t
-		}
-		if t.After(last) {
-			last = t
-		}
-		if a, ok := attached[id]; ok {
-			lat = append(lat, t.Sub(a))
-		}
-	}
-	var aFirst, aLast time.Time
-	for _, t := range attached {
-		if aFirst.IsZero() || t.Before(aFirst) {
-			aFirst = t
-		}
-		if t.After(aLast) {
-			aLast = t
-		}
-	}
-	run.writeRate = float64(len(stored)) / last.Sub(first).Seconds()
-	run.attachRate = float64(len(attached)) / aLast.Sub(aFirst).Seconds()
-	run.p50 = float64(percentile(lat, 50)) / float64(time.Millisecond)
-	run.p99 = float64(percentile(lat, 99)) / float64(time.Millisecond)
-}
-
 // natsStorage returns the bytes per device of the streams behind the
 // presence and devices buckets.
 func natsStorage(ctx context.Context, f *fleetSetup, devices int) (map[string]float64, error) {
@@ -309,24 +330,75 @@ func natsStorage(ctx context.Context, f *fleetSetup, devices int) (map[string]fl
 // addFleetRuns adds the rows of the runs of simulated devices.
 func (b *bench) addFleetRuns(runs []fleetRun) {
 	n := runs[0].devices
-	var attach, writes, p50, p99, per []float64
+	var attach, per []float64
+	var waves [2][3][]float64 // attach, detach × rate, p50, p99
 	storage := make(map[string][]float64)
 	for _, r := range runs {
-		attach, writes = append(attach, r.attachRate), append(writes, r.writeRate)
-		p50, p99 = append(p50, r.p50), append(p99, r.p99)
-		per = append(per, r.perDevice...)
+		attach, per = append(attach, r.attachRate), append(per, r.perDevice...)
+		for i, w := range []wave{r.attach, r.detach} {
+			waves[i][0] = append(waves[i][0], w.rate)
+			waves[i][1] = append(waves[i][1], w.p50)
+			waves[i][2] = append(waves[i][2], w.p99)
+		}
 		for k, v := range r.storage {
 			storage[k] = append(storage[k], v)
 		}
 	}
-	attaching := fmt.Sprintf("6. fleet: %d devices attaching to %d relays", n, fleetRelays)
-	b.add(result{Scenario: attaching, Setup: "devices attached", Unit: "/s", Samples: attach})
-	b.add(result{Scenario: attaching, Setup: "presence writes", Unit: "/s", Samples: writes})
-	b.add(result{Scenario: "6. fleet: attach → presence record p50", Setup: "NATS", Unit: "ms", Samples: p50, lowerBetter: true})
-	b.add(result{Scenario: "6. fleet: attach → presence record p99", Setup: "NATS", Unit: "ms", Samples: p99, lowerBetter: true})
+	for i, name := range []string{
+		fmt.Sprintf("6. fleet: %d devices attaching to %d relays", n, fleetRelays),
+		fmt.Sprintf("6. fleet: %d devices leaving at once", n),
+	} {
+		if i == 0 {
+			b.add(result{Scenario: name, Setup: "devices attached", Unit: "/s", Samples: attach})
+		}
+		b.add(result{Scenario: name, Setup: "presence writes", Unit: "/s", Samples: waves[i][0]})
+		event := []string{"attached → record", "left → record deleted"}[i]
+		b.add(result{Scenario: name, Setup: event + " p50", Unit: "ms", Samples: waves[i][1], lowerBetter: true})
+		b.add(result{Scenario: name, Setup: event + " p99", Unit: "ms", Samples: waves[i][2], lowerBetter: true})
+	}
 	b.add(result{Scenario: fmt.Sprintf("6. fleet: relay RSS per attached idle device (%d devices, %d relays)", n, fleetRelays), Setup: "fleet relay",
 		Unit: "KiB", Samples: per, lowerBetter: true, Target: "≤ 16 KiB", check: below(16)})
 	for _, k := range []string{"KV_" + fleetstate.PresenceBucket, "KV_" + fleetstate.DevicesBucket} {
 		b.add(result{Scenario: "6. fleet: NATS storage per device", Setup: k, Unit: "B", Samples: storage[k], lowerBetter: true})
 	}
+}
+
+// leaveAtOnce stops the simulated devices' process, which closes all
+// their connections at once, and measures the wave of presence deletes
+// their relays write: from the process's exit to each record's delete
+// marker stored in JetStream.
+func leaveAtOnce(ctx context.Context, f *fleetSetup, sim *proc, attached map[string]time.Time) (wave, error) {
+	js, closeJS, err := f.js()
+	if err != nil {
+		return wave{}, err
+	}
+	defer closeJS()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, fleetstate.PresenceBucket)
+	if err != nil {
+		return wave{}, fmt.Errorf("presence bucket: %w", err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return wave{}, err
+	}
+	defer w.Stop()
+	left := time.Now()
+	sim.stop()
+	deleted := make(map[string]time.Time, len(attached))
+	for len(deleted) < len(attached) {
+		select {
+		case e := <-w.Updates():
+			if e == nil {
+				continue
+			}
+			if _, ok := attached[e.Key()]; ok && e.Operation() != jetstream.KeyValuePut {
+				deleted[e.Key()] = e.Created()
+			}
+		case <-ctx.Done():
+			return wave{}, fmt.Errorf("%d of %d presence records deleted: %w", len(deleted), len(attached), ctx.Err())
+		}
+	}
+	return waveOf(deleted, func(string) (time.Time, bool) { return left, true }), nil
 }
