@@ -11,7 +11,7 @@
 // Every scenario runs at least three times; the table gives min / median /
 // max and the ratio to raw, and a JSON file keeps every sample.
 //
-//	go run ./bench              # about 4 minutes
+//	go run ./bench              # about 7 minutes
 //	go run ./bench -quick       # under a minute: shorter runs, fewer
 //	                            # samples, no cross-compiled binary sizes
 //	go run ./bench -soak 10m    # the soak test instead (scripts/soak;
