@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -15,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -134,15 +138,21 @@ func exitOnSignal() {
 	os.Exit(0)
 }
 
-// simDevicesMain attaches -n device identities to a relay from this one
+// simDevicesMain attaches -n device identities to relays from this one
 // process, each over its own TCP+TLS relay session, -concurrency at a time,
-// and holds them until stopped.
+// and holds them until stopped. -relay is one address or several
+// (comma-separated): device i attaches to the i-th modulo their number.
+// With -seed the identities are simIdentity's, which the benchmark can
+// enroll beforehand; with -times, once all are attached, it writes for
+// each device its ID and when its attach finished (Unix nanoseconds).
 func simDevicesMain(args []string) error {
 	fs := flag.NewFlagSet("simdevices", flag.ContinueOnError)
 	n := fs.Int("n", 1000, "")
-	relayAddr := fs.String("relay", "", "")
+	relayAddrs := fs.String("relay", "", "")
 	relayID := fs.String("relay-id", "", "")
 	concurrency := fs.Int("concurrency", 64, "")
+	seed := fs.String("seed", "", "")
+	times := fs.String("times", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -150,23 +160,31 @@ func simDevicesMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	relays := strings.Split(*relayAddrs, ",")
 	go exitOnSignal()
 	sem := make(chan struct{}, *concurrency)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
 	conns := make([]*paths.Conn, 0, *n)
-	for range *n {
+	var log bytes.Buffer
+	for i := range *n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			id, err := identity.Generate()
+			var id *identity.Identity
+			var err error
+			if *seed != "" {
+				id = simIdentity(*seed, i)
+			} else {
+				id, err = identity.Generate()
+			}
 			if err == nil {
 				var c *paths.Conn
 				c, err = paths.Listen(paths.Config{
 					Identity:   id,
 					Role:       relayproto.RoleDevice,
-					Relay:      relaylink.RelayConfig{Addr: *relayAddr, ID: rid},
+					Relay:      relaylink.RelayConfig{Addr: relays[i%len(relays)], ID: rid},
 					QueueLen:   4,
 					MaxBackoff: time.Second,
 					// A relay session each, as a real device's, but no
@@ -178,9 +196,13 @@ func simDevicesMain(args []string) error {
 				if err == nil {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					err = c.WaitAttached(ctx)
+					done := time.Now()
 					cancel()
 					mu.Lock()
 					conns = append(conns, c)
+					if err == nil {
+						fmt.Fprintf(&log, "%s %d\n", id.ID(), done.UnixNano())
+					}
 					mu.Unlock()
 				}
 			}
@@ -197,6 +219,19 @@ func simDevicesMain(args []string) error {
 	if firstErr != nil {
 		return firstErr
 	}
+	if *times != "" {
+		if err := os.WriteFile(*times, log.Bytes(), 0o600); err != nil {
+			return err
+		}
+	}
 	fmt.Printf("attached %d\n", len(conns))
 	select {}
+}
+
+// simIdentity is the i-th simulated device's identity for seed: the same
+// in the benchmark and in its simdevices child, so that the benchmark can
+// enroll the devices before they attach.
+func simIdentity(seed string, i int) *identity.Identity {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s/%d", seed, i))
+	return identity.FromPrivateKey(ed25519.NewKeyFromSeed(h[:]))
 }

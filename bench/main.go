@@ -11,7 +11,7 @@
 // Every scenario runs at least three times; the table gives min / median /
 // max and the ratio to raw, and a JSON file keeps every sample.
 //
-//	go run ./bench              # about 4 minutes
+//	go run ./bench              # about 7 minutes
 //	go run ./bench -quick       # under a minute: shorter runs, fewer
 //	                            # samples, no cross-compiled binary sizes
 //	go run ./bench -soak 10m    # the soak test instead (scripts/soak;
@@ -65,7 +65,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "shorter runs and fewer samples: under a minute")
 	flag.IntVar(&o.runs, "runs", 3, "runs of each throughput scenario")
 	flag.StringVar(&o.out, "out", "bench-results.json", "where to write every sample as JSON")
-	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices, flood)")
+	flag.StringVar(&o.only, "only", "", "run only these steps (comma-separated: footprint, idle, latency, rr, tunnels, throughput, devices, flood, fleet)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of each burrow process into this directory")
 	flag.DurationVar(&o.soak, "soak", 0, "run the soak test for this long instead of the benchmark (scripts/soak)")
 	flag.BoolVar(&o.direct, "soak-direct", false, "the soak's session goes direct (over loopback) rather than staying on the relay")
@@ -124,6 +124,7 @@ func run(o options) error {
 		{"throughput", "throughput and CPU per GB (scenarios 1, 4)", b.throughput},
 		{"devices", "relay cost per idle device (scenario 6)", b.relayPerDevice},
 		{"flood", "round trips beside a flood of tunnel opens (scenario 9)", b.flood},
+		{"fleet", "a fleet of three relays on NATS JetStream (scenarios 2, 6)", b.fleet},
 	}
 	for _, s := range steps {
 		if o.only != "" && s.key != "" && !slices.Contains(strings.Split(o.only, ","), s.key) {

@@ -40,6 +40,20 @@ func (b *bench) add(r result) {
 	b.results = append(b.results, r)
 }
 
+// addBeside adds r after the last row of its scenario, where there is
+// one, so that a scenario measured in two steps shows as one block.
+func (b *bench) addBeside(r result) {
+	at := len(b.results)
+	for i, o := range b.results {
+		if o.Scenario == r.Scenario {
+			at = i + 1
+		}
+	}
+	b.add(r)
+	added := b.results[len(b.results)-1]
+	b.results = slices.Insert(b.results[:len(b.results)-1], at, added)
+}
+
 // raw returns the raw result of r's scenario.
 func raw(r result, all []result) (result, bool) {
 	for _, o := range all {
@@ -124,6 +138,8 @@ func mode(o options) string {
 
 func num(v float64) string {
 	switch {
+	case v < 0:
+		return "-" + num(-v)
 	case v >= 100:
 		return fmt.Sprintf("%.0f", v)
 	case v >= 10:
