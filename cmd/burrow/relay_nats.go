@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,7 +96,7 @@ func (n *natsOptions) connect(name string, log *slog.Logger) (*nats.Conn, error)
 	}
 	nc, err := nats.Connect(n.urls, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w: check --nats and that a NATS server with JetStream runs there", n.urls, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w: check --nats and that a NATS server with JetStream runs there", redactURLs(n.urls), err)
 	}
 	return nc, nil
 }
@@ -161,7 +162,7 @@ func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity
 		return nil, err
 	}
 	closers = append(closers, func() { fs.Close() })
-	if err := os.WriteFile(mark, []byte(o.nats.urls+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(mark, []byte(redactURLs(o.nats.urls)+"\n"), 0o600); err != nil {
 		closeAll()
 		return nil, err
 	}
@@ -190,7 +191,7 @@ func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity
 		}
 	}
 	devs, _ := fs.Devices()
-	log.Info("fleet state in NATS", "servers", o.nats.urls, "devices", len(devs), "fleet_map", rs.fleetMap != nil, "presence", rs.presence != nil)
+	log.Info("fleet state in NATS", "servers", redactURLs(o.nats.urls), "devices", len(devs), "fleet_map", rs.fleetMap != nil, "presence", rs.presence != nil)
 	return rs, nil
 }
 
@@ -206,4 +207,23 @@ func checkNotFleet(dataDir string) error {
 	}
 	return fmt.Errorf("the relay of %s keeps its devices and tokens in NATS (%s), and it is not running: run this command while it runs, or with the --data of another relay of the fleet",
 		dataDir, strings.TrimSpace(string(b)))
+}
+
+// redactURLs returns the comma-separated NATS URLs with their passwords
+// (or tokens) replaced, for logs, errors and files.
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx") // a token
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
