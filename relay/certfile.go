@@ -110,6 +110,14 @@ func newFleetCert(id *identity.Identity, current func() []byte, log *slog.Logger
 	return &fleetCert{id: id, current: current, log: log, fleetID: m.FleetID, signed: signed, version: m.Version, m: m, cert: &cert}, nil
 }
 
+// currentMap returns the current map.
+func (f *fleetCert) currentMap() fleet.Map {
+	f.get()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m
+}
+
 // relay returns the relay id of the current map, if it lists it.
 func (f *fleetCert) relay(id identity.ID) (fleet.Relay, bool) {
 	f.get()

@@ -1,9 +1,11 @@
 package relay
 
 import (
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/fleet"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -98,4 +100,41 @@ func (s *Server) sendRedirect(c *attachment, device, holder identity.ID) bool {
 	s.stats.redirects.Add(1)
 	c.sendNotice(c, p)
 	return true
+}
+
+// A liveView is a Presence that also knows which relays of the fleet are
+// live (package fleetstate's does).
+type liveView interface {
+	Live() []identity.ID
+}
+
+// sendDevicesOn tells each of devices, as this relay starts to drain,
+// where to go when it closes: a redirect naming the device itself and the
+// first live relay of its order (fleet.Order, this relay's region first)
+// without this one. The device would find a relay by itself; told, it
+// dials no relay that is down. Without a fleet, or knowing no live relay,
+// it does nothing.
+func (s *Server) sendDevicesOn(devices []*attachment) {
+	lv, ok := s.cfg.Presence.(liveView)
+	if !ok || s.fleet == nil || len(devices) == 0 {
+		return
+	}
+	live := lv.Live()
+	m := s.fleet.currentMap()
+	self, _ := m.Relay(s.ID())
+	var others []fleet.Relay
+	for _, r := range m.Relays {
+		if r.ID != s.ID() && slices.Contains(live, r.ID) {
+			others = append(others, r)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	for _, d := range devices {
+		next := fleet.Order(d.address().ID, others, self.Region)[0]
+		f := relayproto.Redirect{Peer: d.address(), Relay: next.ID, Addr: next.Addr}
+		payload := relayproto.AppendRedirect(nil, f)
+		d.notify(append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+len(payload)), relayproto.FrameRedirect, len(payload)), payload...))
+	}
 }

@@ -388,6 +388,7 @@ func (s *Server) announceDrain(ctx context.Context) {
 	for _, a := range slices.Concat(devices, clients) {
 		a.notify(frame) // advisory, like every notice
 	}
+	s.sendDevicesOn(devices)
 	attrs := []any{"sessions", len(devices) + len(clients), "devices", len(devices), "clients", len(clients)}
 	if f.WithinMillis != 0 {
 		attrs = append(attrs, "within", (time.Duration(f.WithinMillis) * time.Millisecond).String())

@@ -162,6 +162,10 @@ type Attacher struct {
 	cur  atomic.Pointer[Link] // nil while detached
 	done chan struct{}        // closed when the attach loop returns
 
+	// preferNext is the relay a draining relay named for this agent's
+	// next attach: tried first in the next round. Set by a Link's reader.
+	preferNext atomic.Pointer[identity.ID]
+
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -535,7 +539,13 @@ func (a *Attacher) serve(l *Link) ended {
 				a.cfg.OnPeerGone(m)
 			}
 		case relayproto.Redirect:
-			if a.cfg.OnRedirect != nil {
+			if m.Peer.ID == a.cfg.Identity.ID() {
+				// A draining relay of the fleet says where this agent
+				// goes when it closes.
+				id := m.Relay
+				a.preferNext.Store(&id)
+				a.log.Info("the relay names the relay of the fleet to go to when it closes", "next", m.Addr)
+			} else if a.cfg.OnRedirect != nil {
 				a.cfg.OnRedirect(m)
 			}
 		case Pong:

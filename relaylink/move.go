@@ -2,6 +2,7 @@ package relaylink
 
 import (
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -87,7 +88,14 @@ func (a *Attacher) dialRound(next retry) (*Link, uint64, error) {
 		lost = a.move.list[next.lost]
 	}
 	var transient, refused error
-	for _, c := range a.move.round(next.lost) {
+	round := a.move.round(next.lost)
+	if id := a.preferNext.Swap(nil); id != nil {
+		if i := slices.IndexFunc(round, func(c candidate) bool { return c.mapID == *id }); i > 0 {
+			c := round[i]
+			round = slices.Insert(slices.Delete(round, i, i+1), 0, c)
+		}
+	}
+	for _, c := range round {
 		at := next.othersAt
 		if next.lost >= 0 && c == lost {
 			at = next.lostAt

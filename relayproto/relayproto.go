@@ -154,11 +154,12 @@ const (
 	// this is; while the device lists the token, the relay lets this
 	// client reach it.
 	FramePairIntent FrameType = 0x14
-	// FrameRedirect (relay → client): peer Addr [40], relay id [32],
-	// addrLen u8, addr [addrLen]. The device peer is attached to another
-	// relay of this relay's fleet, the one with that ID at that address;
-	// the client sends to it there. Agents that do not know the frame
-	// skip it (and hear nothing back from the device).
+	// FrameRedirect (relay → agent): peer Addr [40], relay id [32],
+	// addrLen u8, addr [addrLen]. To a client: the device peer is
+	// attached to another relay of this relay's fleet, the one with that
+	// ID at that address; the client sends to it there. To a device,
+	// naming the device itself: the relay is draining, and that is the
+	// relay to attach to next. Agents that do not know the frame skip it.
 	FrameRedirect FrameType = 0x15
 	// FrameLocate (client → relay): device ID [32]. The client asks a
 	// fleet relay where the device is attached; the relay answers with a

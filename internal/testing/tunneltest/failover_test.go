@@ -2,10 +2,12 @@ package tunneltest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -160,4 +162,42 @@ func testFailover(t *testing.T, sameRelay, blackhole bool, size int64) {
 	}
 	t.Logf("relay lost; device located at its next relay after %v; stream intact (%d MiB), longest stall %v",
 		reattached.Round(time.Millisecond), size>>20, wr.maxStall.Round(time.Millisecond))
+}
+
+// TestFleetDrainSaysWhere: a fleet relay that drains tells each of its
+// devices which live relay to go to when it closes. The device's own next
+// relay is dark (its dial would hang until it times out, 10s); told, the
+// device goes straight to the one after it.
+func TestFleetDrainSaysWhere(t *testing.T) {
+	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
+	f.Start()
+	did := NewIdentity(t)
+	home, next := f.Home(did.ID())
+	third := 3 - home - next
+	d := StartDevice(t, f.Relays[home], device.Config{
+		Identity: did,
+		Relay:    f.Pin(home),
+		Services: map[string]string{"echo": StartServer(t, Echo).Addr},
+		Clients:  map[identity.ID][]string{NewIdentity(t).ID(): {"echo"}},
+	})
+	f.WaitLocated(d.ID(), home)
+	f.Blackhole(next)
+	live := f.Relays[home].Presence.(interface{ Live() []identity.ID })
+	for deadline := time.Now().Add(10 * time.Second); slices.Contains(live.Live(), f.Relays[next].Identity.ID()); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the dark relay is still live to the others after 10s")
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	f.Relays[home].Shutdown(ctx)
+	closed := time.Now()
+	want := f.Relays[third].Identity.ID()
+	for d.Status().Relay.RelayID != want || !d.Status().Relay.Attached {
+		if time.Since(closed) > 5*time.Second {
+			t.Fatalf("the device is at %s 5s after its relay drained, want the third relay", d.Status().Relay.Relay)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("attached to the relay the draining one named %v after it closed", time.Since(closed).Round(time.Millisecond))
 }
