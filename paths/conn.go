@@ -23,6 +23,12 @@
 // nothing. WriteTo picks the path per packet; ReadFrom returns the packets
 // of both.
 //
+// A client of a fleet may be attached to several relays: its own, and
+// those its relay redirected it to, where its devices are (redirect.go);
+// a device's packets go over the relay that holds it, and a device gone
+// silent is looked for again, so that the client follows it to another
+// relay when its own dies.
+//
 // The Conn knows neither relay frames nor socket options: relaylink and
 // udpsock, below it, know nothing of peers, paths or the session above.
 package paths

@@ -25,6 +25,12 @@
 // [Config.ClientGrace]). A client a device has not allowed learns nothing
 // of that device, not even whether it is online.
 //
+// In a fleet ([Config.FleetMap], [Config.Presence]), the relay records
+// which devices are attached to it, and answers a client asking for a
+// device attached to another relay of the fleet with a redirect to that
+// relay (redirect.go): no packet goes from relay to relay. A device that
+// attached elsewhere since is dropped here ([Server.Moved]).
+//
 // [Server.Close] stops the relay at once. [Server.Shutdown] drains it
 // first: it accepts no one new but keeps forwarding between the agents it
 // has, so that open tunnels can finish, and then closes.

@@ -9,9 +9,11 @@
 // with the agent's state (a device's access list, a client's pairing
 // intents: [State]) sent right behind the hello. [Link.Read] returns what
 // the relay sends as typed messages ([*Packet], [relayproto.PeerGone],
-// [relayproto.Drain], [relayproto.GoAway], [Pong]) and answers its pings;
-// a write loop sends what is queued in batches, one TLS record for a burst
-// of packets, and pings the relay every keepalive interval.
+// [relayproto.Redirect], [relayproto.Drain], [relayproto.GoAway], [Pong])
+// and answers its pings; a write loop sends what is queued in batches, one
+// TLS record for a burst of packets, pings the relay every keepalive
+// interval, and ends a Link whose relay went silent while packets were
+// moving within seconds ([ErrSilent], silence.go).
 //
 // An [Attacher] keeps an agent attached: it dials, serves the Link until
 // it ends, and dials again with backoff, spread after a relay crash, or
@@ -22,9 +24,9 @@
 // here, beside the Link, rather than in the path layer, because everything
 // it decides is about the relay: when to dial again and which relay, what
 // the relay said on leaving (go-away, drain), which state to send again
-// at every attach and when the enrollment token is no longer presented. The path layer above
-// gives it packets to send and takes the packets it delivers, and knows
-// nothing of frames, handshakes or retries.
+// at every attach and when the enrollment token is no longer presented.
+// The path layer above gives it packets to send and takes the packets it
+// delivers, and knows nothing of frames, handshakes or retries.
 //
 // This package carries opaque packets: it never imports the path layer,
 // the end-to-end session or QUIC, and holds no key that could read what
