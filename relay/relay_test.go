@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -833,4 +834,48 @@ func TestTokenLifetime(t *testing.T) {
 	if _, err := st.CreateToken(1, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestQuietPingBackToWait: a quiet agent's lone keepalive ping is answered
+// and its read loop hands the wait back to the socket after wakeProbe,
+// not idleProbe; a second frame meanwhile keeps it on the read loop.
+func TestQuietPingBackToWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for an agent to fall quiet")
+	}
+	_, addr := serve(t, Config{AllowDevice: allowAll})
+	a := connect(t, addr)
+	a.hello(newIdentity(t), relayproto.RoleClient, 1, 1, a.exporter())
+	if typ, _ := a.read(); typ != relayproto.FrameServerHello {
+		t.Fatalf("got %s", typ)
+	}
+	time.Sleep(idleProbe + 500*time.Millisecond) // quiet
+	if n := readLoops(); n != 0 {
+		t.Fatalf("%d read loops of a quiet agent, want 0", n)
+	}
+	ping := func() {
+		t.Helper()
+		a.write(relayproto.FramePing, []byte("12345678"))
+		if typ, _ := a.read(); typ != relayproto.FramePong {
+			t.Fatalf("got %s, want pong", typ)
+		}
+	}
+	ping()
+	time.Sleep(wakeProbe + 500*time.Millisecond)
+	if n := readLoops(); n != 0 {
+		t.Fatalf("%d read loops %v after a lone ping, want 0", n, wakeProbe+500*time.Millisecond)
+	}
+	ping()
+	ping() // a second frame: the agent is busy
+	time.Sleep(wakeProbe + 500*time.Millisecond)
+	if n := readLoops(); n != 1 {
+		t.Fatalf("%d read loops after two pings, want 1 (for idleProbe)", n)
+	}
+}
+
+// readLoops counts the goroutines running an attachment's read loop.
+func readLoops() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "relay.(*attachment).readLoop(")
 }
