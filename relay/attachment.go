@@ -51,6 +51,7 @@ type attachment struct {
 	ended      atomic.Pointer[error] // why the attachment ended; nil while it runs
 	goAwayOnce sync.Once
 	goAwayMsg  atomic.Pointer[relayproto.GoAway] // sent as the attachment closes
+	farewell   atomic.Pointer[[]byte]            // a frame sent just before the go-away (a draining fleet relay's redirect)
 
 	// Clients: when they were last redirected to another relay, per
 	// device; nil until the first redirect.
@@ -256,9 +257,14 @@ func (a *attachment) finish(err error) {
 	a.srv.detach(a)
 	a.q.close() // waits for a running writer
 	if ga := a.goAwayMsg.Load(); ga != nil {
+		var b []byte
+		if fw := a.farewell.Load(); fw != nil {
+			b = append(b, *fw...)
+		}
 		p := relayproto.AppendGoAway(nil, *ga)
+		b = append(relayproto.AppendHeader(b, relayproto.FrameGoAway, len(p)), p...)
 		a.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		a.conn.Write(append(relayproto.AppendHeader(nil, relayproto.FrameGoAway, len(p)), p...))
+		a.conn.Write(b)
 	}
 	a.conn.Close()
 	a.srv.logger().Info("agent detached", append(a.logAttrs(),

@@ -108,8 +108,8 @@ type liveView interface {
 	Live() []identity.ID
 }
 
-// sendDevicesOn tells each of devices, as this relay starts to drain,
-// where to go when it closes: a redirect naming the device itself and the
+// sendDevicesOn tells each of devices, as this relay starts to drain and
+// again with its go-away, where to go when it closes: a redirect naming the device itself and the
 // first live relay of its order (fleet.Order, this relay's region first)
 // without this one. The device would find a relay by itself; told, it
 // dials no relay that is down. Without a fleet, or knowing no live relay,
@@ -135,6 +135,10 @@ func (s *Server) sendDevicesOn(devices []*attachment) {
 		next := fleet.Order(d.address().ID, others, self.Region)[0]
 		f := relayproto.Redirect{Peer: d.address(), Relay: next.ID, Addr: next.Addr}
 		payload := relayproto.AppendRedirect(nil, f)
-		d.notify(append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+len(payload)), relayproto.FrameRedirect, len(payload)), payload...))
+		frame := append(relayproto.AppendHeader(make([]byte, 0, relayproto.HeaderLen+len(payload)), relayproto.FrameRedirect, len(payload)), payload...)
+		// Now, and again right before the go-away: a notice still queued
+		// when the attachment closes is not sent.
+		d.farewell.Store(&frame)
+		d.notify(frame)
 	}
 }
