@@ -3,7 +3,6 @@ package fleetstate
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,24 +17,7 @@ import (
 // full read is done.
 func (p *Presence) watchLoop(ctx context.Context, loaded chan struct{}) {
 	defer p.wg.Done()
-	var once sync.Once
-	markLoaded := func() { once.Do(func() { close(loaded) }) }
-	for ctx.Err() == nil {
-		err := p.watch(ctx, markLoaded)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errReconnected) {
-			p.log.Info("presence: NATS is back; reloading the presence map and the live relays")
-			continue
-		}
-		p.log.Warn("presence: watch failed; locating devices from what the relay knew; retrying", "err", err)
-		p.freeze()
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	resumeWatch(ctx, p.log, "presence", loaded, p.watch, p.freeze)
 }
 
 // freeze stops liveness from lapsing while this relay cannot hear the

@@ -3,6 +3,7 @@ package fleetstate
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -19,6 +20,36 @@ const checkEvery = 200 * time.Millisecond
 // again.
 var errReconnected = errors.New("NATS connection re-established")
 
+// resumeWatch runs watch until ctx is done, starting it over whenever it
+// returns: at once after errReconnected (the connection to NATS came back,
+// and a new watch reads every record again), a second later after any
+// other error, which it logs as what failed, calling failed first. watch
+// calls its loaded argument once its first full read is done; loaded is
+// closed the first time.
+func resumeWatch(ctx context.Context, log *slog.Logger, what string, loaded chan struct{},
+	watch func(ctx context.Context, loaded func()) error, failed func()) {
+	var once sync.Once
+	markLoaded := func() { once.Do(func() { close(loaded) }) }
+	for ctx.Err() == nil {
+		err := watch(ctx, markLoaded)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errReconnected) {
+			log.Info(what + ": NATS is back; reading it again")
+			continue
+		}
+		log.Warn(what+": watch failed; answering from what the relay knew; retrying", "err", err)
+		if failed != nil {
+			failed()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // watchLoop keeps the copy of the enrolled devices current until ctx is
 // done: it watches the devices bucket and, whenever the connection to NATS
 // comes back after a loss, or the watch fails, starts over. Each start
@@ -27,23 +58,7 @@ var errReconnected = errors.New("NATS connection re-established")
 // once the first full read is done.
 func (s *State) watchLoop(ctx context.Context, loaded chan struct{}) {
 	defer close(s.done)
-	var once sync.Once
-	markLoaded := func() { once.Do(func() { close(loaded) }) }
-	for ctx.Err() == nil {
-		err := s.watch(ctx, markLoaded)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errReconnected) {
-			s.log.Info("fleet state: NATS is back; reloading the enrolled devices")
-			continue
-		}
-		s.log.Warn("fleet state: watch of the enrolled devices failed; the relay admits only the devices it knew; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	resumeWatch(ctx, s.log, "fleet state", loaded, s.watch, nil)
 }
 
 // watch watches the devices bucket until ctx is done, the watch fails, or
