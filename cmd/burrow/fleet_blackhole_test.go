@@ -3,12 +3,9 @@
 package main
 
 import (
-	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -17,9 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/burrow-tunnel/burrow/fleetstate"
 	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 )
 
@@ -125,13 +120,7 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 	clientKey := filepath.Join(dir, "client.key")
 	clientID := strings.TrimSpace(mustRun(t, "id", "--identity", clientKey))
 	token := runIn("ag", "relay", "token", "create", "--data", relays[0].data)
-	cfg := filepath.Join(dir, "cam.yaml")
-	body := fmt.Sprintf("relay: [%s, %s, %s]\nrelay_id: %s\nidentity: cam.key\nstate: cam-state\nenroll_token: %s\nservices:\n  source: %s\nclients:\n  %s: [source]\ndirect: false\n",
-		relays[0].addr, relays[1].addr, relays[2].addr, fleetID, token, srcLn.Addr(), clientID)
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	camID := strings.TrimSpace(mustRun(t, "id", "--identity", filepath.Join(dir, "cam.key")))
+	cfg, camID := streamDevice(t, dir, []string{relays[0].addr, relays[1].addr, relays[2].addr}, fleetID, token, srcLn.Addr().String(), clientID)
 	a := in("ag", "device", "--config", cfg)
 	cam := startCmd(t, "cam", exec.Command(a[0], a[1:]...))
 	cam.waitFor(reAttached, 0, 10*time.Second)
@@ -145,26 +134,10 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, fleetstate.PresenceBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	presence := presenceOf(t, nc, camID)
 	holder := func() (*relayNS, uint64) {
-		e, err := kv.Get(t.Context(), camID)
-		if err != nil {
-			return nil, 0
-		}
-		var rec struct {
-			Relay string `json:"relay"`
-		}
-		json.Unmarshal(e.Value(), &rec)
-		return byID[rec.Relay], e.Revision()
+		id, rev := presence()
+		return byID[id], rev
 	}
 
 	const rounds = 2

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -100,41 +101,16 @@ func TestBinaryFleetFailover(t *testing.T) {
 	clientKey := filepath.Join(dir, "client.key")
 	clientID := strings.TrimSpace(mustRun(t, "id", "--identity", clientKey))
 	token := strings.TrimSpace(mustRun(t, "relay", "token", "create", "--data", relays[0].data))
-	cfg := filepath.Join(dir, "cam.yaml")
-	body := fmt.Sprintf("relay: [%s, %s, %s]\nrelay_id: %s\nidentity: cam.key\nstate: cam-state\nenroll_token: %s\nservices:\n  source: %s\nclients:\n  %s: [source]\ndirect: false\n",
-		relays[0].addr, relays[1].addr, relays[2].addr, fleetID, token, src.Addr, clientID)
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	camID := strings.TrimSpace(mustRun(t, "id", "--identity", filepath.Join(dir, "cam.key")))
+	cfg, camID := streamDevice(t, dir, []string{relays[0].addr, relays[1].addr, relays[2].addr}, fleetID, token, src.Addr, clientID)
 	cam := start(t, "cam", "device", "--config", cfg)
 	cam.waitFor(reAttached, 0, 10*time.Second)
 
-	// The device's presence, read from NATS as any relay reads it.
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(t.Context(), fleetstate.PresenceBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder := func() (string, uint64) {
-		e, err := kv.Get(t.Context(), camID)
-		if err != nil {
-			return "", 0
-		}
-		var rec struct {
-			Relay string `json:"relay"`
-		}
-		json.Unmarshal(e.Value(), &rec)
-		return rec.Relay, e.Revision()
-	}
+	holder := presenceOf(t, nc, camID)
 
 	conn := start(t, "connect", "connect", camID, "source", "--relay", relays[0].addr, "--relay-id", fleetID,
 		"--identity", clientKey, "--no-direct")
@@ -256,4 +232,47 @@ func p99(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[(len(s)*99+99)/100-1]
+}
+
+// streamDevice writes, in dir, the configuration of a device "cam" that
+// pins the fleet fleetID, lists relays, enrolls with token, and serves
+// source (at src) to the client clientID; it returns the file and the
+// device's ID.
+func streamDevice(t *testing.T, dir string, relays []string, fleetID, token, src, clientID string) (cfg, id string) {
+	t.Helper()
+	cfg = filepath.Join(dir, "cam.yaml")
+	body := fmt.Sprintf("relay: [%s]\nrelay_id: %s\nidentity: cam.key\nstate: cam-state\nenroll_token: %s\nservices:\n  source: %s\nclients:\n  %s: [source]\ndirect: false\n",
+		strings.Join(relays, ", "), fleetID, token, src, clientID)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, strings.TrimSpace(mustRun(t, "id", "--identity", filepath.Join(dir, "cam.key")))
+}
+
+// presenceOf returns a function that reads, from NATS as any relay reads
+// it, the ID of the relay holding the device and the record's revision
+// ("" and 0 if there is none).
+func presenceOf(t *testing.T, nc *nats.Conn, device string) func() (string, uint64) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, fleetstate.PresenceBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() (string, uint64) {
+		e, err := kv.Get(t.Context(), device)
+		if err != nil {
+			return "", 0
+		}
+		var rec struct {
+			Relay string `json:"relay"`
+		}
+		json.Unmarshal(e.Value(), &rec)
+		return rec.Relay, e.Revision()
+	}
 }
