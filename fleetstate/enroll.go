@@ -196,6 +196,6 @@ func (s *State) Remove(id identity.ID) error {
 // cache records in memory that the device id is enrolled since t.
 func (s *State) cache(id identity.ID, t time.Time) {
 	s.mu.Lock()
-	s.enrolled[id] = t
+	s.enrolled[id] = unixNano(t)
 	s.mu.Unlock()
 }

@@ -124,8 +124,8 @@ type State struct {
 	log     *slog.Logger
 
 	mu       sync.Mutex
-	enrolled map[identity.ID]time.Time // device → enrolled since; guarded by mu
-	onRemove func(identity.ID)         // guarded by mu
+	enrolled map[identity.ID]int64 // device → enrolled since, in Unix nanoseconds (0: unknown); guarded by mu
+	onRemove func(identity.ID)     // guarded by mu
 
 	stop context.CancelFunc
 	done chan struct{} // closed when the watch loop has returned
@@ -152,7 +152,7 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 	if cfg.Replicas < 0 || cfg.Timeout < 0 {
 		return nil, errors.New("fleetstate: negative Replicas or Timeout in Config")
 	}
-	s := &State{nc: cfg.Conn, timeout: cfg.Timeout, log: cfg.Logger, enrolled: make(map[identity.ID]time.Time), done: make(chan struct{})}
+	s := &State{nc: cfg.Conn, timeout: cfg.Timeout, log: cfg.Logger, enrolled: make(map[identity.ID]int64), done: make(chan struct{})}
 	if s.timeout == 0 {
 		s.timeout = 5 * time.Second
 	}
@@ -268,7 +268,7 @@ func (s *State) Devices() ([]relay.EnrolledDevice, error) {
 	s.mu.Lock()
 	out := make([]relay.EnrolledDevice, 0, len(s.enrolled))
 	for id, t := range s.enrolled {
-		out = append(out, relay.EnrolledDevice{ID: id, Enrolled: t})
+		out = append(out, relay.EnrolledDevice{ID: id, Enrolled: fromUnixNano(t)})
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b relay.EnrolledDevice) int { return a.Enrolled.Compare(b.Enrolled) })
@@ -359,4 +359,20 @@ func decode[T deviceRecord | tokenRecord | presenceRecord | livenessRecord](b []
 func encode(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// unixNano and fromUnixNano keep a time in 8 bytes, as the copy of the
+// enrolled devices holds one per device of the fleet; the zero time is 0.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
 }

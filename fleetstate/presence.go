@@ -99,10 +99,28 @@ type livenessRecord struct {
 	TTLms int64 `json:"ttl_ms"` // the key counts this long after it was written
 }
 
-// entry is a device's latest presence record, as the watch saw it.
+// entry is a device's latest presence record, as the watch saw it. The
+// relay is kept as its index in Presence.relayIDs: every relay holds an
+// entry for every device of the fleet, so each byte counts (index 0 is
+// this relay).
 type entry struct {
-	relay identity.ID
+	relay uint32
 	rev   uint64
+}
+
+// selfIndex is this relay's index in Presence.relayIDs.
+const selfIndex = 0
+
+// relayIndexLocked returns the index of the relay id in p.relayIDs,
+// adding it if it is new.
+func (p *Presence) relayIndexLocked(id identity.ID) uint32 {
+	if i, ok := p.relayIndex[id]; ok {
+		return i
+	}
+	i := uint32(len(p.relayIDs))
+	p.relayIDs = append(p.relayIDs, id)
+	p.relayIndex[id] = i
+	return i
 }
 
 // own is what this relay wants the presence record of one of its devices
@@ -134,14 +152,16 @@ type Presence struct {
 	queue     chan identity.ID
 	liveValue []byte
 
-	mu       sync.Mutex
-	entries  map[identity.ID]entry     // device → latest record seen; guarded by mu
-	mine     map[identity.ID]*own      // devices this relay writes for; guarded by mu
-	expires  map[identity.ID]time.Time // relay → when its liveness lapses; guarded by mu
-	frozen   time.Time                 // non-zero: NATS lost at this time, liveness stands still; guarded by mu
-	overflow bool                      // the queue overflowed: scan mine; guarded by mu
-	retry    bool                      // a write failed: scan mine later; guarded by mu
-	onTaken  func(identity.ID)         // guarded by mu
+	mu         sync.Mutex
+	entries    map[identity.ID]entry     // device → latest record seen; guarded by mu
+	relayIDs   []identity.ID             // the relays entries name, by index; guarded by mu
+	relayIndex map[identity.ID]uint32    // the index of each in relayIDs; guarded by mu
+	mine       map[identity.ID]*own      // devices this relay writes for; guarded by mu
+	expires    map[identity.ID]time.Time // relay → when its liveness lapses; guarded by mu
+	frozen     time.Time                 // non-zero: NATS lost at this time, liveness stands still; guarded by mu
+	overflow   bool                      // the queue overflowed: scan mine; guarded by mu
+	retry      bool                      // a write failed: scan mine later; guarded by mu
+	onTaken    func(identity.ID)         // guarded by mu
 
 	stop      context.CancelFunc
 	stopWrite context.CancelFunc
@@ -165,6 +185,7 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 		queue:     make(chan identity.ID, cfg.Queue),
 		liveValue: encode(livenessRecord{V: FormatVersion, TTLms: cfg.LivenessTTL.Milliseconds()}),
 		entries:   make(map[identity.ID]entry), mine: make(map[identity.ID]*own), expires: make(map[identity.ID]time.Time),
+		relayIDs: []identity.ID{cfg.Relay}, relayIndex: map[identity.ID]uint32{cfg.Relay: selfIndex},
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
@@ -300,7 +321,7 @@ func (p *Presence) want(id identity.ID, attached bool) {
 	if o == nil {
 		if !attached {
 			e, ok := p.entries[id]
-			if !ok || e.relay != p.self {
+			if !ok || e.relay != selfIndex {
 				return // nothing of ours to delete
 			}
 			o = &own{rev: e.rev}
@@ -345,10 +366,10 @@ func (p *Presence) Locate(id identity.ID) (identity.ID, bool) {
 		return identity.ID{}, false
 	}
 	e, ok := p.entries[id]
-	if !ok || e.relay == p.self || !p.liveLocked(e.relay) {
+	if !ok || e.relay == selfIndex || !p.liveLocked(p.relayIDs[e.relay]) {
 		return identity.ID{}, false
 	}
-	return e.relay, true
+	return p.relayIDs[e.relay], true
 }
 
 // Live returns the live relays, this one included, sorted by ID.
@@ -411,7 +432,7 @@ func (p *Presence) write(id identity.ID) {
 	}
 	o.busy, o.dirty = true, false
 	attached, rev := o.attached, o.rev
-	if e, ok := p.entries[id]; !attached && rev == 0 && ok && e.relay == p.self {
+	if e, ok := p.entries[id]; !attached && rev == 0 && ok && e.relay == selfIndex {
 		rev = e.rev // a write whose answer was lost landed
 	}
 	p.mu.Unlock()
@@ -463,7 +484,7 @@ func (p *Presence) write(id identity.ID) {
 // has a newer record that is not this relay's.
 func (p *Presence) takenLocked(id identity.ID, o *own) bool {
 	e, ok := p.entries[id]
-	return ok && o.attached && !o.dirty && !o.busy && o.rev != 0 && e.rev > o.rev && e.relay != p.self
+	return ok && o.attached && !o.dirty && !o.busy && o.rev != 0 && e.rev > o.rev && e.relay != selfIndex
 }
 
 // scanner queues again the devices whose writes failed (every second) or

@@ -135,7 +135,7 @@ func (p *Presence) applyPresence(e jetstream.KeyValueEntry) (identity.ID, bool) 
 	}
 	p.mu.Lock()
 	if put {
-		p.entries[id] = entry{relay: holder, rev: e.Revision()}
+		p.entries[id] = entry{relay: p.relayIndexLocked(holder), rev: e.Revision()}
 	} else {
 		delete(p.entries, id)
 	}

@@ -138,7 +138,7 @@ func (s *State) apply(e jetstream.KeyValueEntry, live bool) (identity.ID, bool) 
 	s.mu.Lock()
 	_, was := s.enrolled[id]
 	if enrolled {
-		s.enrolled[id] = since
+		s.enrolled[id] = unixNano(since)
 	} else {
 		delete(s.enrolled, id)
 	}
