@@ -79,12 +79,14 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			continue
 		}
 		resp := relayproto.AppendBindingResponse(buf[n:n], txid, from)
+		// Counted before it goes, so that whoever reads the answer finds
+		// it counted.
+		s.stats.udpAnswered.Add(1)
 		if udp != nil {
 			udp.WriteMsgUDPAddrPort(resp, replyOOB(oob[:oobn]), from)
 		} else {
 			pc.WriteTo(resp, net.UDPAddrFromAddrPort(from))
 		}
-		s.stats.udpAnswered.Add(1)
 	}
 }
 
