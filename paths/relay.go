@@ -39,6 +39,7 @@ func (c *Conn) relayConfig() relaylink.Config {
 	if c.cfg.Role == relayproto.RoleClient {
 		cfg.Instance = c.instance
 		cfg.OnRedirect = c.redirected
+		cfg.KeepRelay = true
 	}
 	if c.cfg.OnPeerGone != nil {
 		cfg.OnPeerGone = c.peerGone

@@ -51,6 +51,12 @@ type Config struct {
 	// fleet map that names another home, or no longer lists the relay
 	// the agent is on, makes it try at once. Zero means 30s.
 	HomeInterval time.Duration
+	// KeepRelay keeps the Attacher on the relay it attached to for as long
+	// as that relay works and stays in the fleet map: it moves when it
+	// loses it, but never home. A client sets it: the relay it was given
+	// is where its device was found, and a move while a session starts
+	// would lose the device's first answers.
+	KeepRelay bool
 	// Stay keeps the Attacher on Relay (and Fallback): it does not follow
 	// the order of a fleet map, nor move. A client's link to the relay a
 	// redirect named stays there, where the device is.

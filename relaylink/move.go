@@ -25,6 +25,7 @@ const moveDrain = time.Second
 type mover struct {
 	candidates
 	interval time.Duration        // Config.HomeInterval
+	keep     bool                 // Config.KeepRelay
 	homeWas  candidate            // home when last tried, or when attached
 	homeAt   time.Time            // when to try home next
 	movedAt  time.Time            // the last move at once after a loss
@@ -41,6 +42,7 @@ type loggedErr struct {
 func (m *mover) init(cfg Config) {
 	m.candidates.init(cfg)
 	m.interval = cfg.HomeInterval
+	m.keep = cfg.KeepRelay
 	m.homeWas = m.home()
 	m.logged = make(map[string]loggedErr)
 }
@@ -218,9 +220,14 @@ func (m *mover) arrived(l *Link) {
 }
 
 // homeDue reports whether the agent attached to l is away from home, and
-// when to try home next.
+// when to try home next. An agent that keeps its relay (Config.KeepRelay)
+// is away from home only when l's relay is no longer a candidate.
 func (m *mover) homeDue(l *Link) (time.Time, bool) {
-	return m.homeAt, m.index(l.addr, l.relayID) != 0
+	i := m.index(l.addr, l.relayID)
+	if m.keep {
+		return m.homeAt, i < 0
+	}
+	return m.homeAt, i != 0
 }
 
 // moveHome dials home for the agent attached to l, or, if l's relay is no

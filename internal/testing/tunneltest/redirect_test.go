@@ -72,3 +72,33 @@ func TestFleetRedirect(t *testing.T) {
 		t.Fatalf("the single-relay client is attached to %s, want relay A", st.RelayID)
 	}
 }
+
+// TestFleetClientKeepsRelay: a client given the relay its device is on
+// stays there, although its own home in the fleet's order is another
+// relay: the relay it was given is where the device was found, and a
+// move as its session starts would lose the device's first answers.
+func TestFleetClientKeepsRelay(t *testing.T) {
+	f := NewFleet(t, 3, NATSPresence(t, natstest.Start(t).URL()))
+	f.Start()
+	did := NewIdentity(t)
+	bi, _ := f.Home(did.ID())
+	cid := f.ClientAwayFrom(bi)
+	d := StartDevice(t, f.Relays[bi], device.Config{
+		Identity: did,
+		Relay:    f.Pin(bi),
+		Services: map[string]string{"echo": StartServer(t, Echo).Addr},
+		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
+	})
+	f.WaitLocated(d.ID(), bi)
+	c := NewClient(t, client.Config{Identity: cid, Relay: f.Pin(bi)})
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if st := c.RelayStatus(); st.RelayID != f.Relays[bi].Identity.ID() {
+		t.Fatalf("the client moved to %s; want it on the relay it was given, its device's", st.Relay)
+	}
+	if st := f.Relays[bi].Server().Stats(); st.Redirects != 0 {
+		t.Fatalf("%d redirects: the client should have reached the device where it was", st.Redirects)
+	}
+}
