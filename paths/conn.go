@@ -247,9 +247,10 @@ type Conn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	relay *relaylink.Attacher // the relay path
-	fleet fleetRelays         // clients: the other relays of a fleet, by redirect
-	ds    *directSocket       // the direct paths; nil if off
+	relay   *relaylink.Attacher // the relay path
+	fleet   fleetRelays         // clients: the other relays of a fleet, by redirect
+	inFleet atomic.Bool         // clients: the first link's relay was vouched for by a fleet ID
+	ds      *directSocket       // the direct paths; nil if off
 
 	intentsMu sync.Mutex
 	intents   map[identity.ID][32]byte // a client's pairing intents; guarded by intentsMu
@@ -378,7 +379,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 			c.sent.Add(1)
 			return len(b), nil
 		}
-		if !p.heard.Load() && !c.cfg.Relay.ID.IsZero() && c.cfg.Role == relayproto.RoleClient {
+		if c.inFleet.Load() && !p.heard.Load() {
 			p.hold(b)
 		}
 	}

@@ -121,14 +121,18 @@ const maxHeld = 4
 // hold keeps a copy of b, sent to p over the first relay before p was
 // heard from, to send again if a redirect says where p is: the first
 // packets of a session (its handshake) then need not wait for the E2E
-// session's retransmission timer.
+// session's retransmission timer. It keeps the last maxHeld, reusing
+// their buffers.
 func (p *peer) hold(b []byte) {
 	p.heldMu.Lock()
 	defer p.heldMu.Unlock()
-	if len(p.held) >= maxHeld {
-		p.held = append(p.held[:0], p.held[1:]...)
+	if len(p.held) < maxHeld {
+		p.held = append(p.held, append([]byte(nil), b...))
+		return
 	}
-	p.held = append(p.held, append([]byte(nil), b...))
+	oldest := p.held[0]
+	copy(p.held, p.held[1:])
+	p.held[maxHeld-1] = append(oldest[:0], b...)
 }
 
 // resendHeld sends p's held packets over a, if it is attached, and
@@ -191,6 +195,7 @@ func (c *Conn) eachFleetRelay(f func(*relaylink.Attacher)) {
 // the other), and its devices are sent to over the first link.
 func (c *Conn) primaryAttached(l *relaylink.Link) {
 	id := l.RelayID()
+	c.inFleet.Store(id != c.cfg.Relay.ID)
 	c.fleet.mu.Lock()
 	a := c.fleet.byID[id]
 	delete(c.fleet.byID, id)
