@@ -81,9 +81,11 @@ type demo struct {
 
 // startDemo starts the demo's web page, relay and agents on loopback,
 // waits for both agents to attach, and forwards listen to the page.
-func startDemo(listen string, log *slog.Logger) (d *demo, err error) {
-	d = &demo{}
+func startDemo(listen string, log *slog.Logger) (_ *demo, err error) {
+	d := &demo{}
 	defer func() {
+		// d, not the result: a failure returns a nil demo, and what was
+		// started before it must still stop.
 		if err != nil {
 			d.close()
 		}
@@ -206,7 +208,7 @@ func (d *demo) startAgents(relayID identity.ID, deviceID, clientID *identity.Ide
 func (d *demo) forward(listen string, dev identity.ID, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return fmt.Errorf("listen on %s: %w: give another address with --listen (127.0.0.1:0 picks a free port)", listen, err)
 	}
 	d.clientAddr = ln.Addr().String()
 	done := make(chan struct{})
