@@ -58,11 +58,13 @@ func withRelayState(ctx context.Context, dataDir string, online func(*relay.Admi
 	if dataDir == "" {
 		return errors.New("--data is required: the relay's data directory")
 	}
+	// A mistyped directory must not become a new, empty relay state:
+	// tokens made there would enroll no device at the running relay.
+	if fi, err := os.Stat(dataDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("data directory %s does not exist: give the --data of your relay (burrow relay --data DIR, or burrow relay id --data DIR, creates one)", dataDir)
+	}
 	err := online(relay.NewAdminClient(filepath.Join(dataDir, relayAdminsFile)))
 	if !errors.Is(err, adminsock.ErrNotRunning) {
-		return err
-	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
 	if err := fileperm.CheckDir(dataDir, "data directory"); err != nil {
