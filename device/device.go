@@ -281,6 +281,7 @@ func New(cfg Config) (*Device, error) {
 		Logger:         cfg.Logger,
 		EnrollToken:    cfg.EnrollToken,
 		OnEnrolled:     onEnrolled,
+		OnRemoved:      func() { go d.removedFromRelay() },
 		Access:         d.accessList,
 		Direct:         cfg.Direct,
 		ReattachSpread: cfg.ReattachSpread,
@@ -532,6 +533,20 @@ func (d *Device) serveSession(s *session.Session) {
 	}
 	d.agent.LogClosed(log, s,
 		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)
+}
+
+// removedFromRelay ends every session, when the relay's operator removed
+// this device: one on a direct path would otherwise go on, and removing a
+// device must cut it off. New sessions come through the relay, which no
+// longer admits the device.
+func (d *Device) removedFromRelay() {
+	d.mu.Lock()
+	victims := slices.Collect(maps.Keys(d.sessions))
+	d.mu.Unlock()
+	d.log.Warn("the relay's operator removed this device: ending its sessions", "sessions", len(victims))
+	for _, s := range victims {
+		s.Close(session.CloseRemoved, "the device was removed from its relay by the relay's operator")
+	}
 }
 
 // closeSessionsOf closes every session of client with code and msg.

@@ -170,6 +170,10 @@ type Config struct {
 	// say. An empty token presents none.
 	EnrollToken string
 	OnEnrolled  func()
+	// OnRemoved, if set, is called when the relay sends the agent away
+	// because its operator removed it, as [relaylink.Config.OnRemoved]
+	// says.
+	OnRemoved func()
 	// Access, for a device, says who may reach it: the client IDs, and the
 	// relay tokens of its pending invites. It is asked at every attach and
 	// after [Conn.AccessChanged]; the relay routes no one else to the

@@ -32,6 +32,7 @@ func (c *Conn) relayConfig() relaylink.Config {
 		ReattachSpread: c.cfg.ReattachSpread,
 		EnrollToken:    c.cfg.EnrollToken,
 		OnEnrolled:     c.cfg.OnEnrolled,
+		OnRemoved:      c.cfg.OnRemoved,
 		Access:         c.cfg.Access,
 		OnAttach:       c.relayAttached,
 		OnPacket:       c.relayPacket,

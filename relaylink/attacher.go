@@ -113,6 +113,11 @@ type Config struct {
 	// OnPeerGone, if set, is called (on the reader's goroutine; it must
 	// not block) when the relay could not deliver to a peer.
 	OnPeerGone func(relayproto.PeerGone)
+	// OnRemoved, if set, is called (on the attach loop's goroutine; it
+	// must not block) when the relay sends the agent away because its
+	// operator removed it (go-away reason removed): a device then ends
+	// the sessions it has, which may not even pass through the relay.
+	OnRemoved func()
 	// OnRedirect, if set, is called (on the reader's goroutine; it must
 	// not block) when the relay, one of a fleet, says that a device this
 	// client sent to is attached to another relay of the fleet.
@@ -459,6 +464,9 @@ func (a *Attacher) loop() {
 			a.sleep(wait - time.Since(since))
 			continue
 		case ga != nil:
+			if ga.Reason == relayproto.GoAwayRemoved && a.cfg.OnRemoved != nil {
+				a.cfg.OnRemoved()
+			}
 			wait = max(wait, time.Duration(ga.RetryAfterMillis)*time.Millisecond)
 			if ga.Reason == relayproto.GoAwayShutdown {
 				// Its wait is for coming back to it.

@@ -50,6 +50,7 @@ const (
 	CloseNotAuthorized CloseCode = 0x101 // the device does not know this client
 	CloseRevoked       CloseCode = 0x102 // the device revoked this client
 	CloseShutdown      CloseCode = 0x103 // the agent is stopping
+	CloseRemoved       CloseCode = 0x104 // the relay's operator removed the device
 )
 
 // Stream reset codes.

@@ -223,3 +223,43 @@ func TestControlStream(t *testing.T) {
 		t.Fatalf("stranger's control stream: %v", err)
 	}
 }
+
+// TestRemovalEndsDirectSessions: the relay's operator removes a device
+// whose session with a client runs on a direct path, which the relay does
+// not carry: the device ends the session at once, the client's tunnel
+// fails, and a new tunnel cannot be opened (the relay no longer admits
+// the device). A session on a direct path used to go on.
+func TestRemovalEndsDirectSessions(t *testing.T) {
+	r, d, c := directSetup(t, map[string]string{"echo": StartServer(t, Echo).Addr}, Loopback, Loopback)
+	tun, err := c.Dial(ctx10(t), d.ID(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	for start := time.Now(); !c.Path(d.ID()).Direct; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("no direct path after 5s: %v", c.Path(d.ID()))
+		}
+	}
+	r.Server().Disconnect(d.ID()) // what "burrow relay devices remove" does, beside un-enrolling
+	removed := time.Now()
+	buf := make([]byte, 4)
+	for {
+		tun.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := tun.Write([]byte("ping")); err != nil {
+			t.Logf("the tunnel failed %v after the removal: %v", time.Since(removed).Round(time.Millisecond), err)
+			break
+		}
+		if _, err := io.ReadFull(tun, buf); err != nil {
+			t.Logf("the tunnel failed %v after the removal: %v", time.Since(removed).Round(time.Millisecond), err)
+			break
+		}
+		if time.Since(removed) > 3*time.Second {
+			t.Fatal("the tunnel on a direct path still echoes 3s after the device was removed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(d.Status().Sessions); n != 0 {
+		t.Fatalf("the device still has %d sessions after its removal", n)
+	}
+}
