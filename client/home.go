@@ -147,14 +147,34 @@ func (h Home) SaveDevice(kd KnownDevice) error {
 	if err != nil {
 		return err
 	}
+	devs = slices.DeleteFunc(devs, func(d KnownDevice) bool { return d.Name == kd.Name || d.ID == kd.ID })
+	return h.writeDevices(append(devs, kd))
+}
+
+// ForgetDevice removes the device named nameOrID (or with that ID) from
+// the known devices, and returns what was recorded of it; the client can
+// no longer reach it until it pairs again. It fails with ErrUnknownDevice
+// if there is no such device.
+func (h Home) ForgetDevice(nameOrID string) (KnownDevice, error) {
+	kd, err := h.Device(nameOrID)
+	if err != nil {
+		return KnownDevice{}, err
+	}
+	devs, err := h.Devices()
+	if err != nil {
+		return KnownDevice{}, err
+	}
+	devs = slices.DeleteFunc(devs, func(d KnownDevice) bool { return d.ID == kd.ID })
+	return kd, h.writeDevices(devs)
+}
+
+// writeDevices replaces devices.yaml with devs, atomically (written,
+// synced, renamed).
+func (h Home) writeDevices(devs []KnownDevice) error {
 	f := devicesFile{}
 	for _, d := range devs {
-		if d.Name == kd.Name || d.ID == kd.ID {
-			continue
-		}
 		f[d.Name] = toYAML(d)
 	}
-	f[kd.Name] = toYAML(kd)
 	data, err := yaml.Marshal(f)
 	if err != nil {
 		return err

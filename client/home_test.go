@@ -1,6 +1,8 @@
 package client
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -46,4 +48,35 @@ func FuzzDevices(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestForgetDevice: a forgotten device, by name or by ID, is gone from the
+// known devices and the others stay; an unknown one is an error that
+// lists the known ones.
+func TestForgetDevice(t *testing.T) {
+	h := Home{Dir: t.TempDir()}
+	ids := make([]identity.ID, 3)
+	for i, name := range []string{"cam1", "cam2", "router"} {
+		gen, err := identity.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = gen.ID()
+		if err := h.SaveDevice(KnownDevice{Name: name, ID: ids[i], Relay: "relay.example.com:443"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if kd, err := h.ForgetDevice("cam2"); err != nil || kd.ID != ids[1] {
+		t.Fatalf("forget cam2: %v, %v", kd, err)
+	}
+	if kd, err := h.ForgetDevice(ids[2].String()); err != nil || kd.Name != "router" {
+		t.Fatalf("forget by ID: %v, %v", kd, err)
+	}
+	devs, err := h.Devices()
+	if err != nil || len(devs) != 1 || devs[0].Name != "cam1" {
+		t.Fatalf("after forgetting two of three: %v, %v", devs, err)
+	}
+	if _, err := h.ForgetDevice("cam2"); !errors.Is(err, ErrUnknownDevice) || !strings.Contains(err.Error(), "cam1") {
+		t.Fatalf("forgetting an unknown device: %v", err)
+	}
 }

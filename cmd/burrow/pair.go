@@ -177,7 +177,7 @@ func readInviteLine(r io.Reader) (string, error) {
 }
 
 func newDevicesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "devices",
 		Short: "List the devices this client has paired with",
 		Args:  cobra.NoArgs,
@@ -200,6 +200,32 @@ func newDevicesCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, d.ID, d.Relay, d.Role, strings.Join(d.Services, ","))
 			}
 			return tw.Flush()
+		},
+	}
+	cmd.AddCommand(newDevicesForgetCmd(g))
+	return cmd
+}
+
+func newDevicesForgetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "forget NAME",
+		Short: "Forget a paired device: remove it from this client's known devices",
+		Long: `Forget a paired device: remove it from this client's known devices
+(devices.yaml in its home), by name or ID. The client can no longer reach
+it until it pairs again. The device still lists this client as a user
+until its owner revokes it (burrow device revoke).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			kd, err := client.Home{Dir: dir}.ForgetDevice(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "forgot %s (%s)\n", kd.Name, kd.ID)
+			return nil
 		},
 	}
 }
