@@ -480,6 +480,12 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 			"--ttl 0s: want a duration of more than 0"},
 		{"token expired before it is made", false, "", []string{"relay", "token", "create", "--data", filepath.Join(dir, "r5"), "--ttl", "-1h"},
 			"--ttl -1h0m0s: want a duration of more than 0"},
+		{"invite that never expires", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "0"},
+			"--ttl 0s: want a duration of more than 0 and at most 168h0m0s"},
+		{"invite expired before it is made", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "-1m"},
+			"--ttl -1m0s: want a duration of more than 0"},
+		{"invite past a week", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "169h"},
+			"--ttl 169h0m0s: want a duration of more than 0 and at most 168h0m0s"},
 		{"relay giving clients every file", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r6"),
 			"--open", "--max-clients", "100000000"}, "would leave devices less than half of the"},
 	}
