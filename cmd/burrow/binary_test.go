@@ -580,15 +580,15 @@ func TestBinaryPairing(t *testing.T) {
 		io.WriteString(w, "camera stream")
 	}))
 
-	// An enrollment token made before the relay runs (on its store), one
-	// while it runs (through its admin socket).
+	// An enrollment token made before the relay runs (on its store, which
+	// relay id makes), one while it runs (through its admin socket).
+	relayIDOut, _, _ := run(t, "relay", "id", "--data", relayData)
+	relayID := strings.TrimSpace(relayIDOut)
 	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(tokenOut)
-	relayIDOut, _, _ := run(t, "relay", "id", "--data", relayData)
-	relayID := strings.TrimSpace(relayIDOut)
 	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	relayAddr := m[1]
