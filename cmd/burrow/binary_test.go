@@ -636,6 +636,16 @@ func TestBinaryPairing(t *testing.T) {
 	if _, _, stderr, err := runPair(t, invite+"\n", "--name", "again", "--home", home); err == nil || !strings.Contains(stderr, "already used") {
 		t.Fatalf("second pair with the same invite: %q %v", stderr, err)
 	}
+	// Paired again, through an invite that names no one: the client keeps
+	// its name and role, and is told so.
+	again, _, err := run(t, "device", "invite", "--config", cfg, "--role", "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, stderr, err = runPair(t, again, "--name", "cam1", "--home", home)
+	if err != nil || !strings.Contains(out, "\nnote: you were paired with this device already, as viewer: nothing changed\n") {
+		t.Fatalf("pair again: %q %q %v", out, stderr, err)
+	}
 	out, _, err = run(t, "devices", "--home", home)
 	if err != nil || !strings.Contains(out, "cam1") || !strings.Contains(out, devID) {
 		t.Fatalf("devices: %q %v", out, err)
