@@ -74,3 +74,27 @@ func FuzzPairInfo(f *testing.F) {
 		}
 	})
 }
+
+// TestPairInfoOlderPeers: a client that does not know the pair info (it
+// reads the reply alone) gets the reply it always got, and leaves the
+// pair info unread; a client reading it from a device that sends none
+// (the stream ends after the reply) gets a zero PairInfo.
+func TestPairInfoOlderPeers(t *testing.T) {
+	rep := Reply{Code: CodeOK, Detail: "viewer", Allowed: []string{"rtsp"}}
+	info := PairInfo{User: "bob-2", Asked: "bob"}
+	stream := &sliceReader{b: AppendPairInfo(AppendReply(nil, rep), info)}
+	got, err := ReadReply(stream)
+	if err != nil || got.Detail != "viewer" || len(got.Allowed) != 1 {
+		t.Fatalf("reply read alone: %+v, %v", got, err)
+	}
+	if p, err := ParsePairInfo(stream.b); err != nil || p != info {
+		t.Fatalf("what the reply left unread: %+v, %v", p, err)
+	}
+	old := &sliceReader{b: AppendReply(nil, rep)}
+	if _, err := ReadReply(old); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := ReadPairInfo(old); err != nil || p != (PairInfo{}) {
+		t.Fatalf("from a device that sends none: %+v, %v", p, err)
+	}
+}
