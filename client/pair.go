@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
@@ -16,6 +17,42 @@ type Paired struct {
 	Device   identity.ID
 	Role     string
 	Services []string
+	// User is the name the device knows this client by; "" if the device
+	// does not say (an older one).
+	User string
+	// Asked is the name the invite asked for, when another user of the
+	// device had it and the device named this client User instead; ""
+	// otherwise.
+	Asked string
+	// WasRole and WasName are this client's role and name on the device
+	// before this pairing, when it was paired with it already; "" when
+	// it was not (or the device does not say).
+	WasRole, WasName string
+}
+
+// Again reports whether the client was paired with the device already.
+func (p Paired) Again() bool { return p.WasRole != "" || p.WasName != "" }
+
+// Notes says, one sentence each, what pairing changed that the user may
+// not expect: another role or name than before, or another name than the
+// invite's. None if nothing did.
+func (p Paired) Notes() []string {
+	var notes []string
+	if p.Again() {
+		switch {
+		case p.WasRole != p.Role:
+			notes = append(notes, fmt.Sprintf("you were paired with this device already, as %s: you are now %s", p.WasRole, p.Role))
+		case p.WasName == p.User:
+			notes = append(notes, fmt.Sprintf("you were paired with this device already, as %s: nothing changed", p.Role))
+		}
+		if p.WasName != p.User && p.User != "" {
+			notes = append(notes, fmt.Sprintf("the device called you %s: it now calls you %s", p.WasName, p.User))
+		}
+	}
+	if p.Asked != "" && p.User != "" {
+		notes = append(notes, fmt.Sprintf("the name %s was taken by another user of the device: it calls you %s", p.Asked, p.User))
+	}
+	return notes
 }
 
 // Pair pairs this client with the device of inv: it tells the relay it
@@ -43,12 +80,18 @@ func (c *Client) Pair(ctx context.Context, inv pairing.Invite) (Paired, error) {
 		}
 		return Paired{}, err
 	}
-	rep, err := s.Pair(ctx, inv.Secret.RelayToken(), inv.Secret[:])
+	rep, info, err := s.Pair(ctx, inv.Secret.RelayToken(), inv.Secret[:])
 	if err != nil {
 		return Paired{}, err
 	}
-	c.log.Info("paired", "device", inv.Device.String(), "role", rep.Detail)
-	return Paired{Device: inv.Device, Role: rep.Detail, Services: rep.Allowed}, nil
+	p := Paired{Device: inv.Device, Role: rep.Detail, Services: rep.Allowed,
+		User: info.User, Asked: info.Asked, WasRole: info.WasRole, WasName: info.WasName}
+	args := []any{"device", inv.Device.String(), "role", p.Role, "user", p.User}
+	if notes := p.Notes(); len(notes) > 0 {
+		args = append(args, "changes", strings.Join(notes, "; "))
+	}
+	c.log.Info("paired", args...)
+	return p, nil
 }
 
 // inviteLag is how long Pair keeps trying a device that the relay says it

@@ -3,6 +3,7 @@ package device
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"time"
@@ -14,14 +15,20 @@ import (
 // device subcommands change and read the running agent's state through it.
 //
 //	POST   /invites        {"role", "ttl" (Go duration), "name"} → {"invite", "expires"}
+//	                       (ttl "" is DefaultInviteTTL; 0 or less is refused)
 //	GET    /users          → [User]
 //	DELETE /users/{name|id}
 //	GET    /status         → Status
 
 // InviteRequest asks for an invite.
 type InviteRequest struct {
+	// Role is the role the client gets; "" is the only role defined, if
+	// there is one.
 	Role string `json:"role,omitempty"`
-	TTL  string `json:"ttl,omitempty"`
+	// TTL is how long the invite stays valid, as a Go duration, more than
+	// 0 and at most MaxInviteTTL; "" is DefaultInviteTTL.
+	TTL string `json:"ttl,omitempty"`
+	// Name is the user's name once paired; "" is user-<short ID>.
 	Name string `json:"name,omitempty"`
 }
 
@@ -41,6 +48,11 @@ func (d *Device) AdminHandler() http.Handler {
 			return
 		}
 		ttl, err := adminsock.ParseTTL(req.TTL)
+		if err == nil && req.TTL != "" && ttl <= 0 {
+			// Zero is the Go API's default; asked for, it is refused,
+			// as a token's is.
+			err = fmt.Errorf("%v: want more than 0 and at most %v", ttl, MaxInviteTTL)
+		}
 		if err != nil {
 			http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
 			return

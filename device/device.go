@@ -522,15 +522,8 @@ func (d *Device) serveSession(s *session.Session) {
 	d.mu.Lock()
 	info := d.sessions[s]
 	delete(d.sessions, s)
-	_, paired := d.users[s.PeerID()]
 	d.mu.Unlock()
-	if paired && d.st != nil {
-		err := d.st.touch(s.PeerID(), time.Now())
-		d.touched(err)
-		if err == nil {
-			d.saveRevocations() // the state directory may be writable again
-		}
-	}
+	d.seen(s.PeerID(), time.Now())
 	d.agent.LogClosed(log, s,
 		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)
 }
@@ -546,6 +539,28 @@ func (d *Device) removedFromRelay() {
 	d.log.Warn("the relay's operator removed this device: ending its sessions", "sessions", len(victims))
 	for _, s := range victims {
 		s.Close(session.CloseRemoved, "the device was removed from its relay by the relay's operator")
+	}
+}
+
+// seen records that the paired user client was last seen at t: in
+// memory, where the admin API reads it, and in the store, where it
+// outlives a restart. The record in memory is set even when the store
+// cannot be written, so that the listing never lags the sessions.
+func (d *Device) seen(client identity.ID, t time.Time) {
+	d.mu.Lock()
+	u, paired := d.users[client]
+	if paired {
+		u.LastSeen = t.UTC()
+		d.users[client] = u
+	}
+	d.mu.Unlock()
+	if !paired || d.st == nil {
+		return
+	}
+	err := d.st.touch(client, t)
+	d.touched(err)
+	if err == nil {
+		d.saveRevocations() // the state directory may be writable again
 	}
 }
 

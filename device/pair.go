@@ -285,7 +285,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	// A revocation of this client waiting to be saved must not delete the
 	// new pairing: pairing again overrides it.
 	d.revokeMu.Lock()
-	u, err := d.st.redeem(inv.Verifier, client, now)
+	r, err := d.st.redeem(inv.Verifier, client, now)
 	if err == nil {
 		d.mu.Lock()
 		delete(d.unsaved, client)
@@ -315,15 +315,50 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	d.mu.Lock()
 	delete(d.invites, inv.Verifier)
 	delete(d.guards.invites, req.Invite)
-	d.users[client] = u
+	d.users[client] = r.User
 	d.mu.Unlock()
 	d.agent.Paths().AccessChanged()
-	svcs := slices.DeleteFunc(slices.Clone(d.cfg.Roles[u.Role]), func(s string) bool { return s == AllServices })
-	if slices.Contains(d.cfg.Roles[u.Role], AllServices) {
+	svcs := slices.DeleteFunc(slices.Clone(d.cfg.Roles[r.Role]), func(s string) bool { return s == AllServices })
+	if slices.Contains(d.cfg.Roles[r.Role], AllServices) {
 		svcs = slices.Sorted(maps.Keys(d.cfg.Services))
 	}
-	log.Info("client paired", "name", u.Name, "role", u.Role)
-	in.Answer(session.Reply{Code: session.CodeOK, Detail: u.Role, Allowed: svcs})
+	logPaired(log, r)
+	info := session.PairInfo{User: r.Name, Asked: r.Asked}
+	if r.Was != nil {
+		info.WasRole, info.WasName = r.Was.Role, r.Was.Name
+	}
+	in.AnswerPair(session.Reply{Code: session.CodeOK, Detail: r.Role, Allowed: svcs}, info)
+}
+
+// logPaired logs a pairing, saying what it changed: a client paired
+// already may have got another role or name, and a name the invite asked
+// for may have been another user's.
+func logPaired(log *slog.Logger, r redeemed) {
+	args := []any{"name", r.Name, "role", r.Role}
+	var changes []string
+	if r.Was != nil {
+		args = append(args, "was_name", r.Was.Name, "was_role", r.Was.Role)
+		if r.Was.Role != r.Role {
+			changes = append(changes, fmt.Sprintf("its role changed from %s to %s", r.Was.Role, r.Role))
+		}
+		if r.Was.Name != r.Name {
+			changes = append(changes, fmt.Sprintf("renamed from %s to %s", r.Was.Name, r.Name))
+		}
+	}
+	if r.Asked != "" {
+		args = append(args, "asked_name", r.Asked)
+		changes = append(changes, fmt.Sprintf("the name %s the invite asked for is another user's, so it is %s", r.Asked, r.Name))
+	}
+	switch {
+	case len(changes) > 0 && r.Was != nil:
+		log.Warn("client paired again: "+strings.Join(changes, "; "), args...)
+	case len(changes) > 0:
+		log.Warn("client paired: "+strings.Join(changes, "; "), args...)
+	case r.Was != nil:
+		log.Info("client paired again: nothing changed", args...)
+	default:
+		log.Info("client paired", args...)
+	}
 }
 
 // inviteLocked returns the pending invite whose relay token is token.

@@ -292,11 +292,23 @@ var (
 	ErrInviteExpired = errors.New("invite expired")
 )
 
+// A redeemed invite: the user it made, and what that changed.
+type redeemed struct {
+	User
+	// Was is the client's record before, if it was paired already: its
+	// role and name may have changed.
+	Was *User
+	// Asked is the name the invite asked for, if another user had it and
+	// User.Name is that name with a suffix; "" otherwise.
+	Asked string
+}
+
 // redeem spends the invite with verifier on client, in one transaction:
 // the invite is gone and the user is there, or neither changed. A user
-// name already taken gets a suffix.
-func (st *store) redeem(verifier [32]byte, client identity.ID, now time.Time) (User, error) {
-	var u User
+// name already taken gets a suffix. A client paired already keeps its
+// name, unless the invite names another; it gets the invite's role.
+func (st *store) redeem(verifier [32]byte, client identity.ID, now time.Time) (redeemed, error) {
+	var r redeemed
 	err := st.update(func(tx *bolt.Tx) error {
 		ib, ub := tx.Bucket(bucketInvites), tx.Bucket(bucketUsers)
 		v := ib.Get(verifier[:])
@@ -313,7 +325,16 @@ func (st *store) redeem(verifier [32]byte, client identity.ID, now time.Time) (U
 		if err := ib.Delete(verifier[:]); err != nil {
 			return err
 		}
+		if v := ub.Get(client[:]); v != nil {
+			var was User
+			if json.Unmarshal(v, &was) == nil {
+				r.Was = &was
+			}
+		}
 		base := in.Name
+		if base == "" && r.Was != nil {
+			base = r.Was.Name
+		}
 		if base == "" {
 			base = "user-" + client.Short()
 		}
@@ -332,11 +353,17 @@ func (st *store) redeem(verifier [32]byte, client identity.ID, now time.Time) (U
 		for i := 2; taken(name); i++ {
 			name = fmt.Sprintf("%s-%d", base, i)
 		}
-		u = User{ID: client, Name: name, Role: in.Role, Paired: now.UTC()}
-		rec, _ := json.Marshal(u)
+		if name != base && base == in.Name {
+			r.Asked = base
+		}
+		r.User = User{ID: client, Name: name, Role: in.Role, Paired: now.UTC()}
+		rec, _ := json.Marshal(r.User)
 		return ub.Put(client[:], rec)
 	})
-	return u, err
+	if err != nil {
+		return redeemed{}, err
+	}
+	return r, nil
 }
 
 // revoke removes the paired user id.

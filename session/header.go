@@ -20,6 +20,8 @@ import (
 //	reply:   code u8, detailLen u16, detail [detailLen],
 //	         count u8, count × (nameLen u8, name [nameLen])  (services the
 //	         client may use, sent with CodeUnknownService)
+//	         after an ok reply to a pair request: the pair info
+//	         ([PairInfo], pair.go)
 //
 // Extensions:
 //

@@ -480,6 +480,12 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 			"--ttl 0s: want a duration of more than 0"},
 		{"token expired before it is made", false, "", []string{"relay", "token", "create", "--data", filepath.Join(dir, "r5"), "--ttl", "-1h"},
 			"--ttl -1h0m0s: want a duration of more than 0"},
+		{"invite that never expires", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "0"},
+			"--ttl 0s: want a duration of more than 0 and at most 168h0m0s"},
+		{"invite expired before it is made", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "-1m"},
+			"--ttl -1m0s: want a duration of more than 0"},
+		{"invite past a week", false, "", []string{"device", "invite", "--config", filepath.Join(dir, "none.yaml"), "--ttl", "169h"},
+			"--ttl 169h0m0s: want a duration of more than 0 and at most 168h0m0s"},
 		{"relay giving clients every file", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r6"),
 			"--open", "--max-clients", "100000000"}, "would leave devices less than half of the"},
 	}
@@ -574,15 +580,15 @@ func TestBinaryPairing(t *testing.T) {
 		io.WriteString(w, "camera stream")
 	}))
 
-	// An enrollment token made before the relay runs (on its store), one
-	// while it runs (through its admin socket).
+	// An enrollment token made before the relay runs (on its store, which
+	// relay id makes), one while it runs (through its admin socket).
+	relayIDOut, _, _ := run(t, "relay", "id", "--data", relayData)
+	relayID := strings.TrimSpace(relayIDOut)
 	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(tokenOut)
-	relayIDOut, _, _ := run(t, "relay", "id", "--data", relayData)
-	relayID := strings.TrimSpace(relayIDOut)
 	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	relayAddr := m[1]
@@ -629,6 +635,16 @@ func TestBinaryPairing(t *testing.T) {
 	}
 	if _, _, stderr, err := runPair(t, invite+"\n", "--name", "again", "--home", home); err == nil || !strings.Contains(stderr, "already used") {
 		t.Fatalf("second pair with the same invite: %q %v", stderr, err)
+	}
+	// Paired again, through an invite that names no one: the client keeps
+	// its name and role, and is told so.
+	again, _, err := run(t, "device", "invite", "--config", cfg, "--role", "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, stderr, err = runPair(t, again, "--name", "cam1", "--home", home)
+	if err != nil || !strings.Contains(out, "\nnote: you were paired with this device already, as viewer: nothing changed\n") {
+		t.Fatalf("pair again: %q %q %v", out, stderr, err)
 	}
 	out, _, err = run(t, "devices", "--home", home)
 	if err != nil || !strings.Contains(out, "cam1") || !strings.Contains(out, devID) {

@@ -54,14 +54,20 @@ also drawn as a QR code; otherwise it is printed alone on one line.
 
 Give it to the person who should get access; they run "burrow pair" and
 paste it.
-The invite carries a one-time secret: treat it like a password until used.`,
+The invite carries a one-time secret: treat it like a password until used.
+
+--ttl is more than 0 and at most 168h (a week): no invite lasts forever,
+and 0 is refused, as it is by "burrow relay token create".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if inv.ttl <= 0 || inv.ttl > device.MaxInviteTTL {
+				return usageError(cmd, "--ttl %v: want a duration of more than 0 and at most %v (an invite that lasts a week: --ttl 168h)", inv.ttl, device.MaxInviteTTL)
+			}
 			return runDeviceInvite(cmd, g, o, inv)
 		},
 	}
 	cmd.Flags().StringVar(&inv.role, "role", "", "role the new client gets (from roles in the config; needed if there are several)")
-	cmd.Flags().DurationVar(&inv.ttl, "ttl", device.DefaultInviteTTL, "how long the invite stays valid (at most 168h)")
+	cmd.Flags().DurationVar(&inv.ttl, "ttl", device.DefaultInviteTTL, "how long the invite stays valid (more than 0, at most 168h)")
 	cmd.Flags().StringVar(&inv.name, "name", "", "the new user's name on this device (default: user-<ID>)")
 	return cmd
 }
@@ -73,10 +79,7 @@ func runDeviceInvite(cmd *cobra.Command, g *globals, o *deviceOptions, inv *invi
 	if err != nil {
 		return err
 	}
-	req := device.InviteRequest{Role: inv.role, Name: inv.name}
-	if inv.ttl != 0 {
-		req.TTL = inv.ttl.String()
-	}
+	req := device.InviteRequest{Role: inv.role, Name: inv.name, TTL: inv.ttl.String()}
 	ans, err := a.Invite(cmd.Context(), req)
 	if err != nil {
 		return o.notRunning(err)

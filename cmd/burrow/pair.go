@@ -112,6 +112,9 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 		return fmt.Errorf("paired, but saving the device failed: %w", err)
 	}
 	fmt.Fprintf(g.stdout, "paired with %s as %s (role %s; services: %s)\n", name, inv.Device.Short(), p.Role, strings.Join(p.Services, ", "))
+	for _, note := range p.Notes() {
+		fmt.Fprintf(g.stdout, "note: %s\n", note)
+	}
 	if len(p.Services) > 0 {
 		fmt.Fprintf(g.stdout, "try: burrow connect %s %s\n", name, p.Services[0])
 	}

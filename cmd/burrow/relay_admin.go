@@ -99,7 +99,11 @@ func newRelayTokenCreateCmd(g *globals, dataDir *string) *cobra.Command {
 		Long: `Print a new enrollment token. A device whose configuration carries it
 (enroll_token) is enrolled the first time it attaches, and needs no token
 afterwards. The token works for --uses devices, until --ttl has passed.
-The relay keeps only a hash of it.`,
+The relay keeps only a hash of it.
+
+--ttl is more than 0: no token lasts forever, and 0 is refused, as it is
+by "burrow device invite". A token for a production line can last long:
+--ttl 8760h is a year.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ttl <= 0 {
@@ -123,7 +127,7 @@ The relay keeps only a hash of it.`,
 		},
 	}
 	cmd.Flags().IntVar(&uses, "uses", 1, "how many devices may enroll with it")
-	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (more than 0)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long it stays valid (more than 0; a year: 8760h)")
 	return cmd
 }
 

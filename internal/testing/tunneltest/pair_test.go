@@ -329,21 +329,21 @@ func TestPairingBruteForce(t *testing.T) {
 	token := inv.Secret.RelayToken()
 	// A request that names no invite is refused, the right secret
 	// included: no invite would count its failures.
-	_, err = rawSession(t, r, NewIdentity(t), d, &inv).Pair(ctx10(t), [32]byte{}, inv.Secret[:])
+	_, _, err = rawSession(t, r, NewIdentity(t), d, &inv).Pair(ctx10(t), [32]byte{}, inv.Secret[:])
 	if refused, ok := errors.AsType[*session.RefusedError](err); !ok || refused.Code != session.CodeBadRequest || !strings.Contains(err.Error(), "names no invite") {
 		t.Fatalf("a request naming no invite: err = %v", err)
 	}
 	for i := range 5 {
 		s := rawSession(t, r, NewIdentity(t), d, &inv)
 		wrong := pairing.NewSecret()
-		_, err := s.Pair(ctx10(t), token, wrong[:])
+		_, _, err := s.Pair(ctx10(t), token, wrong[:])
 		if !errors.Is(err, session.ErrNotAuthorized) {
 			t.Fatalf("wrong secret %d: err = %v", i+1, err)
 		}
 	}
 	start := time.Now()
 	s := rawSession(t, r, NewIdentity(t), d, &inv)
-	_, err = s.Pair(ctx10(t), token, inv.Secret[:])
+	_, _, err = s.Pair(ctx10(t), token, inv.Secret[:])
 	if !errors.Is(err, session.ErrRateLimited) || !strings.Contains(err.Error(), "wrong secrets for this invite; try again in") {
 		t.Fatalf("sixth attempt: err = %v, want a refusal without a check", err)
 	}
@@ -354,7 +354,7 @@ func TestPairingBruteForce(t *testing.T) {
 		t.Fatalf("another invite while the first is locked: %v", err)
 	}
 	time.Sleep(10*time.Second - time.Since(start) + 100*time.Millisecond)
-	if _, err := s.Pair(ctx10(t), token, inv.Secret[:]); err != nil {
+	if _, _, err := s.Pair(ctx10(t), token, inv.Secret[:]); err != nil {
 		t.Fatalf("right secret after the lock: %v", err)
 	}
 }
