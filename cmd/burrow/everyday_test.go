@@ -1,14 +1,81 @@
 package main
 
 import (
+	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
+
+// runFor runs burrow with args for at most d and returns its outputs; a
+// command still running then is killed (err says so).
+func runFor(t *testing.T, d time.Duration, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// pairedHome pairs a new client home with a device whose viewer role
+// grants http only, and returns the home.
+func pairedHome(t *testing.T) string {
+	t.Helper()
+	invite := pairingDevice(t)
+	home := filepath.Join(t.TempDir(), "home")
+	if _, out, stderr, err := runPair(t, invite()+"\n", "--name", "cam1", "--home", home); err != nil || !strings.Contains(out, "paired with cam1") {
+		t.Fatalf("pair: %q %q %v", out, stderr, err)
+	}
+	return home
+}
+
+// TestBinaryConnectChecksPairing: connect refuses at once, with a hint, a
+// service the pairing does not grant, instead of listening and then
+// resetting every connection; a bare --listen port is loopback.
+func TestBinaryConnectChecksPairing(t *testing.T) {
+	home := pairedHome(t)
+	for _, tc := range []struct {
+		service string
+		want    []string
+	}{
+		{"rtsp", []string{`service "rtsp" is not granted`, "role viewer", "grants http"}},
+		{"htpp", []string{`unknown service "htpp"`, `did you mean "http"?`, ": http"}},
+	} {
+		_, stderr, err := runFor(t, 10*time.Second, "connect", "cam1", tc.service, "--home", home, "--no-direct")
+		if err == nil || !strings.Contains(stderr, "burrow: ") {
+			t.Errorf("connect cam1 %s: %q %v, want it to fail at once", tc.service, stderr, err)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("connect cam1 %s: %q, want it to say %q", tc.service, stderr, w)
+			}
+		}
+	}
+
+	// A bare port listens on loopback only.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	conn := start(t, "connect", "connect", "cam1", "http", "--listen", port, "--home", home, "--no-direct")
+	conn.waitFor(regexp.MustCompile(`^listening on 127\.0\.0\.1:`+port+`$`), 0, 10*time.Second)
+	if body, err := get(t, "127.0.0.1:"+port); err != nil || body != "camera admin page" {
+		t.Fatalf("through the tunnel: %q, %v", body, err)
+	}
+}
 
 // TestBinaryAdminOtherUser: an admin command run by a user who may not
 // open the relay's admin socket says who may, not only "permission

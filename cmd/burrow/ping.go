@@ -69,7 +69,7 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 		return err
 	}
 	home := client.Home{Dir: dir}
-	f, err := resolveForward(home, dev, "ping", "", o.rf)
+	f, err := resolveForward(home, dev, "", "", o.rf)
 	if err != nil {
 		return err
 	}
