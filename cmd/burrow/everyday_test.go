@@ -77,6 +77,34 @@ func TestBinaryConnectChecksPairing(t *testing.T) {
 	}
 }
 
+// TestBinaryPingPairOutput: ping and pair print their results on stdout
+// and nothing else; by default their stderr holds no info log lines
+// (--log-level brings them back).
+func TestBinaryPingPairOutput(t *testing.T) {
+	invite := pairingDevice(t)
+	home := filepath.Join(t.TempDir(), "home")
+	_, out, stderr, err := runPair(t, invite()+"\n", "--name", "cam1", "--home", home)
+	if err != nil || !regexp.MustCompile(`^paired with cam1 as \S+ \(role viewer; services: http\)\ntry: burrow connect cam1 http\n$`).MatchString(out) {
+		t.Fatalf("pair: stdout %q, stderr %q, %v", out, stderr, err)
+	}
+	if stderr != "" {
+		t.Errorf("pair: stderr %q, want nothing", stderr)
+	}
+
+	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "2", "--interval", "100ms")
+	re := regexp.MustCompile(`^PING cam1 \(\S+\) via relay \S+\n(seq=\d rtt=\d+\.\d{3}ms path=relay\n){2}--- cam1: 2 sent, 2 answered, rtt min/avg/max \S+/\S+/\S+\n$`)
+	if err != nil || !re.MatchString(out) {
+		t.Fatalf("ping: stdout %q, stderr %q, %v", out, stderr, err)
+	}
+	if stderr != "" {
+		t.Errorf("ping: stderr %q, want nothing", stderr)
+	}
+	_, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "1", "--log-level", "info")
+	if err != nil || !strings.Contains(stderr, "level=INFO") {
+		t.Errorf("ping --log-level info: stderr %q, %v: want its info lines", stderr, err)
+	}
+}
+
 // TestBinaryAdminOtherUser: an admin command run by a user who may not
 // open the relay's admin socket says who may, not only "permission
 // denied". It runs the command as nobody (uid 65534), so it needs root.

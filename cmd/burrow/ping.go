@@ -60,7 +60,7 @@ to a direct path when one works.`,
 
 // runPing opens a session with dev and pings it (see ping).
 func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
-	log, err := g.logger()
+	log, err := g.quietLogger()
 	if err != nil {
 		return err
 	}
