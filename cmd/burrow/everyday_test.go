@@ -105,6 +105,39 @@ func TestBinaryPingPairOutput(t *testing.T) {
 	}
 }
 
+// TestBinaryPingRelayDown: a ping through a relay that is down, or that
+// proves another key, says so, not only that the time ran out.
+func TestBinaryPingRelayDown(t *testing.T) {
+	dir := t.TempDir()
+	idOut, _, err := run(t, "id", "--identity", filepath.Join(dir, "x.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(idOut)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := ln.Addr().String()
+	ln.Close()
+	_, stderr, err := runFor(t, 20*time.Second, "ping", id, "--relay", down, "--relay-id", id,
+		"--home", filepath.Join(dir, "home"), "--count", "1", "--timeout", "2s")
+	if err == nil || !strings.Contains(stderr, "not attached to relay "+down) || !strings.Contains(stderr, "connection refused") ||
+		strings.Contains(stderr, "deadline exceeded") {
+		t.Fatalf("ping with the relay down: %q %v, want the refused connection", stderr, err)
+	}
+
+	// A relay that proves another key than the one pinned.
+	relayData := filepath.Join(dir, "relay")
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData, "--open", "--no-udp")
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	_, stderr, err = runFor(t, 20*time.Second, "ping", id, "--relay", m[1], "--relay-id", id,
+		"--home", filepath.Join(dir, "home"), "--count", "1", "--timeout", "5s")
+	if err == nil || !strings.Contains(stderr, "burrow: no answer from "+id+": relay TLS handshake: key mismatch") {
+		t.Fatalf("ping through an untrusted relay: %q %v, want the key mismatch", stderr, err)
+	}
+}
+
 // TestBinaryAdminOtherUser: an admin command run by a user who may not
 // open the relay's admin socket says who may, not only "permission
 // denied". It runs the command as nobody (uid 65534), so it needs root.
