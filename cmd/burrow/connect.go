@@ -68,6 +68,11 @@ Once it is ready to accept, connect prints one line on stdout per forward:
 
   listening on 127.0.0.1:41234
 
+A bare port (--listen 8554) listens on loopback (127.0.0.1:8554); to
+accept connections from other machines, name an address (0.0.0.0:8554).
+A paired device's services are checked against the pairing before
+anything listens: a service the pairing does not grant is refused at once.
+
 With --config, one process serves several forwards, each
 "device/service: local address":
 
@@ -102,7 +107,7 @@ direct: false) keeps all traffic on the relay.`,
 	}
 	f := cmd.Flags()
 	o.rf.register(f)
-	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "local address to accept connections on")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:0", "local address to accept connections on (a bare port: 127.0.0.1:PORT)")
 	f.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	f.StringVar(&o.configPath, "config", "", "a file of several forwards (YAML)")
 	f.BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
@@ -185,12 +190,16 @@ func (rf *relayFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&rf.ca, "relay-ca", false, "trust the relay's CA-signed certificate (system roots) instead of pinning its ID")
 }
 
-// resolveForward finds the device and relay of one forward.
+// resolveForward finds the device and relay of one forward. A device this
+// client paired with must grant service (see checkGranted); service ""
+// (a ping) names none.
 func resolveForward(home client.Home, dev, service, listen string, rf relayFlags) (forward, error) {
-	if err := session.ValidService(service); err != nil {
-		return forward{}, err
+	if service != "" {
+		if err := session.ValidService(service); err != nil {
+			return forward{}, err
+		}
 	}
-	f := forward{name: dev, service: service, listen: listen}
+	f := forward{name: dev, service: service, listen: loopbackPort(listen)}
 	if rf.addr == "" {
 		if rf.id != "" || rf.ca {
 			return forward{}, errors.New("--relay-id and --relay-ca go with --relay")
@@ -201,6 +210,11 @@ func resolveForward(home client.Home, dev, service, listen string, rf relayFlags
 				return forward{}, fmt.Errorf("device %s is not one this client paired with: pass --relay and --relay-id, or pair first", dev)
 			}
 			return forward{}, err
+		}
+		if service != "" {
+			if err := checkGranted(kd, service); err != nil {
+				return forward{}, err
+			}
 		}
 		f.device, f.relay = kd.ID, relaylink.RelayConfig{Addr: kd.Relay, ID: kd.RelayID}
 		return f, nil

@@ -29,12 +29,25 @@ func (o *deviceOptions) admin(cmd *cobra.Command) (*device.AdminClient, error) {
 	return device.NewAdminClient(ds.adminSocket), nil
 }
 
-// notRunning explains an admin call that failed because no agent runs.
+// notRunning explains an admin call that failed because no agent runs,
+// or because this user may not use its admin socket.
 func (o *deviceOptions) notRunning(err error) error {
 	if errors.Is(err, adminsock.ErrNotRunning) {
 		return fmt.Errorf("the device agent is not running (start it with burrow device --config %s): %w", o.configPath, err)
 	}
-	return err
+	return adminDenied(err, "device agent")
+}
+
+// adminDenied explains an admin call that failed because this user may
+// not open the admin socket of agent ("relay", "device agent"): who may.
+// Any other error is returned as it is.
+func adminDenied(err error, agent string) error {
+	pe, ok := errors.AsType[*adminsock.PermissionError](err)
+	if !ok {
+		return err
+	}
+	return fmt.Errorf("permission denied on the %s's admin socket %s: run this as the %s's user (%s) or as root",
+		agent, pe.Path, agent, pe.Who())
 }
 
 // inviteOptions are the flags of "burrow device invite".

@@ -175,10 +175,11 @@ func agentProcs() {
 
 // globals are the flags every command shares.
 type globals struct {
-	logLevel string
-	home     string // --home; see homeDir
-	stdout   io.Writer
-	stderr   io.Writer
+	logLevel    string
+	logLevelSet func() bool // reports whether --log-level was given
+	home        string      // --home; see homeDir
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 // homeDir is the client's home: --home, else BURROW_HOME, else burrow/
@@ -212,6 +213,17 @@ func (g *globals) logger() (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level})), nil
 }
 
+// quietLogger is the logger of a command that prints its own result and
+// ends (ping, pair): warnings and errors only, unless --log-level asks for
+// more. Its info lines (attached, session path, …) would only be noise
+// between the lines the user ran it for.
+func (g *globals) quietLogger() (*slog.Logger, error) {
+	if !g.logLevelSet() {
+		return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), nil
+	}
+	return g.logger()
+}
+
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
@@ -230,7 +242,9 @@ Start with "burrow demo" to see all three roles work on this machine.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log detail: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log detail: debug, info, warn or error (ping and pair: warn)")
+	logFlag := root.PersistentFlags().Lookup("log-level")
+	g.logLevelSet = func() bool { return logFlag.Changed }
 	root.PersistentFlags().StringVar(&g.home, "home", "", "the client's directory: identity and known devices (default: $BURROW_HOME, or burrow/ in the user's config directory)")
 	root.AddCommand(
 		newIDCmd(g),

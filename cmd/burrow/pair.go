@@ -59,7 +59,7 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 // else standard input) and saves it in the client's home as name (default:
 // the name the device gave itself, else its short ID).
 func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, args []string) error {
-	log, err := g.logger()
+	log, err := g.quietLogger()
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ to a direct path when one works.`,
 	fl := cmd.Flags()
 	fl.IntVarP(&o.count, "count", "c", 5, "how many pings")
 	fl.DurationVarP(&o.interval, "interval", "i", time.Second, "time between pings")
-	fl.DurationVar(&o.timeout, "timeout", 15*time.Second, "how long to wait for each answer (the first includes opening the session)")
+	fl.DurationVar(&o.timeout, "timeout", 15*time.Second, "how long to wait for the relay, and for each answer (the first includes opening the session)")
 	o.rf.register(fl)
 	fl.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	fl.BoolVar(&o.noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
@@ -60,7 +60,7 @@ to a direct path when one works.`,
 
 // runPing opens a session with dev and pings it (see ping).
 func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
-	log, err := g.logger()
+	log, err := g.quietLogger()
 	if err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 		return err
 	}
 	home := client.Home{Dir: dir}
-	f, err := resolveForward(home, dev, "ping", "", o.rf)
+	f, err := resolveForward(home, dev, "", "", o.rf)
 	if err != nil {
 		return err
 	}
@@ -89,6 +89,17 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 // ping pings f's device count times and prints each answer and a summary.
 func ping(ctx context.Context, g *globals, c *client.Client, f forward, count int, interval, timeout time.Duration) error {
 	fmt.Fprintf(g.stdout, "PING %s (%s) via relay %s\n", f.name, f.device.Short(), f.relay.Addr)
+	// Without the relay no ping can be answered: wait for it first, so
+	// that a relay that is down or untrusted is reported as such.
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	err := c.WaitAttached(actx)
+	cancel()
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("no answer from %s: %w", f.name, err)
+	}
 	var (
 		answered         int
 		sum, least, most time.Duration
@@ -109,6 +120,7 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, count in
 			break
 		}
 		if err != nil {
+			err = pingCause(c, f, err)
 			lastErr = err
 			if errors.Is(err, context.DeadlineExceeded) {
 				fmt.Fprintf(g.stdout, "seq=%d no answer within %s\n", seq, timeout)
@@ -134,6 +146,17 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, count in
 		return fmt.Errorf("no answer from %s: %w", f.name, lastErr)
 	}
 	return nil
+}
+
+// pingCause explains a ping that failed: while the client is not attached
+// to the relay, the relay's last attach error (refused, untrusted, …) is
+// the cause, not the ping's timeout.
+func pingCause(c *client.Client, f forward, err error) error {
+	st := c.RelayStatus()
+	if st.Attached || st.LastError == nil {
+		return err
+	}
+	return fmt.Errorf("not attached to relay %s: %w", f.relay.Addr, st.LastError)
 }
 
 // fmtRTT prints a round trip in milliseconds with three decimals.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -60,12 +61,16 @@ func withRelayState(ctx context.Context, dataDir string, online func(*relay.Admi
 	}
 	// A mistyped directory must not become a new, empty relay state:
 	// tokens made there would enroll no device at the running relay.
-	if fi, err := os.Stat(dataDir); err != nil || !fi.IsDir() {
+	fi, err := os.Stat(dataDir)
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("permission denied on the relay's data directory %s (%w): run this as the relay's user or as root", dataDir, err)
+	}
+	if err != nil || !fi.IsDir() {
 		return fmt.Errorf("data directory %s does not exist: give the --data of your relay (burrow relay --data DIR, or burrow relay id --data DIR, creates one)", dataDir)
 	}
-	err := online(relay.NewAdminClient(filepath.Join(dataDir, relayAdminsFile)))
+	err = online(relay.NewAdminClient(filepath.Join(dataDir, relayAdminsFile)))
 	if !errors.Is(err, adminsock.ErrNotRunning) {
-		return err
+		return adminDenied(err, "relay")
 	}
 	if err := fileperm.CheckDir(dataDir, "data directory"); err != nil {
 		return err

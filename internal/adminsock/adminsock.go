@@ -76,6 +76,29 @@ func (e *Error) Error() string { return e.Message }
 // ErrNotRunning is returned by a Client when nothing answers on the socket.
 var ErrNotRunning = errors.New("not running")
 
+// A PermissionError reports that this user may not open the socket: only
+// the user the agent runs as, and root, may (see [Listen]).
+type PermissionError struct {
+	Path  string // the socket
+	Owner string // who owns it, as "user alice (uid 1000)"; "" if unknown
+	Err   error  // the error of the connect
+}
+
+func (e *PermissionError) Error() string {
+	return fmt.Sprintf("permission denied on the admin socket %s: run this as %s or as root", e.Path, e.Who())
+}
+
+// Who names who may open the socket besides root: its owner, or "the user
+// the agent runs as" if the owner is unknown.
+func (e *PermissionError) Who() string {
+	if e.Owner == "" {
+		return "the user the agent runs as"
+	}
+	return e.Owner
+}
+
+func (e *PermissionError) Unwrap() error { return e.Err }
+
 // A Client calls the API on one socket.
 type Client struct {
 	Path string
@@ -110,6 +133,10 @@ func (c *Client) Call(ctx context.Context, method, path string, in, out any) err
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w (no one answers on %s)", ErrNotRunning, c.Path)
+		}
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			owner, _ := fileperm.OwnerName(c.Path)
+			return &PermissionError{Path: c.Path, Owner: owner, Err: err}
 		}
 		return err
 	}

@@ -194,6 +194,28 @@ func unixMode(fi fs.FileInfo) uint32 {
 	return m
 }
 
+// OwnerName names the user who owns path for a message, as "user alice
+// (uid 1000)", or returns false if this system has no Unix owners or path
+// cannot be examined. A path that cannot be reached (its directory is
+// closed to this user) is named by the owner of the nearest directory
+// above it that can be examined: that is who holds it.
+func OwnerName(path string) (string, bool) {
+	for p := path; ; {
+		if fi, err := os.Stat(p); err == nil {
+			uid, ok := owner(fi)
+			if !ok {
+				return "", false
+			}
+			return userName(uid), true
+		}
+		up := filepath.Dir(p)
+		if up == p {
+			return "", false
+		}
+		p = up
+	}
+}
+
 // userName names uid for a message: "user alice (uid 1000)".
 func userName(uid int) string {
 	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil && u.Username != "" {
