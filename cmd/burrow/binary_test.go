@@ -723,6 +723,7 @@ func TestBinaryPairing(t *testing.T) {
 func TestBinaryEnrollToken(t *testing.T) {
 	dir := t.TempDir()
 	relayData := filepath.Join(dir, "relay")
+	mustRun(t, "relay", "id", "--data", relayData) // makes the data directory
 	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "5")
 	if err != nil {
 		t.Fatal(err)
