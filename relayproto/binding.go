@@ -74,14 +74,19 @@ func AppendAddrPort(b []byte, ap netip.AddrPort) []byte {
 }
 
 // ParseAddrPort parses an address written by [AppendAddrPort] at the start
-// of b and returns it with the bytes after it.
+// of b and returns it with the bytes after it. An IPv4-mapped address
+// under family 6, which AppendAddrPort never writes, is malformed: every
+// address has one encoding.
 func ParseAddrPort(b []byte) (netip.AddrPort, []byte, error) {
 	var ip netip.Addr
 	switch {
 	case len(b) >= 7 && b[0] == 4:
 		ip, b = netip.AddrFrom4([4]byte(b[1:5])), b[5:]
 	case len(b) >= 19 && b[0] == 6:
-		ip, b = netip.AddrFrom16([16]byte(b[1:17])).Unmap(), b[17:]
+		ip, b = netip.AddrFrom16([16]byte(b[1:17])), b[17:]
+		if ip.Is4In6() {
+			return netip.AddrPort{}, nil, ErrMalformed
+		}
 	default:
 		return netip.AddrPort{}, nil, ErrMalformed
 	}
