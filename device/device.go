@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -195,6 +196,9 @@ func joinSorted(names []string) string {
 // concurrent use.
 type Device struct {
 	cfg Config
+	// pol is what cfg says of services, roles and clients, which Reload
+	// replaces (cfg's own fields keep their first values).
+	pol atomic.Pointer[Policy]
 	log *slog.Logger
 	st  *store // nil without a state directory
 
@@ -253,6 +257,7 @@ func New(cfg Config) (*Device, error) {
 		unsaved:  make(map[identity.ID]User),
 		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
+	d.pol.Store(&Policy{Services: cfg.Services, Roles: cfg.Roles, Clients: cfg.Clients})
 	if cfg.StateDir != "" {
 		if err := d.openState(); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
@@ -429,7 +434,7 @@ func (d *Device) Close() error {
 // access returns the services client may open, and whether the device
 // knows client at all.
 func (d *Device) access(client identity.ID) ([]string, bool) {
-	if svcs, ok := d.cfg.Clients[client]; ok {
+	if svcs, ok := d.policy().Clients[client]; ok {
 		return svcs, true
 	}
 	d.mu.Lock()
@@ -438,7 +443,7 @@ func (d *Device) access(client identity.ID) ([]string, bool) {
 	if !ok {
 		return nil, false
 	}
-	return d.cfg.Roles[u.Role], true
+	return d.policy().Roles[u.Role], true
 }
 
 // accessList is who may reach this device, for the relay: every user, and
@@ -447,9 +452,9 @@ func (d *Device) access(client identity.ID) ([]string, bool) {
 func (d *Device) accessList() ([]identity.ID, [][32]byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	clients := slices.Collect(maps.Keys(d.cfg.Clients))
+	clients := slices.Collect(maps.Keys(d.policy().Clients))
 	for id := range d.users {
-		if _, dup := d.cfg.Clients[id]; !dup {
+		if _, dup := d.policy().Clients[id]; !dup {
 			clients = append(clients, id)
 		}
 	}

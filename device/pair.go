@@ -43,14 +43,14 @@ func (d *Device) Invite(role string, ttl time.Duration, name string) (pairing.In
 		return pairing.Invite{}, ErrNoState
 	}
 	if role == "" {
-		roles := slices.Sorted(maps.Keys(d.cfg.Roles))
+		roles := slices.Sorted(maps.Keys(d.policy().Roles))
 		if len(roles) != 1 {
 			return pairing.Invite{}, fmt.Errorf("%w: choose one with --role (defined: %s)", ErrUnknownRole, strings.Join(roles, ", "))
 		}
 		role = roles[0]
 	}
-	if _, ok := d.cfg.Roles[role]; !ok {
-		return pairing.Invite{}, fmt.Errorf("%w %q (defined in the config file: %s)", ErrUnknownRole, role, joinSorted(slices.Collect(maps.Keys(d.cfg.Roles))))
+	if _, ok := d.policy().Roles[role]; !ok {
+		return pairing.Invite{}, fmt.Errorf("%w %q (defined in the config file: %s)", ErrUnknownRole, role, joinSorted(slices.Collect(maps.Keys(d.policy().Roles))))
 	}
 	if ttl == 0 {
 		ttl = DefaultInviteTTL
@@ -103,7 +103,7 @@ func (d *Device) Users() []User {
 	d.mu.Lock()
 	users := slices.Collect(maps.Values(d.users))
 	d.mu.Unlock()
-	for id, svcs := range d.cfg.Clients {
+	for id, svcs := range d.policy().Clients {
 		users = append(users, User{ID: id, Name: "config-" + id.Short(), Services: svcs, FromConfig: true})
 	}
 	slices.SortFunc(users, func(a, b User) int { return strings.Compare(a.Name, b.Name) })
@@ -134,7 +134,7 @@ func (d *Device) Revoke(nameOrID string) (User, error) {
 	d.mu.Unlock()
 	if !found {
 		if id, err := identity.ParseID(nameOrID); err == nil {
-			if _, ok := d.cfg.Clients[id]; ok {
+			if _, ok := d.policy().Clients[id]; ok {
 				return User{}, fmt.Errorf("%w: remove it from clients there", ErrConfigUser)
 			}
 		}
@@ -154,7 +154,7 @@ func (d *Device) Revoke(nameOrID string) (User, error) {
 	}
 	d.mu.Unlock()
 	d.agent.Paths().AccessChanged()
-	if _, still := d.cfg.Clients[u.ID]; !still {
+	if _, still := d.policy().Clients[u.ID]; !still {
 		d.closeSessionsOf(u.ID, session.CloseRevoked, "access revoked by the device owner")
 	}
 	if unwritable {
@@ -318,9 +318,9 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	d.users[client] = r.User
 	d.mu.Unlock()
 	d.agent.Paths().AccessChanged()
-	svcs := slices.DeleteFunc(slices.Clone(d.cfg.Roles[r.Role]), func(s string) bool { return s == AllServices })
-	if slices.Contains(d.cfg.Roles[r.Role], AllServices) {
-		svcs = slices.Sorted(maps.Keys(d.cfg.Services))
+	svcs := slices.DeleteFunc(slices.Clone(d.policy().Roles[r.Role]), func(s string) bool { return s == AllServices })
+	if slices.Contains(d.policy().Roles[r.Role], AllServices) {
+		svcs = slices.Sorted(maps.Keys(d.policy().Services))
 	}
 	logPaired(log, r)
 	info := session.PairInfo{User: r.Name, Asked: r.Asked}

@@ -27,11 +27,11 @@ func (d *Device) authorize(client identity.ID, service string) (string, *session
 		return "", &session.Reply{Code: session.CodeNotAuthorized, Detail: "unknown client"}
 	}
 	all := slices.Contains(svcs, AllServices)
-	addr, defined := d.cfg.Services[service]
+	addr, defined := d.policy().Services[service]
 	if !defined {
 		allowed := svcs
 		if all {
-			allowed = slices.Collect(maps.Keys(d.cfg.Services))
+			allowed = slices.Collect(maps.Keys(d.policy().Services))
 		}
 		allowed = slices.DeleteFunc(slices.Clone(allowed), func(s string) bool { return s == AllServices })
 		slices.Sort(allowed)

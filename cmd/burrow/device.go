@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -89,6 +92,10 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	if err != nil {
 		return err
 	}
+	// From the start: SIGHUP's default would end the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	ds, err := readDeviceConfig(o.configPath)
 	if err != nil {
 		return err
@@ -122,9 +129,15 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	if err := waitDeviceAttached(cmd.Context(), d); err != nil {
 		return err
 	}
-	<-cmd.Context().Done()
-	log.Info("device stopping")
-	return nil
+	for {
+		select {
+		case <-hup:
+			reloadDevice(o.configPath, cfg, d, log)
+		case <-cmd.Context().Done():
+			log.Info("device stopping")
+			return nil
+		}
+	}
 }
 
 // waitDeviceAttached waits up to 15s for d to attach to its relay. A

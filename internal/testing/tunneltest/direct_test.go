@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -261,5 +262,44 @@ func TestRemovalEndsDirectSessions(t *testing.T) {
 	}
 	if n := len(d.Status().Sessions); n != 0 {
 		t.Fatalf("the device still has %d sessions after its removal", n)
+	}
+}
+
+// TestReloadClosesRemovedClients: a device's configuration reloaded
+// without a client ends that client's session, and its new tunnels are
+// refused; a service added is served.
+func TestReloadClosesRemovedClients(t *testing.T) {
+	r := StartRelay(t)
+	echo := StartServer(t, Echo).Addr
+	cid := NewIdentity(t)
+	d := StartDevice(t, r, device.Config{
+		Services: map[string]string{"echo": echo},
+		Clients:  map[identity.ID][]string{cid.ID(): {"echo"}},
+	})
+	c := StartClient(t, r, cid)
+	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
+		t.Fatal(err)
+	}
+	other := NewIdentity(t)
+	changed, err := d.Reload(device.Policy{
+		Services: map[string]string{"echo": echo, "echo2": echo},
+		Clients:  map[identity.ID][]string{other.ID(): {"echo2"}},
+	})
+	if err != nil || !slices.Equal(changed, []string{"services", "clients"}) {
+		t.Fatalf("reload: %v, %v", changed, err)
+	}
+	for start := time.Now(); len(d.Status().Sessions) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the removed client's session is still open 5s after the reload")
+		}
+	}
+	if err := echoOnce(t, c, d.ID(), "echo"); err == nil {
+		t.Fatal("a client the reload removed still opens tunnels")
+	}
+	if err := echoOnce(t, StartClient(t, r, other), d.ID(), "echo2"); err != nil {
+		t.Fatalf("a client and service the reload added: %v", err)
+	}
+	if _, err := d.Reload(device.Policy{Services: map[string]string{"echo": echo}, Clients: map[identity.ID][]string{other.ID(): {"nope"}}}); err == nil {
+		t.Fatal("a reload naming an undefined service was taken")
 	}
 }
