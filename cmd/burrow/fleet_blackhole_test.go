@@ -3,7 +3,6 @@
 package main
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"net"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/burrow-tunnel/burrow/internal/testing/netns"
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
 
 // nsDialer dials from inside a namespace, for NATS.
@@ -109,13 +109,12 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 			}
 			go func() {
 				defer c.Close()
-				writeStream(c, failoverStream)
+				tunneltest.StreamOf(c, streamSeed, failoverStream)
 			}()
 		}
 	}()
-	h := sha256.New()
-	writeStream(h, failoverStream)
-	want := h.Sum(nil)
+	sum := tunneltest.StreamSum(streamSeed, failoverStream)
+	want := sum[:]
 
 	clientKey := filepath.Join(dir, "client.key")
 	clientID := strings.TrimSpace(mustRun(t, "id", "--identity", clientKey))

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,23 +22,12 @@ import (
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
 
-// failoverStream is the size of the stream each kill interrupts.
-const failoverStream = 200 << 20
-
-// writeStream writes n bytes of a fixed pseudo-random stream to w.
-func writeStream(w io.Writer, n int64) error {
-	rng := rand.NewChaCha8([32]byte{42})
-	buf := make([]byte, 64<<10)
-	for n > 0 {
-		k := min(int64(len(buf)), n)
-		rng.Read(buf[:k])
-		if _, err := w.Write(buf[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
-}
+// failoverStream is the size of the stream each kill interrupts, and
+// streamSeed the seed of its bytes (tunneltest.StreamOf).
+const (
+	failoverStream = 200 << 20
+	streamSeed     = 42
+)
 
 // TestBinaryFleetFailover is issue 14's failover, with processes: a stock
 // nats-server, three burrow relays in a fleet, a device whose relay: lists
@@ -92,11 +80,10 @@ func TestBinaryFleetFailover(t *testing.T) {
 
 	src := tunneltest.StartServer(t, func(c *net.TCPConn) {
 		defer c.Close()
-		writeStream(c, failoverStream)
+		tunneltest.StreamOf(c, streamSeed, failoverStream)
 	})
-	h := sha256.New()
-	writeStream(h, failoverStream)
-	want := h.Sum(nil)
+	sum := tunneltest.StreamSum(streamSeed, failoverStream)
+	want := sum[:]
 
 	clientKey := filepath.Join(dir, "client.key")
 	clientID := strings.TrimSpace(mustRun(t, "id", "--identity", clientKey))

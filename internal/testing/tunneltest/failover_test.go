@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"testing"
@@ -16,29 +15,6 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/natstest"
 )
-
-// streamOf writes n bytes of a stream seeded by seed to w: the same bytes
-// for the same seed and n.
-func streamOf(w io.Writer, seed uint64, n int64) error {
-	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
-	buf := make([]byte, 64<<10)
-	for n > 0 {
-		k := min(int64(len(buf)), n)
-		rng.Read(buf[:k])
-		if _, err := w.Write(buf[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
-}
-
-// streamSum is the SHA-256 of streamOf(seed, n).
-func streamSum(seed uint64, n int64) [32]byte {
-	h := sha256.New()
-	streamOf(h, seed, n)
-	return [32]byte(h.Sum(nil))
-}
 
 // A watchedReader reads a stream into a hash, noting the longest time
 // between two reads.
@@ -112,7 +88,7 @@ func testFailover(t *testing.T, sameRelay, blackhole bool, size int64) {
 	const seed = 7
 	src := StartServer(t, func(c *net.TCPConn) {
 		defer c.Close()
-		streamOf(c, seed, size)
+		StreamOf(c, seed, size)
 	})
 	d := StartDevice(t, f.Relays[bi], device.Config{
 		Identity: did,
@@ -127,7 +103,7 @@ func testFailover(t *testing.T, sameRelay, blackhole bool, size int64) {
 		t.Fatal(err)
 	}
 	defer tun.Close()
-	want := streamSum(seed, size)
+	want := StreamSum(seed, size)
 
 	var wr watchedReader
 	type result struct {

@@ -6,9 +6,11 @@ package tunneltest
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -269,10 +271,24 @@ func ListenPaths(t testing.TB, r *Relay, cfg paths.Config) *paths.Conn {
 	return pc
 }
 
-// StartDevice starts a device on r with cfg; Identity, Relay and Logger
-// are filled in if unset, and direct paths are off unless cfg.Direct gives
-// addresses (see [Loopback]). It waits until the device is attached.
+// StartDevice starts a device on r with cfg, as NewDevice does, and
+// waits until it is attached.
 func StartDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
+	t.Helper()
+	d := NewDevice(t, r, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.WaitAttached(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// NewDevice starts a device on r with cfg without waiting for it to
+// attach; Identity, Relay and Logger are filled in if unset, and direct
+// paths are off unless cfg.Direct gives addresses (see [Loopback]). It
+// is closed when the test ends.
+func NewDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
 	t.Helper()
 	if cfg.Identity == nil {
 		cfg.Identity = NewIdentity(t)
@@ -289,12 +305,31 @@ func StartDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := d.WaitAttached(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return d
+}
+
+// StreamOf writes n bytes of a pseudo-random stream seeded by seed to w:
+// the same bytes for the same seed and n, for tests that check a stream
+// arrives intact ([StreamSum]).
+func StreamOf(w io.Writer, seed uint64, n int64) error {
+	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		k := min(int64(len(buf)), n)
+		rng.Read(buf[:k])
+		if _, err := w.Write(buf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// StreamSum is the SHA-256 of StreamOf(seed, n).
+func StreamSum(seed uint64, n int64) [32]byte {
+	h := sha256.New()
+	StreamOf(h, seed, n)
+	return [32]byte(h.Sum(nil))
 }
 
 // StartClient starts a client on r with the given identity (a new one if

@@ -177,24 +177,6 @@ func (e *echoCheck) finish(t *testing.T) (int64, time.Duration) {
 	return e.n.Load(), time.Duration(e.maxGap.Load())
 }
 
-// startOffline starts a device with cfg (Identity, Relay and Logger filled
-// in as by StartDevice) without waiting for it to attach.
-func startOffline(t *testing.T, r *Relay, cfg device.Config) *device.Device {
-	t.Helper()
-	if cfg.Identity == nil {
-		cfg.Identity = NewIdentity(t)
-	}
-	cfg.Relay = r.Pin()
-	cfg.Logger = Logger(t).With("role", "device")
-	directDefault(&cfg.Direct)
-	d, err := device.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
-}
-
 // refusedFor waits for d to be refused by its relay and returns the
 // refusal, as the device's own status and logs show it.
 func refusedFor(t *testing.T, d *device.Device) *relaylink.AttachRefusedError {
@@ -281,11 +263,11 @@ func TestNATSOutage(t *testing.T) {
 	flow.moving(t, "after a known device reconnected")
 
 	// An unknown device is refused; one with a token is told why.
-	ref := refusedFor(t, startOffline(t, r, cfg(nil, "")))
+	ref := refusedFor(t, NewDevice(t, r, cfg(nil, "")))
 	if ref.Code != relayproto.RefuseNotAllowed || !strings.Contains(ref.Message, "is not enrolled") {
 		t.Fatalf("an unknown device while NATS is down: %v", ref)
 	}
-	newcomer := startOffline(t, r, cfg(nil, late))
+	newcomer := NewDevice(t, r, cfg(nil, late))
 	ref = refusedFor(t, newcomer)
 	if !strings.Contains(ref.Message, "NATS is unreachable") {
 		t.Fatalf("a token spend while NATS is down: %v", ref)
