@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -344,5 +345,35 @@ func TestShellWords(t *testing.T) {
 	}
 	if got := shellWords(`a ""`); !slices.Equal(got, []string{"a", ""}) {
 		t.Fatalf(`shellWords(a "") = %q, want an empty second word`, got)
+	}
+}
+
+// TestReadmeInstall: the burrow commands of the README's Install section
+// parse with this binary's flags, and the files of dist/ it names exist.
+func TestReadmeInstall(t *testing.T) {
+	bin := binary(t)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Install\n")
+	if !ok {
+		t.Fatal(`README has no "## Install" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	cmds := regexp.MustCompile(`(?m)(?:^|-- |exec burrow-relay )burrow ((?:relay|device)\b[^#\n]*)`).FindAllStringSubmatch(section, -1)
+	if len(cmds) < 4 {
+		t.Fatalf("the Install section has %d burrow commands, want the relay's and the device's", len(cmds))
+	}
+	for _, m := range cmds {
+		args := append(strings.Fields(m[1]), "--help")
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil || !strings.Contains(string(out), "Usage:") {
+			t.Errorf("README: burrow %s: %v\n%s", m[1], err, out)
+		}
+	}
+	for _, m := range regexp.MustCompile(`dist/[\w.@-]*\w`).FindAllString(section, -1) {
+		if _, err := os.Stat(filepath.Join("../..", m)); err != nil {
+			t.Errorf("README names %s: %v", m, err)
+		}
 	}
 }
