@@ -71,9 +71,14 @@ type attachment struct {
 	// Clients: pairing intents, device → invite token; replaced whole by
 	// the read loop, read by routing and the sweep.
 	intents atomic.Pointer[map[identity.ID][32]byte]
+	// Clients: the devices it sent packets to lately, for Snapshot;
+	// the pointer is immutable after newAttachment (nil for devices, so
+	// that an idle device holds none), the marks written by the read loop.
+	marks *peerMarks
 
 	// Owned by the read loop.
 	readDeadline time.Time // the idle deadline in force
+	frameAt      int64     // when the frame at hand was begun (Unix nanoseconds), to the read's wait
 	hdr          [relayproto.HeaderLen]byte
 	accessBuild  []relayproto.AccessEntry // a device's list being received
 	touched      []*attachment            // queues pushed to since the last kick
@@ -114,6 +119,9 @@ func newAttachment(s *Server, spec attachSpec) *attachment {
 	}
 	if spec.access != nil {
 		a.access.Store(spec.access)
+	}
+	if !a.isDevice() {
+		a.marks = new(peerMarks)
 	}
 	// Keep what the upgrade's reader already holds, and not the reader.
 	if n := spec.br.Buffered(); n > 0 {
@@ -308,7 +316,9 @@ func (a *attachment) readLoop(woke bool) error {
 		a.kick()
 	}()
 	for {
-		if now := time.Now(); now.Add(idle).Sub(a.readDeadline) > keepAlive/4 {
+		now := time.Now()
+		a.frameAt = now.UnixNano()
+		if now.Add(idle).Sub(a.readDeadline) > keepAlive/4 {
 			if err := a.setReadDeadline(now.Add(idle)); err != nil {
 				return err
 			}
@@ -568,6 +578,9 @@ func (a *attachment) forward(bp *[]byte, buf []byte) {
 	}
 	a.touch(to)
 	a.srv.countForwarded(pktLen)
+	if a.marks != nil {
+		a.marks.mark(peerKey(dst.ID), a.frameAt)
+	}
 }
 
 // sendNotice queues a notice (a frame other than a packet) for to,

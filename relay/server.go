@@ -43,7 +43,9 @@
 // bounds on clients (clients.go) and on unauthenticated connections
 // (preauth.go), the UDP binding service (udpbind.go), and the operator's
 // side: admin API, enrollment store, device list, certificate files and
-// the certificate that carries a fleet's map (certfile.go).
+// the certificate that carries a fleet's map (certfile.go), and the
+// snapshot of attached agents and relayed pairs an operator's dashboard
+// shows (snapshot.go).
 package relay
 
 import (

@@ -36,6 +36,8 @@ var rules = []rule{
 		why: "the agent's link to the relay carries packets it cannot read"},
 	{pkg: "relay", never: []string{"github.com/quic-go/quic-go", "session", "paths", "peerproto", "relaylink", "udpsock", "agent", "client", "device"},
 		why: "the relay must never be able to decrypt: no QUIC, no session, no path layer"},
+	{pkg: "relaydash", only: []string{"relay", "identity", "relayproto"}, never: []string{"github.com/quic-go/quic-go", "session", "paths", "client", "device", "agent"},
+		why: "the relay's dashboard reads the relay, which must never be able to decrypt"},
 	{pkg: "fleetstate", never: []string{"github.com/quic-go/quic-go", "session", "paths", "client", "device", "agent"},
 		why: "the fleet's shared state serves the relay, which must never be able to decrypt"},
 	{pkg: "paths", never: []string{"github.com/quic-go/quic-go", "session", "agent", "client", "device", "relay"},
