@@ -36,7 +36,9 @@
 // has, so that open tunnels can finish, and then closes.
 //
 // The package has one file per concern: the server's lifecycle and drain
-// (server.go), its configuration and counters (config.go), the HTTP
+// (server.go), its configuration and counters (config.go), the counts of
+// refusals, handshake failures and attaches and the recent refusals
+// (events.go), the HTTP
 // upgrade and the agents' handshake (handshake.go), the registry of
 // attached agents that routes packets (routes.go), one attached agent's
 // read loop and forwarding (attachment.go) and send queue (queue.go), the
