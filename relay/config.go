@@ -171,6 +171,25 @@ type Stats struct {
 	Redirects        uint64 // clients sent to another relay of the fleet
 	UDPAnswered      uint64 // binding requests answered
 	UDPIgnored       uint64 // UDP datagrams not answered
+
+	// Refusals counts the agents sent a refuse frame, by role (zero for
+	// one refused before its hello was read) and code; every role and
+	// every code of [RefuseCodes] has an entry, zero included.
+	Refusals map[RefusalKey]uint64
+	// HandshakeFailures counts the connections that ended before they
+	// attached, by reason; every [HandshakeFailure] has an entry.
+	HandshakeFailures map[HandshakeFailure]uint64
+	PreauthPerIP      uint64 // connections closed at once: their address held MaxPendingPerIP
+	PreauthGlobal     uint64 // pending connections closed to make room: MaxPending were pending
+	Enrolled          uint64 // devices enrolled by token
+	EnrollFailed      uint64 // devices whose enrollment token was refused (or could not be checked)
+	DeviceAttaches    uint64 // device attachments registered
+	ClientAttaches    uint64 // client attachments registered
+	// DeviceReattaches counts the device attachments that replaced one of
+	// the same device, or came less than a minute after it left;
+	// ClientReattaches those that replaced one of the same client process.
+	// Their rate shows a storm of agents coming back again and again.
+	DeviceReattaches, ClientReattaches uint64
 }
 
 // counters are a [Server]'s running counts; each is atomic, so that the
@@ -196,5 +215,6 @@ func (s *Server) Stats() Stats {
 	st.Redirects = c.redirects.Load()
 	st.UDPAnswered = c.udpAnswered.Load()
 	st.UDPIgnored = c.udpIgnored.Load()
+	s.fillEvents(&st)
 	return st
 }

@@ -84,11 +84,12 @@ func (s *Server) accept(conn net.Conn, brw *bufio.ReadWriter) *attachment {
 	s.pending[conn] = struct{}{}
 	s.mu.Unlock()
 	a, err := s.handshake(conn, brw)
-	s.pre.done(conn)
+	timedOut := s.pre.done(conn)
 	s.mu.Lock()
 	delete(s.pending, conn)
 	s.mu.Unlock()
 	if err != nil {
+		s.noteHandshakeFailure(err, timedOut)
 		s.log.Info("agent refused", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
 		return nil
@@ -115,8 +116,10 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*attachment, e
 	if err := brw.Flush(); err != nil {
 		return nil, err
 	}
-	a, err := s.authenticate(conn, brw)
+	var who handshakeAgent
+	a, err := s.authenticate(conn, brw, &who)
 	if r, ok := errors.AsType[*refusal](err); ok {
+		s.noteRefusal(conn.RemoteAddr(), who, r)
 		p := relayproto.AppendRefuse(nil, relayproto.Refuse{Code: r.code, Message: r.msg})
 		brw.Write(relayproto.AppendHeader(nil, relayproto.FrameRefuse, len(p)))
 		brw.Write(p)
@@ -132,8 +135,9 @@ func (s *Server) handshake(conn net.Conn, brw *bufio.ReadWriter) (*attachment, e
 
 // authenticate reads the agent's hello (and a device's access list),
 // registers its attachment and answers with the server hello. It returns
-// a [*refusal] for what the agent is to be told.
-func (s *Server) authenticate(conn net.Conn, brw *bufio.ReadWriter) (*attachment, error) {
+// a [*refusal] for what the agent is to be told, and says in who what it
+// learned of the agent.
+func (s *Server) authenticate(conn net.Conn, brw *bufio.ReadWriter, who *handshakeAgent) (*attachment, error) {
 	st, ok := tlsState(conn)
 	if !ok || st.Version != tls.VersionTLS13 {
 		return nil, &refusal{relayproto.RefuseAuth, "relay sessions need TLS 1.3"}
@@ -147,6 +151,7 @@ func (s *Server) authenticate(conn net.Conn, brw *bufio.ReadWriter) (*attachment
 		return nil, err
 	}
 	id := identity.IDOf(hello.PublicKey)
+	who.role, who.id = hello.Role, id
 	version := min(hello.MaxVersion, relayproto.MaxVersion)
 	if version < max(hello.MinVersion, relayproto.MinVersion) {
 		return nil, &refusal{relayproto.RefuseVersion, fmt.Sprintf(
@@ -169,7 +174,7 @@ func (s *Server) authenticate(conn net.Conn, brw *bufio.ReadWriter) (*attachment
 		// A device sends its access list right behind its hello; it
 		// becomes reachable with it, never without.
 		if spec.access, err = readAccessList(brw.Reader); err != nil {
-			return nil, &refusal{relayproto.RefuseAuth, "a device must send its access list after its hello: " + err.Error()}
+			return nil, &badHelloError{&refusal{relayproto.RefuseAuth, "a device must send its access list after its hello: " + err.Error()}}
 		}
 	case relayproto.RoleClient:
 		spec.ip = ipKey(conn.RemoteAddr())
@@ -204,7 +209,7 @@ func readHello(r *bufio.Reader, exporter []byte) (relayproto.ClientHello, error)
 		return relayproto.ClientHello{}, fmt.Errorf("read hello: %w", err)
 	}
 	if t != relayproto.FrameClientHello {
-		return relayproto.ClientHello{}, &refusal{relayproto.RefuseAuth, fmt.Sprintf("expected client-hello, got %s", t)}
+		return relayproto.ClientHello{}, &badHelloError{&refusal{relayproto.RefuseAuth, fmt.Sprintf("expected client-hello, got %s", t)}}
 	}
 	p := make([]byte, n)
 	if _, err := io.ReadFull(r, p); err != nil {
@@ -212,7 +217,7 @@ func readHello(r *bufio.Reader, exporter []byte) (relayproto.ClientHello, error)
 	}
 	hello, err := relayproto.ParseClientHello(p, exporter)
 	if err != nil {
-		return relayproto.ClientHello{}, &refusal{relayproto.RefuseAuth, err.Error()}
+		return relayproto.ClientHello{}, helloError(err)
 	}
 	return hello, nil
 }
@@ -271,7 +276,9 @@ func (s *Server) admitDevice(id identity.ID, exts []relayproto.Extension) error 
 		if e.Type != relayproto.ExtEnrollToken || s.cfg.Enroll == nil {
 			continue
 		}
-		if err := s.cfg.Enroll(id, string(e.Value)); err != nil {
+		err := s.cfg.Enroll(id, string(e.Value))
+		s.noteEnrollment(err == nil)
+		if err != nil {
 			return fmt.Errorf("device %s is not enrolled on this relay, and its enrollment token was refused: %w", id, err)
 		}
 		s.log.Info("device enrolled", "id", id.String())
@@ -301,6 +308,9 @@ func (s *Server) register(a *attachment, conn net.Conn) *refusal {
 		a.markAllowed(now) // a new client has its grace period
 	}
 	rep, r := s.routes.add(a, now)
+	if r == nil {
+		s.noteAttach(a.role, rep.old != nil || rep.returned)
+	}
 	if r != nil {
 		s.mu.Unlock()
 		if r.code != relayproto.RefuseShuttingDown {

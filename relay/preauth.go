@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,12 +30,22 @@ type preauth struct {
 	byIP   map[netip.Addr]int     // guarded by mu
 	conns  map[net.Conn]*preTimer // guarded by mu
 	oldest list.List              // of net.Conn, oldest first; guarded by mu
+
+	// Counters (see [Stats]).
+	perIPRejected atomic.Uint64 // closed at once: their address held too many
+	evicted       atomic.Uint64 // closed to make room for a newer one
+	timedOut      atomic.Uint64 // closed by the timeout before they were upgraded
+	tlsFailed     atomic.Uint64 // closed before a request, by their TLS handshake or their peer
 }
 
 type preTimer struct {
-	ip    netip.Addr
-	timer *time.Timer
-	elem  *list.Element // in oldest
+	ip       netip.Addr
+	added    time.Time
+	timer    *time.Timer
+	elem     *list.Element // in oldest
+	active   bool          // a request came on it
+	hijacked bool          // upgraded: the handshake counts its own failure
+	timedOut bool          // the timer closed it
 }
 
 func newPreauth(timeout time.Duration, perIP, max int) *preauth {
@@ -82,8 +93,10 @@ func (p *preauth) connState(c net.Conn, st http.ConnState) {
 	switch st {
 	case http.StateNew:
 		p.add(c)
+	case http.StateActive, http.StateHijacked:
+		p.mark(c, st == http.StateHijacked)
 	case http.StateClosed:
-		p.done(c)
+		p.closed(c)
 	}
 	// A hijacked connection stays counted until the handshake ends
 	// (Server.accept calls done).
@@ -96,6 +109,7 @@ func (p *preauth) add(c net.Conn) {
 	p.mu.Lock()
 	if p.byIP[ip] >= p.perIP {
 		p.mu.Unlock()
+		p.perIPRejected.Add(1)
 		closeRaw(c)
 		return
 	}
@@ -103,20 +117,66 @@ func (p *preauth) add(c net.Conn) {
 	if len(p.conns) >= p.max {
 		evicted = p.oldest.Front().Value.(net.Conn)
 		p.doneLocked(evicted)
+		p.evicted.Add(1)
 	}
 	p.byIP[ip]++
-	p.conns[c] = &preTimer{ip: ip, timer: time.AfterFunc(p.timeout, func() { closeRaw(c) }), elem: p.oldest.PushBack(c)}
+	p.conns[c] = &preTimer{ip: ip, added: time.Now(), timer: time.AfterFunc(p.timeout, func() { p.expire(c) }), elem: p.oldest.PushBack(c)}
 	p.mu.Unlock()
 	if evicted != nil {
 		closeRaw(evicted)
 	}
 }
 
-// done stops counting c: it authenticated, or it is gone.
-func (p *preauth) done(c net.Conn) {
+// expire closes c, whose time is up.
+func (p *preauth) expire(c net.Conn) {
+	p.mu.Lock()
+	if pt := p.conns[c]; pt != nil {
+		pt.timedOut = true
+		if !pt.hijacked {
+			p.timedOut.Add(1)
+		}
+	}
+	p.mu.Unlock()
+	closeRaw(c)
+}
+
+// mark records that a request came on c, or that it was upgraded.
+func (p *preauth) mark(c net.Conn, hijacked bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if pt := p.conns[c]; pt != nil {
+		pt.active = true
+		pt.hijacked = pt.hijacked || hijacked
+	}
+}
+
+// closed stops counting c, which the HTTP server closed, and counts it as
+// a TLS failure if no request came on it and no timeout closed it. (The
+// HTTP server's own TLS deadline may close it a moment before the
+// timeout would: then it has been pending as long.)
+func (p *preauth) closed(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pt := p.conns[c]; pt != nil && !pt.active && !pt.timedOut {
+		if time.Since(pt.added) >= p.timeout {
+			p.timedOut.Add(1)
+		} else {
+			p.tlsFailed.Add(1)
+		}
+	}
 	p.doneLocked(c)
+}
+
+// done stops counting c: it authenticated, or it is gone. It reports
+// whether the timeout closed it.
+func (p *preauth) done(c net.Conn) (timedOut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pt := p.conns[c]; pt != nil {
+		timedOut = pt.timedOut
+	}
+	p.doneLocked(c)
+	return timedOut
 }
 
 func (p *preauth) doneLocked(c net.Conn) {

@@ -73,6 +73,8 @@ type replacement struct {
 	// often the device was replaced in the last flapWindow.
 	retryAfter time.Duration
 	flaps      int
+	// returned: a device that left less than reattachWindow ago.
+	returned bool
 }
 
 // add registers a at now, replacing an older attachment of the same device
@@ -88,6 +90,9 @@ func (r *routes) add(a *attachment, now time.Time) (replacement, *refusal) {
 	if a.isDevice() {
 		rep.old = r.devices[addr.ID]
 		r.devices[addr.ID] = a
+		if off, ok := r.lastSeen[addr.ID]; ok && now.Sub(off.at) < reattachWindow {
+			rep.returned = true
+		}
 		delete(r.lastSeen, addr.ID)
 		if rep.old != nil {
 			rep.retryAfter, rep.flaps = r.flaps.record(addr.ID, now)

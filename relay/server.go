@@ -36,7 +36,9 @@
 // has, so that open tunnels can finish, and then closes.
 //
 // The package has one file per concern: the server's lifecycle and drain
-// (server.go), its configuration and counters (config.go), the HTTP
+// (server.go), its configuration and counters (config.go), the counts of
+// refusals, handshake failures and attaches and the recent refusals
+// (events.go), the HTTP
 // upgrade and the agents' handshake (handshake.go), the registry of
 // attached agents that routes packets (routes.go), one attached agent's
 // read loop and forwarding (attachment.go) and send queue (queue.go), the
@@ -91,7 +93,10 @@ type Server struct {
 	idx    allowIndex // clients → devices that allow them (own lock)
 	udp    udpGrants  // binding tokens (own lock)
 	stats  counters   // atomic
-	wg     sync.WaitGroup
+	events events     // atomic
+	// The last refusals (own lock).
+	refused refusalLog
+	wg      sync.WaitGroup
 
 	mu       sync.Mutex
 	closed   bool                        // guarded by mu
@@ -138,6 +143,14 @@ func New(cfg Config) (*Server, error) {
 
 // ID returns the relay's ID.
 func (s *Server) ID() identity.ID { return s.cfg.Identity.ID() }
+
+// Draining reports whether the relay admits no new agent any more: a
+// drain ([Server.Shutdown]) has begun, or it is closed.
+func (s *Server) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining || s.closed
+}
 
 // TLSConfig returns the TLS configuration agents must be served with:
 // TLS 1.3 only, the relay's certificate, HTTP/1.1.

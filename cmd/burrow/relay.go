@@ -41,6 +41,7 @@ type relayOptions struct {
 	limits                       relayLimits
 	clientGrace                  time.Duration
 	nats                         natsOptions
+	metrics                      string
 }
 
 func newRelayCmd(g *globals) *cobra.Command {
@@ -103,7 +104,12 @@ tells the agents, but goes on forwarding for those attached, so that open
 tunnels can finish. It closes when nothing has been forwarded for
 --drain-idle, when no client is left, or after --drain at the latest; agents then
 reattach (to the relay restarted, or another at the address). A second
-signal closes it at once, as does --drain 0.`,
+signal closes it at once, as does --drain 0.
+
+--metrics ADDR serves Prometheus metrics at /metrics, /healthz (200 while
+the process serves) and /readyz (503 while the relay drains or cannot use
+its state) on ADDR, in plain HTTP without credentials: keep it on loopback
+or a private network. A bare port (--metrics 9090) means 127.0.0.1:9090.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runRelay(cmd, g, o)
@@ -125,6 +131,7 @@ signal closes it at once, as does --drain 0.`,
 	f.IntVar(&o.limits.pending, "max-pending", 0, "connections not authenticated yet (0: an eighth of the open-file limit, at most 10000)")
 	f.IntVar(&o.limits.pendingPerIP, "max-pending-per-ip", defaultPendingPerIP, "connections not authenticated yet from one address")
 	f.DurationVar(&o.clientGrace, "client-grace", 20*time.Second, "close a client session that no attached device allows after this long (0: never)")
+	f.StringVar(&o.metrics, "metrics", "", "serve /metrics, /healthz and /readyz on this address, in plain HTTP (a bare port: 127.0.0.1:PORT; default: off)")
 	o.nats.flags(f)
 	cmd.PersistentFlags().StringVar(&o.dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
 	cmd.AddCommand(
@@ -231,6 +238,14 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 		return err
 	}
 	defer stopAdmin()
+	if o.metrics != "" {
+		// Stopped after the relay, drain included (defers run last first).
+		stopMetrics, err := serveRelayMetrics(o.metrics, srv, st.ready, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	udpAddr := "off"
 	if udp != nil {
 		udpAddr = udp.LocalAddr().String()

@@ -115,6 +115,8 @@ type relayState struct {
 	attach func(*relay.Server)
 	// close closes it all.
 	close func()
+	// ready says why the state is not usable now, or returns nil.
+	ready func() error
 }
 
 // configure sets what the state gives the relay's Config.
@@ -144,7 +146,8 @@ func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity
 		if err != nil {
 			return nil, err
 		}
-		return &relayState{State: s, attach: func(*relay.Server) {}, close: func() { s.Close() }}, nil
+		ready := func() error { _, err := s.Devices(); return err }
+		return &relayState{State: s, attach: func(*relay.Server) {}, close: func() { s.Close() }, ready: ready}, nil
 	}
 	nc, err := o.nats.connect("burrow relay "+id.ID().Short(), log)
 	if err != nil {
@@ -168,7 +171,12 @@ func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity
 	}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	closers = append(closers, stopWatch)
-	rs := &relayState{State: fs, close: closeAll}
+	rs := &relayState{State: fs, close: closeAll, ready: func() error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("NATS is %s", strings.ToLower(nc.Status().String()))
+		}
+		return nil
+	}}
 	rs.fleetMap, err = fleetMapSource(watchCtx, nc, id.ID())
 	switch {
 	case errors.Is(err, fleetstate.ErrNoFleetMap):

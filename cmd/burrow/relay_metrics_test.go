@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
+)
+
+var reMetricsListening = regexp.MustCompile(`msg="metrics listening" addr=(\S+)`)
+
+// scrapeMetrics gets and parses the metrics served at addr.
+func scrapeMetrics(t *testing.T, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return mfs
+}
+
+// metricValue is the value of the metric name whose labels include the
+// given name, value pairs; ok is false if there is none.
+func metricValue(mfs map[string]*dto.MetricFamily, name string, labels ...string) (v float64, ok bool) {
+next:
+	for _, m := range mfs[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		if m.Counter != nil {
+			return m.Counter.GetValue(), true
+		}
+		return m.GetGauge().GetValue(), true
+	}
+	return 0, false
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestBinaryRelayMetrics: a relay with --metrics, a device enrolled with a
+// token, a client moving bytes through "burrow connect", a device the
+// relay refuses, one with a bad token, a device that comes back, a
+// connection that is no TLS and pending connections past the per-address
+// bound: a scrape shows every one of them counted, /healthz and /readyz
+// answer, and /readyz says "draining" while the relay drains.
+func TestBinaryRelayMetrics(t *testing.T) {
+	dir := t.TempDir()
+	relayData := filepath.Join(dir, "relay")
+	mustRun(t, "relay", "id", "--data", relayData)
+	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData, "--no-udp",
+		"--metrics", "127.0.0.1:0", "--max-pending-per-ip", "3", "--drain", "20s", "--drain-idle", "10s")
+	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
+	relayAddr, relayID := m[1], m[2]
+	m, _ = relay.waitFor(reMetricsListening, 0, 10*time.Second)
+	metrics := m[1]
+
+	id := func(name string) string {
+		out, _, err := run(t, "id", "--identity", filepath.Join(dir, name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	clientID, deviceID := id("client"), id("device")
+	echo := tunneltest.StartServer(t, tunneltest.Echo)
+	device := func(name, token string) *proc {
+		cfg := filepath.Join(dir, name+".yaml")
+		body := fmt.Sprintf("relay: %s\nrelay_id: %s\nidentity: %s.key\nstate: %[3]s-state\nservices:\n  echo: %[4]s\nclients:\n  %[5]s: [echo]\ndirect: false\n",
+			relayAddr, relayID, name, echo.Addr, clientID)
+		if token != "" {
+			body += "enroll_token: " + token + "\n"
+		}
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return start(t, name, "device", "--config", cfg)
+	}
+	dev := device("device", strings.TrimSpace(tokenOut))
+	dev.waitFor(reAttached, 0, 10*time.Second)
+	conn := start(t, "connect", "connect", deviceID, "echo", "--relay", relayAddr, "--relay-id", relayID,
+		"--identity", filepath.Join(dir, "client.key"), "--no-direct")
+	m, _ = conn.waitFor(reListening, 0, 10*time.Second)
+	c, err := net.Dial("tcp", m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := bytes.Repeat([]byte("metrics "), 8<<10)
+	go c.Write(msg)
+	got := make([]byte, len(msg))
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through the tunnel: %v", err)
+	}
+
+	// The device stops and comes back: a reattach.
+	dev.stop()
+	dev = device("device", "")
+	dev.waitFor(reAttached, 0, 10*time.Second)
+
+	stranger := device("stranger", "")
+	stranger.waitFor(regexp.MustCompile(`is not enrolled on this relay`), 0, 10*time.Second)
+	badToken := device("badtoken", "enroll-nosuchtoken")
+	badToken.waitFor(regexp.MustCompile(`enrollment token was refused`), 0, 10*time.Second)
+	if nc, err := net.Dial("tcp", relayAddr); err == nil { // no TLS
+		nc.Write([]byte("GET / HTTP/1.1\r\nHost: relay\r\n\r\n"))
+		io.Copy(io.Discard, nc)
+		nc.Close()
+	}
+	// Pending connections past --max-pending-per-ip: the fourth is closed.
+	var held []net.Conn
+	for range 4 {
+		nc, err := net.Dial("tcp", relayAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, nc)
+	}
+	held[3].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := held[3].Read(make([]byte, 1)); err == nil {
+		t.Fatal("a fourth pending connection from one address got bytes, want it closed")
+	}
+	for _, nc := range held {
+		nc.Close()
+	}
+
+	// The TLS failure is counted when the relay's HTTP server lets the
+	// connection go: wait for it.
+	var mfs map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		mfs = scrapeMetrics(t, metrics)
+		if v, _ := metricValue(mfs, "burrow_relay_handshake_failures_total", "reason", "tls"); v >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no TLS handshake failure counted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range []struct {
+		name   string
+		labels []string
+		min    float64
+	}{
+		{"burrow_relay_info", []string{"id", relayID}, 1},
+		{"burrow_relay_devices_attached", nil, 1},
+		{"burrow_relay_clients_attached", nil, 1},
+		{"burrow_relay_forwarded_packets_total", nil, 10},
+		{"burrow_relay_forwarded_bytes_total", nil, float64(2 * len(msg))},
+		{"burrow_relay_refusals_total", []string{"role", "device", "reason", "not_allowed"}, 2},
+		{"burrow_relay_handshake_failures_total", []string{"reason", "tls"}, 1},
+		{"burrow_relay_preauth_rejections_total", []string{"reason", "per_ip"}, 1},
+		{"burrow_relay_enrollments_total", []string{"result", "succeeded"}, 1},
+		{"burrow_relay_enrollments_total", []string{"result", "failed"}, 1},
+		{"burrow_relay_attaches_total", []string{"role", "device"}, 2},
+		{"burrow_relay_attaches_total", []string{"role", "client"}, 1},
+		{"burrow_relay_reattaches_total", []string{"role", "device"}, 1},
+		{"go_goroutines", nil, 1},
+		{"process_resident_memory_bytes", nil, 1},
+	} {
+		if v, ok := metricValue(mfs, w.name, w.labels...); !ok || v < w.min {
+			t.Errorf("%s%v = %v (present: %v), want at least %v", w.name, w.labels, v, ok, w.min)
+		}
+	}
+	for _, name := range []string{"burrow_relay_pending_connections", "burrow_relay_queue_dropped_packets_total",
+		"burrow_relay_redirects_total", "burrow_relay_udp_datagrams_total", "burrow_relay_peer_gone_total"} {
+		if _, ok := mfs[name]; !ok {
+			t.Errorf("%s missing", name)
+		}
+	}
+
+	if code, body := httpGet(t, "http://"+metrics+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := httpGet(t, "http://"+metrics+"/readyz"); code != 200 {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	// The client holds the drain open: /readyz says so meanwhile.
+	relay.cmd.Process.Signal(syscall.SIGTERM)
+	relay.waitFor(regexp.MustCompile(`msg="relay stopping: draining`), 0, 10*time.Second)
+	if code, body := httpGet(t, "http://"+metrics+"/readyz"); code != 503 || body != "draining\n" {
+		t.Errorf("/readyz while draining: %d %q", code, body)
+	}
+	if code, _ := httpGet(t, "http://"+metrics+"/healthz"); code != 200 {
+		t.Errorf("/healthz while draining: %d", code)
+	}
+	conn.stop()
+	select {
+	case <-relay.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay did not exit after its drain")
+	}
+	if _, err := net.Dial("tcp", metrics); err == nil {
+		t.Error("the metrics listener outlived the relay")
+	}
+}
+
+// TestBinaryRelayMetricsBusy: a --metrics address that cannot be bound
+// stops the relay at start, saying what to do.
+func TestBinaryRelayMetricsBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--no-udp", "--metrics", ln.Addr().String())
+	if err == nil || !strings.Contains(stderr, "--metrics "+ln.Addr().String()) || !strings.Contains(stderr, "give a free address") {
+		t.Fatalf("relay with a busy --metrics address: %v, stderr %q", err, stderr)
+	}
+}
