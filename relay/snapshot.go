@@ -93,6 +93,31 @@ func (s *Server) Snapshot() Snapshot {
 	return snap
 }
 
+// PairCounts counts the client–device pairs a [Snapshot] would list:
+// those with a packet relayed within [RelayedWindow], and the others
+// (direct or idle). It neither sorts nor copies the agents, so that a
+// metrics scrape may call it on a relay of many thousands.
+func (s *Server) PairCounts() (relayed, quiet int) {
+	now := time.Now()
+	devs, clis := s.routes.all()
+	byKey := make(map[uint64]identity.ID, len(devs))
+	for _, d := range devs {
+		byKey[peerKey(d.address().ID)] = d.address().ID
+	}
+	var pairs []Pair
+	for _, c := range clis {
+		pairs = c.marks.appendPairs(pairs[:0], c.address(), byKey, now)
+		for _, p := range pairs {
+			if p.Relayed {
+				relayed++
+			} else {
+				quiet++
+			}
+		}
+	}
+	return relayed, quiet
+}
+
 // agentInfo returns what a snapshot shows of the attachment.
 func (a *attachment) agentInfo() Agent {
 	ag := Agent{

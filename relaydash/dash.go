@@ -2,7 +2,7 @@
 // the relay's operator, of the devices online, the client–device sessions
 // and their paths, the traffic of the last hour and the recent refusals.
 //
-// The page is rendered on the server (html/template) with its style sheet
+// The page is rendered on the server (see render.go) with its style sheet
 // and a small script embedded in the binary: no build step, nothing
 // fetched from elsewhere. The script fetches the page's live part again
 // every 2 seconds; without it, the page reloads itself every 10.
@@ -25,7 +25,7 @@ import (
 	"embed"
 	"encoding/hex"
 	"errors"
-	"html/template"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -162,8 +162,6 @@ func (d *Dashboard) sample() {
 //go:embed assets
 var assets embed.FS
 
-var pageTmpl = template.Must(template.ParseFS(assets, "assets/page.html"))
-
 // csp lets the page load its own style sheet and script, and fetch its
 // live part, and nothing else.
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
@@ -188,9 +186,9 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch p := r.URL.Path; {
 	case p == "/":
-		d.render(w, "page.html")
+		d.render(w, renderPage)
 	case p == "/live":
-		d.render(w, "live")
+		d.render(w, renderLive)
 	case p == "/assets/dash.css" || p == "/assets/dash.js":
 		http.ServeFileFS(w, r, assets, strings.TrimPrefix(p, "/"))
 	default:
@@ -198,16 +196,10 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// render executes the template name with the relay's state now.
-func (d *Dashboard) render(w http.ResponseWriter, name string) {
-	var buf strings.Builder
-	if err := pageTmpl.ExecuteTemplate(&buf, name, d.view()); err != nil {
-		d.log.Error("dashboard: render", "err", err)
-		http.Error(w, "the dashboard failed to render; see the relay's log", http.StatusInternalServerError)
-		return
-	}
+// render writes the page, or its live part, with the relay's state now.
+func (d *Dashboard) render(w http.ResponseWriter, write func(view) string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Write([]byte(buf.String()))
+	io.WriteString(w, write(d.view()))
 }
 
 // cookieName is the cookie that carries the token's proof after
@@ -275,4 +267,24 @@ func (d *Dashboard) tokenMatches(tok string) bool {
 func (d *Dashboard) refuse(w http.ResponseWriter, r *http.Request, why string) {
 	d.log.Warn("dashboard: "+why, "remote", r.RemoteAddr)
 	http.Error(w, "wrong dashboard token", http.StatusForbidden)
+}
+
+// RelayRefusals returns a [Config.Refusals] that reads the relay's own
+// record of the agents it turned away ([relay.Server.RecentRefusals]).
+func RelayRefusals(s interface{ RecentRefusals() []relay.Refusal }) func() []Refusal {
+	return func() []Refusal {
+		rs := s.RecentRefusals()
+		out := make([]Refusal, 0, len(rs))
+		for _, r := range rs {
+			f := Refusal{Time: r.Time, Remote: r.Remote, Agent: r.Agent, Reason: r.Code.String()}
+			if r.Role != 0 {
+				f.Role = r.Role.String()
+			}
+			if r.Reason != "" {
+				f.Reason += ": " + r.Reason
+			}
+			out = append(out, f)
+		}
+		return out
+	}
 }

@@ -1,9 +1,11 @@
 package relaydash
 
 import (
+	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -234,11 +236,7 @@ func TestChart(t *testing.T) {
 	}
 
 	// Rendered: one rect per bar, in the SVG.
-	var buf strings.Builder
-	if err := pageTmpl.ExecuteTemplate(&buf, "live", view{Traffic: c}); err != nil {
-		t.Fatal(err)
-	}
-	rects := regexp.MustCompile(`<rect x="(\d+)" y="(\d+)" width="8" height="(\d+)">`).FindAllStringSubmatch(buf.String(), -1)
+	rects := regexp.MustCompile(`<rect x="(\d+)" y="(\d+)" width="8" height="(\d+)">`).FindAllStringSubmatch(renderLive(view{Traffic: c}), -1)
 	if len(rects) != 11 || rects[0][1] != "590" || rects[0][3] != "100" || rects[1][3] != "17" {
 		t.Errorf("rendered rects %q", rects)
 	}
@@ -257,5 +255,39 @@ func TestSamplerRing(t *testing.T) {
 	v := s.values()
 	if len(v) != maxSamples || v[0] != 40 || v[maxSamples-1] != maxSamples+39 {
 		t.Fatalf("%d samples from %d to %d", len(v), v[0], v[len(v)-1])
+	}
+}
+
+// TestRenderEscapesEveryField: every string of a view, set to markup, is
+// escaped wherever the page writes it, since the page is written by hand.
+func TestRenderEscapesEveryField(t *testing.T) {
+	const evil = `<b x='1'>"&`
+	var v view
+	fill(reflect.ValueOf(&v).Elem(), evil)
+	v.RefusalsKnown, v.Traffic.Minutes = true, 1
+	for name, out := range map[string]string{"page": renderPage(v), "live": renderLive(v)} {
+		if strings.Contains(out, "<b x=") || strings.Contains(out, `'1'`) {
+			t.Errorf("%s: a value was written unescaped:\n%s", name, out)
+		}
+		// Every string field shows up, escaped.
+		if n := strings.Count(out, html.EscapeString(evil)); n < 20 {
+			t.Errorf("%s: the escaped value appears %d times, want every string field (20 or more)", name, n)
+		}
+	}
+}
+
+// fill sets every string in v, which must be addressable, to s, and gives
+// every slice one element.
+func fill(v reflect.Value, s string) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			fill(v.Field(i), s)
+		}
+	case reflect.Slice:
+		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		fill(v.Index(0), s)
 	}
 }

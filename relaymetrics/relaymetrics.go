@@ -142,9 +142,11 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	descInfo = desc("info", "Always 1; its labels are the relay's version and ID.", "version", "id")
 
-	descDevices = desc("devices_attached", "Devices attached now.")
-	descClients = desc("clients_attached", "Clients attached now.")
-	descPending = desc("pending_connections", "Connections accepted that have not authenticated yet.")
+	descDevices  = desc("devices_attached", "Devices attached now.")
+	descClients  = desc("clients_attached", "Clients attached now.")
+	descPending  = desc("pending_connections", "Connections accepted that have not authenticated yet.")
+	descSessions = desc("sessions",
+		"Client–device pairs the relay has carried packets for, both attached, by path: relay (a packet in the last 30 s), direct_or_idle (none since: the relay cannot tell which).", "path")
 
 	descPackets  = desc("forwarded_packets_total", "Packets forwarded between agents (delivered to the destination's queue).")
 	descBytes    = desc("forwarded_bytes_total", "Bytes of the packets forwarded between agents.")
@@ -201,7 +203,7 @@ func RoleLabel(r relayproto.Role) string {
 
 // Describe sends the descriptions of every metric of the collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInfo, descDevices, descClients, descPending, descPackets, descBytes,
+	for _, d := range []*prometheus.Desc{descInfo, descDevices, descClients, descPending, descSessions, descPackets, descBytes,
 		descDropped, descPeerGone, descRefusals, descHandshake, descPreauth, descEnroll, descAttaches,
 		descReattaches, descUnused, descRedirects, descUDP} {
 		ch <- d
@@ -221,6 +223,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descDevices, st.Devices)
 	gauge(descClients, st.Clients)
 	gauge(descPending, st.Pending)
+	relayed, quiet := c.srv.PairCounts()
+	gauge(descSessions, relayed, "relay")
+	gauge(descSessions, quiet, "direct_or_idle")
 	counter(descPackets, st.PacketsForwarded)
 	counter(descBytes, st.BytesForwarded)
 	counter(descDropped, st.PacketsDropped)

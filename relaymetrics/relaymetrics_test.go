@@ -163,6 +163,7 @@ func TestScrapeAfterTraffic(t *testing.T) {
 		{"burrow_relay_info", []string{"version", "v1.2.3", "id", srv.ID().String()}, 1},
 		{"burrow_relay_devices_attached", nil, 1},
 		{"burrow_relay_clients_attached", nil, 1},
+		{"burrow_relay_sessions", []string{"path", "relay"}, 1},
 		{"burrow_relay_forwarded_packets_total", nil, 10},
 		{"burrow_relay_forwarded_bytes_total", nil, float64(2 * len(msg))},
 		{"burrow_relay_refusals_total", []string{"role", "device", "reason", "not_allowed"}, 2},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaydash"
 )
 
 // relayGCPercent is the relay's garbage-collection target (see GOGC).
@@ -42,6 +43,7 @@ type relayOptions struct {
 	clientGrace                  time.Duration
 	nats                         natsOptions
 	metrics                      string
+	dashboardTokenFile           string
 }
 
 func newRelayCmd(g *globals) *cobra.Command {
@@ -109,7 +111,9 @@ signal closes it at once, as does --drain 0.
 --metrics ADDR serves Prometheus metrics at /metrics, /healthz (200 while
 the process serves) and /readyz (503 while the relay drains or cannot use
 its state) on ADDR, in plain HTTP without credentials: keep it on loopback
-or a private network. A bare port (--metrics 9090) means 127.0.0.1:9090.`,
+or a private network. A bare port (--metrics 9090) means 127.0.0.1:9090.
+The same listener serves a read-only dashboard at /, to loopback addresses
+only, or with --dashboard-token-file to whoever brings the token.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runRelay(cmd, g, o)
@@ -131,6 +135,7 @@ or a private network. A bare port (--metrics 9090) means 127.0.0.1:9090.`,
 	f.IntVar(&o.limits.pending, "max-pending", 0, "connections not authenticated yet (0: an eighth of the open-file limit, at most 10000)")
 	f.IntVar(&o.limits.pendingPerIP, "max-pending-per-ip", defaultPendingPerIP, "connections not authenticated yet from one address")
 	f.DurationVar(&o.clientGrace, "client-grace", 20*time.Second, "close a client session that no attached device allows after this long (0: never)")
+	f.StringVar(&o.dashboardTokenFile, "dashboard-token-file", "", "a file holding a token (16 characters or more) that opens the dashboard at / of --metrics to other addresses than loopback")
 	f.StringVar(&o.metrics, "metrics", "", "serve /metrics, /healthz and /readyz on this address, in plain HTTP (a bare port: 127.0.0.1:PORT; default: off)")
 	o.nats.flags(f)
 	cmd.PersistentFlags().StringVar(&o.dataDir, "data", "", "the relay's data directory: identity and state (created if missing)")
@@ -153,6 +158,8 @@ func (o *relayOptions) check(cmd *cobra.Command) error {
 		return usageError(cmd, "--drain %v: want a duration of 0 or more", o.drain)
 	case o.drainIdle < 0:
 		return usageError(cmd, "--drain-idle %v: want a duration of 0 or more", o.drainIdle)
+	case o.dashboardTokenFile != "" && o.metrics == "":
+		return usageError(cmd, "--dashboard-token-file opens the dashboard of --metrics: give --metrics too")
 	case o.clientGrace < 0:
 		return usageError(cmd, "--client-grace %v: want a duration of 0 or more", o.clientGrace)
 	}
@@ -240,7 +247,13 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	defer stopAdmin()
 	if o.metrics != "" {
 		// Stopped after the relay, drain included (defers run last first).
-		stopMetrics, err := serveRelayMetrics(o.metrics, srv, st.ready, log)
+		var dash relaydash.Config
+		if o.dashboardTokenFile != "" {
+			if dash.Token, err = readDashboardToken(o.dashboardTokenFile); err != nil {
+				return err
+			}
+		}
+		stopMetrics, err := serveRelayMetrics(o.metrics, srv, st.ready, dash, log)
 		if err != nil {
 			return err
 		}

@@ -6,29 +6,35 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaydash"
 	"github.com/burrow-tunnel/burrow/relaymetrics"
 )
 
-// relayMetricsMux is what "burrow relay --metrics" serves: /metrics,
-// /healthz and /readyz of package relaymetrics. Further pages of the
-// operator's listener are mounted on it here.
-func relayMetricsMux(srv *relay.Server, ready func() error) (*http.ServeMux, error) {
-	return relaymetrics.Mux(relaymetrics.Config{Server: srv, Ready: ready})
-}
-
-// serveRelayMetrics serves the relay's metrics listener on addr (--metrics;
-// a bare port is 127.0.0.1:PORT) until stop is called. Call stop after the
-// relay has stopped, so that /readyz says "draining" while it drains.
-func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, log *slog.Logger) (stop func(), err error) {
-	mux, err := relayMetricsMux(srv, ready)
+// serveRelayMetrics serves the relay's operator listener on addr
+// (--metrics; a bare port is 127.0.0.1:PORT) until stop is called:
+// /metrics, /healthz and /readyz of package relaymetrics, and the
+// dashboard of package relaydash at "/" (shown to loopback only, unless
+// dash has a Token). Call stop after the relay has stopped, so that
+// /readyz says "draining" while it drains.
+func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, dash relaydash.Config, log *slog.Logger) (stop func(), err error) {
+	mux, err := relaymetrics.Mux(relaymetrics.Config{Server: srv, Ready: ready})
 	if err != nil {
 		return nil, err
 	}
+	dash.Relay, dash.Logger, dash.Refusals = srv, log, relaydash.RelayRefusals(srv)
+	d, err := relaydash.New(dash)
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("/", d)
 	ln, err := net.Listen("tcp", loopbackPort(addr))
 	if err != nil {
+		d.Close()
 		return nil, fmt.Errorf("--metrics %s: %w: give a free address, such as 127.0.0.1:9090 (a bare port listens on 127.0.0.1)", addr, err)
 	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
@@ -40,12 +46,35 @@ func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, log *
 			log.Warn("metrics listener failed", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
-	log.Info("metrics listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+	log.Info("metrics listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz, the dashboard at /")
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
 		log.Warn("metrics listener is beyond loopback, in plain HTTP without credentials: keep it on a private network", "addr", ln.Addr().String())
 	}
 	return func() {
 		hs.Close()
 		<-done
+		d.Close()
 	}, nil
+}
+
+// readDashboardToken reads the dashboard's token from path
+// (--dashboard-token-file): the file's content without surrounding white
+// space. Like a key, the file must not be readable by others.
+func readDashboardToken(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--dashboard-token-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("--dashboard-token-file %s is readable by others (mode %v): chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--dashboard-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--dashboard-token-file %s is empty: put a token in it (openssl rand -hex 16 > %s)", path, path)
+	}
+	return tok, nil
 }

@@ -201,6 +201,12 @@ func TestBinaryRelayMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v (present: %v), want at least %v", w.name, w.labels, v, ok, w.min)
 		}
 	}
+	// The client's pair with the device, on the relay path or quiet since.
+	relayed, _ := metricValue(mfs, "burrow_relay_sessions", "path", "relay")
+	quiet, _ := metricValue(mfs, "burrow_relay_sessions", "path", "direct_or_idle")
+	if relayed+quiet != 1 {
+		t.Errorf("burrow_relay_sessions: %v relayed, %v direct or idle; want the one pair", relayed, quiet)
+	}
 	for _, name := range []string{"burrow_relay_pending_connections", "burrow_relay_queue_dropped_packets_total",
 		"burrow_relay_redirects_total", "burrow_relay_udp_datagrams_total", "burrow_relay_peer_gone_total"} {
 		if _, ok := mfs[name]; !ok {
@@ -213,6 +219,11 @@ func TestBinaryRelayMetrics(t *testing.T) {
 	}
 	if code, body := httpGet(t, "http://"+metrics+"/readyz"); code != 200 {
 		t.Errorf("/readyz: %d %q", code, body)
+	}
+	// The dashboard, on the same listener, to loopback: the device
+	// attached and the refusals.
+	if code, body := httpGet(t, "http://"+metrics+"/"); code != 200 || !strings.Contains(body, deviceID) || !strings.Contains(body, "not allowed: ") {
+		t.Errorf("dashboard: %d, want 200 with the device %s and its refusals:\n%s", code, deviceID, body)
 	}
 	// The client holds the drain open: /readyz says so meanwhile.
 	relay.cmd.Process.Signal(syscall.SIGTERM)
@@ -245,5 +256,44 @@ func TestBinaryRelayMetricsBusy(t *testing.T) {
 	_, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--no-udp", "--metrics", ln.Addr().String())
 	if err == nil || !strings.Contains(stderr, "--metrics "+ln.Addr().String()) || !strings.Contains(stderr, "give a free address") {
 		t.Fatalf("relay with a busy --metrics address: %v, stderr %q", err, stderr)
+	}
+}
+
+// TestBinaryRelayDashboardToken: with --dashboard-token-file the dashboard
+// asks loopback too for the token, and a token file others may read is
+// refused.
+func TestBinaryRelayDashboardToken(t *testing.T) {
+	dir := t.TempDir()
+	relayData := filepath.Join(dir, "relay")
+	tokenFile := filepath.Join(dir, "dash.token")
+	const token = "0123456789abcdef0123"
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"relay", "--listen", "127.0.0.1:0", "--data", relayData, "--no-udp", "--metrics", "127.0.0.1:0", "--dashboard-token-file", tokenFile}
+	if _, stderr, err := run(t, args...); err == nil || !strings.Contains(stderr, "chmod 600") {
+		t.Fatalf("a token file readable by others: err %v, stderr %q; want a refusal that says chmod 600", err, stderr)
+	}
+	if err := os.Chmod(tokenFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	relay := start(t, "relay", args...)
+	m, _ := relay.waitFor(reMetricsListening, 0, 10*time.Second)
+	url := "http://" + m[1] + "/"
+	if code, _ := httpGet(t, url); code != http.StatusUnauthorized {
+		t.Errorf("dashboard without the token: %d, want 401", code)
+	}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("dashboard with the token: %s, want 200", resp.Status)
+	}
+	if code, _ := httpGet(t, "http://"+m[1]+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz needs no token: %d", code)
 	}
 }
