@@ -50,8 +50,8 @@ type TunnelCount struct {
 	Count   uint64
 }
 
-// Metrics is a snapshot of a device's counters since it started. The
-// counts only grow.
+// Metrics is a snapshot of a device's counters since it started, which
+// only grow, and of its sessions open now.
 type Metrics struct {
 	// Tunnels counts tunnel requests for every service configured since
 	// the device started (a service a reload removed keeps its counts),
@@ -74,6 +74,10 @@ type Metrics struct {
 	// paths, are in [Device.Status].
 	SessionsStarted uint64
 	SessionsEnded   uint64
+	// SessionsRelay and SessionsDirect count the sessions open now whose
+	// packets go through the relay, and over a direct path.
+	SessionsRelay  int
+	SessionsDirect int
 }
 
 // serviceCounters counts one service's tunnel requests by result.
@@ -124,8 +128,9 @@ func (c *counters) tunnel(service string, r TunnelResult) {
 	sc[r].Add(1)
 }
 
-// Metrics returns a snapshot of the device's counters. It is cheap, and
-// safe to call at any time, after Close too.
+// Metrics returns a snapshot of the device's counters and open sessions.
+// It takes no more than [Device.Status] does, and may be called at any
+// time, after Close too.
 func (d *Device) Metrics() Metrics {
 	c := &d.counters
 	m := Metrics{
@@ -150,5 +155,14 @@ func (d *Device) Metrics() Metrics {
 		add(name, svcs[name])
 	}
 	add(UnknownService, &c.unknown)
+	d.mu.Lock()
+	for s := range d.sessions {
+		if s.Path().Direct {
+			m.SessionsDirect++
+		} else {
+			m.SessionsRelay++
+		}
+	}
+	d.mu.Unlock()
 	return m
 }
