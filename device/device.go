@@ -230,6 +230,8 @@ type Device struct {
 	// not logged since the last one.
 	pairLog        *rate.Limiter
 	pairLogSkipped int
+
+	counters counters // for Metrics
 }
 
 // A sessionInfo is what the device keeps of one open session.
@@ -258,6 +260,7 @@ func New(cfg Config) (*Device, error) {
 		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	d.pol.Store(&Policy{Services: cfg.Services, Roles: cfg.Roles, Clients: cfg.Clients})
+	d.counters.addServices(cfg.Services)
 	if cfg.StateDir != "" {
 		if err := d.openState(); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
@@ -495,6 +498,7 @@ func (d *Device) acceptLoop() {
 		}
 		d.sessions[s] = &sessionInfo{since: time.Now()}
 		d.mu.Unlock()
+		d.counters.sessionsStarted.Add(1)
 		if !known {
 			// Time to pair, and no more.
 			d.wg.Go(func() {
@@ -528,6 +532,7 @@ func (d *Device) serveSession(s *session.Session) {
 	info := d.sessions[s]
 	delete(d.sessions, s)
 	d.mu.Unlock()
+	d.counters.sessionsEnded.Add(1)
 	d.seen(s.PeerID(), time.Now())
 	d.agent.LogClosed(log, s,
 		"duration", time.Since(info.since).Round(time.Millisecond).String(), "tunnels", info.total)

@@ -241,6 +241,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	if req.Invite == ([32]byte{}) {
 		// No secret is checked: nothing to count.
 		d.pairWarn(log, "pairing refused: the request names no invite (an older client)")
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeBadRequest,
 			Detail: "the pairing request names no invite: update burrow on this client"})
 		return
@@ -257,11 +258,13 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	case wait > 0 && inviteLocked:
 		// Refused without looking at the secret.
 		d.pairWarn(log, "pairing refused: the invite it names is locked after wrong secrets", "retry_in", wait.Round(time.Second).String())
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeRateLimited,
 			Detail: fmt.Sprintf("too many wrong secrets for this invite; try again in %s", wait.Round(time.Second))})
 		return
 	case wait > 0:
 		d.pairWarn(log, "pairing refused: too many failed attempts from this client", "retry_in", wait.Round(time.Second).String())
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeRateLimited,
 			Detail: fmt.Sprintf("too many failed pairing attempts; try again in %s", wait.Round(time.Second))})
 		return
@@ -269,16 +272,19 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 		// Not a guess at any invite: no secret was checked.
 		d.pairFailed(client, nil, inv, now, log)
 		d.pairWarn(log, "pairing refused: invite unknown or already used")
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	case now.After(inv.Expires):
 		log.Warn("pairing refused: invite expired")
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite expired: ask the device owner for a new one"})
 		return
 	case len(req.Secret) != pairing.SecretLen || !pairing.Secret(req.Secret).Matches(inv.Verifier):
 		// A guess: whoever sent it knows the invite's relay token.
 		d.pairFailed(client, &req.Invite, inv, now, log)
 		d.pairWarn(log, "pairing refused: wrong secret for a pending invite", "invite_name", inv.Name, "role", inv.Role)
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	}
@@ -295,11 +301,13 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	switch {
 	case errors.Is(err, ErrInviteExpired):
 		log.Warn("pairing refused: invite expired")
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite expired: ask the device owner for a new one"})
 		return
 	case errors.Is(err, ErrInviteUnknown):
 		// The right secret, spent a moment ago by another client.
 		log.Warn("pairing refused: invite already used")
+		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
 	case err != nil:
@@ -309,6 +317,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 		if serr, ok := errors.AsType[*StateError](err); ok {
 			detail = serr.clientDetail()
 		}
+		d.counters.pairFailed.Add(1)
 		in.Answer(session.Reply{Code: session.CodeUnavailable, Detail: detail})
 		return
 	}
@@ -327,6 +336,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	if r.Was != nil {
 		info.WasRole, info.WasName = r.Was.Role, r.Was.Name
 	}
+	d.counters.pairOK.Add(1)
 	in.AnswerPair(session.Reply{Code: session.CodeOK, Detail: r.Role, Allowed: svcs}, info)
 }
 

@@ -39,6 +39,7 @@ func (d *Device) Reload(p Policy) (changed []string, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	d.counters.addServices(p.Services)
 	old := d.pol.Swap(&p)
 	if !maps.Equal(old.Services, p.Services) {
 		changed = append(changed, "services")

@@ -59,6 +59,7 @@ func (d *Device) serveStream(s *session.Session, in *session.Incoming, log *slog
 	default:
 		if !d.allowTunnel(s.PeerID()) {
 			log.Debug("tunnel refused: rate limited", "service", req.Service, "stream", in.ID())
+			d.counters.tunnel(req.Service, TunnelRateLimited)
 			in.Refuse(session.Reply{Code: session.CodeRateLimited,
 				Detail: fmt.Sprintf("more than %g tunnels per second", d.cfg.TunnelRate)})
 			return
@@ -128,6 +129,11 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 	addr, refusal := d.authorize(s.PeerID(), req.Service)
 	if refusal != nil {
 		log.Warn("tunnel refused", "reason", refusal.Code.String())
+		r := TunnelNotAuthorized
+		if refusal.Code == session.CodeUnknownService {
+			r = TunnelUnknownService
+		}
+		d.counters.tunnel(req.Service, r)
 		in.Refuse(*refusal)
 		return
 	}
@@ -136,6 +142,7 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 	cancel()
 	if err != nil {
 		log.Warn("tunnel refused: service unreachable", "addr", addr, "err", err)
+		d.counters.tunnel(req.Service, TunnelDialFailed)
 		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: err.Error()})
 		return
 	}
@@ -143,6 +150,7 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 	if !ok {
 		conn.Close()
 		log.Error("tunnel refused: service connection cannot half-close", "type", fmt.Sprintf("%T", conn))
+		d.counters.tunnel(req.Service, TunnelDialFailed)
 		in.Refuse(session.Reply{Code: session.CodeServiceUnreachable, Detail: "service connection cannot half-close"})
 		return
 	}
@@ -150,6 +158,7 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 	if err != nil {
 		conn.Close()
 		log.Warn("tunnel failed before it opened", "err", err)
+		d.counters.tunnel(req.Service, TunnelAborted)
 		return
 	}
 	d.mu.Lock()
@@ -159,9 +168,12 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 		info.total++
 	}
 	d.mu.Unlock()
+	d.counters.tunnel(req.Service, TunnelOK)
 	start := time.Now()
 	log.Info("tunnel opened", "addr", addr)
 	res := pipe.Join(tun, svc)
+	d.counters.bytesTo.Add(uint64(res.AToB))
+	d.counters.bytesFrom.Add(uint64(res.BToA))
 	d.mu.Lock()
 	if info != nil {
 		info.tunnels--

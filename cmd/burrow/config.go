@@ -78,6 +78,11 @@ type deviceFile struct {
 	// `burrow device invite`, `users`, `revoke` and `status` use. Default:
 	// `admin.sock` in the state directory.
 	AdminSocket string `yaml:"admin_socket"`
+	// Metrics: the address to serve Prometheus metrics on (`/metrics`),
+	// with `/healthz` and `/readyz` (ready while attached to the relay):
+	// `host:port`, or a port alone for `127.0.0.1:PORT`. `--metrics`
+	// overrides it. Default: none, no metrics listener.
+	Metrics string `yaml:"metrics"`
 	// Services (required): service name (1–63 of `a-z 0-9 - _ .`) → the
 	// `host:port` it is served on; these are the only addresses the device
 	// ever dials.
@@ -215,6 +220,9 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 	}
 	if len(f.Services) == 0 {
 		return fail("services is empty: name at least one local service, as in \"http: 127.0.0.1:80\"")
+	}
+	if _, err := metricsAddr(f.Metrics); err != nil {
+		return fail("%v", err)
 	}
 	for s, svcs := range f.Clients {
 		if _, err := identity.ParseID(s); err != nil {

@@ -44,6 +44,11 @@ const deviceKeysHelp = `  relay (required)
       the Unix socket of the running agent's admin API, which burrow device
       invite, users, revoke and status use. Default: admin.sock in the state
       directory.
+  metrics
+      the address to serve Prometheus metrics on (/metrics), with /healthz and
+      /readyz (ready while attached to the relay): host:port, or a port alone
+      for 127.0.0.1:PORT. --metrics overrides it. Default: none, no metrics
+      listener.
   services (required)
       service name (1–63 of a-z 0-9 - _ .) → the host:port it is served on;
       these are the only addresses the device ever dials.

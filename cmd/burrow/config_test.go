@@ -127,6 +127,7 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"not yaml", "relay: [\n", "config"},
 		{"bad direct address", base + "services:\n  http: 127.0.0.1:80\ndirect_addrs: [home]\n", `direct_addrs: "home" is not an IP address`},
 		{"bad direct port", base + "services:\n  http: 127.0.0.1:80\ndirect_port: 70000\n", "direct_port 70000"},
+		{"bad metrics address", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nmetrics: localhost\n", `metrics address "localhost": want host:port`},
 		{"negative reattach spread", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: -1s\n", "reattach_spread must not be negative"},
 		{"reattach spread not a duration", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: soon\n", "reattach_spread"},
 		{"direct not a bool", base + "services:\n  http: 127.0.0.1:80\ndirect: sometimes\n", "direct"},

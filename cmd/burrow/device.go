@@ -21,6 +21,7 @@ import (
 type deviceOptions struct {
 	configPath string
 	noDirect   bool
+	metrics    string
 }
 
 func newDeviceCmd(g *globals) *cobra.Command {
@@ -44,6 +45,12 @@ Sessions start on the relay and move to a direct UDP path (hole punching)
 when one works, and back when it stops working; tunnels never notice.
 --no-direct (or direct: false) keeps all traffic on the relay.
 
+--metrics ADDR (or metrics: ADDR) serves Prometheus metrics on
+http://ADDR/metrics (sessions by path, tunnels by service and result,
+tunnel bytes, relay attachment, pairings), /healthz (200 while the agent
+runs) and /readyz (200 while attached to the relay, 503 and the reason
+otherwise).
+
 Deny by default: a client that is neither listed nor paired reaches nothing.
 A configuration that leaves the relay unpinned without relay_ca, or lets no
 one in at all (no clients and no roles), is refused at start.
@@ -56,6 +63,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	}
 	cmd.PersistentFlags().StringVar(&o.configPath, "config", "", "device configuration file (YAML)")
 	cmd.Flags().BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
+	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics, /healthz and /readyz on this address (a bare port: 127.0.0.1:PORT); overrides metrics: in the config file")
 	cmd.AddCommand(
 		newDeviceInviteCmd(g, o),
 		newDeviceUsersCmd(g, o),
@@ -124,6 +132,17 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 		return err
 	}
 	defer stopAdmin()
+	metrics, err := deviceMetricsAddr(o, ds)
+	if err != nil {
+		return err
+	}
+	if metrics != "" {
+		stopMetrics, err := serveDeviceMetrics(metrics, d, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	log.Info("device starting", "id", d.ID().String(), "relay", cfg.Relay.Addr,
 		"services", len(cfg.Services), "roles", len(cfg.Roles), "clients", len(cfg.Clients), "admin", ds.adminSocket)
 	if err := waitDeviceAttached(cmd.Context(), d); err != nil {
@@ -132,7 +151,7 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	for {
 		select {
 		case <-hup:
-			reloadDevice(o.configPath, cfg, d, log)
+			reloadDevice(o, cfg, metrics, d, log)
 		case <-cmd.Context().Done():
 			log.Info("device stopping")
 			return nil

@@ -12,8 +12,10 @@ import (
 // what a running device can change in force: its services, roles and
 // clients. It logs what it reloaded, what changed that only a restart
 // applies, and, if the file no longer reads or checks, why nothing was
-// reloaded (the device goes on as it was).
-func reloadDevice(path string, running device.Config, d *device.Device, log *slog.Logger) {
+// reloaded (the device goes on as it was). runningMetrics is the address
+// the agent serves metrics on ("" if none): a new one needs a restart.
+func reloadDevice(o *deviceOptions, running device.Config, runningMetrics string, d *device.Device, log *slog.Logger) {
+	path := o.configPath
 	ds, err := readDeviceConfig(path)
 	if err != nil {
 		log.Error("SIGHUP: the configuration does not read; nothing reloaded, the device goes on as it was", "config", path, "err", err)
@@ -30,7 +32,11 @@ func reloadDevice(path string, running device.Config, d *device.Device, log *slo
 		return
 	}
 	attrs := []any{"config", path, "reloaded", orNone(changed)}
-	if later := needRestart(running, cfg); len(later) > 0 {
+	later := needRestart(running, cfg)
+	if metrics, _ := deviceMetricsAddr(o, ds); metrics != runningMetrics {
+		later = append(later, "metrics")
+	}
+	if len(later) > 0 {
 		attrs = append(attrs, "restart_to_apply", strings.Join(later, ","))
 		log.Warn("SIGHUP: configuration reloaded, but some changes apply only after a restart", attrs...)
 		return

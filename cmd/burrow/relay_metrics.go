@@ -1,14 +1,10 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relaydash"
@@ -32,27 +28,13 @@ func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, dash 
 		return nil, err
 	}
 	mux.Handle("/", d)
-	ln, err := net.Listen("tcp", loopbackPort(addr))
+	stop, err = serveMetricsHTTP(addr, mux, log)
 	if err != nil {
 		d.Close()
-		return nil, fmt.Errorf("--metrics %s: %w: give a free address, such as 127.0.0.1:9090 (a bare port listens on 127.0.0.1)", addr, err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("metrics listener failed", "addr", ln.Addr().String(), "err", err)
-		}
-	}()
-	log.Info("metrics listening", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz, the dashboard at /")
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		log.Warn("metrics listener is beyond loopback, in plain HTTP without credentials: keep it on a private network", "addr", ln.Addr().String())
+		return nil, err
 	}
 	return func() {
-		hs.Close()
-		<-done
+		stop()
 		d.Close()
 	}, nil
 }

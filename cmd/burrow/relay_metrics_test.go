@@ -254,7 +254,7 @@ func TestBinaryRelayMetricsBusy(t *testing.T) {
 	}
 	defer ln.Close()
 	_, stderr, err := run(t, "relay", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--no-udp", "--metrics", ln.Addr().String())
-	if err == nil || !strings.Contains(stderr, "--metrics "+ln.Addr().String()) || !strings.Contains(stderr, "give a free address") {
+	if err == nil || !strings.Contains(stderr, "metrics: cannot listen on "+ln.Addr().String()) || !strings.Contains(stderr, "choose another address") {
 		t.Fatalf("relay with a busy --metrics address: %v, stderr %q", err, stderr)
 	}
 }
