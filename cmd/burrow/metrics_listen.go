@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -41,4 +43,56 @@ func serveMetricsHTTP(addr string, h http.Handler, log *slog.Logger) (stop func(
 		}
 		<-done
 	}, nil
+}
+
+// metricsAddr checks the address of a metrics listener: host:port, or a
+// bare port for 127.0.0.1:PORT. "" stays "" (no listener).
+func metricsAddr(addr string) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	addr = loopbackPort(addr)
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", fmt.Errorf("metrics address %q: want host:port, or a port alone for 127.0.0.1:PORT", addr)
+	}
+	return addr, nil
+}
+
+// deviceMetricsAddr returns the metrics address of the device agent: the
+// --metrics flag's, else the config file's, else "" (none).
+func deviceMetricsAddr(o *deviceOptions, ds *deviceSetup) (string, error) {
+	if o.metrics != "" {
+		addr, err := metricsAddr(o.metrics)
+		if err != nil {
+			return "", fmt.Errorf("--metrics: %w", err)
+		}
+		return addr, nil
+	}
+	addr, err := metricsAddr(ds.file.Metrics)
+	if err != nil {
+		return "", fmt.Errorf("config %s: %w", ds.path, err)
+	}
+	return addr, nil
+}
+
+// readDashboardToken reads the dashboard's token from path
+// (--dashboard-token-file): the file's content without surrounding white
+// space. Like a key, the file must not be readable by others.
+func readDashboardToken(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--dashboard-token-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("--dashboard-token-file %s is readable by others (mode %v): chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--dashboard-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--dashboard-token-file %s is empty: put a token in it (openssl rand -hex 16 > %s)", path, path)
+	}
+	return tok, nil
 }

@@ -1,10 +1,9 @@
+//go:build !nometrics
+
 package main
 
 import (
-	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relaydash"
@@ -37,26 +36,4 @@ func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, dash 
 		stop()
 		d.Close()
 	}, nil
-}
-
-// readDashboardToken reads the dashboard's token from path
-// (--dashboard-token-file): the file's content without surrounding white
-// space. Like a key, the file must not be readable by others.
-func readDashboardToken(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("--dashboard-token-file: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("--dashboard-token-file %s is readable by others (mode %v): chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("--dashboard-token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("--dashboard-token-file %s is empty: put a token in it (openssl rand -hex 16 > %s)", path, path)
-	}
-	return tok, nil
 }
