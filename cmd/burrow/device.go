@@ -47,7 +47,7 @@ when one works, and back when it stops working; tunnels never notice.
 Deny by default: a client that is neither listed nor paired reaches nothing.
 A configuration that leaves the relay unpinned without relay_ca, or lets no
 one in at all (no clients and no roles), is refused at start.
-While it runs, "burrow device invite", "users", "revoke" and "status" (with
+While it runs, "burrow device invite", "invites", "users", "revoke" and "status" (with
 the same --config) talk to it through a Unix socket only its user can open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -58,6 +58,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	cmd.Flags().BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 	cmd.AddCommand(
 		newDeviceInviteCmd(g, o),
+		newDeviceInvitesCmd(g, o),
 		newDeviceUsersCmd(g, o),
 		newDeviceRevokeCmd(g, o),
 		newDeviceStatusCmd(g, o),

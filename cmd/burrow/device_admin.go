@@ -106,6 +106,9 @@ func runDeviceInvite(cmd *cobra.Command, g *globals, o *deviceOptions, inv *invi
 	}
 	fmt.Fprintf(g.stdout, "%s\n\nSingle use; expires %s. Pair with: burrow pair --name NAME, then paste the invite.\n",
 		ans.Invite, ans.Expires.Local().Format(time.DateTime))
+	if ans.ID != "" {
+		fmt.Fprintf(g.stdout, "Its ID is %s: burrow device invites cancel %s withdraws it.\n", ans.ID, ans.ID)
+	}
 	return nil
 }
 
