@@ -34,3 +34,11 @@ func jsonTime(t time.Time) *string {
 func ms(d time.Duration) float64 {
 	return float64(d.Microseconds()) / 1000
 }
+
+// nonNil is s, or an empty slice for nil: a JSON array, never null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
