@@ -48,6 +48,7 @@ to a direct path when one works.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPing(cmd, g, o, args[0])
 		},
+		ValidArgsFunction: completeDeviceService(g, false),
 	}
 	fl := cmd.Flags()
 	fl.IntVarP(&o.count, "count", "c", 5, "how many pings")
