@@ -16,6 +16,8 @@ import (
 //
 //	POST   /invites        {"role", "ttl" (Go duration), "name"} → {"invite", "expires"}
 //	                       (ttl "" is DefaultInviteTTL; 0 or less is refused)
+//	GET    /invites        → [PendingInvite]
+//	DELETE /invites/{id}   → PendingInvite (404 if no pending invite has that ID)
 //	GET    /users          → [User]
 //	DELETE /users/{name|id}
 //	GET    /status         → Status
@@ -36,6 +38,8 @@ type InviteRequest struct {
 type InviteAnswer struct {
 	Invite  string    `json:"invite"`
 	Expires time.Time `json:"expires"`
+	// ID names the invite in GET /invites and DELETE /invites/{id}.
+	ID string `json:"id"`
 }
 
 // AdminHandler returns the handler of the admin API.
@@ -62,7 +66,21 @@ func (d *Device) AdminHandler() http.Handler {
 			http.Error(w, err.Error(), errorStatus(err))
 			return
 		}
-		adminsock.WriteJSON(w, InviteAnswer{Invite: in.String(), Expires: in.Expires})
+		adminsock.WriteJSON(w, InviteAnswer{Invite: in.String(), Expires: in.Expires, ID: inviteID(in.Secret.Verifier())})
+	})
+	mux.HandleFunc("GET /invites", func(w http.ResponseWriter, r *http.Request) {
+		adminsock.WriteJSON(w, d.Invites())
+	})
+	mux.HandleFunc("DELETE /invites/{id}", func(w http.ResponseWriter, r *http.Request) {
+		in, err := d.CancelInvite(r.PathValue("id"))
+		switch {
+		case errors.Is(err, ErrUnknownInvite):
+			http.Error(w, err.Error(), http.StatusNotFound)
+		case err != nil:
+			http.Error(w, err.Error(), errorStatus(err))
+		default:
+			adminsock.WriteJSON(w, in)
+		}
 	})
 	mux.HandleFunc("GET /users", func(w http.ResponseWriter, r *http.Request) {
 		adminsock.WriteJSON(w, d.Users())
@@ -108,6 +126,20 @@ func NewAdminClient(path string) *AdminClient {
 func (a *AdminClient) Invite(ctx context.Context, req InviteRequest) (InviteAnswer, error) {
 	var out InviteAnswer
 	err := a.c.Call(ctx, "POST", "/invites", req, &out)
+	return out, err
+}
+
+// Invites lists the pending invites.
+func (a *AdminClient) Invites(ctx context.Context) ([]PendingInvite, error) {
+	var out []PendingInvite
+	err := a.c.Call(ctx, "GET", "/invites", nil, &out)
+	return out, err
+}
+
+// CancelInvite cancels the pending invite with this ID.
+func (a *AdminClient) CancelInvite(ctx context.Context, id string) (PendingInvite, error) {
+	var out PendingInvite
+	err := a.c.Call(ctx, "DELETE", "/invites/"+url.PathEscape(id), nil, &out)
 	return out, err
 }
 

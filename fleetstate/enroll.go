@@ -37,11 +37,12 @@ func (s *State) Enroll(id identity.ID, token string) error {
 		s.cache(id, dev.Enrolled)
 		return nil
 	}
-	if err := s.spend(ctx, token, dev.Removed); err != nil {
+	name, err := s.spend(ctx, token, dev.Removed)
+	if err != nil {
 		return err
 	}
 	now := time.Now().UTC()
-	v := encode(deviceRecord{V: FormatVersion, Enrolled: now})
+	v := encode(deviceRecord{V: FormatVersion, Enrolled: now, Name: name})
 	if devRev == 0 {
 		_, err = s.devices.Create(ctx, id.String(), v)
 	} else {
@@ -54,6 +55,7 @@ func (s *State) Enroll(id identity.ID, token string) error {
 		return s.fail("enroll device", err)
 	}
 	s.cache(id, now)
+	s.cacheName(id, name)
 	return nil
 }
 
@@ -81,32 +83,32 @@ func tokenKey(token string) string {
 }
 
 // spend spends one use of token, for a device removed at removed (zero if
-// never): it reads the token from the stream's leader and writes it back
+// never), and returns the name the token gives the device: it reads the token from the stream's leader and writes it back
 // with one use less (or deletes it for its last) only if its revision is
 // still the one read; if another relay spent a use in between, it reads
 // again.
-func (s *State) spend(ctx context.Context, token string, removed time.Time) error {
+func (s *State) spend(ctx context.Context, token string, removed time.Time) (string, error) {
 	key := tokenKey(token)
 	for {
 		e, err := s.tokens.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return relay.ErrTokenUnknown
+			return "", relay.ErrTokenUnknown
 		}
 		if err != nil {
-			return s.fail("spend enrollment token", err)
+			return "", s.fail("spend enrollment token", err)
 		}
 		rec, err := decode[tokenRecord](e.Value())
 		if err != nil {
-			return fmt.Errorf("enrollment token: %w", err)
+			return "", fmt.Errorf("enrollment token: %w", err)
 		}
 		now := time.Now().UTC()
 		if now.After(rec.Expires) {
 			// Worth deleting, but the refusal does not depend on it.
 			s.tokens.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
-			return relay.ErrTokenExpired
+			return "", relay.ErrTokenExpired
 		}
 		if !removed.IsZero() && !rec.Created.After(removed) {
-			return fmt.Errorf("%w (removed %s, token issued %s): issue a new token (burrow relay token create) to enroll it again",
+			return "", fmt.Errorf("%w (removed %s, token issued %s): issue a new token (burrow relay token create) to enroll it again",
 				relay.ErrTokenBeforeRemoval, removed.Format(time.RFC3339), rec.Created.Format(time.RFC3339))
 		}
 		if rec.Uses--; rec.Uses <= 0 {
@@ -116,11 +118,11 @@ func (s *State) spend(ctx context.Context, token string, removed time.Time) erro
 		}
 		switch {
 		case err == nil:
-			return nil
+			return rec.Name, nil
 		case !conflict(err):
-			return s.fail("spend enrollment token", err)
+			return "", s.fail("spend enrollment token", err)
 		case ctx.Err() != nil:
-			return s.fail("spend enrollment token", ctx.Err())
+			return "", s.fail("spend enrollment token", ctx.Err())
 		}
 	}
 }
@@ -129,6 +131,19 @@ func (s *State) spend(ctx context.Context, token string, removed time.Time) erro
 // 1) until ttl from now (more than 0), at any relay of the fleet. The
 // token is returned once; the bucket keeps only its hash.
 func (s *State) CreateToken(uses int, ttl time.Duration) (string, error) {
+	return s.createToken(uses, ttl, "")
+}
+
+// CreateNamedToken issues a single-use enrollment token valid until ttl
+// from now, which gives the device it enrolls the name name.
+func (s *State) CreateNamedToken(name string, ttl time.Duration) (string, error) {
+	if err := relay.CheckDeviceName(name); err != nil {
+		return "", err
+	}
+	return s.createToken(1, ttl, name)
+}
+
+func (s *State) createToken(uses int, ttl time.Duration, name string) (string, error) {
 	if err := relay.CheckTokenLimits(uses, ttl); err != nil {
 		return "", err
 	}
@@ -138,7 +153,7 @@ func (s *State) CreateToken(uses int, ttl time.Duration) (string, error) {
 	}
 	defer cancel()
 	token := relay.NewEnrollToken()
-	rec := tokenRecord{V: FormatVersion, Uses: uses, Created: time.Now().UTC()}
+	rec := tokenRecord{V: FormatVersion, Uses: uses, Created: time.Now().UTC(), Name: name}
 	rec.Expires = rec.Created.Add(ttl)
 	if _, err := s.tokens.Create(ctx, tokenKey(token), encode(rec)); err != nil {
 		return "", s.fail("create enrollment token", err)
@@ -183,6 +198,7 @@ func (s *State) Remove(id identity.ID) error {
 		case err == nil:
 			s.mu.Lock()
 			delete(s.enrolled, id)
+			delete(s.names, id)
 			s.mu.Unlock()
 			return nil
 		case !conflict(err):
@@ -191,6 +207,52 @@ func (s *State) Remove(id identity.ID) error {
 			return s.fail("remove device", ctx.Err())
 		}
 	}
+}
+
+// SetName gives the enrolled device id the name name ("" removes it), by
+// a compare-and-swap on its record; every relay's watch sees the change.
+func (s *State) SetName(id identity.ID, name string) error {
+	if name != "" {
+		if err := relay.CheckDeviceName(name); err != nil {
+			return err
+		}
+	}
+	ctx, cancel, err := s.op("name device")
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	for {
+		dev, rev, err := s.device(ctx, id)
+		if err != nil {
+			return err
+		}
+		if rev == 0 || !dev.Removed.IsZero() {
+			return relay.ErrNotEnrolled
+		}
+		dev.Name = name
+		_, err = s.devices.Update(ctx, id.String(), encode(dev), rev)
+		switch {
+		case err == nil:
+			s.cacheName(id, name)
+			return nil
+		case !conflict(err):
+			return s.fail("name device", err)
+		case ctx.Err() != nil:
+			return s.fail("name device", ctx.Err())
+		}
+	}
+}
+
+// cacheName records in memory the name of the enrolled device id.
+func (s *State) cacheName(id identity.ID, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.enrolled[id]; !ok || name == "" {
+		delete(s.names, id)
+		return
+	}
+	s.names[id] = name
 }
 
 // cache records in memory that the device id is enrolled since t.

@@ -22,10 +22,11 @@
 // AllowDirect off (see [Open]) and metadata "burrow_format": "1":
 //
 //	burrow_devices   key: the device ID (lowercase base32, as identity.ID prints it)
-//	                 value: {"v":1,"enrolled":T}            enrolled since T
+//	                 value: {"v":1,"enrolled":T,"name":S}   enrolled since T, named S ("name" optional)
 //	                        {"v":1,"removed":T}             removed at T, not enrolled
 //	burrow_tokens    key: lowercase hex of relay.EnrollTokenHash(token); the token itself is never stored
-//	                 value: {"v":1,"uses":N,"created":T,"expires":T}   N uses left
+//	                 value: {"v":1,"uses":N,"created":T,"expires":T,"name":S}   N uses left; S ("name",
+//	                        optional, only with N 1) names the device it enrolls
 //	burrow_presence  key: the device ID
 //	                 value: {"v":1,"relay":ID}    the device is attached to relay ID
 //	burrow_relays    key: a relay ID; the bucket's MaxAge is the liveness TTL (6s by default)
@@ -124,8 +125,9 @@ type State struct {
 	log     *slog.Logger
 
 	mu       sync.Mutex
-	enrolled map[identity.ID]int64 // device → enrolled since, in Unix nanoseconds (0: unknown); guarded by mu
-	onRemove func(identity.ID)     // guarded by mu
+	enrolled map[identity.ID]int64  // device → enrolled since, in Unix nanoseconds (0: unknown); guarded by mu
+	names    map[identity.ID]string // of the enrolled devices that have one; guarded by mu
+	onRemove func(identity.ID)      // guarded by mu
 
 	stop context.CancelFunc
 	done chan struct{} // closed when the watch loop has returned
@@ -152,7 +154,7 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 	if cfg.Replicas < 0 || cfg.Timeout < 0 {
 		return nil, errors.New("fleetstate: negative Replicas or Timeout in Config")
 	}
-	s := &State{nc: cfg.Conn, timeout: cfg.Timeout, log: cfg.Logger, enrolled: make(map[identity.ID]int64), done: make(chan struct{})}
+	s := &State{nc: cfg.Conn, timeout: cfg.Timeout, log: cfg.Logger, enrolled: make(map[identity.ID]int64), names: make(map[identity.ID]string), done: make(chan struct{})}
 	if s.timeout == 0 {
 		s.timeout = 5 * time.Second
 	}
@@ -268,7 +270,7 @@ func (s *State) Devices() ([]relay.EnrolledDevice, error) {
 	s.mu.Lock()
 	out := make([]relay.EnrolledDevice, 0, len(s.enrolled))
 	for id, t := range s.enrolled {
-		out = append(out, relay.EnrolledDevice{ID: id, Enrolled: fromUnixNano(t)})
+		out = append(out, relay.EnrolledDevice{ID: id, Enrolled: fromUnixNano(t), Name: s.names[id]})
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b relay.EnrolledDevice) int { return a.Enrolled.Compare(b.Enrolled) })
@@ -323,6 +325,7 @@ type deviceRecord struct {
 	V        int       `json:"v"`
 	Enrolled time.Time `json:"enrolled,omitzero"`
 	Removed  time.Time `json:"removed,omitzero"`
+	Name     string    `json:"name,omitempty"` // optional: a relay that does not know it ignores it
 }
 
 // tokenRecord is the value of a token's key (format version 1).
@@ -331,6 +334,7 @@ type tokenRecord struct {
 	Uses    int       `json:"uses"` // left
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
+	Name    string    `json:"name,omitempty"` // of the device it enrolls; optional, as in deviceRecord
 }
 
 // decode parses a record, and refuses one of another format version.

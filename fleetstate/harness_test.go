@@ -93,7 +93,7 @@ func startRelay(t testing.TB, url string) *fleetRelay {
 		srv.Close()
 		<-done
 	})
-	return &fleetRelay{t: t, id: id, srv: srv, state: st, addr: ln.Addr().String(), admin: relay.AdminHandler(srv, st)}
+	return &fleetRelay{t: t, id: id, srv: srv, state: st, addr: ln.Addr().String(), admin: relay.AdminHandler(srv, st, nil)}
 }
 
 // call calls the relay's admin API, as burrow relay token create and

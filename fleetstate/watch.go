@@ -124,6 +124,7 @@ func (s *State) apply(e jetstream.KeyValueEntry, live bool) (identity.ID, bool) 
 		return id, false
 	}
 	var since time.Time
+	var name string
 	enrolled := false
 	if e.Operation() == jetstream.KeyValuePut {
 		rec, err := decode[deviceRecord](e.Value())
@@ -132,7 +133,7 @@ func (s *State) apply(e jetstream.KeyValueEntry, live bool) (identity.ID, bool) 
 			// Fail closed: a record this relay cannot read enrolls no one.
 			s.log.Warn("fleet state: device record unreadable; the device counts as not enrolled", "id", id.String(), "err", err)
 		case rec.Removed.IsZero() && !rec.Enrolled.IsZero():
-			since, enrolled = rec.Enrolled, true
+			since, name, enrolled = rec.Enrolled, rec.Name, true
 		}
 	}
 	s.mu.Lock()
@@ -141,6 +142,11 @@ func (s *State) apply(e jetstream.KeyValueEntry, live bool) (identity.ID, bool) 
 		s.enrolled[id] = unixNano(since)
 	} else {
 		delete(s.enrolled, id)
+	}
+	if enrolled && name != "" {
+		s.names[id] = name
+	} else {
+		delete(s.names, id)
 	}
 	f := s.onRemove
 	s.mu.Unlock()
@@ -160,6 +166,7 @@ func (s *State) sweep(seen map[identity.ID]bool) {
 		if !seen[id] {
 			gone = append(gone, id)
 			delete(s.enrolled, id)
+			delete(s.names, id)
 		}
 	}
 	f := s.onRemove

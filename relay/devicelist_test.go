@@ -42,9 +42,33 @@ func TestDeviceList(t *testing.T) {
 }
 
 func TestParseDeviceListErrors(t *testing.T) {
-	_, err := ParseDeviceList([]byte("# ok\n\nabc\n"))
-	if err == nil || !strings.Contains(err.Error(), "line 3") {
-		t.Fatalf("err = %v, want it to name line 3", err)
+	id := newIdentity(t).ID().String()
+	for _, bad := range []string{
+		"# ok\n\nabc\n",
+		"# ok\n" + id + " cam\n" + id + " two words\n",
+		"# ok\n\n" + id + " -cam\n",
+		"# ok\n" + id + "\ncam " + id + "\n",
+	} {
+		_, err := ParseDeviceList([]byte(bad))
+		if err == nil || !strings.Contains(err.Error(), "line 3") {
+			t.Errorf("%q: err = %v, want it to name line 3", bad, err)
+		}
+	}
+}
+
+// TestDeviceListNames: a name may follow the ID on its line; Devices
+// gives each device's name, "" for those without one.
+func TestDeviceListNames(t *testing.T) {
+	a, b := newIdentity(t).ID(), newIdentity(t).ID()
+	path := filepath.Join(t.TempDir(), "devices")
+	os.WriteFile(path, []byte(a.String()+" front-door  # by the gate\n"+b.String()+"\n"), 0o600)
+	l, err := LoadDeviceList(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs := l.Devices()
+	if len(devs) != 2 || devs[a] != "front-door" || devs[b] != "" || !l.Allow(a) || !l.Allow(b) {
+		t.Fatalf("devices %v", devs)
 	}
 }
 

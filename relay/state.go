@@ -27,10 +27,19 @@ type State interface {
 	Enroll(id identity.ID, token string) error
 	// CreateToken issues a token good for uses devices until ttl from now.
 	CreateToken(uses int, ttl time.Duration) (string, error)
+	// CreateNamedToken issues a single-use token, valid until ttl from
+	// now, that gives the device it enrolls the name name (see
+	// [CheckDeviceName]). A name is for one device: a token for several
+	// carries none.
+	CreateNamedToken(name string, ttl time.Duration) (string, error)
+	// SetName gives the enrolled device id the name name, "" none
+	// (ErrNotEnrolled if the device is not enrolled).
+	SetName(id identity.ID, name string) error
 	// Remove un-enrolls the device id (ErrNotEnrolled if it is not) and
 	// records when, so that tokens issued before cannot enroll it again.
 	Remove(id identity.ID) error
-	// Devices returns the enrolled devices, oldest enrollment first.
+	// Devices returns the enrolled devices, oldest enrollment first, with
+	// their names.
 	Devices() ([]EnrolledDevice, error)
 }
 
@@ -64,6 +73,25 @@ func CheckTokenLimits(uses int, ttl time.Duration) error {
 	}
 	if ttl <= 0 {
 		return fmt.Errorf("token lifetime must be more than 0, got %v: give how long it may enroll devices (a token for a production line can last long, 8760h say)", ttl)
+	}
+	return nil
+}
+
+// MaxDeviceNameLen is the longest name a device may have at the relay.
+const MaxDeviceNameLen = 64
+
+// CheckDeviceName checks a device's name at the relay: 1 to 64 letters,
+// digits, '.', '_' or '-', starting with a letter or a digit; one word, so
+// that it fits after the ID on a device list's line.
+func CheckDeviceName(name string) error {
+	if name == "" || len(name) > MaxDeviceNameLen {
+		return fmt.Errorf("device name %q: want 1 to %d characters", name, MaxDeviceNameLen)
+	}
+	for i, c := range name {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return fmt.Errorf("device name %q: want letters, digits, '.', '_' and '-', starting with a letter or a digit", name)
+		}
 	}
 	return nil
 }

@@ -78,16 +78,25 @@ func (s *Store) Enrolled(id identity.ID) bool {
 	return s.enrolled[id]
 }
 
-// EnrolledDevice is a device the relay enrolled.
+// EnrolledDevice is a device the relay enrolled, or one its device list
+// admits (Listed).
 type EnrolledDevice struct {
-	ID       identity.ID `json:"id"`
-	Enrolled time.Time   `json:"enrolled"`
-	Online   bool        `json:"online"`
-	LastSeen time.Time   `json:"last_seen,omitzero"`
+	ID identity.ID `json:"id"`
+	// Name is the device's name at the relay: given with its enrollment
+	// token, set by [State.SetName], or after its ID in the device list;
+	// "" if it has none.
+	Name     string    `json:"name,omitempty"`
+	Enrolled time.Time `json:"enrolled,omitzero"` // zero for a device only listed
+	// Listed marks a device the relay's device list admits and that is
+	// not enrolled.
+	Listed   bool      `json:"listed,omitempty"`
+	Online   bool      `json:"online"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 type deviceRecord struct {
 	Enrolled time.Time `json:"enrolled"`
+	Name     string    `json:"name,omitempty"`
 }
 
 type removedRecord struct {
@@ -95,7 +104,8 @@ type removedRecord struct {
 }
 
 type tokenRecord struct {
-	Uses    int       `json:"uses"` // left
+	Uses    int       `json:"uses"`           // left
+	Name    string    `json:"name,omitempty"` // of the device it enrolls
 	Expires time.Time `json:"expires,omitzero"`
 	Created time.Time `json:"created"`
 }
@@ -112,11 +122,24 @@ func tokenKey(token string) []byte {
 // 1) until ttl from now (more than 0). The token is returned once; the
 // store keeps only its hash.
 func (s *Store) CreateToken(uses int, ttl time.Duration) (string, error) {
+	return s.createToken(uses, ttl, "")
+}
+
+// CreateNamedToken issues a single-use enrollment token valid until ttl
+// from now, which gives the device it enrolls the name name.
+func (s *Store) CreateNamedToken(name string, ttl time.Duration) (string, error) {
+	if err := CheckDeviceName(name); err != nil {
+		return "", err
+	}
+	return s.createToken(1, ttl, name)
+}
+
+func (s *Store) createToken(uses int, ttl time.Duration, name string) (string, error) {
 	if err := CheckTokenLimits(uses, ttl); err != nil {
 		return "", err
 	}
 	token := NewEnrollToken()
-	rec := tokenRecord{Uses: uses, Created: time.Now().UTC()}
+	rec := tokenRecord{Uses: uses, Created: time.Now().UTC(), Name: name}
 	rec.Expires = rec.Created.Add(ttl)
 	v, _ := json.Marshal(rec)
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -186,7 +209,7 @@ func (s *Store) Enroll(id identity.ID, token string) error {
 				return err
 			}
 		}
-		d, _ := json.Marshal(deviceRecord{Enrolled: now})
+		d, _ := json.Marshal(deviceRecord{Enrolled: now, Name: rec.Name})
 		return tx.Bucket(bucketDevices).Put(id[:], d)
 	})
 	if errors.Is(err, ErrTokenExpired) {
@@ -256,10 +279,34 @@ func (s *Store) Devices() ([]EnrolledDevice, error) {
 			if len(k) != identity.IDLen || json.Unmarshal(v, &rec) != nil {
 				return nil
 			}
-			out = append(out, EnrolledDevice{ID: identity.ID(k), Enrolled: rec.Enrolled})
+			out = append(out, EnrolledDevice{ID: identity.ID(k), Enrolled: rec.Enrolled, Name: rec.Name})
 			return nil
 		})
 	})
 	slices.SortFunc(out, func(a, b EnrolledDevice) int { return a.Enrolled.Compare(b.Enrolled) })
 	return out, err
+}
+
+// SetName gives the enrolled device id the name name ("" removes its
+// name); ErrNotEnrolled if the device is not enrolled.
+func (s *Store) SetName(id identity.ID, name string) error {
+	if name != "" {
+		if err := CheckDeviceName(name); err != nil {
+			return err
+		}
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		v := b.Get(id[:])
+		if v == nil {
+			return ErrNotEnrolled
+		}
+		var rec deviceRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("device record: %w", err)
+		}
+		rec.Name = name
+		d, _ := json.Marshal(rec)
+		return b.Put(id[:], d)
+	})
 }

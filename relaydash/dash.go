@@ -73,9 +73,9 @@ type Config struct {
 	// page says it has none to show.
 	Refusals func() []Refusal
 
-	// Name returns a device's name, or "" if it has none. Nil: devices
-	// are shown by ID only.
-	Name func(identity.ID) string
+	// Names returns the devices' names (see [relay.DeviceNames]); it is
+	// called once for each page shown. Nil: devices are shown by ID only.
+	Names func() map[identity.ID]string
 }
 
 // MinTokenLen is the shortest [Config.Token] taken.

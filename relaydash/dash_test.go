@@ -186,7 +186,7 @@ func TestEscaping(t *testing.T) {
 	dev := tunneltest.StartDevice(t, r, echoDevice(t))
 	d := newDash(t, Config{
 		Relay: r.Server(),
-		Name:  func(identity.ID) string { return hostile },
+		Names: func() map[identity.ID]string { return map[identity.ID]string{dev.ID(): hostile} },
 		Refusals: func() []Refusal {
 			return []Refusal{{Time: time.Now(), Remote: hostile, Role: hostile, Reason: hostile}}
 		},

@@ -55,6 +55,7 @@ type refusalRow struct {
 // view reads the relay's state now.
 func (d *Dashboard) view() view {
 	snap := d.cfg.Relay.Snapshot()
+	names := d.names()
 	st := d.cfg.Relay.Stats()
 	now := snap.Taken
 	id := d.cfg.Relay.ID()
@@ -67,15 +68,15 @@ func (d *Dashboard) view() view {
 		Window:    fmt.Sprintf("%.0f s", relay.RelayedWindow.Seconds()),
 	}
 	for _, a := range snap.Devices {
-		v.Devices = append(v.Devices, d.agentRow(a, now, false))
+		v.Devices = append(v.Devices, agentRowOf(a, now, names, false))
 	}
 	for _, a := range snap.Clients {
-		v.Clients = append(v.Clients, d.agentRow(a, now, true))
+		v.Clients = append(v.Clients, agentRowOf(a, now, nil, true))
 	}
 	for _, p := range snap.Pairs {
 		r := sessionRow{
 			Client: p.Client.String(), ClientShort: shortInstance(p.Client, p.ClientInstance),
-			Device: p.Device.String(), DeviceShort: p.Device.Short(), DeviceName: d.name(p.Device),
+			Device: p.Device.String(), DeviceShort: p.Device.Short(), DeviceName: names[p.Device],
 			Path: "direct or idle", Relayed: p.Relayed,
 			LastRelayed: clock(p.LastRelayed), LastAge: age(now.Sub(p.LastRelayed)),
 		}
@@ -98,7 +99,9 @@ func (d *Dashboard) view() view {
 	return v
 }
 
-func (d *Dashboard) agentRow(a relay.Agent, now time.Time, client bool) agentRow {
+// agentRowOf is the row of the device or client a; names are the
+// devices' names.
+func agentRowOf(a relay.Agent, now time.Time, names map[identity.ID]string, client bool) agentRow {
 	r := agentRow{
 		ID: a.ID.String(), Short: a.ID.Short(),
 		Since: clock(a.Since), Age: age(now.Sub(a.Since)),
@@ -110,16 +113,17 @@ func (d *Dashboard) agentRow(a relay.Agent, now time.Time, client bool) agentRow
 	if client {
 		r.Instance = fmt.Sprintf("%016x", a.Instance)
 	} else {
-		r.Name = d.name(a.ID)
+		r.Name = names[a.ID]
 	}
 	return r
 }
 
-func (d *Dashboard) name(id identity.ID) string {
-	if d.cfg.Name == nil {
-		return ""
+// names returns the devices' names now.
+func (d *Dashboard) names() map[identity.ID]string {
+	if d.cfg.Names == nil {
+		return nil
 	}
-	return d.cfg.Name(id)
+	return d.cfg.Names()
 }
 
 // shortInstance names a client process: its short ID and instance.

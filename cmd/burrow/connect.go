@@ -104,6 +104,7 @@ direct: false) keeps all traffic on the relay.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runConnect(cmd, g, o, args)
 		},
+		ValidArgsFunction: completeDeviceService(g, true),
 	}
 	f := cmd.Flags()
 	o.rf.register(f)

@@ -54,7 +54,7 @@ otherwise).
 Deny by default: a client that is neither listed nor paired reaches nothing.
 A configuration that leaves the relay unpinned without relay_ca, or lets no
 one in at all (no clients and no roles), is refused at start.
-While it runs, "burrow device invite", "users", "revoke" and "status" (with
+While it runs, "burrow device invite", "invites", "users", "revoke" and "status" (with
 the same --config) talk to it through a Unix socket only its user can open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -66,6 +66,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics, /healthz and /readyz on this address (a bare port: 127.0.0.1:PORT); overrides metrics: in the config file")
 	cmd.AddCommand(
 		newDeviceInviteCmd(g, o),
+		newDeviceInvitesCmd(g, o),
 		newDeviceUsersCmd(g, o),
 		newDeviceRevokeCmd(g, o),
 		newDeviceStatusCmd(g, o),

@@ -106,22 +106,39 @@ func runDeviceInvite(cmd *cobra.Command, g *globals, o *deviceOptions, inv *invi
 	}
 	fmt.Fprintf(g.stdout, "%s\n\nSingle use; expires %s. Pair with: burrow pair --name NAME, then paste the invite.\n",
 		ans.Invite, ans.Expires.Local().Format(time.DateTime))
+	if ans.ID != "" {
+		fmt.Fprintf(g.stdout, "Its ID is %s: burrow device invites cancel %s withdraws it.\n", ans.ID, ans.ID)
+	}
 	return nil
 }
 
+// jsonUser is a user in "burrow device users --json".
+type jsonUser struct {
+	Name       string   `json:"name"`
+	ID         string   `json:"id"`
+	Role       string   `json:"role"`     // "" for a client of the config file
+	Services   []string `json:"services"` // a config file client's services; [] for a paired user
+	FromConfig bool     `json:"from_config"`
+	Paired     *string  `json:"paired"`    // null for a client of the config file
+	LastSeen   *string  `json:"last_seen"` // null if never seen
+}
+
 func newDeviceUsersCmd(g *globals, o *deviceOptions) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "users",
 		Short: "List the clients this device lets in",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDeviceUsers(cmd, g, o)
+			return runDeviceUsers(cmd, g, o, asJSON)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON array (fields in docs/json.md)")
+	return cmd
 }
 
-// runDeviceUsers prints the running agent's users as a table.
-func runDeviceUsers(cmd *cobra.Command, g *globals, o *deviceOptions) error {
+// runDeviceUsers prints the running agent's users as a table, or as JSON.
+func runDeviceUsers(cmd *cobra.Command, g *globals, o *deviceOptions, asJSON bool) error {
 	a, err := o.admin(cmd)
 	if err != nil {
 		return err
@@ -129,6 +146,14 @@ func runDeviceUsers(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	us, err := a.Users(cmd.Context())
 	if err != nil {
 		return o.notRunning(err)
+	}
+	if asJSON {
+		out := make([]jsonUser, 0, len(us))
+		for _, u := range us {
+			out = append(out, jsonUser{Name: u.Name, ID: u.ID.String(), Role: u.Role, Services: nonNil(u.Services),
+				FromConfig: u.FromConfig, Paired: jsonTime(u.Paired), LastSeen: jsonTime(u.LastSeen)})
+		}
+		return writeJSON(g.stdout, out)
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tID\tROLE\tPAIRED\tLAST SEEN")
@@ -163,7 +188,8 @@ func newDeviceRevokeCmd(g *globals, o *deviceOptions) *cobra.Command {
 }
 
 func newDeviceStatusCmd(g *globals, o *deviceOptions) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the relay attachment and open sessions",
 		Args:  cobra.NoArgs,
@@ -176,9 +202,65 @@ func newDeviceStatusCmd(g *globals, o *deviceOptions) *cobra.Command {
 			if err != nil {
 				return o.notRunning(err)
 			}
+			if asJSON {
+				return writeJSON(g.stdout, deviceStatusJSON(st))
+			}
 			return printDeviceStatus(g, st)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (fields in docs/json.md)")
+	return cmd
+}
+
+// jsonDeviceStatus is "burrow device status --json".
+type jsonDeviceStatus struct {
+	Relay               jsonRelayLink     `json:"relay"`
+	StateError          string            `json:"state_error"`           // "" if the state directory is writable
+	RevocationsNotSaved []string          `json:"revocations_not_saved"` // names
+	Sessions            []jsonSessionInfo `json:"sessions"`
+}
+
+// jsonRelayLink is the device's link to its relay.
+type jsonRelayLink struct {
+	Address      string  `json:"address"`
+	Attached     bool    `json:"attached"`
+	Draining     bool    `json:"draining"`
+	RelayID      string  `json:"relay_id"` // "" until a relay proved its key
+	Since        *string `json:"since"`    // when it attached, or detached
+	ObservedAddr string  `json:"observed_addr"`
+	RTTMS        float64 `json:"rtt_ms"`
+	Error        string  `json:"error"` // why it is not attached; "" while attached
+}
+
+// jsonSessionInfo is one client's session.
+type jsonSessionInfo struct {
+	Client       string  `json:"client"`
+	Name         string  `json:"name"`
+	Since        *string `json:"since"`
+	Path         string  `json:"path"` // "relay" or "direct ADDR"
+	RTTMS        float64 `json:"rtt_ms"`
+	Tunnels      int     `json:"tunnels"`
+	TunnelsTotal int     `json:"tunnels_total"`
+}
+
+// deviceStatusJSON is st as "burrow device status --json" prints it.
+func deviceStatusJSON(st device.Status) jsonDeviceStatus {
+	r := st.Relay
+	out := jsonDeviceStatus{
+		Relay: jsonRelayLink{Address: r.Relay, Attached: r.Attached, Draining: r.Draining, Since: jsonTime(r.Since),
+			ObservedAddr: r.ObservedAddr, RTTMS: ms(r.RTT), Error: r.Error},
+		StateError:          st.StateError,
+		RevocationsNotSaved: nonNil(st.NotSaved),
+		Sessions:            []jsonSessionInfo{},
+	}
+	if !r.RelayID.IsZero() {
+		out.Relay.RelayID = r.RelayID.String()
+	}
+	for _, s := range st.Sessions {
+		out.Sessions = append(out.Sessions, jsonSessionInfo{Client: s.Client.String(), Name: s.Name, Since: jsonTime(s.Since),
+			Path: s.Path, RTTMS: ms(s.RTT), Tunnels: s.Tunnels, TunnelsTotal: s.Total})
+	}
+	return out
 }
 
 // printDeviceStatus prints the running agent's status: its relay

@@ -43,9 +43,6 @@ import (
 	"github.com/burrow-tunnel/burrow/internal/adminsock"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
-
 func main() {
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
@@ -238,7 +235,7 @@ the relay in the middle forwards packets it cannot read.
 Start with "burrow demo" to see all three roles work on this machine.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       versionInfo(),
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -256,6 +253,7 @@ Start with "burrow demo" to see all three roles work on this machine.`,
 		newDevicesCmd(g),
 		newPingCmd(g),
 		newDemoCmd(g),
+		newVersionCmd(g),
 	)
 	return root
 }

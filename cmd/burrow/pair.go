@@ -179,7 +179,19 @@ func readInviteLine(r io.Reader) (string, error) {
 	}
 }
 
+// jsonKnownDevice is a device in "burrow devices --json".
+type jsonKnownDevice struct {
+	Name     string   `json:"name"`
+	ID       string   `json:"id"`
+	Relay    string   `json:"relay"`
+	RelayID  string   `json:"relay_id"` // "" if not pinned by ID
+	Role     string   `json:"role"`
+	Services []string `json:"services"`
+	Paired   *string  `json:"paired"` // null if unknown
+}
+
 func newDevicesCmd(g *globals) *cobra.Command {
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "devices",
 		Short: "List the devices this client has paired with",
@@ -193,6 +205,18 @@ func newDevicesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				out := make([]jsonKnownDevice, 0, len(devs))
+				for _, d := range devs {
+					j := jsonKnownDevice{Name: d.Name, ID: d.ID.String(), Relay: d.Relay, Role: d.Role,
+						Services: nonNil(d.Services), Paired: jsonTime(d.Paired)}
+					if !d.RelayID.IsZero() {
+						j.RelayID = d.RelayID.String()
+					}
+					out = append(out, j)
+				}
+				return writeJSON(g.stdout, out)
+			}
 			if len(devs) == 0 {
 				fmt.Fprintln(g.stderr, "no devices yet: pair with burrow pair (see burrow pair --help)")
 				return nil
@@ -205,6 +229,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON array (fields in docs/json.md)")
 	cmd.AddCommand(newDevicesForgetCmd(g))
 	return cmd
 }

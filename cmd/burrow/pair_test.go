@@ -22,6 +22,14 @@ import (
 // a function that makes one (role viewer) with the real binary.
 func pairingDevice(t *testing.T) (invite func() string) {
 	t.Helper()
+	invite, _ = pairingDeviceConfig(t)
+	return invite
+}
+
+// pairingDeviceConfig is pairingDevice, and also returns the device's
+// configuration file, which its admin commands take.
+func pairingDeviceConfig(t *testing.T) (invite func() string, cfg string) {
+	t.Helper()
 	dir := t.TempDir()
 	relayData := filepath.Join(dir, "relay")
 	relayIDOut, _, err := run(t, "relay", "id", "--data", relayData)
@@ -33,7 +41,7 @@ func pairingDevice(t *testing.T) (invite func() string) {
 	web := tunneltest.HTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "camera admin page")
 	}))
-	cfg := filepath.Join(dir, "cam.yaml")
+	cfg = filepath.Join(dir, "cam.yaml")
 	body := fmt.Sprintf("name: cam\nrelay: %s\nrelay_id: %s\nidentity: cam.key\nstate: cam-state\nservices:\n  http: %s\nroles:\n  viewer: [http]\ndirect: false\n",
 		m[1], strings.TrimSpace(relayIDOut), web)
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
@@ -48,7 +56,7 @@ func pairingDevice(t *testing.T) (invite func() string) {
 			t.Fatalf("invite: %q %q %v", out, stderr, err)
 		}
 		return strings.TrimSpace(out)
-	}
+	}, cfg
 }
 
 // runPair runs burrow pair with args and stdin. While it runs, it reads

@@ -19,6 +19,7 @@ type pingOptions struct {
 	count             int
 	interval, timeout time.Duration
 	noDirect          bool
+	asJSON            bool
 }
 
 func newPingCmd(g *globals) *cobra.Command {
@@ -47,6 +48,7 @@ to a direct path when one works.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPing(cmd, g, o, args[0])
 		},
+		ValidArgsFunction: completeDeviceService(g, false),
 	}
 	fl := cmd.Flags()
 	fl.IntVarP(&o.count, "count", "c", 5, "how many pings")
@@ -55,6 +57,7 @@ to a direct path when one works.`,
 	o.rf.register(fl)
 	fl.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	fl.BoolVar(&o.noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
+	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object once done, instead of a line per ping (fields in docs/json.md)")
 	return cmd
 }
 
@@ -83,12 +86,46 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 		return err
 	}
 	defer c.Close()
-	return ping(cmd.Context(), g, c, f, o.count, o.interval, o.timeout)
+	return ping(cmd.Context(), g, c, f, o)
 }
 
-// ping pings f's device count times and prints each answer and a summary.
-func ping(ctx context.Context, g *globals, c *client.Client, f forward, count int, interval, timeout time.Duration) error {
-	fmt.Fprintf(g.stdout, "PING %s (%s) via relay %s\n", f.name, f.device.Short(), f.relay.Addr)
+// jsonPing is the result of "burrow ping --json".
+type jsonPing struct {
+	Device   string        `json:"device"`    // as given: a name, or an ID
+	DeviceID string        `json:"device_id"` // in full
+	Relay    string        `json:"relay"`
+	Sent     int           `json:"sent"`
+	Answered int           `json:"answered"`
+	Pings    []jsonPingSeq `json:"pings"`
+	RTTMinMS *float64      `json:"rtt_min_ms"` // null if none answered
+	RTTAvgMS *float64      `json:"rtt_avg_ms"`
+	RTTMaxMS *float64      `json:"rtt_max_ms"`
+}
+
+// jsonPingSeq is one ping: answered (rtt_ms, path) or not (error).
+type jsonPingSeq struct {
+	Seq   int      `json:"seq"`
+	RTTMS *float64 `json:"rtt_ms"` // null if not answered
+	Path  string   `json:"path"`   // "relay" or "direct ADDR"; "" if not answered
+	Error string   `json:"error"`  // "" if answered
+}
+
+// msPtr is ms(d), for a JSON field that may be null.
+func msPtr(d time.Duration) *float64 {
+	v := ms(d)
+	return &v
+}
+
+// ping pings f's device o.count times and prints each answer and a
+// summary, or with --json one object once done.
+func ping(ctx context.Context, g *globals, c *client.Client, f forward, o *pingOptions) error {
+	count, interval, timeout := o.count, o.interval, o.timeout
+	say := func(format string, args ...any) {
+		if !o.asJSON {
+			fmt.Fprintf(g.stdout, format, args...)
+		}
+	}
+	say("PING %s (%s) via relay %s\n", f.name, f.device.Short(), f.relay.Addr)
 	// Without the relay no ping can be answered: wait for it first, so
 	// that a relay that is down or untrusted is reported as such.
 	actx, cancel := context.WithTimeout(ctx, timeout)
@@ -101,10 +138,10 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, count in
 		return fmt.Errorf("no answer from %s: %w", f.name, err)
 	}
 	var (
-		answered         int
 		sum, least, most time.Duration
 		lastErr          error
 	)
+	rep := jsonPing{Device: f.name, DeviceID: f.device.String(), Relay: f.relay.Addr, Pings: []jsonPingSeq{}}
 	for seq := 1; seq <= count; seq++ {
 		if seq > 1 {
 			select {
@@ -119,30 +156,41 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, count in
 		if ctx.Err() != nil {
 			break
 		}
+		rep.Sent++
 		if err != nil {
 			err = pingCause(c, f, err)
 			lastErr = err
 			if errors.Is(err, context.DeadlineExceeded) {
-				fmt.Fprintf(g.stdout, "seq=%d no answer within %s\n", seq, timeout)
+				say("seq=%d no answer within %s\n", seq, timeout)
+				rep.Pings = append(rep.Pings, jsonPingSeq{Seq: seq, Error: fmt.Sprintf("no answer within %s", timeout)})
 			} else {
-				fmt.Fprintf(g.stdout, "seq=%d error: %v\n", seq, err)
+				say("seq=%d error: %v\n", seq, err)
+				rep.Pings = append(rep.Pings, jsonPingSeq{Seq: seq, Error: err.Error()})
 			}
 			continue
 		}
-		answered++
+		rep.Answered++
 		sum += res.RTT
-		if answered == 1 || res.RTT < least {
+		if rep.Answered == 1 || res.RTT < least {
 			least = res.RTT
 		}
 		most = max(most, res.RTT)
-		fmt.Fprintf(g.stdout, "seq=%d rtt=%s path=%s\n", seq, fmtRTT(res.RTT), res.Path)
+		say("seq=%d rtt=%s path=%s\n", seq, fmtRTT(res.RTT), res.Path)
+		rep.Pings = append(rep.Pings, jsonPingSeq{Seq: seq, RTTMS: msPtr(res.RTT), Path: res.Path.String()})
 	}
-	fmt.Fprintf(g.stdout, "--- %s: %d sent, %d answered", f.name, count, answered)
-	if answered > 0 {
-		fmt.Fprintf(g.stdout, ", rtt min/avg/max %s/%s/%s", fmtRTT(least), fmtRTT(sum/time.Duration(answered)), fmtRTT(most))
+	say("--- %s: %d sent, %d answered", f.name, count, rep.Answered)
+	if rep.Answered > 0 {
+		avg := sum / time.Duration(rep.Answered)
+		say(", rtt min/avg/max %s/%s/%s", fmtRTT(least), fmtRTT(avg), fmtRTT(most))
+		rep.RTTMinMS, rep.RTTAvgMS, rep.RTTMaxMS = msPtr(least), msPtr(avg), msPtr(most)
 	}
-	fmt.Fprintln(g.stdout)
-	if answered == 0 && lastErr != nil {
+	say("\n")
+	if o.asJSON {
+		if err := writeJSON(g.stdout, rep); err != nil {
+			return err
+		}
+	}
+	if rep.Answered == 0 && lastErr != nil {
 		return fmt.Errorf("no answer from %s: %w", f.name, lastErr)
 	}
 	return nil

@@ -67,8 +67,8 @@ trusted roots.
 
 Deny by default: the relay admits only devices it enrolled, which present an
 enrollment token once ("burrow relay token create"), devices listed in
---devices FILE (one device ID per line, "#" comments; re-read when it
-changes), or, with --open, any device.
+--devices FILE (one device ID per line, optionally followed by its name;
+"#" comments; re-read when it changes), or, with --open, any device.
 
 A relay keeps the devices it enrolled and the tokens it issued in its data
 directory. Relays of a fleet share them in NATS instead (--nats, a server
@@ -121,7 +121,7 @@ only, or with --dashboard-token-file to whoever brings the token.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", ":443", "TCP address to serve agents on")
-	f.StringVar(&o.devicesFile, "devices", "", "file of device IDs allowed to attach, one per line")
+	f.StringVar(&o.devicesFile, "devices", "", "file of device IDs allowed to attach, one per line (ID [NAME])")
 	f.BoolVar(&o.open, "open", false, "allow any device to attach")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of the self-signed one")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -211,7 +211,7 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 		return err
 	}
 	defer st.close()
-	allow, err := o.admission(st, log)
+	allow, list, err := o.admission(st, log)
 	if err != nil {
 		return err
 	}
@@ -240,14 +240,14 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 	}
 	st.attach(srv)
 	// The admin socket serves until the relay has stopped, drain included.
-	stopAdmin, err := serveAdmin(context.WithoutCancel(cmd.Context()), filepath.Join(o.dataDir, relayAdminsFile), relay.AdminHandler(srv, st))
+	stopAdmin, err := serveAdmin(context.WithoutCancel(cmd.Context()), filepath.Join(o.dataDir, relayAdminsFile), relay.AdminHandler(srv, st, list))
 	if err != nil {
 		return err
 	}
 	defer stopAdmin()
 	if o.metrics != "" {
 		// Stopped after the relay, drain included (defers run last first).
-		var dash relaydash.Config
+		dash := relaydash.Config{Names: func() map[identity.ID]string { return relay.DeviceNames(st, list) }}
 		if o.dashboardTokenFile != "" {
 			if dash.Token, err = readDashboardToken(o.dashboardTokenFile); err != nil {
 				return err
@@ -271,24 +271,25 @@ func runRelay(cmd *cobra.Command, g *globals, o *relayOptions) error {
 }
 
 // admission returns the relay's AllowDevice: enrolled devices, and those
-// of --devices, or any device with --open.
-func (o *relayOptions) admission(st relay.State, log *slog.Logger) (func(identity.ID) bool, error) {
+// of --devices (the list, nil without --devices), or any device with
+// --open.
+func (o *relayOptions) admission(st relay.State, log *slog.Logger) (func(identity.ID) bool, *relay.DeviceList, error) {
 	switch {
 	case o.open:
 		log.Warn("relay is open: any device may attach")
-		return func(identity.ID) bool { return true }, nil
+		return func(identity.ID) bool { return true }, nil, nil
 	case o.devicesFile != "":
 		l, err := relay.LoadDeviceList(o.devicesFile, log)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Info("device list loaded", "path", o.devicesFile, "devices", l.Len())
-		return func(id identity.ID) bool { return l.Allow(id) || st.Enrolled(id) }, nil
+		return func(id identity.ID) bool { return l.Allow(id) || st.Enrolled(id) }, l, nil
 	}
 	if devs, _ := st.Devices(); len(devs) == 0 {
 		log.Info("no device enrolled yet: make an enrollment token with burrow relay token create --data " + o.dataDir)
 	}
-	return st.Enrolled, nil
+	return st.Enrolled, nil, nil
 }
 
 // listenUDP opens the relay's UDP socket (--udp-listen, by default the

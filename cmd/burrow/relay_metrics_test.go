@@ -82,7 +82,7 @@ func TestBinaryRelayMetrics(t *testing.T) {
 	dir := t.TempDir()
 	relayData := filepath.Join(dir, "relay")
 	mustRun(t, "relay", "id", "--data", relayData)
-	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1")
+	tokenOut, _, err := run(t, "relay", "token", "create", "--data", relayData, "--uses", "1", "--name", "cam1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,9 +221,10 @@ func TestBinaryRelayMetrics(t *testing.T) {
 		t.Errorf("/readyz: %d %q", code, body)
 	}
 	// The dashboard, on the same listener, to loopback: the device
-	// attached and the refusals.
-	if code, body := httpGet(t, "http://"+metrics+"/"); code != 200 || !strings.Contains(body, deviceID) || !strings.Contains(body, "not allowed: ") {
-		t.Errorf("dashboard: %d, want 200 with the device %s and its refusals:\n%s", code, deviceID, body)
+	// attached, by ID and name, and the refusals.
+	if code, body := httpGet(t, "http://"+metrics+"/"); code != 200 || !strings.Contains(body, deviceID) ||
+		!strings.Contains(body, "<td>cam1</td>") || !strings.Contains(body, "not allowed: ") {
+		t.Errorf("dashboard: %d, want 200 with the device %s (cam1) and its refusals:\n%s", code, deviceID, body)
 	}
 	// The client holds the drain open: /readyz says so meanwhile.
 	relay.cmd.Process.Signal(syscall.SIGTERM)
