@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -160,24 +159,6 @@ func (a *attachment) markAllowed(now time.Time) { a.allowedAt.Store(now.UnixNano
 
 // allowedSince reports whether a device allowed the client at or after t.
 func (a *attachment) allowedSince(t time.Time) bool { return a.allowedAt.Load() > t.UnixNano() }
-
-// pairIntents returns the client's pairing intents (device → invite
-// token), or nil; the map is never changed once stored.
-func (a *attachment) pairIntents() map[identity.ID][32]byte {
-	if m := a.intents.Load(); m != nil {
-		return *m
-	}
-	return nil
-}
-
-// intent returns the invite token of the client's pairing intent for
-// device, or zero.
-func (a *attachment) intent(device identity.ID) [32]byte {
-	if m := a.intents.Load(); m != nil {
-		return (*m)[device]
-	}
-	return [32]byte{}
-}
 
 // done is closed once the attachment has ended and been cleaned up.
 func (a *attachment) done() <-chan struct{} { return a.finished }
@@ -463,50 +444,6 @@ func (a *attachment) readFirstByte(probe time.Duration) error {
 	}
 	_, err := io.ReadFull(a.src, a.hdr[:1])
 	return err
-}
-
-// maxIntents bounds the pairing intents a client may hold at once.
-const maxIntents = 8
-
-// deviceState handles an access or pair-intent frame.
-func (a *attachment) deviceState(t relayproto.FrameType, p []byte) error {
-	switch {
-	case t == relayproto.FrameAccess && a.role == relayproto.RoleDevice:
-		flags, entries, err := relayproto.ParseAccess(p, a.accessBuild)
-		if err != nil {
-			return err
-		}
-		if flags&relayproto.AccessFirst != 0 {
-			entries = append(entries[:0], entries[len(a.accessBuild):]...)
-		}
-		if len(entries) > relayproto.MaxAccessEntries {
-			return fmt.Errorf("%w: access list of more than %d entries", relayproto.ErrMalformed, relayproto.MaxAccessEntries)
-		}
-		a.accessBuild = entries
-		if flags&relayproto.AccessLast != 0 {
-			a.access.Store(newAccessSet(entries))
-			a.accessBuild = nil
-			a.srv.accessChanged(a.addr.ID)
-		}
-	case t == relayproto.FramePairIntent && a.role == relayproto.RoleClient:
-		f, err := relayproto.ParsePairIntent(p)
-		if err != nil {
-			return err
-		}
-		intents := make(map[identity.ID][32]byte, maxIntents)
-		if old := a.intents.Load(); old != nil {
-			maps.Copy(intents, *old)
-		}
-		if _, ok := intents[f.Device]; !ok && len(intents) >= maxIntents {
-			for k := range intents { // forget one
-				delete(intents, k)
-				break
-			}
-		}
-		intents[f.Device] = f.Token
-		a.intents.Store(&intents)
-	}
-	return nil
 }
 
 // kick starts the writers of the queues pushed to since the last kick.

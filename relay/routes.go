@@ -326,45 +326,6 @@ func (f *flapLog) record(device identity.ID, now time.Time) (time.Duration, int)
 	return min(flapWindow, time.Duration(len(recent)-flapFree)*flapStep), len(recent)
 }
 
-// An accessSet is who may reach a device. It is never changed once made;
-// a new list replaces it whole.
-type accessSet struct {
-	clients map[identity.ID]struct{}
-	invites map[[32]byte]struct{}
-}
-
-func newAccessSet(entries []relayproto.AccessEntry) *accessSet {
-	a := &accessSet{}
-	for _, e := range entries {
-		switch e.Kind {
-		case relayproto.AccessClient:
-			if a.clients == nil {
-				a.clients = make(map[identity.ID]struct{})
-			}
-			a.clients[identity.ID(e.Value)] = struct{}{}
-		case relayproto.AccessInvite:
-			if a.invites == nil {
-				a.invites = make(map[[32]byte]struct{})
-			}
-			a.invites[e.Value] = struct{}{}
-		}
-	}
-	return a
-}
-
-// allows reports whether client may reach the device: it is listed, or it
-// presented the token of a pending invite.
-func (a *accessSet) allows(client identity.ID, token [32]byte) bool {
-	if _, ok := a.clients[client]; ok {
-		return true
-	}
-	if token == ([32]byte{}) {
-		return false
-	}
-	_, ok := a.invites[token]
-	return ok
-}
-
 // An offline device is what the relay remembers of a device that
 // detached: when, and (if it allowed few enough) which clients it allowed
 // then, so that only they hear when it was last seen. Clients are kept as

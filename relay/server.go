@@ -38,16 +38,16 @@
 // The package has one file per concern: the server's lifecycle and drain
 // (server.go), its configuration and counters (config.go), the counts of
 // refusals, handshake failures and attaches and the recent refusals
-// (events.go), the HTTP
-// upgrade and the agents' handshake (handshake.go), the registry of
-// attached agents that routes packets (routes.go), one attached agent's
-// read loop and forwarding (attachment.go) and send queue (queue.go), the
-// bounds on clients (clients.go) and on unauthenticated connections
-// (preauth.go), the UDP binding service (udpbind.go), and the operator's
-// side: admin API, enrollment store, device list, certificate files and
-// the certificate that carries a fleet's map (certfile.go), and the
-// snapshot of attached agents and relayed pairs an operator's dashboard
-// shows (snapshot.go).
+// (events.go), the HTTP upgrade and the agents' handshake (handshake.go),
+// the registry of attached agents that routes packets (routes.go), who
+// may reach a device: access lists and pair intents (access.go), one
+// attached agent's read loop and forwarding (attachment.go) and send
+// queue (queue.go), the bounds on clients (clients.go) and on
+// unauthenticated connections (preauth.go), the UDP binding service
+// (udpbind.go), and the operator's side: admin API, enrollment store,
+// device list, certificate files and the certificate that carries a
+// fleet's map (certfile.go), and the snapshot of attached agents and
+// relayed pairs an operator's dashboard shows (snapshot.go).
 package relay
 
 import (
