@@ -23,6 +23,8 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 	"github.com/burrow-tunnel/burrow/relay"
+	"github.com/burrow-tunnel/burrow/relaylink"
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -267,5 +269,63 @@ func TestHealth(t *testing.T) {
 func TestConfigNeedsServer(t *testing.T) {
 	if _, err := Mux(Config{}); err == nil {
 		t.Fatal("Mux without a server: no error")
+	}
+}
+
+// TestQueueDropsScraped: a device that stops reading fills its queue at
+// the relay; the packets a client goes on sending it are dropped, and the
+// scrape counts them.
+func TestQueueDropsScraped(t *testing.T) {
+	rid := tunneltest.NewIdentity(t)
+	srv, err := relay.New(relay.Config{Identity: rid, SendQueueLen: 16, AllowDevice: func(identity.ID) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	devID, cliID := tunneltest.NewIdentity(t), tunneltest.NewIdentity(t)
+	cfg := relaylink.Config{Relay: relaylink.RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}}
+	dcfg, ccfg := cfg, cfg
+	dcfg.Identity, dcfg.Role = devID, relayproto.RoleDevice
+	ccfg.Identity, ccfg.Role = cliID, relayproto.RoleClient
+	dev, err := relaylink.Dial(t.Context(), dcfg, relaylink.State{Access: relaylink.AccessList([]identity.ID{cliID.ID()}, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close() // and never read: the relay's writes to it back up
+	cli, err := relaylink.Dial(t.Context(), ccfg, relaylink.State{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	go func() { // the client reads what the relay tells it
+		for {
+			if _, err := cli.Read(); err != nil {
+				return
+			}
+		}
+	}()
+	pkt := make([]byte, 1200)
+	for deadline := time.Now().Add(20 * time.Second); srv.Stats().PacketsDropped == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no packet dropped after 20 s of sending to a device that does not read")
+		}
+		for range 1000 {
+			cli.Send(relayproto.Addr{ID: devID.ID()}, pkt)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mux, err := Mux(Config{Server: srv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	if v, _ := value(scrape(t, hs.URL+"/metrics"), "burrow_relay_queue_dropped_packets_total"); v < 1 {
+		t.Errorf("burrow_relay_queue_dropped_packets_total = %v after drops, want at least 1", v)
 	}
 }
