@@ -42,7 +42,7 @@ func TestHomeRefusesUnsafeDir(t *testing.T) {
 		if err := os.Chown(h.Dir, 65534, -1); err != nil {
 			t.Fatal(err)
 		}
-		check(t, h, "run chown root "+h.Dir)
+		check(t, h, "runuser -u ")
 	})
 }
 

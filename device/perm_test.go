@@ -38,7 +38,7 @@ func TestOpenStoreRefusesUnsafeDir(t *testing.T) {
 			if err := os.Chown(dir, 65534, -1); err != nil {
 				t.Fatal(err)
 			}
-			return dir, "run chown root " + dir
+			return dir, "runuser -u "
 		}},
 	}
 	for _, tc := range tests {

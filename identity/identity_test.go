@@ -223,7 +223,7 @@ func TestLoadRejectsUnsafeOwners(t *testing.T) {
 	if err := os.Chown(path, 65534, -1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(path); !errors.Is(err, ErrUnsafePermissions) || !strings.Contains(err.Error(), "run chown root "+path) {
+	if _, err := Load(path); !errors.Is(err, ErrUnsafePermissions) || !strings.Contains(err.Error(), "runuser -u ") {
 		t.Fatalf("0600 key of uid 65534: err = %v, want it refused with the chown that fixes it", err)
 	}
 	if _, _, err := LoadOrCreate(path); err == nil {

@@ -442,7 +442,7 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 		want string
 	}{
 		{"device key of another user", true, "", []string{"device", "--config", deviceCfg("their-key.yaml", "identity: "+theirKey+"\n")},
-			"is owned by user nobody (uid 65534), who could change it, not by user root (uid 0), whom this agent runs as: run chown root " + theirKey},
+			"is owned by user nobody (uid 65534), who could change it, not by user root (uid 0), whom this agent runs as: run the command as its owner (runuser -u nobody -- burrow …)"},
 		{"device state directory others may write", false, "", []string{"device", "--config", deviceCfg("shared-state.yaml", "identity: d.key\nstate: "+sharedState+"\n")},
 			"state directory " + sharedState + " is writable by users other than its owner (mode 0777), who could change what it holds: run chmod go-w " + sharedState},
 		{"device state directory of another user, writable by all", true, "", []string{"device", "--config", deviceCfg("their-state.yaml", "identity: d.key\nstate: "+theirState+"\n")},

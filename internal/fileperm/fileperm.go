@@ -179,9 +179,16 @@ func checkOwner(path, name string, fi fs.FileInfo, self int) error {
 	if !ok || uid == self || uid == 0 {
 		return nil
 	}
+	fix := fmt.Sprintf("run chown %s %s, or run the agent as its owner", chownName(self), path)
+	if self == 0 {
+		// Root meets a file of a service's user (an operator running a
+		// relay command by hand): handing it to root would lock the
+		// service out of it.
+		fix = fmt.Sprintf("run the command as its owner (runuser -u %s -- burrow …), rather than chown it to root, which would lock its owner out", chownName(uid))
+	}
 	return &Error{Path: path,
 		Problem: fmt.Sprintf("%s is owned by %s, who could change it, not by %s, whom this agent runs as", name, userName(uid), userName(self)),
-		Fix:     fmt.Sprintf("run chown %s %s, or run the agent as its owner", chownName(self), path)}
+		Fix:     fix}
 }
 
 // unixMode returns fi's permission bits with the sticky bit, as chmod

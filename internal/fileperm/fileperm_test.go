@@ -114,11 +114,11 @@ func TestCheckDir(t *testing.T) {
 			dir := mkdir(t, filepath.Join(base, "state"), 0o700)
 			chown(t, dir, nobody)
 			return dir
-		}, []string{"is owned by ", "uid 65534", "run chown "}},
+		}, []string{"is owned by ", "uid 65534", "runuser -u ", "rather than chown it to root"}},
 		{"below another user's directory", true, func(t *testing.T, base string) string {
 			chown(t, mkdir(t, filepath.Join(base, "theirs"), 0o755), nobody)
 			return mkdir(t, filepath.Join(base, "theirs", "state"), 0o700)
-		}, []string{"directory " + filepath.Join("BASE", "theirs") + " (above", "uid 65534", "run chown "}},
+		}, []string{"directory " + filepath.Join("BASE", "theirs") + " (above", "uid 65534", "runuser -u "}},
 		{"below another user's sticky directory", true, func(t *testing.T, base string) string {
 			chown(t, mkdir(t, filepath.Join(base, "theirs"), os.ModeSticky|0o777), nobody)
 			return mkdir(t, filepath.Join(base, "theirs", "state"), 0o700)
@@ -189,7 +189,7 @@ func TestCheckKey(t *testing.T) {
 		needRoot(t)
 		path := key(t, t.TempDir(), 0o600)
 		chown(t, path, nobody)
-		wantUnsafe(t, check(path), "this key is owned by ", "uid 65534", "run chown root "+path)
+		wantUnsafe(t, check(path), "this key is owned by ", "uid 65534", "runuser -u ", "rather than chown it to root")
 	})
 }
 
