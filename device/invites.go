@@ -79,8 +79,14 @@ func (d *Device) CancelInvite(id string) (PendingInvite, error) {
 	if found == nil {
 		return PendingInvite{}, fmt.Errorf("%w %q: burrow device invites lists them", ErrUnknownInvite, id)
 	}
-	if err := d.st.dropInvites([][32]byte{found.Verifier}); err != nil {
+	pending, err := d.st.cancelInvite(found.Verifier)
+	if err != nil {
 		return PendingInvite{}, fmt.Errorf("cannot cancel invite %s: %w", id, err)
+	}
+	if !pending {
+		// Redeemed between the look-up and the delete: cancelling is
+		// too late, and saying it worked would hide a new user.
+		return PendingInvite{}, fmt.Errorf("%w: invite %s was used a moment ago: see burrow device users, and burrow device revoke NAME to undo it", ErrUnknownInvite, id)
 	}
 	d.mu.Lock()
 	delete(d.invites, found.Verifier)

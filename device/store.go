@@ -391,6 +391,20 @@ func (st *store) touch(id identity.ID, seen time.Time) error {
 	})
 }
 
+// cancelInvite deletes the invite with this verifier, reporting whether
+// it was still there: a pairing may have redeemed it a moment before.
+func (st *store) cancelInvite(verifier [32]byte) (bool, error) {
+	var found bool
+	err := st.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketInvites)
+		if found = b.Get(verifier[:]) != nil; !found {
+			return nil
+		}
+		return b.Delete(verifier[:])
+	})
+	return found, err
+}
+
 // dropInvites deletes the invites with these verifiers.
 func (st *store) dropInvites(verifiers [][32]byte) error {
 	return st.update(func(tx *bolt.Tx) error {

@@ -202,3 +202,33 @@ func TestPairGuard(t *testing.T) {
 		t.Fatal("slow failures locked pairing")
 	}
 }
+
+// TestCancelInviteAfterRedeem: cancelling an invite a pairing has just
+// redeemed reports that it was no longer there, so that the device does
+// not say "cancelled" about an invite that made a user; one still pending
+// is cancelled, and cannot be redeemed after.
+func TestCancelInviteAfterRedeem(t *testing.T) {
+	st, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	used, pending := pairing.NewSecret(), pairing.NewSecret()
+	for _, s := range []pairing.Secret{used, pending} {
+		if err := st.addInvite(pendingInvite{Verifier: s.Verifier(), Role: "viewer", Expires: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.redeem(used.Verifier(), identity.ID{1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := st.cancelInvite(used.Verifier()); err != nil || found {
+		t.Errorf("cancel of a redeemed invite: found %v, %v; want not found", found, err)
+	}
+	if found, err := st.cancelInvite(pending.Verifier()); err != nil || !found {
+		t.Errorf("cancel of a pending invite: found %v, %v; want found", found, err)
+	}
+	if _, err := st.redeem(pending.Verifier(), identity.ID{2}, time.Now()); !errors.Is(err, ErrInviteUnknown) {
+		t.Errorf("redeem after cancel: %v, want ErrInviteUnknown", err)
+	}
+}
