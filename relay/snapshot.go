@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"slices"
@@ -82,13 +83,13 @@ func (s *Server) Snapshot() Snapshot {
 		snap.Clients = append(snap.Clients, c.agentInfo())
 		snap.Pairs = c.marks.appendPairs(snap.Pairs, c.address(), byKey, now)
 	}
-	slices.SortFunc(snap.Devices, func(a, b Agent) int { return cmp.Compare(a.ID.String(), b.ID.String()) })
+	slices.SortFunc(snap.Devices, func(a, b Agent) int { return bytes.Compare(a.ID[:], b.ID[:]) })
 	slices.SortFunc(snap.Clients, func(a, b Agent) int {
-		return cmp.Or(cmp.Compare(a.ID.String(), b.ID.String()), cmp.Compare(a.Instance, b.Instance))
+		return cmp.Or(bytes.Compare(a.ID[:], b.ID[:]), cmp.Compare(a.Instance, b.Instance))
 	})
 	slices.SortFunc(snap.Pairs, func(a, b Pair) int {
-		return cmp.Or(cmp.Compare(a.Device.String(), b.Device.String()),
-			cmp.Compare(a.Client.String(), b.Client.String()), cmp.Compare(a.ClientInstance, b.ClientInstance))
+		return cmp.Or(bytes.Compare(a.Device[:], b.Device[:]),
+			bytes.Compare(a.Client[:], b.Client[:]), cmp.Compare(a.ClientInstance, b.ClientInstance))
 	})
 	return snap
 }

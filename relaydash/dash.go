@@ -27,6 +27,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -212,7 +213,16 @@ func (d *Dashboard) authorize(w http.ResponseWriter, r *http.Request) bool {
 	if d.cfg.Token == "" {
 		ap, err := netip.ParseAddrPort(r.RemoteAddr)
 		if err == nil && ap.Addr().Unmap().IsLoopback() {
-			return true
+			if loopbackHost(r.Host) {
+				return true
+			}
+			// A page of another site whose name was made to resolve to
+			// 127.0.0.1 (DNS rebinding) reaches loopback too, under its
+			// own name.
+			d.log.Warn("dashboard: request for another host name than loopback's refused", "host", r.Host)
+			http.Error(w, "the relay's dashboard answers only to localhost, 127.0.0.1 and [::1] without a token: open it by one of those names, or set a dashboard token (--dashboard-token-file)",
+				http.StatusForbidden)
+			return false
 		}
 		d.log.Warn("dashboard: request from a non-loopback address refused", "remote", r.RemoteAddr)
 		http.Error(w, "the relay's dashboard is shown only on loopback: set a dashboard token "+
@@ -236,9 +246,10 @@ func (d *Dashboard) authorize(w http.ResponseWriter, r *http.Request) bool {
 		http.Redirect(w, r, u.RequestURI(), http.StatusSeeOther)
 		return false
 	}
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || !d.tokenMatches(tok) {
+	// Another scheme (Basic, from a proxy that authenticates its users)
+	// is not ours: the cookie may still carry the token's proof.
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		if !d.tokenMatches(strings.TrimSpace(tok)) {
 			d.refuse(w, r, "wrong token in the Authorization header")
 			return false
 		}
@@ -254,6 +265,20 @@ func (d *Dashboard) authorize(w http.ResponseWriter, r *http.Request) bool {
 	http.Error(w, "the relay's dashboard needs its token: open /?token=TOKEN once, or send Authorization: Bearer TOKEN",
 		http.StatusUnauthorized)
 	return false
+}
+
+// loopbackHost reports whether host, a request's Host header, names
+// loopback: localhost or a loopback address, with any port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // tokenMatches compares tok with the token in constant time (of the

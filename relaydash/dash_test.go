@@ -1,6 +1,7 @@
 package relaydash
 
 import (
+	"fmt"
 	"html"
 	"io"
 	"net/http"
@@ -51,8 +52,12 @@ func newDash(t *testing.T, cfg Config) *Dashboard {
 // get serves a GET of target from remote and returns the response.
 func get(d http.Handler, remote, target string, hdr ...string) *http.Response {
 	r := httptest.NewRequest(http.MethodGet, target, nil)
-	r.RemoteAddr = remote
+	r.RemoteAddr, r.Host = remote, "localhost:9090"
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			r.Host = hdr[i+1]
+			continue
+		}
 		r.Header.Set(hdr[i], hdr[i+1])
 	}
 	w := httptest.NewRecorder()
@@ -90,6 +95,24 @@ func TestLoopbackOnly(t *testing.T) {
 	}
 }
 
+// TestLoopbackHostOnly: without a token, a request from loopback must
+// name loopback too, so that a page of another site whose name resolves
+// to 127.0.0.1 (DNS rebinding) cannot read the dashboard.
+func TestLoopbackHostOnly(t *testing.T) {
+	d := newDash(t, Config{})
+	for _, host := range []string{"localhost:9090", "LOCALHOST", "127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]"} {
+		if resp := get(d, "127.0.0.1:4000", "/", "Host", host); resp.StatusCode != http.StatusOK {
+			t.Errorf("Host %s: %s, want 200", host, resp.Status)
+		}
+	}
+	for _, host := range []string{"evil.example:9090", "evil.example", "10.0.0.1:9090", "localhost.evil.example", ""} {
+		resp := get(d, "127.0.0.1:4000", "/live", "Host", host)
+		if b := body(t, resp); resp.StatusCode != http.StatusForbidden || strings.Contains(b, "<section") {
+			t.Errorf("Host %q: %s, want 403 and nothing of the page", host, resp.Status)
+		}
+	}
+}
+
 // TestToken: with a token, every request must carry it, from loopback
 // too: in the Authorization header, or once in the query, which sets a
 // cookie that carries it on.
@@ -105,7 +128,13 @@ func TestToken(t *testing.T) {
 	if resp := get(d, "203.0.113.7:4000", "/", "Authorization", "Bearer "+token); resp.StatusCode != http.StatusOK {
 		t.Errorf("right bearer token from afar: %s, want 200", resp.Status)
 	}
-	for _, auth := range []string{"Bearer wrong-token-wrong-token", "Bearer " + token + "x", "Basic " + token, "Bearer "} {
+	if resp := get(d, lo, "/", "Authorization", "bearer "+token); resp.StatusCode != http.StatusOK {
+		t.Errorf("the scheme in lower case: %s, want 200", resp.Status)
+	}
+	if resp := get(d, lo, "/", "Authorization", "Basic "+token); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("another scheme, and no cookie: %s, want 401", resp.Status)
+	}
+	for _, auth := range []string{"Bearer wrong-token-wrong-token", "Bearer " + token + "x", "Bearer "} {
 		if resp := get(d, lo, "/", "Authorization", auth); resp.StatusCode != http.StatusForbidden {
 			t.Errorf("Authorization %q: %s, want 403", auth, resp.Status)
 		}
@@ -124,6 +153,9 @@ func TestToken(t *testing.T) {
 	}
 	if resp := get(d, "203.0.113.7:4000", "/", "Cookie", cs[0].Name+"="+cs[0].Value); resp.StatusCode != http.StatusOK {
 		t.Errorf("with the cookie: %s, want 200", resp.Status)
+	}
+	if resp := get(d, lo, "/", "Cookie", cs[0].Name+"="+cs[0].Value, "Authorization", "Basic YWxpY2U6c2VjcmV0"); resp.StatusCode != http.StatusOK {
+		t.Errorf("with the cookie, behind a proxy that sends Basic credentials: %s, want 200", resp.Status)
 	}
 	if resp := get(d, lo, "/", "Cookie", cs[0].Name+"="+token); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("with a forged cookie: %s, want 401", resp.Status)
@@ -289,5 +321,34 @@ func fill(v reflect.Value, s string) {
 	case reflect.Slice:
 		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
 		fill(v.Index(0), s)
+	}
+}
+
+// manyAgents is a relay with n devices attached, for the page's bounds.
+type manyAgents struct {
+	id identity.ID
+	n  int
+}
+
+func (m manyAgents) ID() identity.ID    { return m.id }
+func (m manyAgents) Stats() relay.Stats { return relay.Stats{Devices: m.n} }
+func (m manyAgents) Snapshot() relay.Snapshot {
+	snap := relay.Snapshot{Taken: time.Now()}
+	for i := range m.n {
+		snap.Devices = append(snap.Devices, relay.Agent{ID: identity.ID{byte(i >> 8), byte(i)}, Since: time.Now()})
+	}
+	return snap
+}
+
+// TestRowsBounded: a relay of many devices gets their count and the
+// first maxRows rows, not a page that grows with it.
+func TestRowsBounded(t *testing.T) {
+	d := newDash(t, Config{Relay: manyAgents{id: identity.ID{9}, n: maxRows + 100}})
+	b := body(t, get(d, "127.0.0.1:4000", "/live"))
+	if rows := strings.Count(b, "<tr><td><code"); rows != maxRows {
+		t.Errorf("%d device rows, want %d", rows, maxRows)
+	}
+	if !strings.Contains(b, fmt.Sprintf("Devices online (%d)", maxRows+100)) || !strings.Contains(b, fmt.Sprintf("The first %d by ID", maxRows)) {
+		t.Error("the page does not give the count of all devices and say it shows the first ones")
 	}
 }

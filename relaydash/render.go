@@ -86,17 +86,17 @@ func writeLive(p *page, v view) {
 	p.markup("\n<p class=\"meta\">State at ")
 	p.text(v.Taken)
 	p.markup(": ")
-	p.int(len(v.Devices))
+	p.int(v.DevicesTotal)
 	p.markup(" devices and ")
-	p.int(len(v.Clients))
+	p.int(v.ClientsTotal)
 	p.markup(" clients attached; ")
 	p.text(v.Forwarded)
 	p.markup(" forwarded since the relay started, ")
 	p.uint(v.Dropped)
 	p.markup(" packets dropped.</p>\n")
-	writeAgents(p, "devices", "Devices online", "Device", "Name", "No device is attached.", v.Devices)
+	writeAgents(p, "devices", "Devices online", "Device", "Name", "No device is attached.", v.Devices, v.DevicesTotal)
 	writeSessions(p, v)
-	writeAgents(p, "clients", "Clients attached", "Client", "Instance", "No client is attached.", v.Clients)
+	writeAgents(p, "clients", "Clients attached", "Client", "Instance", "No client is attached.", v.Clients, v.ClientsTotal)
 	writeChart(p, v.Traffic)
 	writeRefusals(p, v)
 }
@@ -104,10 +104,11 @@ func writeLive(p *page, v view) {
 // writeAgents writes the table of devices or of clients: first and second
 // name their first two columns (the agent, then a device's name or a
 // client's instance).
-func writeAgents(p *page, id, title, first, second, empty string, rows []agentRow) {
+func writeAgents(p *page, id, title, first, second, empty string, rows []agentRow, total int) {
 	p.markup("\n<section id=\"" + id + "\">\n<h2>" + title + " (")
-	p.int(len(rows))
+	p.int(total)
 	p.markup(")</h2>\n")
+	writeShown(p, len(rows), total)
 	if len(rows) == 0 {
 		p.markup("<p class=\"empty\">" + empty + "</p>\n</section>\n")
 		return
@@ -142,10 +143,20 @@ func writeAgents(p *page, id, title, first, second, empty string, rows []agentRo
 	p.markup("\n</tbody></table></div>\n</section>\n")
 }
 
+// writeShown says that a list shows only its first rows, if it does.
+func writeShown(p *page, shown, total int) {
+	if shown < total {
+		p.markup("<p class=\"note\">The first ")
+		p.int(shown)
+		p.markup(" by ID; the metrics (/metrics) count them all.</p>\n")
+	}
+}
+
 func writeSessions(p *page, v view) {
 	p.markup("\n<section id=\"sessions\">\n<h2>Sessions (")
-	p.int(len(v.Sessions))
+	p.int(v.SessionsTotal)
 	p.markup(")</h2>\n")
+	writeShown(p, len(v.Sessions), v.SessionsTotal)
 	if len(v.Sessions) == 0 {
 		p.markup("<p class=\"empty\">The relay has forwarded packets for no client and device that are both attached.</p>\n")
 	} else {

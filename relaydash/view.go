@@ -9,6 +9,11 @@ import (
 	"github.com/burrow-tunnel/burrow/relay"
 )
 
+// maxRows bounds each of the page's lists of devices, clients and
+// sessions: a relay of many thousands gives their counts, and the first
+// rows by ID, rather than a page of megabytes every 2 seconds.
+const maxRows = 500
+
 // maxRefusals bounds the refusals the page lists.
 const maxRefusals = 50
 
@@ -16,16 +21,19 @@ const maxRefusals = 50
 // only places and escapes them.
 type view struct {
 	RelayID, RelayShort string
-	Taken               string // when the state was read
-	Devices             []agentRow
-	Clients             []agentRow
+	Taken               string     // when the state was read
+	Devices             []agentRow // the first maxRows, by ID
+	Clients             []agentRow // the first maxRows, by ID
 	Sessions            []sessionRow
-	Traffic             chart
-	Forwarded           string // bytes forwarded since the relay started
-	Dropped             uint64 // packets dropped since the relay started
-	Window              string // see relay.RelayedWindow
-	RefusalsKnown       bool   // Config.Refusals is set
-	Refusals            []refusalRow
+	// The counts of all attached devices and clients and of all
+	// sessions, of which the lists above hold the first maxRows.
+	DevicesTotal, ClientsTotal, SessionsTotal int
+	Traffic                                   chart
+	Forwarded                                 string // bytes forwarded since the relay started
+	Dropped                                   uint64 // packets dropped since the relay started
+	Window                                    string // see relay.RelayedWindow
+	RefusalsKnown                             bool   // Config.Refusals is set
+	Refusals                                  []refusalRow
 }
 
 type agentRow struct {
@@ -66,7 +74,12 @@ func (d *Dashboard) view() view {
 		Forwarded: formatBytes(st.BytesForwarded),
 		Dropped:   st.PacketsDropped,
 		Window:    fmt.Sprintf("%.0f s", relay.RelayedWindow.Seconds()),
+
+		DevicesTotal: len(snap.Devices), ClientsTotal: len(snap.Clients), SessionsTotal: len(snap.Pairs),
 	}
+	snap.Devices = snap.Devices[:min(len(snap.Devices), maxRows)]
+	snap.Clients = snap.Clients[:min(len(snap.Clients), maxRows)]
+	snap.Pairs = snap.Pairs[:min(len(snap.Pairs), maxRows)]
 	for _, a := range snap.Devices {
 		v.Devices = append(v.Devices, agentRowOf(a, now, names, false))
 	}
