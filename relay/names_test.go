@@ -62,3 +62,19 @@ func TestStoreDeviceNames(t *testing.T) {
 		t.Fatalf("clearing the name: %v, name %q", err, name())
 	}
 }
+
+// TestStoreCheck: a readiness probe's check passes on an open store and
+// fails, saying why, once it is closed.
+func TestStoreCheck(t *testing.T) {
+	st, err := OpenStore(filepath.Join(t.TempDir(), "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Check(); err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	st.Close()
+	if err := st.Check(); err == nil {
+		t.Fatal("closed store: Check passed")
+	}
+}

@@ -71,6 +71,17 @@ func OpenStore(path string) (*Store, error) {
 // Close closes the store.
 func (s *Store) Close() error { return s.db.Close() }
 
+// Check reports whether the store can be read, in a read transaction that
+// only looks up its buckets: cheap enough for a readiness probe.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketDevices) == nil {
+			return errors.New("relay store: the devices bucket is missing")
+		}
+		return nil
+	})
+}
+
 // Enrolled reports whether the device with id is enrolled.
 func (s *Store) Enrolled(id identity.ID) bool {
 	s.mu.RLock()

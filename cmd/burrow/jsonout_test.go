@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -126,6 +128,26 @@ func TestBinaryJSON(t *testing.T) {
 		if seq["path"] != "relay" || seq["rtt_ms"] == nil || seq["error"] != "" {
 			t.Errorf("ping --json: %v", seq)
 		}
+	}
+
+	// Interrupted, ping --json still prints its one document: the pings
+	// sent so far.
+	cmd := exec.Command(binary(t), "ping", "cam1", "--home", home, "--no-direct", "--count", "1000", "--interval", "100ms", "--json")
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("ping --json interrupted: %v, want exit status 0", err)
+	}
+	p = checkShape(t, "ping --json interrupted", parseJSON(t, "ping --json interrupted", stdout.String()), jsonShape{
+		"device": "string", "device_id": "string", "relay": "string", "sent": "number", "answered": "number",
+		"pings": "array", "rtt_min_ms": "number?", "rtt_avg_ms": "number?", "rtt_max_ms": "number?"})
+	if sent := p["sent"].(float64); sent >= 1000 || int(sent) != len(p["pings"].([]any)) {
+		t.Errorf("ping --json interrupted: %v", p)
 	}
 
 	out = mustRun(t, "device", "users", "--config", cfg, "--json")

@@ -131,7 +131,11 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, o *pingO
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	err := c.WaitAttached(actx)
 	cancel()
-	if ctx.Err() != nil {
+	rep := jsonPing{Device: f.name, DeviceID: f.device.String(), Relay: f.relay.Addr, Pings: []jsonPingSeq{}}
+	if ctx.Err() != nil { // interrupted before a ping was sent
+		if o.asJSON {
+			return writeJSON(g.stdout, rep)
+		}
 		return nil
 	}
 	if err != nil {
@@ -141,13 +145,13 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, o *pingO
 		sum, least, most time.Duration
 		lastErr          error
 	)
-	rep := jsonPing{Device: f.name, DeviceID: f.device.String(), Relay: f.relay.Addr, Pings: []jsonPingSeq{}}
+pings:
 	for seq := 1; seq <= count; seq++ {
 		if seq > 1 {
 			select {
 			case <-time.After(interval):
-			case <-ctx.Done():
-				return nil
+			case <-ctx.Done(): // interrupted: the summary of those sent
+				break pings
 			}
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
@@ -178,7 +182,7 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, o *pingO
 		say("seq=%d rtt=%s path=%s\n", seq, fmtRTT(res.RTT), res.Path)
 		rep.Pings = append(rep.Pings, jsonPingSeq{Seq: seq, RTTMS: msPtr(res.RTT), Path: res.Path.String()})
 	}
-	say("--- %s: %d sent, %d answered", f.name, count, rep.Answered)
+	say("--- %s: %d sent, %d answered", f.name, rep.Sent, rep.Answered)
 	if rep.Answered > 0 {
 		avg := sum / time.Duration(rep.Answered)
 		say(", rtt min/avg/max %s/%s/%s", fmtRTT(least), fmtRTT(avg), fmtRTT(most))

@@ -17,7 +17,7 @@ import (
 // dash has a Token). Call stop after the relay has stopped, so that
 // /readyz says "draining" while it drains.
 func serveRelayMetrics(addr string, srv *relay.Server, ready func() error, dash relaydash.Config, log *slog.Logger) (stop func(), err error) {
-	mux, err := relaymetrics.Mux(relaymetrics.Config{Server: srv, Ready: ready})
+	mux, err := relaymetrics.Mux(relaymetrics.Config{Server: srv, Ready: ready, Version: burrowVersion()})
 	if err != nil {
 		return nil, err
 	}

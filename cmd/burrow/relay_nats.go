@@ -146,8 +146,7 @@ func (o *relayOptions) openRelayState(ctx context.Context, id *identity.Identity
 		if err != nil {
 			return nil, err
 		}
-		ready := func() error { _, err := s.Devices(); return err }
-		return &relayState{State: s, attach: func(*relay.Server) {}, close: func() { s.Close() }, ready: ready}, nil
+		return &relayState{State: s, attach: func(*relay.Server) {}, close: func() { s.Close() }, ready: s.Check}, nil
 	}
 	nc, err := o.nats.connect("burrow relay "+id.ID().Short(), log)
 	if err != nil {

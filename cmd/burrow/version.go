@@ -12,6 +12,18 @@ import (
 // replaces the module version from the build info.
 var version = ""
 
+// burrowVersion is this burrow's version: -X main.version's, else the
+// module version from the build info, else "(devel)".
+func burrowVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
 // versionInfo says which burrow this is: the module version (for a build
 // of a checkout, the pseudo-version go build derives from its commit, or
 // "(devel)"), the VCS commit it was built from, whether
@@ -23,12 +35,9 @@ var version = ""
 // (cobra's own format for --version, which needs no text/template: see
 // TestLinkerDropsUnusedMethods).
 func versionInfo() string {
-	v, commit, modified, when := "(devel)", "", false, ""
+	v, commit, modified, when := burrowVersion(), "", false, ""
 	goVersion := runtime.Version()
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
@@ -40,9 +49,6 @@ func versionInfo() string {
 			}
 		}
 		goVersion = bi.GoVersion
-	}
-	if version != "" {
-		v = version
 	}
 	line := v
 	if commit != "" {
