@@ -144,6 +144,16 @@ func New(cfg Config) (*Server, error) {
 // ID returns the relay's ID.
 func (s *Server) ID() identity.ID { return s.cfg.Identity.ID() }
 
+// isClosed reports whether Close has begun.
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.closedCh:
+		return true
+	default:
+		return false
+	}
+}
+
 // Draining reports whether the relay admits no new agent any more: a
 // drain ([Server.Shutdown]) has begun, or it is closed.
 func (s *Server) Draining() bool {
@@ -430,6 +440,11 @@ func (s *Server) waitDrain(ctx context.Context) (string, error) {
 			last, lastAt = n, now
 		}
 		switch {
+		case s.isClosed():
+			// Close empties the routes (after it marks the relay
+			// closed): a drain it ended must say so, not that the
+			// clients left.
+			return "closed", http.ErrServerClosed
 		case clients == 0:
 			return "no client attached", nil
 		case s.quiet > 0 && now.Sub(lastAt) >= s.quiet:
