@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/burrow-tunnel/burrow/peerproto"
+	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
 // Direct paths.
@@ -96,6 +97,12 @@ const (
 	// MaxDirectPacket is the largest packet a direct path carries: a path
 	// is used only once a probe this big has crossed it.
 	MaxDirectPacket = peerproto.MaxPacketLen
+
+	// MaxPacket is the largest E2E packet every path carries: the UDP
+	// relay path's, whose 13-byte header leaves that much of the
+	// largest datagram (relayproto.MaxUDPPacket). The session sizes its
+	// packets to it.
+	MaxPacket = relayproto.MaxUDPPacket
 
 	openerTTL = 2
 

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+
+	"github.com/burrow-tunnel/burrow/identity"
 )
 
 // testKey is the key of every test: bytes 0 to 31.
@@ -57,6 +59,9 @@ func encodings() []struct {
 		{"no-candidates", AppendCandidates(nil, noCands), signal, noCands},
 		{"ready", AppendReady(nil, Ready{Round: 3}), signal, Ready{Round: 3}},
 		{"lost", AppendLost(nil, Lost{Round: 1 << 31}), signal, Lost{Round: 1 << 31}},
+		{"relays", AppendRelays(nil, Relays{Relays: []RelayChannel{{Relay: identity.ID{1, 2}, Channel: 7}, {Relay: identity.ID{3}, Channel: 1 << 31}}}), signal,
+			Relays{Relays: []RelayChannel{{Relay: identity.ID{1, 2}, Channel: 7}, {Relay: identity.ID{3}, Channel: 1 << 31}}}},
+		{"no relays", AppendRelays(nil, Relays{Round: 2}), signal, Relays{Round: 2, Relays: []RelayChannel{}}},
 		{"path", AppendPathMessage(nil, PathMessage{Signal: AppendReady(nil, Ready{Round: 3})}), control,
 			PathMessage{Signal: AppendReady(nil, Ready{Round: 3})}},
 		{"ping", AppendPing(nil, Ping{ID: 0x0102030405060708}), control, Ping{ID: 0x0102030405060708}},
@@ -139,6 +144,8 @@ func TestRoundTrip(t *testing.T) {
 			b = AppendReady(b, m)
 		case Lost:
 			b = AppendLost(b, m)
+		case Relays:
+			b = AppendRelays(b, m)
 		case PathMessage:
 			b = AppendPathMessage(b, m)
 		case Ping:
@@ -197,6 +204,8 @@ func TestParseTable(t *testing.T) {
 		{"bytes after candidates", signal, append(append([]byte{1, 0, 0, 0, 2, 1}, v4...), 0), nil, ErrMalformed},
 		{"long ready", signal, []byte{2, 0, 0, 0, 1, 0}, nil, ErrMalformed},
 		{"long lost", signal, []byte{3, 0, 0, 0, 1, 0}, nil, ErrMalformed},
+		{"5 relays", signal, []byte{4, 0, 0, 0, 0, MaxRelays + 1}, nil, ErrMalformed},
+		{"bytes after relays", signal, append(AppendRelays(nil, Relays{Relays: []RelayChannel{{Channel: 1}}}), 0), nil, ErrMalformed},
 		{"newer signal", signal, []byte{9, 0, 0, 0, 1, 1, 2, 3}, nil, ErrUnknownType},
 		{"short newer signal", signal, []byte{9, 0, 0, 0}, nil, ErrTruncated},
 		{"empty path message", control, []byte{1, 0, 0}, PathMessage{Signal: []byte{}}, nil},
@@ -357,6 +366,8 @@ func FuzzDirect(f *testing.F) {
 				again = AppendReady(nil, m)
 			case Lost:
 				again = AppendLost(nil, m)
+			case Relays:
+				again = AppendRelays(nil, m)
 			}
 			// IPv4-mapped candidates re-encode as IPv4: compare what parses.
 			if m2, err := ParseSignal(again); err != nil || !reflect.DeepEqual(m2, m) {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/burrow-tunnel/burrow/identity"
 )
 
 // The path layer's signalling messages travel inside the session, in
@@ -29,6 +31,13 @@ const (
 	// SignalLost: round u32. The sender's direct path lost the packets
 	// sent over it (the data check); taken in any round.
 	SignalLost SignalType = 3
+	// SignalRelays: round u32 (0: it belongs to no round), count u8,
+	// count × (relay ID [32], channel u32); count ≤ [MaxRelays]. The
+	// relays whose UDP port forwards datagrams to the sender (the UDP
+	// relay path, relayproto's PROTOCOL.md), and the sender's channel at
+	// each. It replaces the previous list; an empty one says the sender
+	// takes no more datagrams through a relay.
+	SignalRelays SignalType = 4
 )
 
 func (t SignalType) String() string {
@@ -39,6 +48,8 @@ func (t SignalType) String() string {
 		return "ready"
 	case SignalLost:
 		return "lost"
+	case SignalRelays:
+		return "relays"
 	}
 	return fmt.Sprintf("signal-%d", byte(t))
 }
@@ -50,13 +61,15 @@ const (
 	SignalHeaderLen = 5
 	// MaxCandidates bounds a candidates message.
 	MaxCandidates = 16
+	// MaxRelays bounds a relays message.
+	MaxRelays = 4
 	// MaxSignalLen is the largest signalling message of a known type: 16
 	// IPv6 candidates. It fits a control message ([MaxControlLen]).
 	MaxSignalLen = SignalHeaderLen + 1 + MaxCandidates*(1+16+2)
 )
 
-// A Signal is a parsed signalling message: [Candidates], [Ready] or
-// [Lost].
+// A Signal is a parsed signalling message: [Candidates], [Ready], [Lost]
+// or [Relays].
 type Signal interface {
 	isSignal()
 }
@@ -78,9 +91,35 @@ type Lost struct {
 	Round uint32
 }
 
+// Relays lists the relays that forward datagrams to the sender, and its
+// channel at each.
+type Relays struct {
+	Round  uint32
+	Relays []RelayChannel
+}
+
+// A RelayChannel is an agent's channel at a relay.
+type RelayChannel struct {
+	Relay   identity.ID
+	Channel uint32
+}
+
 func (Candidates) isSignal() {}
 func (Ready) isSignal()      {}
 func (Lost) isSignal()       {}
+func (Relays) isSignal()     {}
+
+// AppendRelays appends a relays message with the first MaxRelays of
+// r.Relays.
+func AppendRelays(b []byte, r Relays) []byte {
+	rs := r.Relays[:min(len(r.Relays), MaxRelays)]
+	b = binary.BigEndian.AppendUint32(append(b, byte(SignalRelays)), r.Round)
+	b = append(b, byte(len(rs)))
+	for _, rc := range rs {
+		b = binary.BigEndian.AppendUint32(append(b, rc.Relay[:]...), rc.Channel)
+	}
+	return b
+}
 
 // AppendCandidates appends a candidates message with the first
 // MaxCandidates of c.Addrs.
@@ -128,6 +167,12 @@ func ParseSignal(b []byte) (Signal, error) {
 			return Ready{Round: round}, nil
 		}
 		return Lost{Round: round}, nil
+	case SignalRelays:
+		rs, err := parseRelays(body)
+		if err != nil {
+			return nil, err
+		}
+		return Relays{Round: round, Relays: rs}, nil
 	}
 	return nil, fmt.Errorf("%w: signalling message type %d", ErrUnknownType, b[0])
 }
@@ -154,6 +199,30 @@ func parseCandidates(b []byte) ([]netip.AddrPort, error) {
 	}
 	if len(b) != 0 {
 		return nil, fmt.Errorf("%w: %d bytes after the candidates", ErrMalformed, len(b))
+	}
+	return out, nil
+}
+
+// parseRelays parses the body of a relays message: count u8 and the
+// relays.
+func parseRelays(b []byte) ([]RelayChannel, error) {
+	const each = identity.IDLen + 4
+	if len(b) < 1 {
+		return nil, fmt.Errorf("%w: relays without a count", ErrTruncated)
+	}
+	n := int(b[0])
+	switch {
+	case n > MaxRelays:
+		return nil, fmt.Errorf("%w: %d relays", ErrMalformed, n)
+	case len(b)-1 < n*each:
+		return nil, fmt.Errorf("%w: %d relays in %d bytes", ErrTruncated, n, len(b)-1)
+	case len(b)-1 > n*each:
+		return nil, fmt.Errorf("%w: %d bytes after the relays", ErrMalformed, len(b)-1-n*each)
+	}
+	out := make([]RelayChannel, n)
+	for i := range out {
+		e := b[1+i*each:]
+		out[i] = RelayChannel{Relay: identity.ID(e[:identity.IDLen]), Channel: binary.BigEndian.Uint32(e[identity.IDLen:each])}
 	}
 	return out, nil
 }

@@ -179,6 +179,10 @@ const (
 	// ExtUDPBinding (server hello): the relay's UDP port u16 and this
 	// session's binding token [16]; see [AppendBindingRequest].
 	ExtUDPBinding byte = 2
+	// ExtUDPRelay (server hello, with ExtUDPBinding): the relay forwards
+	// datagrams on that UDP port, and this is the agent's channel there;
+	// see [UDPRelay] and [AppendUDPData].
+	ExtUDPRelay byte = 3
 )
 
 // UDPBinding is the value of a server hello's ExtUDPBinding.

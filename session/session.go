@@ -38,8 +38,8 @@ import (
 const ALPN = "burrow/1"
 
 // PacketSize is the size of the QUIC packets a session sends: the largest
-// a direct path carries.
-const PacketSize = paths.MaxDirectPacket
+// every path carries (see [paths.MaxPacket]).
+const PacketSize = paths.MaxPacket
 
 // A CloseCode says why a session was closed.
 type CloseCode = quic.ApplicationErrorCode
