@@ -132,8 +132,8 @@ func newAttachment(s *Server, spec attachSpec) *attachment {
 	a.q = s.newSendQueue(a.writeBatch, func(err error) {
 		a.end(fmt.Errorf("write to agent: %w", err))
 	})
-	if fd := sendSocket(spec.conn); fd >= 0 {
-		a.q.room = func(n int) bool { return sendRoom(fd, n) }
+	if rc := newRoomCheck(spec.conn); rc != nil {
+		a.q.room = rc.room
 	}
 	return a
 }

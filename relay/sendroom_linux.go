@@ -12,35 +12,60 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sendSocket returns the descriptor of the TCP socket under a TLS
-// connection, for sendRoom, or -1: if conn is not TLS over a socket, or if
-// the socket has a TCP_NOTSENT_LOWAT limit, which can make a write wait
-// even when the send buffer has room. The descriptor is valid until conn
-// is closed.
-func sendSocket(conn net.Conn) int {
+// A roomCheck tells whether the TCP socket under a TLS connection has room
+// for more bytes (see sendRoom). Only the holder of its queue's writing
+// turn calls it: its fields are that caller's.
+type roomCheck struct {
+	rc  syscall.RawConn
+	n   int  // the bytes asked about
+	ok  bool // the answer
+	fn  func(fd uintptr)
+}
+
+// newRoomCheck returns the room check of the socket under conn, or nil:
+// if conn is not TLS over a socket, or if the socket has a
+// TCP_NOTSENT_LOWAT limit, which can make a write wait even when the send
+// buffer has room.
+func newRoomCheck(conn net.Conn) *roomCheck {
 	tc, ok := conn.(*tls.Conn)
 	if !ok {
-		return -1
+		return nil
 	}
 	sc, ok := tc.NetConn().(syscall.Conn)
 	if !ok {
-		return -1
+		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return -1
+		return nil
 	}
-	fd := -1
+	usable := false
 	rc.Control(func(s uintptr) {
 		// 0 leaves the system's setting in force; unlimited reads as -1
 		// (the kernel's UINT_MAX).
 		lowat, err := unix.GetsockoptInt(int(s), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
-		if err == nil && (lowat == -1 || lowat == 0 && systemLowatUnlimited()) {
-			fd = int(s)
-		}
+		usable = err == nil && (lowat == -1 || lowat == 0 && systemLowatUnlimited())
 	})
-	return fd
+	if !usable {
+		return nil
+	}
+	r := &roomCheck{rc: rc}
+	r.fn = r.check // made once: a check allocates nothing
+	return r
 }
+
+// room reports whether the socket can take n more bytes without waiting;
+// false once the connection is closed (Control holds the descriptor, so
+// it is never another socket's).
+func (r *roomCheck) room(n int) bool {
+	r.n, r.ok = n, false
+	if r.rc.Control(r.fn) != nil {
+		return false
+	}
+	return r.ok
+}
+
+func (r *roomCheck) check(fd uintptr) { r.ok = sendRoom(int(fd), r.n) }
 
 // systemLowatUnlimited reports whether the system sets no TCP_NOTSENT_LOWAT
 // limit for sockets that set none (the kernel's default).

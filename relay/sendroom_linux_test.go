@@ -3,6 +3,7 @@ package relay
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"syscall"
 	"testing"
@@ -35,12 +36,12 @@ func TestSendRoom(t *testing.T) {
 	if p := <-peer; p != nil {
 		defer p.Close()
 	}
-	fd := sendSocket(tls.Client(c, &tls.Config{}))
-	if fd < 0 {
+	check := newRoomCheck(tls.Client(c, &tls.Config{}))
+	if check == nil {
 		t.Skip("the system sets a TCP_NOTSENT_LOWAT limit: the relay never writes on its read loops")
 	}
-	if sendSocket(c) != -1 {
-		t.Fatal("sendSocket of a connection without TLS, want -1")
+	if newRoomCheck(c) != nil {
+		t.Fatal("a room check of a connection without TLS, want none")
 	}
 	rc, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
@@ -49,7 +50,7 @@ func TestSendRoom(t *testing.T) {
 	const n = 16 << 10
 	b := make([]byte, n)
 	written := 0
-	for sendRoom(fd, n) {
+	for check.room(n) {
 		var wn int
 		var werr error
 		rc.Write(func(s uintptr) bool {
@@ -57,7 +58,7 @@ func TestSendRoom(t *testing.T) {
 			return true // once, without waiting
 		})
 		if errors.Is(werr, syscall.EAGAIN) || wn != n {
-			t.Fatalf("after %d bytes sendRoom said there was room, but a write took %d of %d bytes (%v)", written, wn, n, werr)
+			t.Fatalf("after %d bytes the room check said there was room, but a write took %d of %d bytes (%v)", written, wn, n, werr)
 		}
 		written += n
 		if written > 1<<30 {
@@ -65,7 +66,38 @@ func TestSendRoom(t *testing.T) {
 		}
 	}
 	if written == 0 {
-		t.Fatal("sendRoom said an empty socket had no room for 16 KiB")
+		t.Fatal("the room check said an empty socket had no room for 16 KiB")
 	}
 	t.Logf("room for %d bytes written without waiting", written)
+}
+
+// TestRoomCheckClosed: the check of a closed connection says there is no
+// room, rather than asking a descriptor that may be another socket's now.
+func TestRoomCheckClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := newRoomCheck(tls.Client(c, &tls.Config{}))
+	if check == nil {
+		t.Skip("the system sets a TCP_NOTSENT_LOWAT limit")
+	}
+	if !check.room(1) {
+		t.Fatal("no room on a fresh connection")
+	}
+	c.Close()
+	if check.room(1) {
+		t.Fatal("room on a closed connection")
+	}
 }

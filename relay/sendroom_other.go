@@ -4,8 +4,10 @@ package relay
 
 import "net"
 
-// sendSocket returns -1 here: the relay cannot tell whether a write would
-// wait, so every batch goes to a writer goroutine.
-func sendSocket(net.Conn) int { return -1 }
+// roomCheck is Linux's only: elsewhere the relay cannot tell whether a
+// write would wait, so every batch goes to a writer goroutine.
+type roomCheck struct{}
 
-func sendRoom(fd, n int) bool { return false }
+func newRoomCheck(net.Conn) *roomCheck { return nil }
+
+func (*roomCheck) room(int) bool { return false }
