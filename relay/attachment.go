@@ -132,6 +132,9 @@ func newAttachment(s *Server, spec attachSpec) *attachment {
 	a.q = s.newSendQueue(a.writeBatch, func(err error) {
 		a.end(fmt.Errorf("write to agent: %w", err))
 	})
+	if rc := newRoomCheck(spec.conn); rc != nil {
+		a.q.room = rc.room
+	}
 	return a
 }
 
@@ -446,10 +449,12 @@ func (a *attachment) readFirstByte(probe time.Duration) error {
 	return err
 }
 
-// kick starts the writers of the queues pushed to since the last kick.
+// kick writes the frames queued since the last kick, on the read loop
+// where the destination's socket has room for them (see
+// sendQueue.kickInline), else by starting the destination's writer.
 func (a *attachment) kick() {
 	for i, to := range a.touched {
-		to.q.kick()
+		to.q.kickInline()
 		a.touched[i] = nil
 	}
 	a.touched = a.touched[:0]

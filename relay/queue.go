@@ -36,7 +36,8 @@ func (f outFrame) release() {
 // pushed a batch; a kick hands the queue to a writer unless one is on it.
 // The writer takes everything queued, writes it with one flush, and lets
 // go of the queue when it is empty, so an idle agent has no writer and no
-// buffers. It is safe for concurrent use.
+// buffers. A read loop may write a batch itself instead, when the write
+// cannot wait (kickInline). It is safe for concurrent use.
 type sendQueue struct {
 	limit   int
 	writers *writers
@@ -45,6 +46,10 @@ type sendQueue struct {
 	write func([]outFrame) error
 	// fail is called with a write error; the queue is closed then.
 	fail func(error)
+	// room reports whether the connection can take n more bytes without
+	// the write waiting (see kickInline); nil if it cannot tell. Set
+	// before the queue is used.
+	room func(n int) bool
 
 	mu      sync.Mutex
 	frames  []outFrame // guarded by mu
@@ -84,45 +89,108 @@ func (q *sendQueue) kick() {
 	q.writers.take(q)
 }
 
+// kickInline writes the queued frames on the calling goroutine, if no
+// writer is on the queue and the connection has room for them all (room),
+// so that the write cannot wait for the agent; frames queued meanwhile, or
+// frames there is no room for, go to a writer as kick sends them. A read
+// loop calls it before a read that may block: the burst it has just read
+// goes out without waking a writer goroutine, the costliest step of a
+// relayed packet's path after the TLS and socket work.
+func (q *sendQueue) kickInline() {
+	q.mu.Lock()
+	if q.writing || q.closed || len(q.frames) == 0 {
+		q.mu.Unlock()
+		return
+	}
+	q.writing = true
+	n := 0
+	for _, f := range q.frames {
+		n += f.len()
+	}
+	q.mu.Unlock()
+	if q.room != nil && q.room(n) {
+		batch, ok := q.next()
+		if !ok || !q.writeTaken(batch) {
+			return
+		}
+	}
+	q.mu.Lock()
+	if len(q.frames) == 0 || q.closed {
+		q.letGoLocked()
+		q.mu.Unlock()
+		return
+	}
+	q.mu.Unlock()
+	q.writers.take(q)
+}
+
+// len is the number of bytes f puts on the wire.
+func (f outFrame) len() int {
+	if f.buf == nil {
+		return len(f.ctl)
+	}
+	return f.n
+}
+
 // maxIdleCap is the largest frame slice an idle queue keeps for reuse.
 const maxIdleCap = 64
 
 // run writes batches until the queue is empty.
 func (q *sendQueue) run() {
 	for {
-		q.mu.Lock()
-		batch := q.frames
-		if len(batch) == 0 || q.closed {
-			q.writing = false
-			if cap(q.frames) > maxIdleCap {
-				q.frames = nil
-			}
-			if cap(q.spare) > maxIdleCap {
-				q.spare = nil
-			}
-			q.idle.Broadcast()
-			q.mu.Unlock()
-			return
-		}
-		q.frames = q.spare[:0]
-		q.spare = nil
-		q.mu.Unlock()
-
-		err := q.write(batch)
-		clear(batch)
-		q.mu.Lock()
-		q.spare = batch[:0]
-		q.mu.Unlock()
-		if err != nil {
-			q.fail(err)
-			q.mu.Lock()
-			q.closed, q.writing = true, false
-			q.releaseLocked()
-			q.idle.Broadcast()
-			q.mu.Unlock()
+		batch, ok := q.next()
+		if !ok || !q.writeTaken(batch) {
 			return
 		}
 	}
+}
+
+// next takes every queued frame for the writer. If there is none, or the
+// queue is closed, it lets go of the queue and reports false.
+func (q *sendQueue) next() ([]outFrame, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	batch := q.frames
+	if len(batch) == 0 || q.closed {
+		q.letGoLocked()
+		return nil, false
+	}
+	q.frames = q.spare[:0]
+	q.spare = nil
+	return batch, true
+}
+
+// letGoLocked ends the writer's hold on the queue, which keeps small
+// slices only.
+func (q *sendQueue) letGoLocked() {
+	q.writing = false
+	if cap(q.frames) > maxIdleCap {
+		q.frames = nil
+	}
+	if cap(q.spare) > maxIdleCap {
+		q.spare = nil
+	}
+	q.idle.Broadcast()
+}
+
+// writeTaken writes a batch that next took. On a write error it closes the
+// queue, lets go of it and reports false.
+func (q *sendQueue) writeTaken(batch []outFrame) bool {
+	err := q.write(batch)
+	clear(batch)
+	q.mu.Lock()
+	q.spare = batch[:0]
+	q.mu.Unlock()
+	if err != nil {
+		q.fail(err)
+		q.mu.Lock()
+		q.closed, q.writing = true, false
+		q.releaseLocked()
+		q.idle.Broadcast()
+		q.mu.Unlock()
+		return false
+	}
+	return true
 }
 
 // close refuses further frames, waits for a running writer to finish its
