@@ -75,8 +75,9 @@ import (
 // Its state is split by concern, each part with a lock of its own: the
 // lifecycle below (mu), the registry of attached agents (routes), the
 // index of who allows whom (idx), the UDP binding tokens (udp) and the
-// preauth bounds (pre). Locks are taken in the order mu, idx, routes and
-// never the other way; udp and pre are taken alone.
+// preauth bounds (pre), the channels and bindings of the UDP relay path
+// (urelay). Locks are taken in the order mu, idx, routes and never the
+// other way; udp, urelay and pre are taken alone.
 type Server struct {
 	// Immutable after New.
 	cfg      Config
@@ -92,6 +93,7 @@ type Server struct {
 	routes routes     // attached agents (own lock)
 	idx    allowIndex // clients → devices that allow them (own lock)
 	udp    udpGrants  // binding tokens (own lock)
+	urelay udpRelay   // channels and bindings of the UDP relay path (own lock)
 	stats  counters   // atomic
 	events events     // atomic
 	// The last refusals (own lock).
@@ -138,6 +140,7 @@ func New(cfg Config) (*Server, error) {
 	s.writers = newWriters(&s.wg)
 	s.pre = newPreauth(s.hsTimeout, s.pendingPerIP, s.maxPending)
 	s.routes.init(s.clientLim)
+	s.urelay.init()
 	return s, nil
 }
 
@@ -251,6 +254,7 @@ func (s *Server) route(src *attachment, dst relayproto.Addr) (*attachment, relay
 // token out of the UDP service.
 func (s *Server) detach(a *attachment) {
 	s.udp.revoke(a)
+	s.urelay.detach(a)
 	current := s.routes.remove(a, time.Now())
 	if a.isDevice() {
 		s.reindex(a.address().ID)
