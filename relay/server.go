@@ -16,7 +16,12 @@
 // [Server.ServeUDP] answers attached agents' binding requests on a UDP
 // port, telling each the public address of its UDP socket, which agents
 // need to find a direct path to each other; the relay takes no part in
-// that path.
+// that path. On the same port it is the UDP relay path (unless
+// [Config.NoUDPRelay]): it forwards agents' end-to-end packets as
+// datagrams, without the TLS hop of their sessions, from an address an
+// agent proved it receives at to the address its peer proved, under the
+// same routing rules as on TCP; datagrams it may not forward are dropped
+// and counted by reason ([UDPDrop]).
 //
 // Devices attach only if the relay enrolled them; clients need no
 // enrollment, so the relay bounds the clients attached per address and in
@@ -43,8 +48,10 @@
 // may reach a device: access lists and pair intents (access.go), one
 // attached agent's read loop and forwarding (attachment.go) and send
 // queue (queue.go), the bounds on clients (clients.go) and on
-// unauthenticated connections (preauth.go), the UDP binding service
-// (udpbind.go), and the operator's side: admin API, enrollment store,
+// unauthenticated connections (preauth.go), the UDP port: binding
+// service and read loop (udpbind.go), the UDP relay path's channels,
+// bindings and forwarding (udprelay.go) and its batched socket I/O
+// (udpio.go, udpbatch_linux.go), and the operator's side: admin API, enrollment store,
 // device list, certificate files and the certificate that carries a
 // fleet's map (certfile.go), and the snapshot of attached agents and
 // relayed pairs an operator's dashboard shows (snapshot.go).
