@@ -45,6 +45,10 @@ type attachment struct {
 	q        *sendQueue
 	finished chan struct{} // closed when finish is done
 
+	// udpChannel names the agent on the UDP relay path; 0 if none. Set by
+	// register before the agent's token is granted, then immutable.
+	udpChannel uint32
+
 	// Set once, by end and goAway.
 	endOnce    sync.Once
 	ended      atomic.Pointer[error] // why the attachment ended; nil while it runs

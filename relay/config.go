@@ -47,6 +47,13 @@ type Config struct {
 	// attachment.
 	UDPPort int
 
+	// NoUDPRelay turns the UDP relay path off: the UDP port answers
+	// binding requests only, and server hellos do not offer
+	// [relayproto.ExtUDPRelay], so that agents relay over TCP alone.
+	// False (the zero value): a relay with a UDPPort also forwards agents'
+	// packets as datagrams there (see [Server.ServeUDP]).
+	NoUDPRelay bool
+
 	// Enroll, if set, is asked about a device that AllowDevice does not
 	// allow but that presents an enrollment token: nil admits (and
 	// enrolls) it, an error refuses it and says why.
@@ -169,8 +176,20 @@ type Stats struct {
 	PacketsDropped   uint64 // dropped because a queue was full
 	PeerGone         uint64 // peer-gone answers sent
 	Redirects        uint64 // clients sent to another relay of the fleet
-	UDPAnswered      uint64 // binding requests answered
-	UDPIgnored       uint64 // UDP datagrams not answered
+	UDPAnswered      uint64 // binding requests and binds answered
+	UDPIgnored       uint64 // UDP datagrams of no type of the UDP relay path, not answered
+
+	// The UDP relay path (see [Server.ServeUDP]).
+	UDPForwarded      uint64 // send datagrams forwarded as recv
+	UDPForwardedBytes uint64 // packet bytes of those, without their 13-byte headers
+	// UDPDropped counts the datagrams of the UDP relay path dropped
+	// without an answer, by reason; every [UDPDrop] has an entry, zero
+	// included.
+	UDPDropped map[UDPDrop]uint64
+	// UDPBindings are the addresses bound to attached agents now;
+	// UDPBindingsConfirmed those of them whose tag came back within a
+	// minute, which are forwarded to.
+	UDPBindings, UDPBindingsConfirmed int
 
 	// Refusals counts the agents sent a refuse frame, by role (zero for
 	// one refused before its hello was read) and code; every role and
@@ -215,6 +234,13 @@ func (s *Server) Stats() Stats {
 	st.Redirects = c.redirects.Load()
 	st.UDPAnswered = c.udpAnswered.Load()
 	st.UDPIgnored = c.udpIgnored.Load()
+	st.UDPForwarded = s.urelay.forwarded.Load()
+	st.UDPForwardedBytes = s.urelay.forwardedBytes.Load()
+	st.UDPDropped = make(map[UDPDrop]uint64, numUDPDrops)
+	for _, d := range UDPDrops {
+		st.UDPDropped[d] = s.urelay.dropped[d].Load()
+	}
+	st.UDPBindings, st.UDPBindingsConfirmed = s.urelay.counts(time.Now().UnixNano())
 	s.fillEvents(&st)
 	return st
 }

@@ -234,6 +234,10 @@ func (s *Server) serverHello(a *attachment, version uint16) relayproto.ServerHel
 		h.Extensions = append(h.Extensions, relayproto.Extension{Type: relayproto.ExtUDPBinding,
 			Value: relayproto.AppendUDPBinding(nil, relayproto.UDPBinding{Port: uint16(s.cfg.UDPPort), Token: a.bindingToken()})})
 	}
+	if a.udpChannel != 0 {
+		h.Extensions = append(h.Extensions, relayproto.Extension{Type: relayproto.ExtUDPRelay,
+			Value: relayproto.AppendUDPRelay(nil, relayproto.UDPRelay{Channel: a.udpChannel})})
+	}
 	return h
 }
 
@@ -326,6 +330,9 @@ func (s *Server) register(a *attachment, conn net.Conn) *refusal {
 	}
 	s.mu.Unlock()
 
+	if s.udpRelayOn() {
+		s.urelay.attach(a) // before the grant: a bind finds the channel
+	}
 	if s.cfg.UDPPort != 0 {
 		s.udp.grant(a)
 	}

@@ -16,7 +16,12 @@
 // [Server.ServeUDP] answers attached agents' binding requests on a UDP
 // port, telling each the public address of its UDP socket, which agents
 // need to find a direct path to each other; the relay takes no part in
-// that path.
+// that path. On the same port it is the UDP relay path (unless
+// [Config.NoUDPRelay]): it forwards agents' end-to-end packets as
+// datagrams, without the TLS hop of their sessions, from an address an
+// agent proved it receives at to the address its peer proved, under the
+// same routing rules as on TCP; datagrams it may not forward are dropped
+// and counted by reason ([UDPDrop]).
 //
 // Devices attach only if the relay enrolled them; clients need no
 // enrollment, so the relay bounds the clients attached per address and in
@@ -43,8 +48,10 @@
 // may reach a device: access lists and pair intents (access.go), one
 // attached agent's read loop and forwarding (attachment.go) and send
 // queue (queue.go), the bounds on clients (clients.go) and on
-// unauthenticated connections (preauth.go), the UDP binding service
-// (udpbind.go), and the operator's side: admin API, enrollment store,
+// unauthenticated connections (preauth.go), the UDP port: binding
+// service and read loop (udpbind.go), the UDP relay path's channels,
+// bindings and forwarding (udprelay.go) and its batched socket I/O
+// (udpio.go, udpbatch_linux.go), and the operator's side: admin API, enrollment store,
 // device list, certificate files and the certificate that carries a
 // fleet's map (certfile.go), and the snapshot of attached agents and
 // relayed pairs an operator's dashboard shows (snapshot.go).
@@ -75,8 +82,9 @@ import (
 // Its state is split by concern, each part with a lock of its own: the
 // lifecycle below (mu), the registry of attached agents (routes), the
 // index of who allows whom (idx), the UDP binding tokens (udp) and the
-// preauth bounds (pre). Locks are taken in the order mu, idx, routes and
-// never the other way; udp and pre are taken alone.
+// preauth bounds (pre), the channels and bindings of the UDP relay path
+// (urelay). Locks are taken in the order mu, idx, routes and never the
+// other way; udp, urelay and pre are taken alone.
 type Server struct {
 	// Immutable after New.
 	cfg      Config
@@ -92,6 +100,7 @@ type Server struct {
 	routes routes     // attached agents (own lock)
 	idx    allowIndex // clients → devices that allow them (own lock)
 	udp    udpGrants  // binding tokens (own lock)
+	urelay udpRelay   // channels and bindings of the UDP relay path (own lock)
 	stats  counters   // atomic
 	events events     // atomic
 	// The last refusals (own lock).
@@ -138,6 +147,7 @@ func New(cfg Config) (*Server, error) {
 	s.writers = newWriters(&s.wg)
 	s.pre = newPreauth(s.hsTimeout, s.pendingPerIP, s.maxPending)
 	s.routes.init(s.clientLim)
+	s.urelay.init()
 	return s, nil
 }
 
@@ -251,6 +261,7 @@ func (s *Server) route(src *attachment, dst relayproto.Addr) (*attachment, relay
 // token out of the UDP service.
 func (s *Server) detach(a *attachment) {
 	s.udp.revoke(a)
+	s.urelay.detach(a)
 	current := s.routes.remove(a, time.Now())
 	if a.isDevice() {
 		s.reindex(a.address().ID)

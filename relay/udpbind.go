@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -11,15 +12,30 @@ import (
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
-// ServeUDP answers binding requests on pc until [Server.Close] or
-// [Server.Shutdown], which close pc (see
-// relayproto.AppendBindingRequest): an agent attached over TCP learns the
-// address its UDP socket has as the relay sees it. Requests that carry no
-// current attachment's token get no answer; an answer is never larger than
-// its request. A token is answered only from the address family its
-// agent's connection came in on, and a few times in a while (udpAnswers in
-// udpWindow): whoever learns a token can aim no more than that many small
-// answers at anyone.
+// ServeUDP serves the relay's UDP port on pc until [Server.Close] or
+// [Server.Shutdown], which close pc.
+//
+// It answers binding requests (see relayproto.AppendBindingRequest): an
+// agent attached over TCP learns the address its UDP socket has as the
+// relay sees it. Requests that carry no current attachment's token get no
+// answer; an answer is never larger than its request. A token is answered
+// only from the address family its agent's connection came in on, and a
+// few times in a while (udpAnswers in udpWindow): whoever learns a token
+// can aim no more than that many small answers at anyone.
+//
+// Unless [Config.NoUDPRelay] is set, it is also the UDP relay path (see
+// udprelay.go and relayproto/PROTOCOL.md): binds, which share the binding
+// requests' answer budget, keepalives, and sends forwarded to the
+// destination agent's bound address as recvs. Nothing is sent to an
+// address before a datagram with its binding's tag came back from it, and
+// no answer is larger than what it answers.
+//
+// Datagrams are read and sent in batches (on Linux, with recvmmsg and
+// sendmmsg), each forwarded in the buffer it was read into. Every answer
+// and forwarded datagram leaves from the local address the bind of its
+// destination was sent to, as the kernel told (pktinfo). The one read loop
+// never waits on an agent: it waits only for room in its own socket's
+// send buffer, while the kernel drops what arrives meanwhile.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.mu.Lock()
 	if s.closed || s.draining {
@@ -31,31 +47,19 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	// Answers leave from the address the request was sent to: on a relay
-	// with several addresses, an answer from another one would not pass
-	// the agent's NAT.
-	udp, _ := pc.(*net.UDPConn)
-	if udp != nil && !enablePktinfo(udp) {
-		udp = nil
+	sock := newUDPSock(pc)
+	if s.udpRelayOn() {
+		stop := s.sweepUDP(sock)
+		defer stop()
 	}
-	buf := make([]byte, 1500)
-	oob := make([]byte, 256)
+	ms := make([]udpMsg, udpBatchLen)
+	for i := range ms {
+		ms[i].buf = make([]byte, udpBufLen)
+		ms[i].oob = make([]byte, 64)
+	}
+	outs := make([]udpOut, 0, udpBatchLen)
 	for {
-		var (
-			n, oobn int
-			from    netip.AddrPort
-			err     error
-		)
-		if udp != nil {
-			n, oobn, _, from, err = udp.ReadMsgUDPAddrPort(buf, oob)
-		} else {
-			var a net.Addr
-			if n, a, err = pc.ReadFrom(buf); err == nil {
-				if ua, ok := a.(*net.UDPAddr); ok {
-					from = ua.AddrPort()
-				}
-			}
-		}
+		n, err := sock.io.read(ms)
 		if err != nil {
 			s.mu.Lock()
 			closed := s.closed || s.draining
@@ -68,25 +72,135 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 			}
 			return err
 		}
-		tok, txid, err := relayproto.ParseBindingRequest(buf[:n])
-		if err != nil {
-			s.stats.udpIgnored.Add(1)
+		now := time.Now()
+		outs = outs[:0]
+		for i := range ms[:n] {
+			if o, ok := s.handleUDP(sock, &ms[i], now); ok {
+				outs = append(outs, o)
+			}
+		}
+		if len(outs) == 0 {
 			continue
+		}
+		err = sock.io.write(outs)
+		for i := range outs {
+			if o := &outs[i]; o.pkt >= 0 && (o.fail || err != nil) {
+				s.urelay.unsent(o.pkt)
+			}
+			outs[i] = udpOut{}
+		}
+	}
+}
+
+// udpRelayOn reports whether the relay forwards over UDP.
+func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && !s.cfg.NoUDPRelay }
+
+// handleUDP takes the datagram m that came in on sock at now, and returns
+// what to send for it, if anything.
+func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool) {
+	p := m.buf[:m.n]
+	if len(p) == 0 || !m.addr.IsValid() {
+		s.stats.udpIgnored.Add(1)
+		return udpOut{}, false
+	}
+	relayOn := s.udpRelayOn()
+	switch {
+	case p[0] == relayproto.UDPBindingRequest:
+		tok, txid, err := relayproto.ParseBindingRequest(p)
+		if err != nil {
+			break
 		}
 		g := s.udp.lookup(tok)
-		if g == nil || !from.IsValid() || !g.answer(from, time.Now()) {
-			s.stats.udpIgnored.Add(1)
-			continue
+		if g == nil || !g.answer(m.addr, now) {
+			break
 		}
-		resp := relayproto.AppendBindingResponse(buf[n:n], txid, from)
 		// Counted before it goes, so that whoever reads the answer finds
 		// it counted.
 		s.stats.udpAnswered.Add(1)
-		if udp != nil {
-			udp.WriteMsgUDPAddrPort(resp, replyOOB(oob[:oobn]), from)
-		} else {
-			pc.WriteTo(resp, net.UDPAddrFromAddrPort(from))
+		return udpOut{b: relayproto.AppendBindingResponse(m.buf[m.n:m.n], txid, m.addr), addr: m.addr,
+			oob: replyOOB(m.oob[:m.oobn]), pkt: -1}, true
+	case !relayOn:
+	case p[0] == relayproto.UDPSend:
+		to, pkt := s.forwardUDP(m.addr, p, now.UnixNano())
+		switch {
+		case to == nil:
+		case to.sock != sock:
+			// Bound through another of the relay's sockets: sent from
+			// there, outside the batch.
+			s.urelay.sending(pkt)
+			if to.sock.writeOne(p, to.from, to.addr) != nil {
+				s.urelay.unsent(pkt)
+			}
+		default:
+			s.urelay.sending(pkt)
+			return udpOut{b: p, addr: to.addr, oob: to.from, pkt: pkt}, true
 		}
+		return udpOut{}, false
+	case p[0] == relayproto.UDPKeepalive:
+		if !s.urelay.keepalive(m.addr, p, now.UnixNano()) {
+			return udpOut{}, false
+		}
+		p[0] = relayproto.UDPAlive // the same tag and sequence number back
+		return udpOut{b: p, addr: m.addr, oob: replyOOB(m.oob[:m.oobn]), pkt: -1}, true
+	case p[0] == relayproto.UDPBind:
+		return s.bindUDP(sock, m, now)
+	case p[0] == relayproto.UDPBound, p[0] == relayproto.UDPRecv, p[0] == relayproto.UDPAlive:
+		s.urelay.drop(UDPDropMalformed)
+		return udpOut{}, false
+	}
+	s.stats.udpIgnored.Add(1)
+	return udpOut{}, false
+}
+
+// bindUDP takes the bind datagram m that came in on sock: it binds the
+// address it came from to the session of its token and answers bound.
+func (s *Server) bindUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool) {
+	tok, txid, err := relayproto.ParseUDPBind(m.buf[:m.n])
+	if err != nil {
+		s.urelay.drop(UDPDropMalformed)
+		return udpOut{}, false
+	}
+	g := s.udp.lookup(tok)
+	if g == nil {
+		s.urelay.drop(UDPDropUnknownToken)
+		return udpOut{}, false
+	}
+	if !g.answer(m.addr, now) {
+		s.urelay.drop(UDPDropRateLimited)
+		return udpOut{}, false
+	}
+	from := replyOOB(m.oob[:m.oobn])
+	tag, ok := s.urelay.bind(g.owner, m.addr, sock, from, now.UnixNano())
+	if !ok {
+		s.urelay.drop(UDPDropUnknownToken)
+		return udpOut{}, false
+	}
+	s.stats.udpAnswered.Add(1)
+	return udpOut{b: relayproto.AppendUDPBound(m.buf[m.n:m.n], txid, tag, m.addr), addr: m.addr, oob: from, pkt: -1}, true
+}
+
+// sweepUDP drops the bindings of sock that expire, until the returned
+// function is called; that function waits for the sweeps to end and drops
+// every binding of sock.
+func (s *Server) sweepUDP(sock *udpSock) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(udpSweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				s.urelay.sweep(sock, now.Add(-udpBindingTTL).UnixNano())
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+		s.urelay.sweep(sock, math.MaxInt64)
 	}
 }
 

@@ -33,6 +33,7 @@ type Link struct {
 	observed   string
 	keepAlive  time.Duration
 	udpBinding *relayproto.UDPBinding // the relay's offer to tell a UDP socket its address; nil if none
+	udpRelay   *relayproto.UDPRelay   // the agent's channel on the relay's UDP relay path; nil if none
 
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
@@ -106,9 +107,14 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 		flushed:   make(chan struct{}),
 	}
 	for _, e := range sh.Extensions {
-		if e.Type == relayproto.ExtUDPBinding {
+		switch e.Type {
+		case relayproto.ExtUDPBinding:
 			if b, err := relayproto.ParseUDPBinding(e.Value); err == nil {
 				l.udpBinding = &b
+			}
+		case relayproto.ExtUDPRelay:
+			if r, err := relayproto.ParseUDPRelay(e.Value); err == nil {
+				l.udpRelay = &r
 			}
 		}
 	}
@@ -145,6 +151,16 @@ func (l *Link) UDPBinding() (relayproto.UDPBinding, bool) {
 		return relayproto.UDPBinding{}, false
 	}
 	return *l.udpBinding, true
+}
+
+// UDPRelay returns the agent's channel on the relay's UDP relay path, if
+// the relay offered the path (it does so only with [Link.UDPBinding]:
+// bind at that port with that token).
+func (l *Link) UDPRelay() (relayproto.UDPRelay, bool) {
+	if l.udpRelay == nil || l.udpBinding == nil {
+		return relayproto.UDPRelay{}, false
+	}
+	return *l.udpRelay, true
 }
 
 // Context is done once the Link ends; its cause says why.

@@ -167,7 +167,15 @@ var (
 	descUnused = desc("clients_unused_total", "Clients detached because no attached device allowed them.")
 
 	descRedirects = desc("redirects_total", "Clients sent to another relay of the fleet, where their device is attached.")
-	descUDP       = desc("udp_datagrams_total", "Datagrams on the UDP binding port, by result (answered, ignored).", "result")
+	descUDP       = desc("udp_datagrams_total",
+		"Datagrams on the UDP port outside the UDP relay path's traffic, by result: answered (binding requests and binds), ignored (of no known type, or a binding request without a current token).", "result")
+
+	descUDPPackets = desc("udp_forwarded_packets_total", "Packets forwarded over the UDP relay path (send datagrams sent on as recv).")
+	descUDPBytes   = desc("udp_forwarded_bytes_total", "Bytes of the packets forwarded over the UDP relay path, without their 13-byte headers.")
+	descUDPDropped = desc("udp_dropped_total",
+		"Datagrams of the UDP relay path dropped without an answer, by reason: malformed, unknown_token, rate_limited, unbound, wrong_tag, unknown_channel, not_allowed, unconfirmed, send_failed.", "reason")
+	descUDPBindings  = desc("udp_bindings", "UDP addresses bound to attached agents now.")
+	descUDPConfirmed = desc("udp_bindings_confirmed", "UDP bindings confirmed now (their tag came back within a minute): those the relay forwards to.")
 )
 
 // RefuseReason is the reason label of burrow_relay_refusals_total for a
@@ -205,7 +213,8 @@ func RoleLabel(r relayproto.Role) string {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descDevices, descClients, descPending, descSessions, descPackets, descBytes,
 		descDropped, descPeerGone, descRefusals, descHandshake, descPreauth, descEnroll, descAttaches,
-		descReattaches, descUnused, descRedirects, descUDP} {
+		descReattaches, descUnused, descRedirects, descUDP, descUDPPackets, descUDPBytes, descUDPDropped, descUDPBindings,
+		descUDPConfirmed} {
 		ch <- d
 	}
 }
@@ -248,4 +257,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRedirects, st.Redirects)
 	counter(descUDP, st.UDPAnswered, "answered")
 	counter(descUDP, st.UDPIgnored, "ignored")
+	counter(descUDPPackets, st.UDPForwarded)
+	counter(descUDPBytes, st.UDPForwardedBytes)
+	for d, n := range st.UDPDropped {
+		counter(descUDPDropped, n, d.String())
+	}
+	gauge(descUDPBindings, st.UDPBindings)
+	gauge(descUDPConfirmed, st.UDPBindingsConfirmed)
 }

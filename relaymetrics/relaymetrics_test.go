@@ -190,6 +190,12 @@ func TestScrapeAfterTraffic(t *testing.T) {
 		{"burrow_relay_reattaches_total", "role", "client"},
 		{"burrow_relay_redirects_total"},
 		{"burrow_relay_udp_datagrams_total", "result", "answered"},
+		{"burrow_relay_udp_forwarded_packets_total"},
+		{"burrow_relay_udp_forwarded_bytes_total"},
+		{"burrow_relay_udp_dropped_total", "reason", "unbound"},
+		{"burrow_relay_udp_dropped_total", "reason", "wrong_tag"},
+		{"burrow_relay_udp_bindings"},
+		{"burrow_relay_udp_bindings_confirmed"},
 		{"burrow_relay_refusals_total", "role", "unknown", "reason", "auth"},
 		{"burrow_relay_handshake_failures_total", "reason", "timeout"},
 	} {

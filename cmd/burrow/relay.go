@@ -89,8 +89,10 @@ The relay also listens on UDP, on the same port number as --listen unless
 --udp-listen says otherwise: there it tells an attached agent the public
 address of its UDP socket, which agents use to find a direct path to each
 other (hole punching). Only agents attached over TCP get an answer, never
-larger than their request. --no-udp turns this off; sessions then go direct
-only between agents that reach each other's local addresses.
+larger than their request. There it also relays agents' packets as
+datagrams, without TLS (the UDP relay path). --no-udp turns both off;
+sessions then go direct only between agents that reach each other's local
+addresses.
 
 Clients need no enrollment, so anyone can attach as one: the relay holds at
 most --max-clients client sessions (by default a quarter of its open-file
