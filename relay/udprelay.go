@@ -258,6 +258,9 @@ func (s *Server) forwardUDP(addr netip.AddrPort, p []byte, now int64) (*udpBindi
 		r.drop(UDPDropNotAllowed)
 		return nil, 0
 	}
+	if m := src.peer.owner.marks; m != nil { // a client's pair, for Snapshot
+		m.mark(peerKey(dst.owner.address().ID), now)
+	}
 	relayproto.PutUDPDataHeader(p, relayproto.UDPRecv, to.tag, src.peer.channel)
 	return to, len(pkt)
 }

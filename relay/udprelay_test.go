@@ -246,6 +246,10 @@ func TestUDPRelayExchange(t *testing.T) {
 		t.Errorf("%d packets went over TCP", st.PacketsForwarded)
 	}
 	wantDrops(t, r.srv, map[UDPDrop]uint64{UDPDropUnconfirmed: 1})
+	// The dashboard's snapshot and the sessions metric see the pair.
+	if snap := r.srv.Snapshot(); len(snap.Pairs) != 1 || !snap.Pairs[0].Relayed {
+		t.Errorf("snapshot pairs %+v, want the client and device, relayed", snap.Pairs)
+	}
 }
 
 // TestUDPRelayAttacks: datagrams that the relay must not forward are
