@@ -74,8 +74,10 @@ func (c *Conn) peerGone(f relayproto.PeerGone) {
 }
 
 // relayAttached is told of every new link of the first Attacher: a client
-// of a fleet sorts out its links (primaryAttached), and a relay that
-// offers is asked for the address it sees the direct socket at.
+// of a fleet sorts out its links (primaryAttached); the UDP socket is
+// bound at a relay that forwards datagrams (relayudp.go), which also tells
+// the address it sees the socket at; a relay that only tells that is
+// asked for it.
 func (c *Conn) relayAttached(l *relaylink.Link) {
 	if c.cfg.Role == relayproto.RoleClient {
 		c.primaryAttached(l)
@@ -83,7 +85,18 @@ func (c *Conn) relayAttached(l *relaylink.Link) {
 	if c.ds == nil {
 		return
 	}
-	if b, ok := l.UDPBinding(); ok {
+	b, ok := l.UDPBinding()
+	if !ok {
+		return
+	}
+	if r, ok := l.UDPRelay(); ok && c.relayUDPOn() {
+		if to, ok := relayUDPAddr(l, b); ok {
+			rb := newRelayBinding(l.RelayID(), to, b.Token, r.Channel)
+			c.wg.Go(func() { c.keepRelayBinding(l.Context(), rb) })
+			return
+		}
+	}
+	if c.directOn() {
 		c.wg.Go(func() { c.bind(l, b) })
 	}
 }

@@ -33,6 +33,7 @@ type Link struct {
 	observed   string
 	keepAlive  time.Duration
 	udpBinding *relayproto.UDPBinding // the relay's offer to tell a UDP socket its address; nil if none
+	udpRelay   *relayproto.UDPRelay   // the agent's channel on the relay's UDP relay path; nil if none
 
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
@@ -105,18 +106,29 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 		sendq:     make(chan *[]byte, cfg.QueueLen),
 		flushed:   make(chan struct{}),
 	}
-	for _, e := range sh.Extensions {
-		if e.Type == relayproto.ExtUDPBinding {
-			if b, err := relayproto.ParseUDPBinding(e.Value); err == nil {
-				l.udpBinding = &b
-			}
-		}
-	}
+	l.takeExtensions(sh.Extensions)
 	l.ctx, l.cancel = context.WithCancelCause(ctx)
 	// Closing the TCP connection wakes the reader and the writer at once.
 	l.stopNet = context.AfterFunc(l.ctx, func() { conn.NetConn().Close() })
 	l.writer.Go(func() { l.cancel(l.writeLoop()) })
 	return l
+}
+
+// takeExtensions takes the server hello's extensions the Link knows,
+// skipping malformed ones as unknown ones are.
+func (l *Link) takeExtensions(exts []relayproto.Extension) {
+	for _, e := range exts {
+		switch e.Type {
+		case relayproto.ExtUDPBinding:
+			if b, err := relayproto.ParseUDPBinding(e.Value); err == nil {
+				l.udpBinding = &b
+			}
+		case relayproto.ExtUDPRelay:
+			if r, err := relayproto.ParseUDPRelay(e.Value); err == nil {
+				l.udpRelay = &r
+			}
+		}
+	}
 }
 
 // RelayID is the relay's ID, proven in the handshake.
@@ -145,6 +157,16 @@ func (l *Link) UDPBinding() (relayproto.UDPBinding, bool) {
 		return relayproto.UDPBinding{}, false
 	}
 	return *l.udpBinding, true
+}
+
+// UDPRelay returns the agent's channel on the relay's UDP relay path, if
+// the relay offers the path. It is of use only with [Link.UDPBinding]:
+// the datagrams go to that UDP port, and the binding token binds to it.
+func (l *Link) UDPRelay() (relayproto.UDPRelay, bool) {
+	if l.udpRelay == nil || l.udpBinding == nil {
+		return relayproto.UDPRelay{}, false
+	}
+	return *l.udpRelay, true
 }
 
 // Context is done once the Link ends; its cause says why.
