@@ -23,6 +23,14 @@
 // nothing. WriteTo picks the path per packet; ReadFrom returns the packets
 // of both.
 //
+// Where the relay forwards datagrams on its UDP port (server-hello
+// extension 3), the same socket is bound there (relayudp.go), and a
+// Direct keeps a second path to its peer through that port: the UDP relay
+// path (relaypath.go), which packets take when no direct path works, with
+// the probes, heartbeats, data check and fallback of direct paths. So a
+// packet goes direct if it can, else through the relay's UDP port, else
+// over the relay's TCP link, where every session starts.
+//
 // A client of a fleet may be attached to several relays: its own, and
 // those its relay redirected it to, where its devices are (redirect.go);
 // a device's packets go over the relay that holds it, and a device gone
