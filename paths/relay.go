@@ -82,23 +82,30 @@ func (c *Conn) relayAttached(l *relaylink.Link) {
 	if c.cfg.Role == relayproto.RoleClient {
 		c.primaryAttached(l)
 	}
-	if c.ds == nil {
+	if c.ds == nil || c.bindRelayUDP(l) {
 		return
 	}
-	b, ok := l.UDPBinding()
-	if !ok {
-		return
-	}
-	if r, ok := l.UDPRelay(); ok && c.relayUDPOn() {
-		if to, ok := relayUDPAddr(l, b); ok {
-			rb := newRelayBinding(l.RelayID(), to, b.Token, r.Channel)
-			c.wg.Go(func() { c.keepRelayBinding(l.Context(), rb) })
-			return
-		}
-	}
-	if c.directOn() {
+	if b, ok := l.UDPBinding(); ok && c.directOn() {
 		c.wg.Go(func() { c.bind(l, b) })
 	}
+}
+
+// bindRelayUDP keeps the UDP socket bound at l's relay while l lasts, if
+// the relay forwards datagrams and the UDP relay path is on, and reports
+// whether it does.
+func (c *Conn) bindRelayUDP(l *relaylink.Link) bool {
+	b, ok := l.UDPBinding()
+	r, ok2 := l.UDPRelay()
+	if !ok || !ok2 || !c.relayUDPOn() {
+		return false
+	}
+	to, ok := relayUDPAddr(l, b)
+	if !ok {
+		return false
+	}
+	rb := newRelayBinding(l.RelayID(), to, b.Token, r.Channel)
+	c.wg.Go(func() { c.keepRelayBinding(l.Context(), rb) })
+	return true
 }
 
 // Status returns the relay attachment's state.
