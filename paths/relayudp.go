@@ -85,6 +85,7 @@ func (rb *relayBinding) poke() {
 
 // keepRelayBinding keeps rb bound until ctx (the link's) ends.
 func (c *Conn) keepRelayBinding(ctx context.Context, rb *relayBinding) {
+	rb.used.Store(c.now() - int64(activeWindow)) // idle
 	ds := c.ds
 	ds.mu.Lock()
 	bs := append(slices.Clone(*ds.bindings.Load()), rb)

@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"context"
 	"crypto/rand"
 	"net/netip"
 	"slices"
@@ -31,7 +32,9 @@ type testForwarder struct {
 	sock      udpPort
 	addr      netip.AddrPort
 	forwarded atomic.Int64
-	drop      atomic.Bool // read and drop everything
+	binds     atomic.Int64 // answered
+	keepalive atomic.Int64 // answered
+	drop      atomic.Bool  // read and drop everything
 
 	mu     sync.Mutex
 	agents []*fwdAgent // guarded by mu
@@ -85,6 +88,7 @@ func (f *testForwarder) handle(b []byte, from netip.AddrPort) {
 			if a.token == token {
 				rand.Read(a.tag[:])
 				a.addr, a.confirmed = from, false
+				f.binds.Add(1)
 				f.sock.WriteToUDPAddrPort(relayproto.AppendUDPBound(nil, txid, a.tag, from), from)
 			}
 		}
@@ -92,6 +96,7 @@ func (f *testForwarder) handle(b []byte, from netip.AddrPort) {
 		_, tag, seq, err := relayproto.ParseUDPKeepalive(b)
 		if a := byTag(tag); err == nil && a != nil {
 			a.confirmed = true
+			f.keepalive.Add(1)
 			f.sock.WriteToUDPAddrPort(relayproto.AppendUDPKeepalive(nil, relayproto.UDPAlive, tag, seq), from)
 		}
 	case relayproto.UDPSend:
@@ -114,13 +119,18 @@ func (f *testForwarder) handle(b []byte, from netip.AddrPort) {
 // bind makes c bind its UDP socket at the forwarder, as a link to relay
 // with channel ch at it would, until c closes.
 func (f *testForwarder) bind(c *Conn, relay identity.ID, ch uint32) {
+	f.bindCtx(c.ctx, c, relay, ch)
+}
+
+// bindCtx is bind until ctx, the link's, ends.
+func (f *testForwarder) bindCtx(ctx context.Context, c *Conn, relay identity.ID, ch uint32) {
 	a := &fwdAgent{channel: ch}
 	rand.Read(a.token[:])
 	f.mu.Lock()
 	f.agents = append(f.agents, a)
 	f.mu.Unlock()
 	rb := newRelayBinding(relay, f.addr, a.token, ch)
-	c.wg.Go(func() { c.keepRelayBinding(c.ctx, rb) })
+	c.wg.Go(func() { c.keepRelayBinding(ctx, rb) })
 }
 
 // tagOf returns the tag the forwarder gave the binding of channel ch.
@@ -196,10 +206,10 @@ func TestRelayUDPPath(t *testing.T) {
 	})
 }
 
-// TestRelayUDPFallback: when the relay's UDP port stops forwarding,
-// packets go over the relay's TCP link within about a second and still
-// arrive; when it forwards again (the bindings renewed meanwhile), they
-// move back.
+// TestRelayUDPFallback: while packets use the bindings, they are kept
+// every second; when the relay's UDP port stops forwarding, packets go
+// over the relay's TCP link within about a second and still arrive; when
+// it forwards again (the bindings renewed meanwhile), they move back.
 func TestRelayUDPFallback(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p, f := newRelayUDPPair(t)
@@ -207,7 +217,12 @@ func TestRelayUDPFallback(t *testing.T) {
 		p.waitPath(t, 3*time.Second, isRelayUDP, "relay udp")
 		fl := p.startFlow()
 		defer fl.close()
-		time.Sleep(time.Second)
+		// While packets use them, the bindings are kept every second.
+		k := f.keepalive.Load()
+		time.Sleep(5 * time.Second)
+		if n := f.keepalive.Load() - k; n < 8 {
+			t.Fatalf("%d keepalives in 5s of packets through two bindings", n)
+		}
 
 		f.drop.Store(true)
 		took := p.waitPath(t, 3*time.Second, onTCP, "back on the relay's TCP link")
@@ -293,5 +308,79 @@ func TestRelaysSignal(t *testing.T) {
 		}
 		p.waitPath(t, 10*time.Second, onTCP, "on the TCP link")
 		p.exchange(t)
+	})
+}
+
+// TestRelayBinding: a binding is confirmed by a keepalive at once, kept
+// by one every 20s when idle, made again when the relay's UDP port stops
+// answering (with a new tag) and dropped when its link ends.
+func TestRelayBinding(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPairOpts(t, DirectOptions{Disable: true})
+		addr := netip.MustParseAddrPort("10.0.0.9:3478")
+		f := startForwarder(t, p.udp.Listen(addr.String()), addr)
+		ctx, endLink := context.WithCancel(t.Context())
+		f.bindCtx(ctx, p.cli, p.relayID, cliChannel)
+		time.Sleep(time.Second)
+		want := []peerproto.RelayChannel{{Relay: p.relayID, Channel: cliChannel}}
+		if got := p.cli.localRelays(); !slices.Equal(got, want) {
+			t.Fatalf("bound at %v, want %v", got, want)
+		}
+		time.Sleep(60 * time.Second)
+		// Keepalives at 0, 20, 40 and 60s.
+		if b, k := f.binds.Load(), f.keepalive.Load(); b != 1 || k != 4 {
+			t.Fatalf("idle for a minute: %d binds, %d keepalives; want 1 and 4", b, k)
+		}
+		tag := f.tagOf(cliChannel)
+		f.drop.Store(true)
+		time.Sleep(25 * time.Second) // the next keepalive and 3 more seconds
+		if got := p.cli.localRelays(); len(got) != 0 {
+			t.Fatalf("still bound at %v with no answer", got)
+		}
+		f.drop.Store(false)
+		for start := time.Now(); len(p.cli.localRelays()) == 0; time.Sleep(100 * time.Millisecond) {
+			if time.Since(start) > relayBindRetryMax+5*time.Second {
+				t.Fatal("not bound again")
+			}
+		}
+		if f.binds.Load() != 2 || f.tagOf(cliChannel) == tag {
+			t.Fatalf("%d binds, tag %x (was %x)", f.binds.Load(), f.tagOf(cliChannel), tag)
+		}
+		endLink()
+		time.Sleep(time.Second)
+		if got := p.cli.localRelays(); len(got) != 0 {
+			t.Fatalf("bound at %v after the link ended", got)
+		}
+	})
+}
+
+// TestRelayUDPPreference: with both paths, packets go direct; when the
+// direct path stops carrying datagrams they go through the relay's UDP
+// port, not its TCP link, and back direct once that works again.
+func TestRelayUDPPreference(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newDirectPairOpts(t, DirectOptions{})
+		addr := netip.MustParseAddrPort("10.0.0.9:3478")
+		f := startForwarder(t, p.udp.Listen(addr.String()), addr)
+		f.bind(p.dev, p.relayID, devChannel)
+		f.bind(p.cli, p.relayID, cliChannel)
+		p.start(t, newKey())
+		p.waitPath(t, 3*time.Second, isDirect, "direct")
+		fl := p.startFlow()
+		defer fl.close()
+		time.Sleep(time.Second)
+		between := func(a, b netip.AddrPort) bool {
+			return (a == p.dSock.Addr() || a == p.cSock.Addr()) && (b == p.dSock.Addr() || b == p.cSock.Addr())
+		}
+		p.udp.SetDrop(func(from, to netip.AddrPort, _ []byte) bool { return between(from, to) })
+		took := p.waitPath(t, 3*time.Second, isRelayUDP, "relay udp")
+		t.Logf("relay udp %v after the direct path was cut", took)
+		before := p.relayStats()
+		time.Sleep(time.Second)
+		if n := p.relayStats() - before; n != 0 {
+			t.Fatalf("the relay's TCP link carried %d packets while the UDP relay path worked", n)
+		}
+		p.udp.SetDrop(nil)
+		p.waitPath(t, lostRetryMax, isDirect, "direct again")
 	})
 }
