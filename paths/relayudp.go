@@ -115,7 +115,6 @@ func (c *Conn) keepRelayBinding(ctx context.Context, rb *relayBinding) {
 			c.log.Debug("UDP relay binding lost: binding again", "addr", rb.to.String())
 			c.relaysChanged()
 		}
-		rb.tag.Store(nil)
 	}
 }
 
@@ -123,6 +122,7 @@ func (c *Conn) keepRelayBinding(ctx context.Context, rb *relayBinding) {
 // reports whether one was.
 func (c *Conn) bindRelay(ctx context.Context, rb *relayBinding) bool {
 	rb.mu.Lock()
+	rb.tag.Store(nil) // the last binding's answers no longer count
 	rand.Read(rb.txid[:])
 	msg := relayproto.AppendUDPBind(nil, rb.token, rb.txid)
 	rb.mu.Unlock()
@@ -146,7 +146,6 @@ func (c *Conn) bindRelay(ctx context.Context, rb *relayBinding) bool {
 // keepAlive sends keepalives with rb's tag, and returns once
 // relayAliveMisses in a row went unanswered, or ctx ends.
 func (c *Conn) keepAlive(ctx context.Context, rb *relayBinding) {
-	tag := rb.tag.Load()
 	var lastSent time.Time
 	misses := 0
 	t := time.NewTimer(0)
@@ -182,7 +181,9 @@ func (c *Conn) keepAlive(ctx context.Context, rb *relayBinding) {
 				}
 			}
 			seq := rb.sentSeq.Add(1)
-			c.ds.write(relayproto.AppendUDPKeepalive(nil, relayproto.UDPKeepalive, *tag, seq), rb.to)
+			if tag := rb.tag.Load(); tag != nil {
+				c.ds.write(relayproto.AppendUDPKeepalive(nil, relayproto.UDPKeepalive, *tag, seq), rb.to)
+			}
 			lastSent = now
 			due = now.Add(relayAliveWait)
 		}
@@ -220,8 +221,11 @@ func (c *Conn) relayDatagram(b []byte, from netip.AddrPort) {
 	switch b[0] {
 	case relayproto.UDPBound:
 		txid, tag, addr, err := relayproto.ParseUDPBound(b)
+		// Each bind the relay answers gives a new tag, so the answer to
+		// a bind sent again (the first answer was slow) replaces the tag
+		// taken from the first.
 		rb.mu.Lock()
-		ok := err == nil && txid == rb.txid && rb.tag.Load() == nil
+		ok := err == nil && txid == rb.txid
 		if ok {
 			rb.tag.Store(&tag)
 		}
