@@ -44,7 +44,7 @@ type Agent struct {
 	// Set by Start, then only read.
 	log       *slog.Logger
 	role      relayproto.Role
-	directOff bool // sessions stay on the relay
+	directOff bool // sessions stay on the relay's TCP link
 	pc        *paths.Conn
 	ep        *session.Endpoint
 
@@ -53,7 +53,8 @@ type Agent struct {
 
 // Start starts an agent with the path layer cfg describes: it attaches to
 // the relay in the background. The endpoint on it uses cfg.Identity and
-// looks for direct paths unless cfg.Direct.Disable.
+// looks for direct paths and the UDP relay path unless cfg.Direct turns
+// both off.
 func Start(cfg paths.Config) (*Agent, error) {
 	pc, err := paths.Listen(cfg)
 	if err != nil {
@@ -68,7 +69,7 @@ func Start(cfg paths.Config) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{log: log, role: cfg.Role, directOff: cfg.Direct.Disable, pc: pc, ep: ep}, nil
+	return &Agent{log: log, role: cfg.Role, directOff: cfg.Direct.Disable && cfg.Direct.NoRelayUDP, pc: pc, ep: ep}, nil
 }
 
 // Paths returns the agent's path layer: its relay attachment (status,
@@ -146,8 +147,8 @@ func (a *Agent) OpenControl(s *session.Session, log *slog.Logger) (*session.Cont
 }
 
 // ServeControl serves ctl, the control stream of s, until it or the
-// session ends: it answers pings and, unless direct paths are off, looks
-// for a direct path to the peer, logging each change of path on log. The
+// session ends: it answers pings and, unless direct paths and the UDP
+// relay path are off, looks for them, logging each change of path on log. The
 // end of a stream whose session goes on is logged too, unless ctx, the
 // role's, is done: the role is stopping, and closes its sessions.
 func (a *Agent) ServeControl(ctx context.Context, s *session.Session, ctl *session.Control, log *slog.Logger) {

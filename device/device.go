@@ -386,7 +386,7 @@ func (d *Device) Status() Status {
 	for s, info := range d.sessions {
 		path := s.Path()
 		rtt := s.Stats().RTT
-		if path.Direct {
+		if path.Direct || path.RelayUDP {
 			rtt = path.RTT
 		}
 		st.Sessions = append(st.Sessions, SessionStatus{

@@ -16,6 +16,13 @@ import (
 // pair attaches a client and a device to a relay on loopback.
 func pair(tb testing.TB) (cli, dev *Conn) {
 	tb.Helper()
+	cli, dev, _ = pairWith(tb, DirectOptions{})
+	return cli, dev
+}
+
+// pairWith is pair with direct options, and returns the relay's ID too.
+func pairWith(tb testing.TB, direct DirectOptions) (cli, dev *Conn, relayID identity.ID) {
+	tb.Helper()
 	rid, _ := identity.Generate()
 	srv, err := relay.New(relay.Config{Identity: rid, AllowDevice: func(identity.ID) bool { return true }})
 	if err != nil {
@@ -35,7 +42,8 @@ func pair(tb testing.TB) (cli, dev *Conn) {
 			id, _ = identity.Generate()
 			access = func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil }
 		}
-		c, err := Listen(Config{Identity: id, Role: role, Relay: relaylink.RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()}, Access: access})
+		c, err := Listen(Config{Identity: id, Role: role, Relay: relaylink.RelayConfig{Addr: ln.Addr().String(), ID: rid.ID()},
+			Access: access, Direct: direct})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -69,7 +77,7 @@ func pair(tb testing.TB) (cli, dev *Conn) {
 		}
 	}
 	dev.SetReadDeadline(time.Time{})
-	return cli, dev
+	return cli, dev, rid.ID()
 }
 
 // BenchmarkPath measures 1,200-byte packets from a client's Conn through a

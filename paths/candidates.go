@@ -14,7 +14,7 @@ import (
 // agent's direct socket: the configured or interface addresses with its
 // port, and the address the relay saw it from. Nil if direct paths are off.
 func (c *Conn) LocalCandidates() []netip.AddrPort {
-	if c.ds == nil {
+	if !c.directOn() {
 		return nil
 	}
 	var out []netip.AddrPort

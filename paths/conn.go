@@ -23,6 +23,14 @@
 // nothing. WriteTo picks the path per packet; ReadFrom returns the packets
 // of both.
 //
+// Where the relay forwards datagrams on its UDP port (server-hello
+// extension 3), the same socket is bound there (relayudp.go), and a
+// Direct keeps a second path to its peer through that port: the UDP relay
+// path (relaypath.go), which packets take when no direct path works, with
+// the probes, heartbeats, data check and fallback of direct paths. So a
+// packet goes direct if it can, else through the relay's UDP port, else
+// over the relay's TCP link, where every session starts.
+//
 // A client of a fleet may be attached to several relays: its own, and
 // those its relay redirected it to, where its devices are (redirect.go);
 // a device's packets go over the relay that holds it, and a device gone
@@ -184,12 +192,19 @@ type Config struct {
 	Direct DirectOptions
 }
 
-// DirectOptions configure a Conn's direct paths.
+// DirectOptions configure a Conn's UDP socket: its direct paths, and
+// the UDP relay path (relayudp.go), which share it.
 type DirectOptions struct {
-	// Disable keeps every packet on the relay: no UDP socket, no direct
-	// paths.
+	// Disable turns direct paths off: no candidates, no search, no
+	// direct probe answered. The zero value looks for direct paths.
 	Disable bool
-	// Port is the UDP port of the socket for direct paths; zero picks one.
+	// NoRelayUDP turns the UDP relay path off: no binding at the relay's
+	// UDP port, packets through the relay go over its TCP link only. The
+	// zero value uses the UDP relay path where the relay offers it. With
+	// both Disable and NoRelayUDP, the Conn opens no UDP socket and
+	// [Conn.StartDirect] fails with [ErrNoDirect].
+	NoRelayUDP bool
+	// Port is the UDP port of the socket; zero picks one.
 	Port int
 	// Addrs, if set, are the addresses offered to peers as this agent's
 	// direct candidates (with the socket's port) instead of its
@@ -325,10 +340,10 @@ func Listen(cfg Config) (*Conn, error) {
 	}
 	c.log = c.log.With("relay", cfg.Relay.Addr)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if !cfg.Direct.Disable {
+	if !cfg.Direct.Disable || !cfg.Direct.NoRelayUDP {
 		if err := c.listenDirect(); err != nil {
 			// The relay still carries everything.
-			c.log.Warn("direct paths are off", "err", err)
+			c.log.Warn("direct paths and the UDP relay path are off", "err", err)
 		}
 	}
 	c.relay = relaylink.Attach(c.relayConfig())
@@ -337,6 +352,12 @@ func Listen(cfg Config) (*Conn, error) {
 	}
 	return c, nil
 }
+
+// directOn reports whether the Conn looks for direct paths.
+func (c *Conn) directOn() bool { return c.ds != nil && !c.cfg.Direct.Disable }
+
+// relayUDPOn reports whether the Conn uses the UDP relay path.
+func (c *Conn) relayUDPOn() bool { return c.ds != nil && !c.cfg.Direct.NoRelayUDP }
 
 // LocalAddr returns the agent's own address.
 func (c *Conn) LocalAddr() net.Addr {
@@ -349,7 +370,8 @@ func (c *Conn) LocalAddr() net.Addr {
 
 // WriteTo sends b to the peer addr, which must be an [Addr] or an address
 // ReadFrom returned: over the peer's direct path if it has a working one,
-// else over the relay. It never blocks: with no link to the relay, or a full
+// else over the relay's UDP port if that path works, else over the relay's
+// TCP link. It never blocks: with no link to the relay, or a full
 // send queue, the packet is dropped (and counted), as a network would; the
 // E2E session retransmits.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
@@ -373,7 +395,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(b), relayproto.MaxPacketLen)
 	}
 	if p != nil {
-		if d := p.direct.Load(); d != nil && len(b) <= MaxDirectPacket && d.send(b) {
+		if d := p.direct.Load(); d != nil && d.send(b) {
 			c.sent.Add(1)
 			return len(b), nil
 		}

@@ -129,31 +129,40 @@ const (
 	lostRetryMax    = 5 * time.Minute        // later each time it does so again
 )
 
-// ErrNoDirect is returned by [Conn.StartDirect] when direct paths are off.
-var ErrNoDirect = errors.New("paths: direct paths are disabled")
+// ErrNoDirect is returned by [Conn.StartDirect] when direct paths and the
+// UDP relay path are both off.
+var ErrNoDirect = errors.New("paths: direct paths and the UDP relay path are disabled")
 
-// PathInfo says how packets to a peer travel.
+// PathInfo says how packets to a peer travel: over a direct path, over the
+// relay's UDP port, or (neither set) over the relay's TCP link.
 type PathInfo struct {
 	// Direct is true when packets go over a direct path, to Addr.
 	Direct bool           `json:"direct"`
 	Addr   netip.AddrPort `json:"addr,omitzero"`
-	// RTT is the direct path's last probe round trip.
+	// RelayUDP is true when packets go through the relay's UDP port.
+	RelayUDP bool `json:"relay_udp,omitempty"`
+	// RTT is the last probe round trip of the direct or UDP relay path.
 	RTT time.Duration `json:"rtt,omitempty"`
 	// Since is when packets last changed path; zero if they never did.
 	Since time.Time `json:"since,omitzero"`
 }
 
-// String returns "direct ADDR" or "relay".
+// String returns "direct ADDR", "relay udp" or "relay" (the relay's TCP
+// link).
 func (p PathInfo) String() string {
-	if p.Direct {
+	switch {
+	case p.Direct:
 		return "direct " + p.Addr.String()
+	case p.RelayUDP:
+		return "relay udp"
 	}
 	return "relay"
 }
 
-// LogAttrs returns the path as log attributes: path, and rtt when direct.
+// LogAttrs returns the path as log attributes: path, and rtt when direct
+// or through the relay's UDP port.
 func (p PathInfo) LogAttrs() []any {
-	if p.Direct {
+	if p.Direct || p.RelayUDP {
 		return []any{"path", p.String(), "rtt", p.RTT.Round(10 * time.Microsecond).String()}
 	}
 	return []any{"path", p.String()}
@@ -194,10 +203,22 @@ type Direct struct {
 	// peer over direct paths, for the data check.
 	sent, received atomic.Uint64
 
+	// The UDP relay path (relaypath.go): the one in use, the last packet
+	// sent over it, the sender's request for a probe on it, and the QUIC
+	// packets sent and taken over it, for its own data check.
+	rpath            atomic.Pointer[relayPath]
+	rlastSend        atomic.Int64
+	rkick            atomic.Bool
+	rsent, rreceived atomic.Uint64
+
 	probeBacks *rate.Limiter // probes to addresses the peer's probes came from
 
 	wake chan struct{} // cap 1: the run loop has work
 	done chan struct{} // closed by Close
+
+	relaysMu   sync.Mutex               // held while a relays message is made and sent
+	relaysSent bool                     // one was sent; guarded by relaysMu
+	relaysLast []peerproto.RelayChannel // the last sent; guarded by relaysMu
 
 	mu         sync.Mutex
 	closed     bool                         // guarded by mu
@@ -218,6 +239,7 @@ type Direct struct {
 	check      dataCheck                    // of the path in use; guarded by mu
 	routes     []netip.AddrPort             // addresses proven for the peer; guarded by mu
 	since      time.Time                    // of the last path change; guarded by mu
+	rs         relaySearch                  // the UDP relay path's search; guarded by mu
 }
 
 // directPath is a proven path; lastReply and rtt change as probes return.
@@ -276,8 +298,8 @@ func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error)
 	return d, nil
 }
 
-// Close stops using and looking for the direct path: packets to the peer
-// go over the relay again.
+// Close stops using and looking for the direct path and the UDP relay
+// path: packets to the peer go over the relay's TCP link again.
 func (d *Direct) Close() {
 	d.mu.Lock()
 	if d.closed {
@@ -289,9 +311,17 @@ func (d *Direct) Close() {
 	d.mu.Unlock()
 	close(d.done)
 	d.path.Store(nil)
+	d.rpath.Store(nil)
 	d.peer.direct.CompareAndSwap(d, nil)
 	ds := d.c.ds
 	ds.mu.Lock()
+	ds.updateChansLocked(func(m map[relayChan]*Direct) {
+		for k, v := range m {
+			if v == d {
+				delete(m, k)
+			}
+		}
+	})
 	if ds.byPeer[d.peer.addr] == d {
 		delete(ds.byPeer, d.peer.addr)
 	}
@@ -311,8 +341,18 @@ func (d *Direct) Close() {
 }
 
 // send sends a packet over the direct path if there is one the peer
-// answered on recently, and reports whether it did.
+// answered on recently, else over the UDP relay path if it answered
+// recently, and reports whether it did.
 func (d *Direct) send(p []byte) bool {
+	return d.sendDirect(p) || d.sendRelay(p)
+}
+
+// sendDirect sends a packet over the direct path if there is one the peer
+// answered on recently, and reports whether it did.
+func (d *Direct) sendDirect(p []byte) bool {
+	if len(p) > MaxDirectPacket {
+		return false
+	}
 	path := d.path.Load()
 	if path == nil {
 		return false
@@ -350,19 +390,24 @@ func (d *Direct) Path() PathInfo {
 	d.mu.Lock()
 	since := d.since
 	d.mu.Unlock()
-	path := d.path.Load()
-	if path == nil {
-		return PathInfo{Since: since}
-	}
 	now := d.c.now()
-	trust := int64(trustIdle)
-	if now-d.lastSend.Load() < int64(activeWindow) {
-		trust = int64(trustActive)
+	if path := d.path.Load(); path != nil && now-path.lastReply.Load() <= trustFor(now, d.lastSend.Load()) {
+		return PathInfo{Direct: true, Addr: path.addr, RTT: time.Duration(path.rtt.Load()), Since: since}
 	}
-	if now-path.lastReply.Load() > trust {
-		return PathInfo{Since: since}
+	if rp := d.rpath.Load(); rp != nil && now-rp.lastReply.Load() <= trustFor(now, d.rlastSend.Load()) {
+		return PathInfo{RelayUDP: true, RTT: time.Duration(rp.rtt.Load()), Since: since}
 	}
-	return PathInfo{Direct: true, Addr: path.addr, RTT: time.Duration(path.rtt.Load()), Since: since}
+	return PathInfo{Since: since}
+}
+
+// trustFor returns how recent a path's last answer must be for the path
+// to count as working, at now, if a packet last went over it at lastSend:
+// while packets flow it is probed often, and trusted only briefly.
+func trustFor(now, lastSend int64) int64 {
+	if now-lastSend < int64(activeWindow) {
+		return int64(trustActive)
+	}
+	return int64(trustIdle)
 }
 
 // Path says how packets to peer travel now: over the relay unless a
@@ -396,6 +441,8 @@ func (d *Direct) Receive(msg []byte) error {
 			d.dropLossyLocked(time.Now(), "the peer's direct path loses packets: packets go over the relay")
 		}
 		d.mu.Unlock()
+	case peerproto.Relays:
+		d.peerRelays(m.Relays)
 	case peerproto.Ready:
 		d.mu.Lock()
 		if !d.closed && m.Round == d.round {

@@ -35,6 +35,7 @@ type directPair struct {
 	dDir, cDir   *Direct
 	udp          *memnet.UDPNet
 	relayStats   func() uint64 // packets the relay forwarded
+	relayID      identity.ID
 	// stalled, when set, holds back lost messages, as a session whose
 	// packets the lossy path swallowed would.
 	stalled atomic.Bool
@@ -42,10 +43,17 @@ type directPair struct {
 
 func newDirectPair(t *testing.T) *directPair {
 	t.Helper()
+	return newDirectPairOpts(t, DirectOptions{})
+}
+
+// newDirectPairOpts is newDirectPair with the Disable and NoRelayUDP of
+// opts.
+func newDirectPairOpts(t *testing.T, opts DirectOptions) *directPair {
+	t.Helper()
 	m := newMemNet()
 	srv := startRelay(t, m, 15*time.Second)
 	un := memnet.NewUDP()
-	p := &directPair{udp: un, relayStats: func() uint64 { return srv.Stats().PacketsForwarded }}
+	p := &directPair{udp: un, relayStats: func() uint64 { return srv.Stats().PacketsForwarded }, relayID: srv.ID()}
 	p.dSock = un.Listen("10.0.0.1:4000")
 	p.cSock = un.Listen("10.0.0.2:5000")
 	devID, _ := identity.Generate()
@@ -55,7 +63,7 @@ func newDirectPair(t *testing.T) *directPair {
 		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
 		Access: func() ([]identity.ID, [][32]byte) { return []identity.ID{cliID.ID()}, nil },
 		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.dSock, nil },
-			Addrs: []netip.Addr{p.dSock.Addr().Addr()}}})
+			Addrs: []netip.Addr{p.dSock.Addr().Addr()}, Disable: opts.Disable, NoRelayUDP: opts.NoRelayUDP}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +71,7 @@ func newDirectPair(t *testing.T) *directPair {
 	p.cli, err = Listen(Config{Identity: cliID, Role: relayproto.RoleClient,
 		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial,
 		Direct: DirectOptions{ListenUDP: func() (udpsock.Conn, error) { return p.cSock, nil },
-			Addrs: []netip.Addr{p.cSock.Addr().Addr()}}})
+			Addrs: []netip.Addr{p.cSock.Addr().Addr()}, Disable: opts.Disable, NoRelayUDP: opts.NoRelayUDP}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,15 +461,15 @@ func TestDirectReplay(t *testing.T) {
 	})
 }
 
-// TestDirectOff: with direct paths disabled there is no socket and no
-// Direct; everything goes over the relay.
+// TestDirectOff: with direct paths and the UDP relay path disabled there
+// is no socket and no Direct; everything goes over the relay.
 func TestDirectOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMemNet()
 		srv := startRelay(t, m, 15*time.Second)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -33,6 +33,8 @@ type directSocket struct {
 	observed         atomic.Pointer[netip.AddrPort] // from the relay's UDP port
 	binding          atomic.Pointer[bindingRequest]
 	routes           atomic.Pointer[map[netip.AddrPort]*Direct] // copy on write, under mu
+	bindings         atomic.Pointer[[]*relayBinding]            // at relays' UDP ports; copy on write, under mu
+	chans            atomic.Pointer[map[relayChan]*Direct]      // peers' channels at relays; copy on write, under mu
 	dropped, strange atomic.Uint64
 	replayed         atomic.Uint64 // probes refused: their txid was answered before
 
@@ -55,6 +57,9 @@ func (c *Conn) listenDirect() error {
 	ds := &directSocket{ids: make(map[[8]byte]*Direct), byPeer: make(map[Addr]*Direct)}
 	routes := make(map[netip.AddrPort]*Direct)
 	ds.routes.Store(&routes)
+	chans := make(map[relayChan]*Direct)
+	ds.chans.Store(&chans)
+	ds.bindings.Store(new([]*relayBinding))
 	// No Direct exists yet to use ds.sock while the socket starts reading.
 	c.ds = ds
 	cfg := udpsock.Config{Receive: c.directDatagram, QueueLen: c.cfg.QueueLen}
@@ -133,12 +138,10 @@ const (
 // bind asks the relay's UDP port (port, with token) for the address of the
 // direct socket, until it answers or l ends.
 func (c *Conn) bind(l *relaylink.Link, b relayproto.UDPBinding) {
-	ta, ok := l.RemoteAddr().(*net.TCPAddr)
+	to, ok := relayUDPAddr(l, b)
 	if !ok {
 		return
 	}
-	ip, _ := netip.AddrFromSlice(ta.IP)
-	to := netip.AddrPortFrom(ip.Unmap(), b.Port)
 	req := &bindingRequest{to: to}
 	rand.Read(req.txid[:])
 	c.ds.binding.Store(req)
@@ -159,6 +162,17 @@ func (c *Conn) bind(l *relaylink.Link, b relayproto.UDPBinding) {
 	if c.ds.binding.CompareAndSwap(req, nil) {
 		c.log.Debug("relay's UDP port did not answer", "addr", to.String())
 	}
+}
+
+// relayUDPAddr returns the address of the relay's UDP port: l's relay's
+// address, with b's port.
+func relayUDPAddr(l *relaylink.Link, b relayproto.UDPBinding) (netip.AddrPort, bool) {
+	ta, ok := l.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	return netip.AddrPortFrom(ip.Unmap(), b.Port), true
 }
 
 // allowRound reports whether peer may start a search round now: each round
@@ -188,9 +202,17 @@ func (c *Conn) directMessage(b []byte, from netip.AddrPort) {
 		ds.strange.Add(1)
 		return
 	}
+	switch b[0] {
+	case relayproto.UDPBound, relayproto.UDPAlive, relayproto.UDPRecv:
+		c.relayDatagram(b, from)
+		return
+	}
 	m, err := peerproto.ParseDatagram(b)
 	switch m := m.(type) {
 	case peerproto.Probe:
+		if !c.directOn() {
+			return // direct paths are off: no answer
+		}
 		d := ds.direct(m.PathID)
 		if d == nil || !m.Valid(d.key) {
 			ds.strange.Add(1)

@@ -99,7 +99,7 @@ func TestDrainKeepsSession(t *testing.T) {
 		var gone atomic.Int64
 		listen := func(id *identity.Identity, role relayproto.Role, access func() ([]identity.ID, [][32]byte)) *Conn {
 			c, err := Listen(Config{Identity: id, Role: role, Relay: relaylink.RelayConfig{Addr: "relay:443", ID: relayID.ID()},
-				Dial: m.Dial, Direct: DirectOptions{Disable: true}, Access: access,
+				Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}, Access: access,
 				OnPeerGone: func(g PeerGone) { gone.Add(1) }})
 			if err != nil {
 				t.Fatal(err)
@@ -157,7 +157,7 @@ func TestDrainKeepsSession(t *testing.T) {
 		// Refused for now: the third agent keeps trying, WaitAttached does
 		// not give up on it.
 		late, err := Listen(Config{Identity: relayID, Role: relayproto.RoleClient, Relay: relaylink.RelayConfig{Addr: "relay:443", ID: relayID.ID()},
-			Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -85,7 +85,7 @@ func TestEnrollTokenSentUntilAdmitted(t *testing.T) {
 		var enrolled int
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice, EnrollToken: "enroll-abc",
 			OnEnrolled: func() { enrolled++ },
-			Relay:      relaylink.RelayConfig{Addr: "relay:443", ID: r.srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay:      relaylink.RelayConfig{Addr: "relay:443", ID: r.srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +127,7 @@ func TestNoTokenNoOnEnrolled(t *testing.T) {
 		id, _ := identity.Generate()
 		called := false
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice, OnEnrolled: func() { called = true },
-			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -213,7 +213,7 @@ func TestKeepAliveDetectsDeadRelay(t *testing.T) {
 		srv := startRelay(t, m, keepAlive)
 		id, _ := identity.Generate()
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func TestReattachAfterOutage(t *testing.T) {
 		}
 		m.down.Store(true)
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +326,7 @@ func TestReattachAfterRelayCrashIsSpread(t *testing.T) {
 					id, _ := identity.Generate()
 					c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
 						Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial,
-						Direct: DirectOptions{Disable: true}, ReattachSpread: spread})
+						Direct: DirectOptions{Disable: true, NoRelayUDP: true}, ReattachSpread: spread})
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -428,7 +428,7 @@ func TestWritesBatched(t *testing.T) {
 			return cc, nil
 		}
 		c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+			Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -466,7 +466,7 @@ func TestFlappingDamped(t *testing.T) {
 		id, _ := identity.Generate()
 		for range 2 {
 			c, err := Listen(Config{Identity: id, Role: relayproto.RoleDevice,
-				Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true}})
+				Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: m.Dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -503,7 +503,7 @@ func countingClient(t *testing.T, m *memNet, cfg relay.Config) (*Conn, *atomic.I
 		return m.Dial(ctx, n, a)
 	}
 	c, err := Listen(Config{Identity: id, Role: relayproto.RoleClient,
-		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true}})
+		Relay: relaylink.RelayConfig{Addr: "relay:443", ID: srv.ID()}, Dial: dial, Direct: DirectOptions{Disable: true, NoRelayUDP: true}})
 	if err != nil {
 		t.Fatal(err)
 	}

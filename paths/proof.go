@@ -20,7 +20,11 @@ type probeRecord struct {
 	at    time.Time
 	sent  uint64 // Direct.sent when it left
 	named bool   // to is one of the peer's candidates
-	full  bool   // it was MaxDirectPacket bytes: the path carries any packet
+	full  bool   // it was as big as the largest packet of its path: the path carries any packet
+	// A probe through a relay's UDP port went to the peer's channel
+	// there, from this side's binding via; sent counts Direct.rsent.
+	via     *relayBinding
+	channel uint32
 }
 
 // dataCheck is what the replies on the path in use have shown of the
@@ -159,7 +163,7 @@ func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 	case path != nil && path.addr == rec.to:
 		path.lastReply.Store(d.c.now())
 		path.rtt.Store(int64(rtt))
-		if d.checkDataLocked(rec, received) {
+		if d.check.add(rec, received, &d.dataFails) {
 			d.dropLossyLocked(now, "direct path loses packets: they go over the relay")
 			lost = peerproto.AppendLost(nil, peerproto.Lost{Round: d.round})
 		}
@@ -198,17 +202,17 @@ func (d *Direct) replied(txid [8]byte, received uint64, from netip.AddrPort) {
 	}
 }
 
-// checkDataLocked adds the reply to rec, by which the peer has taken
-// received packets, to the data check of the path in use, and reports
-// whether the path loses the packets sent over it.
-func (d *Direct) checkDataLocked(rec probeRecord, received uint64) bool {
-	c := &d.check
+// add adds the reply to rec, by which the peer has taken received
+// packets, to the data check of the path in use, and reports whether the
+// path loses the packets sent over it. It zeroes fails, the paths dropped
+// by the check in a row, when packets cross.
+func (c *dataCheck) add(rec probeRecord, received uint64, fails *int) bool {
 	switch {
 	case rec.at.Before(c.at):
 		// Overtaken by a later probe's reply.
 	case received > c.received:
 		if rec.sent > c.sent {
-			d.dataFails = 0 // packets cross
+			*fails = 0 // packets cross
 		}
 		*c = dataCheck{sent: rec.sent, received: received, at: rec.at}
 	case rec.sent == c.sent:
@@ -260,21 +264,34 @@ func (d *Direct) dropLossyLocked(now time.Time, why string) {
 // probeLocked sends a probe of size bytes to addr; named says whether
 // addr is one of the peer's candidates. mu must be held.
 func (d *Direct) probeLocked(addr netip.AddrPort, size int, now time.Time, named bool) {
+	rec := probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named, full: size >= MaxDirectPacket}
+	if b := d.newProbeLocked(rec, size, nil); b != nil {
+		d.c.ds.write(b, addr)
+	}
+}
+
+// newProbeLocked numbers a probe of size bytes, records it as rec, and
+// appends it to b; it returns nil if too many probes are outstanding. mu
+// must be held.
+func (d *Direct) newProbeLocked(rec probeRecord, size int, b []byte) []byte {
 	if len(d.outgoing) >= maxOutstanding {
 		// Forget the probes nobody answered.
 		for k, r := range d.outgoing {
-			if now.Sub(r.at) > staleProbe {
+			if rec.at.Sub(r.at) > staleProbe {
 				delete(d.outgoing, k)
 			}
 		}
 		if len(d.outgoing) >= maxOutstanding {
-			return
+			return nil
 		}
 	}
 	d.lastTxid++
 	var txid [8]byte
 	binary.BigEndian.PutUint64(txid[:], d.lastTxid)
-	d.outgoing[txid] = probeRecord{to: addr, at: now, sent: d.sent.Load(), named: named, full: size >= MaxDirectPacket}
+	d.outgoing[txid] = rec
 	probe := peerproto.Probe{PathID: d.myID, TxID: txid, Len: size}.Signed(d.key)
-	d.c.ds.write(peerproto.AppendProbe(make([]byte, 0, max(size, peerproto.ProbeMinLen)), probe), addr)
+	if b == nil {
+		b = make([]byte, 0, max(size, peerproto.ProbeMinLen))
+	}
+	return peerproto.AppendProbe(b, probe)
 }

@@ -104,6 +104,10 @@ func (c *Conn) fleetRelay(r relayproto.Redirect) *relaylink.Attacher {
 		if a != nil {
 			c.resendHeldVia(a)
 		}
+		if c.ds != nil {
+			// The devices there take datagrams through its UDP port.
+			c.bindRelayUDP(l)
+		}
 	}
 	a := relaylink.Attach(cfg)
 	c.intentsMu.Lock()

@@ -74,18 +74,38 @@ func (c *Conn) peerGone(f relayproto.PeerGone) {
 }
 
 // relayAttached is told of every new link of the first Attacher: a client
-// of a fleet sorts out its links (primaryAttached), and a relay that
-// offers is asked for the address it sees the direct socket at.
+// of a fleet sorts out its links (primaryAttached); the UDP socket is
+// bound at a relay that forwards datagrams (relayudp.go), which also tells
+// the address it sees the socket at; a relay that only tells that is
+// asked for it.
 func (c *Conn) relayAttached(l *relaylink.Link) {
 	if c.cfg.Role == relayproto.RoleClient {
 		c.primaryAttached(l)
 	}
-	if c.ds == nil {
+	if c.ds == nil || c.bindRelayUDP(l) {
 		return
 	}
-	if b, ok := l.UDPBinding(); ok {
+	if b, ok := l.UDPBinding(); ok && c.directOn() {
 		c.wg.Go(func() { c.bind(l, b) })
 	}
+}
+
+// bindRelayUDP keeps the UDP socket bound at l's relay while l lasts, if
+// the relay forwards datagrams and the UDP relay path is on, and reports
+// whether it does.
+func (c *Conn) bindRelayUDP(l *relaylink.Link) bool {
+	b, ok := l.UDPBinding()
+	r, ok2 := l.UDPRelay()
+	if !ok || !ok2 || !c.relayUDPOn() {
+		return false
+	}
+	to, ok := relayUDPAddr(l, b)
+	if !ok {
+		return false
+	}
+	rb := newRelayBinding(l.RelayID(), to, b.Token, r.Channel)
+	c.wg.Go(func() { c.keepRelayBinding(l.Context(), rb) })
+	return true
 }
 
 // Status returns the relay attachment's state.

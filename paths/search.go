@@ -14,6 +14,9 @@ import (
 
 // gotCandidates handles the peer's candidates for round.
 func (d *Direct) gotCandidates(round uint32, cands []netip.AddrPort) {
+	if !d.c.directOn() {
+		return // direct paths are off: no round joined
+	}
 	d.mu.Lock()
 	newer := round > d.round
 	d.mu.Unlock()
@@ -92,7 +95,8 @@ func (d *Direct) candidatesMsg(round uint32) []byte {
 
 // run keeps the search, the probes and the retries on schedule.
 func (d *Direct) run() {
-	if d.cfg.Initiator {
+	d.sendRelays()
+	if d.cfg.Initiator && d.c.directOn() {
 		d.startRound()
 	}
 	t := time.NewTimer(time.Hour)
@@ -171,6 +175,7 @@ func (d *Direct) tick(now time.Time) time.Time {
 		d.log.Debug("no direct path found", "round", d.round, "candidates", len(d.remote))
 		d.scheduleRetryLocked(now)
 	}
+	d.tickRelayLocked(now, at)
 	if !d.retryAt.IsZero() {
 		if !now.Before(d.retryAt) {
 			d.retryAt = time.Time{}

@@ -106,7 +106,18 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 		sendq:     make(chan *[]byte, cfg.QueueLen),
 		flushed:   make(chan struct{}),
 	}
-	for _, e := range sh.Extensions {
+	l.takeExtensions(sh.Extensions)
+	l.ctx, l.cancel = context.WithCancelCause(ctx)
+	// Closing the TCP connection wakes the reader and the writer at once.
+	l.stopNet = context.AfterFunc(l.ctx, func() { conn.NetConn().Close() })
+	l.writer.Go(func() { l.cancel(l.writeLoop()) })
+	return l
+}
+
+// takeExtensions takes the server hello's extensions the Link knows,
+// skipping malformed ones as unknown ones are.
+func (l *Link) takeExtensions(exts []relayproto.Extension) {
+	for _, e := range exts {
 		switch e.Type {
 		case relayproto.ExtUDPBinding:
 			if b, err := relayproto.ParseUDPBinding(e.Value); err == nil {
@@ -118,11 +129,6 @@ func newLink(ctx context.Context, cfg Config, conn *tls.Conn, br *bufio.Reader, 
 			}
 		}
 	}
-	l.ctx, l.cancel = context.WithCancelCause(ctx)
-	// Closing the TCP connection wakes the reader and the writer at once.
-	l.stopNet = context.AfterFunc(l.ctx, func() { conn.NetConn().Close() })
-	l.writer.Go(func() { l.cancel(l.writeLoop()) })
-	return l
 }
 
 // RelayID is the relay's ID, proven in the handshake.
@@ -154,8 +160,8 @@ func (l *Link) UDPBinding() (relayproto.UDPBinding, bool) {
 }
 
 // UDPRelay returns the agent's channel on the relay's UDP relay path, if
-// the relay offered the path (it does so only with [Link.UDPBinding]:
-// bind at that port with that token).
+// the relay offers the path. It is of use only with [Link.UDPBinding]:
+// the datagrams go to that UDP port, and the binding token binds to it.
 func (l *Link) UDPRelay() (relayproto.UDPRelay, bool) {
 	if l.udpRelay == nil || l.udpBinding == nil {
 		return relayproto.UDPRelay{}, false

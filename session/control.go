@@ -83,7 +83,8 @@ func newControl(str *quic.Stream, s *Session, initiator bool) *Control {
 
 // ControlOptions configure [Control.Run].
 type ControlOptions struct {
-	// DisableDirect keeps this session on the relay.
+	// DisableDirect keeps this session on the relay's TCP link: no Direct
+	// (neither direct paths nor the UDP relay path).
 	DisableDirect bool
 	// OnPath, if set, is called (on a goroutine of Run's) with the path
 	// whenever it changes.
@@ -175,7 +176,7 @@ func (c *Control) watchPath(done chan struct{}, onPath func(paths.PathInfo)) {
 		case <-done:
 			return
 		}
-		if p := c.sess.Path(); p.Direct != last.Direct || p.Addr != last.Addr {
+		if p := c.sess.Path(); p.Direct != last.Direct || p.Addr != last.Addr || p.RelayUDP != last.RelayUDP {
 			last = p
 			onPath(p)
 		}

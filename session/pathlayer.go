@@ -25,8 +25,8 @@ import (
 // inside the messages.
 type PathLayer interface {
 	// StartDirect starts looking for a direct path to peer, the session's
-	// remote address. It fails with [paths.ErrNoDirect] if direct paths
-	// are off.
+	// remote address, and for the UDP relay path. It fails with
+	// [paths.ErrNoDirect] if both are off.
 	StartDirect(peer net.Addr, cfg paths.DirectConfig) (*paths.Direct, error)
 	// Path says how packets to peer travel now.
 	Path(peer net.Addr) paths.PathInfo

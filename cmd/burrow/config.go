@@ -104,6 +104,11 @@ type deviceFile struct {
 	// instead of the interfaces' (a port-forwarded public address, say).
 	// Default: the interfaces' addresses.
 	DirectAddrs []string `yaml:"direct_addrs"`
+	// RelayUDP: `false` keeps every session off the relay's UDP port, as
+	// `--no-relay-udp` does: what goes through the relay goes over its TCP
+	// link. Default `true`: where the relay forwards datagrams, a session
+	// that has no direct path moves onto its UDP port.
+	RelayUDP *bool `yaml:"relay_udp"`
 	// TunnelRate: the tunnels one client may open per second; more are
 	// refused with "too many tunnels too fast". Default `0`: 100.
 	TunnelRate float64 `yaml:"tunnel_rate"`
@@ -140,10 +145,11 @@ func (l *addrList) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// directOptions checks an agent's direct-path settings: direct (default
-// on, and off with noDirect), the UDP port and the addresses to offer.
-func directOptions(direct *bool, port int, addrs []string, noDirect bool) (paths.DirectOptions, error) {
-	o := paths.DirectOptions{Disable: noDirect || direct != nil && !*direct, Port: port}
+// directOptions checks an agent's UDP settings: direct (default on, and
+// off with noDirect), relay_udp (default on), the UDP port and the
+// addresses to offer.
+func directOptions(direct, relayUDP *bool, port int, addrs []string, noDirect bool) (paths.DirectOptions, error) {
+	o := paths.DirectOptions{Disable: noDirect || direct != nil && !*direct, NoRelayUDP: relayUDP != nil && !*relayUDP, Port: port}
 	if port < 0 || port > 65535 {
 		return o, fmt.Errorf("direct_port %d: want 0 (any) to 65535", port)
 	}
@@ -209,7 +215,7 @@ func parseDeviceConfig(path string, data []byte) (*deviceSetup, error) {
 		return fail("relay_id is missing: pin the relay with its ID (\"burrow relay id --data DIR\" prints it), " +
 			"or set relay_ca: true if the relay serves a CA-signed certificate")
 	}
-	if _, err := directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false); err != nil {
+	if _, err := directOptions(f.Direct, f.RelayUDP, f.DirectPort, f.DirectAddrs, false); err != nil {
 		return fail("%v", err)
 	}
 	if f.TunnelRate < 0 || f.TunnelBurst < 0 {
@@ -293,7 +299,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 	cfg.OnEnrolled = func() {
 		log.Info("admitted by the relay (enrolled, or listed there): enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)
 	}
-	cfg.Direct, _ = directOptions(f.Direct, f.DirectPort, f.DirectAddrs, false)
+	cfg.Direct, _ = directOptions(f.Direct, f.RelayUDP, f.DirectPort, f.DirectAddrs, false)
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
 	if f.ReattachSpread != nil {
 		cfg.ReattachSpread = *f.ReattachSpread

@@ -67,6 +67,11 @@ const deviceKeysHelp = `  relay (required)
       the IP addresses offered to clients for direct paths, instead of the
       interfaces' (a port-forwarded public address, say). Default: the
       interfaces' addresses.
+  relay_udp
+      false keeps every session off the relay's UDP port, as --no-relay-udp
+      does: what goes through the relay goes over its TCP link. Default true:
+      where the relay forwards datagrams, a session that has no direct path
+      moves onto its UDP port.
   tunnel_rate
       the tunnels one client may open per second; more are refused with "too
       many tunnels too fast". Default 0: 100.

@@ -37,13 +37,14 @@ clients:
 direct: false
 direct_port: 41641
 direct_addrs: [192.0.2.10, "2001:db8::10"]
+relay_udp: false
 reattach_spread: 1m30s
 `)
 	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cfg.Direct; !d.Disable || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
+	if d := cfg.Direct; !d.Disable || !d.NoRelayUDP || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
 		t.Fatalf("direct %+v", d)
 	}
 	if cfg.ReattachSpread != 90*time.Second {
@@ -131,6 +132,7 @@ func TestLoadDeviceConfigErrors(t *testing.T) {
 		{"negative reattach spread", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: -1s\n", "reattach_spread must not be negative"},
 		{"reattach spread not a duration", base + "services:\n  http: 127.0.0.1:80\nroles: {v: [http]}\nreattach_spread: soon\n", "reattach_spread"},
 		{"direct not a bool", base + "services:\n  http: 127.0.0.1:80\ndirect: sometimes\n", "direct"},
+		{"relay_udp not a bool", base + "services:\n  http: 127.0.0.1:80\nrelay_udp: sometimes\n", "relay_udp"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

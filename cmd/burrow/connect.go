@@ -29,11 +29,12 @@ type connectFile struct {
 	// Forwards maps "device/service" to the local address to listen on;
 	// device is a known device's name or ID.
 	Forwards map[string]string `yaml:"forwards"`
-	// Direct, DirectPort and DirectAddrs configure direct paths, as in a
-	// device's file.
+	// Direct, DirectPort and DirectAddrs configure direct paths, and
+	// RelayUDP the UDP relay path, as in a device's file.
 	Direct      *bool    `yaml:"direct"`
 	DirectPort  int      `yaml:"direct_port"`
 	DirectAddrs []string `yaml:"direct_addrs"`
+	RelayUDP    *bool    `yaml:"relay_udp"`
 }
 
 // forward is one local listener leading to a service on a device.
@@ -49,7 +50,7 @@ type forward struct {
 type connectOptions struct {
 	rf                         relayFlags
 	listen, idPath, configPath string
-	noDirect                   bool
+	noDirect, noRelayUDP       bool
 	directAddrs                []string
 }
 
@@ -82,11 +83,16 @@ With --config, one process serves several forwards, each
   direct: true          # false: keep every session on the relay
   direct_port: 0        # UDP port for direct paths (0: any)
   direct_addrs: []      # addresses offered to devices (default: the interfaces')
+  relay_udp: true       # false: keep what goes through the relay on its TCP link
 
 A session with a device starts on the relay and moves to a direct UDP path
 (hole punching) once one works, and back if it stops working; connections
-never notice. Each change is logged ("session path"). --no-direct (or
-direct: false) keeps all traffic on the relay.`,
+never notice. Without a direct path, where the relay forwards datagrams on
+its UDP port, the session moves there ("relay udp"), and back to the
+relay's TCP link if that stops working. Each change is logged ("session
+path"). --no-direct (or direct: false) keeps the session off direct paths;
+--no-relay-udp (or relay_udp: false) keeps it off the relay's UDP port;
+both keep all traffic on the relay's TCP link.`,
 		Example: `  burrow connect cam1 rtsp --listen 127.0.0.1:8554
   vlc rtsp://127.0.0.1:8554/stream`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -112,6 +118,7 @@ direct: false) keeps all traffic on the relay.`,
 	f.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	f.StringVar(&o.configPath, "config", "", "a file of several forwards (YAML)")
 	f.BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
+	f.BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
 	f.StringSliceVar(&o.directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
 	return cmd
 }
@@ -148,8 +155,11 @@ func runConnect(cmd *cobra.Command, g *globals, o *connectOptions, args []string
 	if o.noDirect {
 		direct.Disable = true
 	}
+	if o.noRelayUDP {
+		direct.NoRelayUDP = true
+	}
 	if len(o.directAddrs) > 0 {
-		flagged, err := directOptions(nil, 0, o.directAddrs, false)
+		flagged, err := directOptions(nil, nil, 0, o.directAddrs, false)
 		if err != nil {
 			return usageError(cmd, "--direct-addr: %v", err)
 		}
@@ -248,7 +258,7 @@ func readConnectConfig(path string, home client.Home) ([]forward, paths.DirectOp
 	if err := yamlstrict.Decode(data, &cf); err != nil {
 		return nil, direct, fmt.Errorf("config %s: %w", path, err)
 	}
-	if direct, err = directOptions(cf.Direct, cf.DirectPort, cf.DirectAddrs, false); err != nil {
+	if direct, err = directOptions(cf.Direct, cf.RelayUDP, cf.DirectPort, cf.DirectAddrs, false); err != nil {
 		return nil, direct, fmt.Errorf("config %s: %w", path, err)
 	}
 	if len(cf.Forwards) == 0 {

@@ -21,6 +21,7 @@ import (
 type deviceOptions struct {
 	configPath string
 	noDirect   bool
+	noRelayUDP bool
 	metrics    string
 }
 
@@ -43,7 +44,11 @@ Its keys (as in the README's "Device configuration keys"):
 ` + deviceKeysHelp + `
 Sessions start on the relay and move to a direct UDP path (hole punching)
 when one works, and back when it stops working; tunnels never notice.
---no-direct (or direct: false) keeps all traffic on the relay.
+Without a direct path, where the relay forwards datagrams on its UDP port,
+a session moves there ("relay udp"), and back to the relay's TCP link if
+that stops working. --no-direct (or direct: false) keeps sessions off
+direct paths, --no-relay-udp (or relay_udp: false) off the relay's UDP
+port; both keep all traffic on the relay's TCP link.
 
 --metrics ADDR (or metrics: ADDR) serves Prometheus metrics on
 http://ADDR/metrics (sessions by path, tunnels by service and result,
@@ -63,6 +68,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	}
 	cmd.PersistentFlags().StringVar(&o.configPath, "config", "", "device configuration file (YAML)")
 	cmd.Flags().BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
+	cmd.Flags().BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
 	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics, /healthz and /readyz on this address (a bare port: 127.0.0.1:PORT); overrides metrics: in the config file")
 	cmd.AddCommand(
 		newDeviceInviteCmd(g, o),
@@ -119,6 +125,9 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	}
 	if o.noDirect {
 		cfg.Direct.Disable = true
+	}
+	if o.noRelayUDP {
+		cfg.Direct.NoRelayUDP = true
 	}
 	d, err := device.New(cfg)
 	if err != nil {

@@ -91,7 +91,7 @@ func TestBinaryPingPairOutput(t *testing.T) {
 		t.Errorf("pair: stderr %q, want nothing", stderr)
 	}
 
-	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "2", "--interval", "100ms")
+	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--no-relay-udp", "--count", "2", "--interval", "100ms")
 	re := regexp.MustCompile(`^PING cam1 \(\S+\) via relay \S+\n(seq=\d rtt=\d+\.\d{3}ms path=relay\n){2}--- cam1: 2 sent, 2 answered, rtt min/avg/max \S+/\S+/\S+\n$`)
 	if err != nil || !re.MatchString(out) {
 		t.Fatalf("ping: stdout %q, stderr %q, %v", out, stderr, err)

@@ -116,7 +116,7 @@ func TestBinaryJSON(t *testing.T) {
 		t.Errorf("devices --json: %v", devs[0])
 	}
 
-	out = mustRun(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "2", "--interval", "10ms", "--json")
+	out = mustRun(t, "ping", "cam1", "--home", home, "--no-direct", "--no-relay-udp", "--count", "2", "--interval", "10ms", "--json")
 	p := checkShape(t, "ping --json", parseJSON(t, "ping --json", out), jsonShape{
 		"device": "string", "device_id": "string", "relay": "string", "sent": "number", "answered": "number",
 		"pings": "array", "rtt_min_ms": "number?", "rtt_avg_ms": "number?", "rtt_max_ms": "number?"})
@@ -159,7 +159,7 @@ func TestBinaryJSON(t *testing.T) {
 	}
 
 	// A session open while the status is read: connect's.
-	conn := start(t, "connect", "connect", "cam1", "http", "--home", home, "--no-direct")
+	conn := start(t, "connect", "connect", "cam1", "http", "--home", home, "--no-direct", "--no-relay-udp")
 	m, _ := conn.waitFor(regexp.MustCompile(`^listening on (\S+)$`), 0, 10*time.Second)
 	if body, err := get(t, m[1]); err != nil || body != "camera admin page" {
 		t.Fatalf("through the tunnel: %q, %v", body, err)

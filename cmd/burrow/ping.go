@@ -19,6 +19,7 @@ type pingOptions struct {
 	count             int
 	interval, timeout time.Duration
 	noDirect          bool
+	noRelayUDP        bool
 	asJSON            bool
 }
 
@@ -30,10 +31,12 @@ func newPingCmd(g *globals) *cobra.Command {
 		Long: `Open an end-to-end session with DEVICE (a paired device's name, or an ID
 with --relay and --relay-id) and ping it through the session, printing one
 line per ping with its round-trip time and the path the session used:
-"relay", or "direct ADDR" once hole punching found a direct path.
+"relay" (the relay's TCP link), "relay udp" once the session moved to the
+relay's UDP port, or "direct ADDR" once hole punching found a direct path.
 
-The first pings go over the relay: a session always starts there, and moves
-to a direct path when one works.`,
+The first pings go over the relay: a session always starts on its TCP link,
+and moves to a direct path when one works, else to the relay's UDP port
+where the relay forwards datagrams.`,
 		Example: `  burrow ping cam1
   burrow ping cam1 --count 10 --interval 200ms`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -57,6 +60,7 @@ to a direct path when one works.`,
 	o.rf.register(fl)
 	fl.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	fl.BoolVar(&o.noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
+	fl.BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object once done, instead of a line per ping (fields in docs/json.md)")
 	return cmd
 }
@@ -81,7 +85,7 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 		return err
 	}
 	c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log,
-		Direct: paths.DirectOptions{Disable: o.noDirect}})
+		Direct: paths.DirectOptions{Disable: o.noDirect, NoRelayUDP: o.noRelayUDP}})
 	if err != nil {
 		return err
 	}
@@ -106,7 +110,7 @@ type jsonPing struct {
 type jsonPingSeq struct {
 	Seq   int      `json:"seq"`
 	RTTMS *float64 `json:"rtt_ms"` // null if not answered
-	Path  string   `json:"path"`   // "relay" or "direct ADDR"; "" if not answered
+	Path  string   `json:"path"`   // "relay", "relay udp" or "direct ADDR"; "" if not answered
 	Error string   `json:"error"`  // "" if answered
 }
 
