@@ -34,6 +34,7 @@ type nsNet struct {
 	relay     *relay.Server
 	relayAddr string
 	relayID   identity.ID
+	relayUDP  int // the relay's UDP port
 }
 
 // newNATNet builds the test network of the direct-path tests:
@@ -113,6 +114,7 @@ func (n *nsNet) startRelay(t *testing.T, ns, addr string, keepAlive time.Duratio
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
+	n.relayUDP = udp.LocalAddr().(*net.UDPAddr).Port
 	n.relayAddr = netip.AddrPortFrom(netip.MustParseAddr(addr), uint16(port)).String()
 	n.relay, err = relay.New(relay.Config{
 		Identity:    id,
@@ -132,6 +134,12 @@ func (n *nsNet) startRelay(t *testing.T, ns, addr string, keepAlive time.Duratio
 		ln.Close()
 		wg.Wait()
 	})
+}
+
+// relayed counts the packets the relay forwarded, over TCP and over UDP.
+func (n *nsNet) relayed() uint64 {
+	st := n.relay.Stats()
+	return st.PacketsForwarded + st.UDPForwarded
 }
 
 // agent returns the relay and direct-path settings of an agent in host.
@@ -209,8 +217,10 @@ func waitPath(t *testing.T, c *client.Client, dev identity.ID, limit time.Durati
 	return time.Since(start)
 }
 
-func direct(p paths.PathInfo) bool  { return p.Direct }
-func relayed(p paths.PathInfo) bool { return !p.Direct }
+func direct(p paths.PathInfo) bool   { return p.Direct }
+func relayed(p paths.PathInfo) bool  { return !p.Direct }
+func relayUDP(p paths.PathInfo) bool { return p.RelayUDP }
+func relayTCP(p paths.PathInfo) bool { return !p.Direct && !p.RelayUDP }
 
 // dropUDP is the rule, in pub, that cuts UDP between the NATs (add it with
 // -I, remove it with -D).
@@ -325,7 +335,7 @@ func TestNATDirectMidStream(t *testing.T) {
 		t.Fatalf("direct path to %v, want the device's NAT, 10.0.1.2", got)
 	}
 	time.Sleep(300 * time.Millisecond) // what was in flight on the relay
-	before := n.relay.Stats().PacketsForwarded
+	before := n.relayed()
 	if before == 0 {
 		t.Fatal("the relay forwarded nothing: the session did not start on it")
 	}
@@ -333,7 +343,7 @@ func TestNATDirectMidStream(t *testing.T) {
 	if atSwitch >= size {
 		t.Fatal("the stream ended before the switch")
 	}
-	if fwd := n.relay.Stats().PacketsForwarded - before; fwd != 0 {
+	if fwd := n.relayed() - before; fwd != 0 {
 		t.Fatalf("the relay forwarded %d packets after the switch", fwd)
 	}
 	t.Logf("%d MiB in %v", size>>20, time.Since(start).Round(time.Millisecond))
@@ -357,12 +367,17 @@ func TestNATRandomPorts(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	before := n.relay.Stats().PacketsForwarded
+	before := n.relayed()
 	if err := echoOnce(t, c, d.ID(), "echo"); err != nil {
 		t.Fatal(err)
 	}
-	if n.relay.Stats().PacketsForwarded == before {
+	if n.relayed() == before {
 		t.Fatal("the echo did not cross the relay")
+	}
+	// The relay's UDP port reaches both behind their NATs: the session
+	// moved to the UDP relay path (TestNATRelayUDP covers it in full).
+	if p := c.Path(d.ID()); !p.RelayUDP {
+		t.Fatalf("path %v, want relay udp", p)
 	}
 }
 
@@ -399,9 +414,9 @@ func TestNATCut(t *testing.T) {
 	cut := time.Now()
 	r.measure.Store(true)
 	took := waitPath(t, c, d.ID(), 3*time.Second, relayed, "back on the relay")
-	relayAt := n.relay.Stats().PacketsForwarded
+	relayAt := n.relayed()
 	time.Sleep(3 * time.Second)
-	if n.relay.Stats().PacketsForwarded-relayAt < 100 {
+	if n.relayed()-relayAt < 100 {
 		t.Fatal("the stream does not flow over the relay")
 	}
 	gap := time.Duration(r.maxGap.Load())
@@ -435,13 +450,13 @@ func TestNATSameLAN(t *testing.T) {
 		t.Fatalf("direct path to %v, want the device's LAN address %v", got, natHosts["ha"])
 	}
 	time.Sleep(300 * time.Millisecond)
-	before := n.relay.Stats().PacketsForwarded
+	before := n.relayed()
 	for range 5 {
 		if err := echoHTTP(t, c, d.ID()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if fwd := n.relay.Stats().PacketsForwarded - before; fwd != 0 {
+	if fwd := n.relayed() - before; fwd != 0 {
 		t.Fatalf("the relay forwarded %d packets of a direct session", fwd)
 	}
 }
