@@ -16,10 +16,10 @@ import (
 // for more bytes (see sendRoom). Only the holder of its queue's writing
 // turn calls it: its fields are that caller's.
 type roomCheck struct {
-	rc  syscall.RawConn
-	n   int  // the bytes asked about
-	ok  bool // the answer
-	fn  func(fd uintptr)
+	rc syscall.RawConn
+	n  int  // the bytes asked about
+	ok bool // the answer
+	fn func(fd uintptr)
 }
 
 // newRoomCheck returns the room check of the socket under conn, or nil:
