@@ -76,6 +76,20 @@ func ratioAtMost(x float64) func(result, []result) bool {
 	return func(r result, all []result) bool { return r.Ratio <= x }
 }
 
+// atLeastSetup checks that r's median is at least x times that of setup
+// b in the same scenario (measured after r: the check runs on the whole
+// report).
+func atLeastSetup(b string, x float64) func(result, []result) bool {
+	return func(r result, all []result) bool {
+		for _, o := range all {
+			if o.Scenario == r.Scenario && o.Setup == b {
+				return r.Median >= x*o.Median
+			}
+		}
+		return false
+	}
+}
+
 // againstSetup checks r's median against x times that of setup b in the
 // same scenario.
 func againstSetup(b string, x float64) func(result, []result) bool {

@@ -19,9 +19,19 @@ type burrowSetup struct {
 	relay, device         *proc
 	relayAddr, relayID    string
 	deviceID, clientKey   string
-	source, greeter, echo *connect // relayed (--no-direct)
+	source, greeter, echo *connect // on the TCP relay path (--no-direct --no-relay-udp)
+	udp                   *connect // to source, on the UDP relay path (--no-direct)
 	direct                *connect // to source, on a direct path over loopback
 }
+
+// A pathMode is the path a connect process's session keeps to.
+type pathMode int
+
+const (
+	viaTCP      pathMode = iota // the relay's TCP sessions
+	viaRelayUDP                 // the relay's UDP port
+	viaDirect                   // a direct path over loopback
+)
 
 type connect struct {
 	p    *proc
@@ -29,15 +39,17 @@ type connect struct {
 }
 
 // connect starts "burrow connect" to service and waits until it listens.
-// Its session stays on the relay unless direct, when it goes direct over
-// loopback.
-func (b *bench) connect(s *burrowSetup, service string, direct bool) (*connect, error) {
-	path := "--no-direct"
-	if direct {
-		path = "--direct-addr=127.0.0.1"
+// Its session keeps to the path mode says.
+func (b *bench) connect(s *burrowSetup, service string, mode pathMode) (*connect, error) {
+	path := []string{"--no-direct", "--no-relay-udp"}
+	switch mode {
+	case viaRelayUDP:
+		path = []string{"--no-direct"}
+	case viaDirect:
+		path = []string{"--direct-addr=127.0.0.1"}
 	}
-	p, err := b.start("connect "+service, b.burrow, "connect", s.deviceID, service,
-		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey, path)
+	p, err := b.start("connect "+service, b.burrow, append([]string{"connect", s.deviceID, service,
+		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey}, path...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -71,11 +83,14 @@ func (b *bench) startBurrow(ctx context.Context) error {
 		name string
 		to   **connect
 	}{{"source", &s.source}, {"greeter", &s.greeter}, {"echo", &s.echo}} {
-		if *svc.to, err = b.connect(s, svc.name, false); err != nil {
+		if *svc.to, err = b.connect(s, svc.name, viaTCP); err != nil {
 			return err
 		}
 	}
-	if s.direct, err = b.connect(s, "source", true); err != nil {
+	if s.udp, err = b.connect(s, "source", viaRelayUDP); err != nil {
+		return err
+	}
+	if s.direct, err = b.connect(s, "source", viaDirect); err != nil {
 		return err
 	}
 	setup = s
@@ -266,7 +281,7 @@ func (b *bench) connectLatency(ctx context.Context) error {
 func (b *bench) coldConnects(ctx context.Context) ([]float64, error) {
 	var cold []float64
 	for range b.o.cold {
-		c, err := b.connect(setup, "greeter", false)
+		c, err := b.connect(setup, "greeter", viaTCP)
 		if err != nil {
 			return nil, err
 		}
@@ -374,12 +389,18 @@ func (b *bench) throughput(ctx context.Context) error {
 		{"tls-hop", tlsDialer(tlsAddr, clientTLS), b.o.refDur, 0, []measured{{"tls hop", tlsHop}}},
 		{"burrow", tcpDialer(setup.source.addr), b.o.duration, 0,
 			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.source.p}}},
+		{"burrow relay-udp", tcpDialer(setup.udp.addr), b.o.duration, 0,
+			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.udp.p}}},
 		{"burrow direct", tcpDialer(setup.direct.addr), b.o.duration, 0,
 			[]measured{{"relay", setup.relay}, {"device", setup.device}, {"client", setup.direct.p}}},
 	}
-	// Scenario 8: the direct session must be direct before it is
-	// measured. A first connection opens it; the path follows.
-	if err := b.goDirect(ctx, setup.direct); err != nil {
+	// Scenario 8: the direct session must be direct, and the UDP relay
+	// one on the relay's UDP port, before they are measured. A first
+	// connection opens each; the path follows.
+	if err := b.goPath(ctx, setup.direct, reDirect); err != nil {
+		return err
+	}
+	if err := b.goPath(ctx, setup.udp, reRelayUDP); err != nil {
 		return err
 	}
 	for _, conns := range []int{1, 4} {
@@ -405,11 +426,14 @@ func (b *bench) throughput(ctx context.Context) error {
 	return nil
 }
 
-var reDirect = regexp.MustCompile(`msg="session path" .*path="direct `)
+var (
+	reDirect   = regexp.MustCompile(`msg="session path" .*path="direct `)
+	reRelayUDP = regexp.MustCompile(`msg="session path" .*path="relay udp"`)
+)
 
-// goDirect opens c's session with a first connection and waits until the
-// session's path is direct.
-func (b *bench) goDirect(ctx context.Context, c *connect) error {
+// goPath opens c's session with a first connection and waits until the
+// session logs the path path matches.
+func (b *bench) goPath(ctx context.Context, c *connect, path *regexp.Regexp) error {
 	conn, err := net.DialTimeout("tcp", c.addr, 10*time.Second)
 	if err != nil {
 		return err
@@ -417,10 +441,10 @@ func (b *bench) goDirect(ctx context.Context, c *connect) error {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(conn, make([]byte, 1<<20)); err != nil {
-		return fmt.Errorf("first connection of the direct session: %w", err)
+		return fmt.Errorf("first connection of the session of %s: %w", c.p.name, err)
 	}
-	if _, err := c.p.waitFor(reDirect, 10*time.Second); err != nil {
-		return fmt.Errorf("the session did not go direct: %w", err)
+	if _, err := c.p.waitFor(path, 10*time.Second); err != nil {
+		return fmt.Errorf("the session of %s did not take its path (%s): %w", c.p.name, path, err)
 	}
 	return nil
 }
@@ -457,16 +481,22 @@ func (b *bench) measureThroughput(ctx context.Context, conns int, name string, d
 		}
 	}
 	r := result{Scenario: fmt.Sprintf("1. throughput, %d connection%s", conns, plural(conns)), Setup: name, Unit: "Gbit/s", Samples: rates}
-	if name == "burrow" && conns == 1 {
+	switch {
+	case name == "burrow" && conns == 1:
 		r.Target, r.check = "≥ 0.08 × raw", ratioAtLeast(0.08)
+	case name == "burrow relay-udp" && conns == 1:
+		r.Target, r.check = "≥ 0.9 × direct", atLeastSetup("burrow direct", 0.9)
 	}
 	b.add(r)
 	median := b.results[len(b.results)-1].Median * 1e9
 	for i, m := range procs {
 		cr := result{Scenario: fmt.Sprintf("4. CPU per GB, %d connection%s", conns, plural(conns)), Setup: name + ": " + m.name,
 			Unit: "CPU s/GB", Samples: cpu[i], lowerBetter: true}
-		if m.name == "relay" && name == "burrow" {
+		switch {
+		case m.name == "relay" && name == "burrow":
 			cr.Target, cr.check = "≤ 1.5 × tls-hop", againstSetup("tls-hop: tls hop", 1.5)
+		case m.name == "relay" && name == "burrow relay-udp":
+			cr.Target, cr.check = "≤ 0.3 × tls-hop", againstSetup("tls-hop: tls hop", 0.3)
 		}
 		b.add(cr)
 	}

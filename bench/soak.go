@@ -77,16 +77,16 @@ func soak(o options) error {
 	}
 	defer b.close()
 
-	path := "the session stays on the relay"
+	path, mode := "the session stays on the relay's TCP sessions", viaTCP
 	if o.direct {
-		path = "the session goes direct over loopback"
+		path, mode = "the session goes direct over loopback", viaDirect
 	}
 	step("relay, device and connect (" + path + ")")
 	s, err := b.startAgents()
 	if err != nil {
 		return err
 	}
-	c, err := b.connect(s, "echo", o.direct)
+	c, err := b.connect(s, "echo", mode)
 	if err != nil {
 		return err
 	}

@@ -74,10 +74,12 @@ type Metrics struct {
 	// paths, are in [Device.Status].
 	SessionsStarted uint64
 	SessionsEnded   uint64
-	// SessionsRelay and SessionsDirect count the sessions open now whose
-	// packets go through the relay, and over a direct path.
-	SessionsRelay  int
-	SessionsDirect int
+	// SessionsRelay, SessionsRelayUDP and SessionsDirect count the
+	// sessions open now whose packets go through the relay's TCP
+	// sessions, through its UDP port, and over a direct path.
+	SessionsRelay    int
+	SessionsRelayUDP int
+	SessionsDirect   int
 }
 
 // serviceCounters counts one service's tunnel requests by result.
@@ -157,9 +159,12 @@ func (d *Device) Metrics() Metrics {
 	add(UnknownService, &c.unknown)
 	d.mu.Lock()
 	for s := range d.sessions {
-		if s.Path().Direct {
+		switch p := s.Path(); {
+		case p.Direct:
 			m.SessionsDirect++
-		} else {
+		case p.RelayUDP:
+			m.SessionsRelayUDP++
+		default:
 			m.SessionsRelay++
 		}
 	}

@@ -30,7 +30,7 @@ import (
 // The metrics' descriptions.
 var (
 	sessionsDesc = prometheus.NewDesc("burrow_device_sessions",
-		"Sessions with clients open now, by the path their packets take: relay (through the relay) or direct (a direct UDP path).",
+		"Sessions with clients open now, by the path their packets take: relay (the relay's TCP session), relay_udp (the relay's UDP port) or direct (a direct UDP path).",
 		[]string{"path"}, nil)
 	sessionsStartedDesc = prometheus.NewDesc("burrow_device_sessions_started_total",
 		"Sessions with clients the device accepted.", nil, nil)
@@ -76,6 +76,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(sessionsDesc, float64(m.SessionsRelay), "relay")
+	gauge(sessionsDesc, float64(m.SessionsRelayUDP), "relay_udp")
 	gauge(sessionsDesc, float64(m.SessionsDirect), "direct")
 	counter(sessionsStartedDesc, m.SessionsStarted)
 	counter(sessionsEndedDesc, m.SessionsEnded)

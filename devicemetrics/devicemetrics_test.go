@@ -174,6 +174,9 @@ func TestDeviceMetrics(t *testing.T) {
 	if v, _ := value(mf, "burrow_device_sessions", "path", "relay"); v != 1 {
 		t.Errorf("burrow_device_sessions{path=relay} = %v with one session open, want 1", v)
 	}
+	if v, ok := value(mf, "burrow_device_sessions", "path", "relay_udp"); !ok || v != 0 {
+		t.Errorf("burrow_device_sessions{path=relay_udp} = %v (present %v), want 0 (this relay has no UDP port)", v, ok)
+	}
 	if v, ok := value(mf, "burrow_device_sessions", "path", "direct"); !ok || v != 0 {
 		t.Errorf("burrow_device_sessions{path=direct} = %v (present %v), want 0", v, ok)
 	}
