@@ -677,10 +677,15 @@ func TestBinaryPairing(t *testing.T) {
 	}
 	multi.stop()
 
-	// Ping through a session kept on the relay.
-	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "2", "--interval", "100ms")
+	// Ping through a session kept on the relay's TCP session, then one
+	// that may take the relay's UDP port.
+	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--no-relay-udp", "--count", "2", "--interval", "100ms")
 	if err != nil || !regexp.MustCompile(`(?m)^seq=2 rtt=\d+\.\d{3}ms path=relay$`).MatchString(out) || !strings.Contains(out, "2 sent, 2 answered") {
 		t.Fatalf("ping: %q %q %v", out, stderr, err)
+	}
+	out, stderr, err = run(t, "ping", "cam1", "--home", home, "--no-direct", "--count", "6", "--interval", "500ms")
+	if err != nil || !regexp.MustCompile(`(?m)^seq=\d rtt=\d+\.\d{3}ms path=relay udp$`).MatchString(out) {
+		t.Fatalf("ping with the UDP relay path on: %q %q %v; want it to say relay udp", out, stderr, err)
 	}
 
 	out, _, err = run(t, "device", "users", "--config", cfg)
