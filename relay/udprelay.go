@@ -123,7 +123,18 @@ type udpBinding struct {
 
 	seen      atomic.Int64 // Unix nanoseconds of the last datagram taken from addr, the bind included
 	confirmed atomic.Int64 // Unix nanoseconds of the last datagram with the tag; 0 until one
+	// left is when the binding's agent detached (Unix nanoseconds), 0
+	// while it is attached: see udpLeaveGrace.
+	left atomic.Int64
 }
+
+// udpLeaveGrace is how long the sends of an agent that has detached are
+// still taken from its binding. An agent that closes sends its last
+// packets (a QUIC close) just before it closes its TCP session: the relay
+// may read the datagrams after it has seen the session end, and they must
+// still reach the peer. Nothing is sent to a detached agent, whose channel
+// is freed at once.
+const udpLeaveGrace = 2 * time.Second
 
 func (r *udpRelay) init() {
 	r.byChan = make(map[uint32]*udpPeer)
@@ -160,7 +171,7 @@ func (r *udpRelay) detach(a *attachment) {
 	}
 	delete(r.byChan, a.udpChannel)
 	if b := p.bind; b != nil && r.byAddr[b.addr] == b {
-		delete(r.byAddr, b.addr)
+		b.left.Store(time.Now().UnixNano()) // the sweep drops it
 	}
 	p.bind = nil
 }
@@ -203,6 +214,10 @@ func (r *udpRelay) taken(b *udpBinding, tag [relayproto.UDPTagLen]byte, now int6
 		r.drop(UDPDropWrongTag)
 		return nil
 	}
+	if left := b.left.Load(); left != 0 && now-left > int64(udpLeaveGrace) {
+		r.drop(UDPDropUnbound)
+		return nil
+	}
 	if b.seen.Load() != now {
 		b.seen.Store(now)
 	}
@@ -222,6 +237,10 @@ func (r *udpRelay) keepalive(addr netip.AddrPort, p []byte, now int64) bool {
 	r.mu.RLock()
 	b := r.byAddr[addr]
 	r.mu.RUnlock()
+	if b != nil && b.left.Load() != 0 { // no answer once the agent has left
+		r.drop(UDPDropUnbound)
+		return false
+	}
 	return r.taken(b, tag, now) != nil
 }
 
@@ -292,8 +311,10 @@ func (r *udpRelay) unsent(n int) {
 func (r *udpRelay) sweep(sock *udpSock, expired int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	leftBefore := time.Now().Add(-udpLeaveGrace).UnixNano()
 	for addr, b := range r.byAddr {
-		if (sock == nil || b.sock == sock) && b.seen.Load() < expired {
+		left := b.left.Load()
+		if (sock == nil || b.sock == sock) && (b.seen.Load() < expired || left != 0 && left < leftBefore) {
 			delete(r.byAddr, addr)
 			if b.peer.bind == b {
 				b.peer.bind = nil
@@ -307,6 +328,9 @@ func (r *udpRelay) counts(now int64) (bound, confirmed int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for _, b := range r.byAddr {
+		if b.left.Load() != 0 {
+			continue
+		}
 		bound++
 		if b.isConfirmed(now) {
 			confirmed++

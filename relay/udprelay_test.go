@@ -483,3 +483,37 @@ func TestUDPBindingMemory(t *testing.T) {
 	}
 	t.Logf("%.0f bytes per bound agent", per)
 }
+
+// TestUDPRelayLastWords: the datagrams an agent sends just before it
+// closes its TCP session (a QUIC close), read by the relay after the
+// session has ended, still reach the peer; nothing is sent to the agent
+// that left, it gets no alive, and after the grace its sends are dropped.
+func TestUDPRelayLastWords(t *testing.T) {
+	r := serveUDPRelay(t, Config{})
+	dev, cli := udpPair(t, r)
+	cli.link.Close()
+	for deadline := time.Now().Add(10 * time.Second); r.srv.Stats().Clients != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the client's session did not end at the relay")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cli.send(dev.channel, []byte("goodbye"))
+	dev.recv(cli, []byte("goodbye"))
+	// To the client that left: nothing (its channel is freed).
+	dev.send(cli.channel, []byte("still there?"))
+	if st := r.srv.Stats(); st.UDPBindings != 1 {
+		t.Errorf("%d bindings counted, want the device's only", st.UDPBindings)
+	}
+	// Its keepalive gets no answer; after the grace its sends are dropped.
+	cli.write(relayproto.AppendUDPKeepalive(nil, relayproto.UDPKeepalive, cli.tag, 2))
+	now := time.Now().Add(udpLeaveGrace + time.Second)
+	r.srv.urelay.mu.RLock()
+	b := r.srv.urelay.byAddr[netip.MustParseAddrPort(cli.sock.LocalAddr().String())]
+	r.srv.urelay.mu.RUnlock()
+	if b == nil || r.srv.urelay.taken(b, cli.tag, now.UnixNano()) != nil {
+		t.Error("a binding whose agent left was taken after the grace")
+	}
+	dev.confirm(7) // the device gets its alive, and nothing before it
+	wantDrops(t, r.srv, map[UDPDrop]uint64{UDPDropUnknownChannel: 1, UDPDropUnbound: 2})
+}

@@ -33,22 +33,40 @@ func TestNATRelayUDP(t *testing.T) {
 
 	took := waitPath(t, c, d.ID(), 10*time.Second, relayUDP, "the UDP relay path")
 	t.Logf("relay udp %v after the session opened", took)
+	// flows waits until 100 more packets have crossed the path count
+	// counts, for up to 8s: QUIC resends what a block swallowed once its
+	// probe timeout, grown while nothing was acknowledged, fires.
 	flows := func(what string, count func() uint64) {
 		t.Helper()
 		before := count()
-		time.Sleep(time.Second)
-		if moved := count() - before; moved < 100 {
-			t.Fatalf("%d packets in a second: the stream does not flow %s", moved, what)
+		for deadline := time.Now().Add(8 * time.Second); count()-before < 100; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d packets in 8s: the stream does not flow %s", count()-before, what)
+			}
 		}
 	}
 	flows("over the relay's UDP port", func() uint64 { return n.relay.Stats().UDPForwarded })
+	for r.n.Load() < 8<<20 { // well into the stream
+		time.Sleep(time.Millisecond)
+	}
 
 	block := []string{"INPUT", "-p", "udp", "--dport", strconv.Itoa(n.relayUDP), "-j", "DROP"}
 	n.In("pub", append([]string{"iptables", "-I"}, block...)...)
 	r.measure.Store(true)
 	took = waitPath(t, c, d.ID(), 3*time.Second, relayTCP, "back on the TCP relay path")
 	flows("over the relay's TCP sessions", func() uint64 { return n.relay.Stats().PacketsForwarded })
-	t.Logf("on the TCP relay path %v after UDP to the relay was blocked; longest wait for bytes %v", took, time.Duration(r.maxGap.Load()))
+	// The stream's bytes, not only acknowledgements and probes, cross
+	// the TCP relay path while UDP to the relay is blocked.
+	for atTCP, deadline := r.n.Load(), time.Now().Add(10*time.Second); r.n.Load() < min(atTCP+4<<20, size); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of the stream in 10s on the TCP relay path", r.n.Load()-atTCP)
+		}
+		if p := c.Path(d.ID()); !relayTCP(p) {
+			t.Fatalf("path %v while UDP to the relay is blocked", p)
+		}
+	}
+	t.Logf("on the TCP relay path %v after UDP to the relay was blocked, %d MiB into the stream; longest wait for bytes %v",
+		took, r.n.Load()>>20, time.Duration(r.maxGap.Load()))
 	stall := 5 * time.Second // as in TestNATDataDropped: QUIC resends what the block swallowed
 	if israce.Enabled {
 		stall = 6 * time.Second
