@@ -76,22 +76,32 @@ func (d *Direct) sendRelays() {
 	d.cfg.Signal(peerproto.AppendRelays(nil, peerproto.Relays{Relays: mine}))
 }
 
-// peerRelays handles the peer's relays message.
+// peerRelays handles the peer's relays message (at most
+// peerproto.MaxRelays entries). It replaces the channels the last one
+// claimed, and a list that did not change is not news: a peer that sends
+// messages again and again neither grows the channel table nor restarts
+// the search each time.
 func (d *Direct) peerRelays(list []peerproto.RelayChannel) {
 	d.mu.Lock()
-	if d.closed {
+	if d.closed || slices.Equal(list, d.rs.peer) {
 		d.mu.Unlock()
 		return
 	}
+	old := d.rs.peer
 	d.rs.peer = list
 	d.rs.retryAt, d.rs.retries = time.Time{}, 0 // news: look at once
 	d.mu.Unlock()
 	ds := d.c.ds
 	ds.mu.Lock()
 	if ds.byPeer[d.peer.addr] == d {
-		// A channel that a peer's MAC-checked datagrams came from stays
-		// that peer's, whatever another peer claims.
 		ds.updateChansLocked(func(m map[relayChan]*Direct) {
+			for _, rc := range old {
+				if k := (relayChan{rc.Relay, rc.Channel}); m[k] == d {
+					delete(m, k) // a MAC-checked datagram learns it again
+				}
+			}
+			// A channel that a peer's MAC-checked datagrams came from
+			// stays that peer's, whatever another peer claims.
 			for _, rc := range list {
 				if k := (relayChan{rc.Relay, rc.Channel}); m[k] == nil {
 					m[k] = d

@@ -103,16 +103,22 @@ func (q *sendQueue) kickInline() {
 		return
 	}
 	q.writing = true
-	n := 0
-	for _, f := range q.frames {
-		n += f.len()
+	// The frames counted are the frames taken, in one hold of the lock:
+	// frames pushed after the count, which the room was not checked for,
+	// go to a writer.
+	var batch []outFrame
+	if q.room != nil {
+		n := 0
+		for _, f := range q.frames {
+			n += f.len()
+		}
+		if q.room(n) {
+			batch, q.frames, q.spare = q.frames, q.spare[:0], nil
+		}
 	}
 	q.mu.Unlock()
-	if q.room != nil && q.room(n) {
-		batch, ok := q.next()
-		if !ok || !q.writeTaken(batch) {
-			return
-		}
+	if batch != nil && !q.writeTaken(batch) {
+		return
 	}
 	q.mu.Lock()
 	if len(q.frames) == 0 || q.closed {

@@ -170,7 +170,7 @@ func (s *Server) bindUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool)
 		return udpOut{}, false
 	}
 	from := replyOOB(m.oob[:m.oobn])
-	tag, ok := s.urelay.bind(g.owner, m.addr, sock, from, now.UnixNano())
+	tag, ok := s.urelay.bind(g.owner, m.addr, sock, from, txid, now.UnixNano())
 	if !ok {
 		s.urelay.drop(UDPDropUnknownToken)
 		return udpOut{}, false

@@ -98,6 +98,12 @@ type udpRelay struct {
 	mu     sync.RWMutex
 	byChan map[uint32]*udpPeer            // guarded by mu
 	byAddr map[netip.AddrPort]*udpBinding // guarded by mu
+	// pending are binds from an address that another agent's confirmed
+	// binding holds: they take it over only once their tag has come back
+	// from it (see bind). Guarded by mu; npending is its size, read
+	// without the lock.
+	pending  map[netip.AddrPort]*udpBinding
+	npending atomic.Int32
 
 	forwarded, forwardedBytes atomic.Uint64
 	dropped                   [numUDPDrops]atomic.Uint64
@@ -116,6 +122,7 @@ type udpBinding struct {
 	peer *udpPeer       // immutable
 	addr netip.AddrPort // immutable
 	tag  [relayproto.UDPTagLen]byte
+	txid [8]byte  // of the bind that made it: the same bind again gets the same tag
 	sock *udpSock // the socket the bind came in on; immutable
 	// from sends from the local address the bind was sent to (see
 	// replyOOB); nil: any. Immutable.
@@ -136,9 +143,14 @@ type udpBinding struct {
 // is freed at once.
 const udpLeaveGrace = 2 * time.Second
 
+// udpPendingTTL is how long a pending bind (see udpRelay.bind) may wait
+// for its tag to come back.
+const udpPendingTTL = 5 * time.Second
+
 func (r *udpRelay) init() {
 	r.byChan = make(map[uint32]*udpPeer)
 	r.byAddr = make(map[netip.AddrPort]*udpBinding)
+	r.pending = make(map[netip.AddrPort]*udpBinding)
 }
 
 // drop counts a datagram dropped for why.
@@ -176,11 +188,17 @@ func (r *udpRelay) detach(a *attachment) {
 	p.bind = nil
 }
 
-// bind binds addr, from which a bind with a's token came on sock, to a
-// under a new tag, replacing a's binding and any other binding of addr.
-// It returns the tag, or false if a has detached.
-func (r *udpRelay) bind(a *attachment, addr netip.AddrPort, sock *udpSock, from []byte, now int64) ([relayproto.UDPTagLen]byte, bool) {
-	b := &udpBinding{addr: addr, sock: sock, from: from}
+// bind binds addr, from which a bind with a's token and txid came on sock,
+// to a under a new tag, replacing a's binding and any other binding of
+// addr; it returns the tag, or false if a has detached. The same bind
+// again (a resend: same agent, address and txid) gets the same tag, so
+// that answers crossing on the way do not leave the agent with a stale
+// one. If another agent's confirmed binding holds addr, the new binding
+// waits in pending until its tag comes back from addr (see promote): a
+// bind whose source address is forged cannot knock a working binding off
+// its address, since its tag goes to that address's owner.
+func (r *udpRelay) bind(a *attachment, addr netip.AddrPort, sock *udpSock, from []byte, txid [8]byte, now int64) ([relayproto.UDPTagLen]byte, bool) {
+	b := &udpBinding{addr: addr, sock: sock, from: from, txid: txid}
 	rand.Read(b.tag[:])
 	b.seen.Store(now)
 	r.mu.Lock()
@@ -190,29 +208,72 @@ func (r *udpRelay) bind(a *attachment, addr netip.AddrPort, sock *udpSock, from 
 		return b.tag, false
 	}
 	b.peer = p
+	for _, same := range []*udpBinding{p.bind, r.pending[addr]} {
+		if same != nil && same.peer == p && same.addr == addr && same.txid == txid {
+			same.seen.Store(now)
+			return same.tag, true
+		}
+	}
+	if other := r.byAddr[addr]; other != nil && other.peer != p && other.left.Load() == 0 && other.isConfirmed(now) {
+		r.pending[addr] = b
+		r.npending.Store(int32(len(r.pending)))
+		return b.tag, true
+	}
+	r.installLocked(b)
+	return b.tag, true
+}
+
+// installLocked makes b its peer's binding and addr's, replacing both
+// previous ones. The caller holds mu.
+func (r *udpRelay) installLocked(b *udpBinding) {
+	p := b.peer
 	if old := p.bind; old != nil && r.byAddr[old.addr] == old {
 		delete(r.byAddr, old.addr)
 	}
-	if other := r.byAddr[addr]; other != nil && other.peer.bind == other {
-		// The address now belongs to a: another agent's NAT mapping
-		// was given to it.
+	if other := r.byAddr[b.addr]; other != nil && other.peer.bind == other {
+		// The address now belongs to b's agent: another agent's NAT
+		// mapping was given to it.
 		other.peer.bind = nil
 	}
-	r.byAddr[addr] = b
+	r.byAddr[b.addr] = b
 	p.bind = b
-	return b.tag, true
+}
+
+// promote installs the pending binding of addr if tag is its tag (it has
+// come back from addr: the address is its agent's now) and its agent is
+// still attached, and returns it; otherwise nil.
+func (r *udpRelay) promote(addr netip.AddrPort, tag [relayproto.UDPTagLen]byte) *udpBinding {
+	if r.npending.Load() == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.pending[addr]
+	if b == nil || b.tag != tag {
+		return nil
+	}
+	delete(r.pending, addr)
+	r.npending.Store(int32(len(r.pending)))
+	if r.byChan[b.peer.channel] != b.peer {
+		return nil // its agent has left
+	}
+	r.installLocked(b)
+	return b
 }
 
 // taken returns the binding of addr if tag is its tag, and marks it heard
 // (and so confirmed) at now; otherwise it counts the drop and returns nil.
-func (r *udpRelay) taken(b *udpBinding, tag [relayproto.UDPTagLen]byte, now int64) *udpBinding {
-	if b == nil {
-		r.drop(UDPDropUnbound)
-		return nil
-	}
-	if b.tag != tag {
-		r.drop(UDPDropWrongTag)
-		return nil
+func (r *udpRelay) taken(addr netip.AddrPort, b *udpBinding, tag [relayproto.UDPTagLen]byte, now int64) *udpBinding {
+	if b == nil || b.tag != tag {
+		if pb := r.promote(addr, tag); pb != nil {
+			b = pb
+		} else if b == nil {
+			r.drop(UDPDropUnbound)
+			return nil
+		} else {
+			r.drop(UDPDropWrongTag)
+			return nil
+		}
 	}
 	if left := b.left.Load(); left != 0 && now-left > int64(udpLeaveGrace) {
 		r.drop(UDPDropUnbound)
@@ -241,7 +302,7 @@ func (r *udpRelay) keepalive(addr netip.AddrPort, p []byte, now int64) bool {
 		r.drop(UDPDropUnbound)
 		return false
 	}
-	return r.taken(b, tag, now) != nil
+	return r.taken(addr, b, tag, now) != nil
 }
 
 // forward takes a send datagram p from addr and, if it may be forwarded,
@@ -262,7 +323,7 @@ func (s *Server) forwardUDP(addr netip.AddrPort, p []byte, now int64) (*udpBindi
 		to = dst.bind
 	}
 	r.mu.RUnlock()
-	if src = r.taken(src, tag, now); src == nil {
+	if src = r.taken(addr, src, tag, now); src == nil {
 		return nil, 0
 	}
 	if dst == nil {
@@ -312,6 +373,13 @@ func (r *udpRelay) sweep(sock *udpSock, expired int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	leftBefore := time.Now().Add(-udpLeaveGrace).UnixNano()
+	pendingBefore := time.Now().Add(-udpPendingTTL).UnixNano()
+	for addr, b := range r.pending {
+		if (sock == nil || b.sock == sock) && b.seen.Load() < pendingBefore {
+			delete(r.pending, addr) // not confirmed in time: given up
+		}
+	}
+	r.npending.Store(int32(len(r.pending)))
 	for addr, b := range r.byAddr {
 		left := b.left.Load()
 		if (sock == nil || b.sock == sock) && (b.seen.Load() < expired || left != 0 && left < leftBefore) {

@@ -471,7 +471,7 @@ func TestUDPBindingMemory(t *testing.T) {
 	for i, a := range agents {
 		r.attach(a)
 		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 40000)
-		if _, ok := r.bind(a, addr, nil, bytes.Clone(from), 1); !ok {
+		if _, ok := r.bind(a, addr, nil, bytes.Clone(from), [8]byte{}, 1); !ok {
 			t.Fatal("bind failed")
 		}
 	}
@@ -511,9 +511,54 @@ func TestUDPRelayLastWords(t *testing.T) {
 	r.srv.urelay.mu.RLock()
 	b := r.srv.urelay.byAddr[netip.MustParseAddrPort(cli.sock.LocalAddr().String())]
 	r.srv.urelay.mu.RUnlock()
-	if b == nil || r.srv.urelay.taken(b, cli.tag, now.UnixNano()) != nil {
+	if b == nil || r.srv.urelay.taken(b.addr, b, cli.tag, now.UnixNano()) != nil {
 		t.Error("a binding whose agent left was taken after the grace")
 	}
 	dev.confirm(7) // the device gets its alive, and nothing before it
 	wantDrops(t, r.srv, map[UDPDrop]uint64{UDPDropUnknownChannel: 1, UDPDropUnbound: 2})
+}
+
+// TestUDPBindTakeover: a bind that another agent sends with a forged
+// source address, that of a confirmed binding, does not knock that
+// binding off its address: the other's binding waits until its tag comes
+// back from the address, which only the address's owner can make happen.
+// The same bind sent again gets the same tag.
+func TestUDPBindTakeover(t *testing.T) {
+	r := serveUDPRelay(t, Config{})
+	dev, cli := udpPair(t, r)
+	// The same bind again: the same tag, and the binding stays confirmed.
+	tag := cli.tag
+	cli.bind()
+	if cli.tag != tag {
+		t.Fatal("the same bind sent again got a new tag")
+	}
+	// Another client, attached with its own token, binds "from" the
+	// client's address (a forged source: here, the client's own socket).
+	thief := &udpTestAgent{t: t, r: r, id: newIdentity(t), buf: make([]byte, 2048)}
+	thief.dial(relayproto.RoleClient, relaylink.State{})
+	cli.write(relayproto.AppendUDPBind(nil, thief.token, [8]byte{6}))
+	stolen := cli.next() // the bound answer goes to the address, the client's
+	_, thiefTag, _, err := relayproto.ParseUDPBound(stolen)
+	if err != nil {
+		t.Fatalf("bound %x: %v", stolen, err)
+	}
+	// The client's binding still works, both ways.
+	cli.send(dev.channel, []byte("still mine"))
+	dev.recv(cli, []byte("still mine"))
+	dev.send(cli.channel, []byte("still yours"))
+	cli.recv(dev, []byte("still yours"))
+	if st := r.srv.Stats(); st.UDPBindings != 2 || st.UDPBindingsConfirmed != 2 {
+		t.Errorf("bindings %d, confirmed %d; want the client's and the device's", st.UDPBindings, st.UDPBindingsConfirmed)
+	}
+	// Had the thief owned the address, its tag would have come back from
+	// it: then the address is its.
+	cli.write(relayproto.AppendUDPKeepalive(nil, relayproto.UDPKeepalive, thiefTag, 1))
+	if p := cli.next(); p[0] != relayproto.UDPAlive {
+		t.Fatalf("the pending binding's keepalive got %x, want alive", p)
+	}
+	cli.write(relayproto.AppendUDPKeepalive(nil, relayproto.UDPKeepalive, cli.tag, 2))
+	thief.tag = thiefTag
+	thief.sock = cli.sock
+	thief.confirm(3) // the next datagram is the answer to this, not to the client's
+	wantDrops(t, r.srv, map[UDPDrop]uint64{UDPDropWrongTag: 1})
 }

@@ -243,10 +243,12 @@ func (r *Relay) Pin() relaylink.RelayConfig {
 // to the machine's other addresses.
 var Loopback = paths.DirectOptions{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 
-// directDefault turns direct paths off unless the test gave addresses.
+// directDefault keeps an agent's sessions on the relay's TCP sessions
+// unless the test gave addresses: no direct paths, and not the relay's
+// UDP port either (the tests of the UDP relay path ask for it).
 func directDefault(o *paths.DirectOptions) {
 	if len(o.Addrs) == 0 && o.InterfaceAddrs == nil {
-		o.Disable = true
+		o.Disable, o.NoRelayUDP = true, true
 	}
 }
 
