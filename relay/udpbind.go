@@ -34,8 +34,9 @@ import (
 // sendmmsg), each forwarded in the buffer it was read into. Every answer
 // and forwarded datagram leaves from the local address the bind of its
 // destination was sent to, as the kernel told (pktinfo). The one read loop
-// never waits on an agent: it waits only for room in its own socket's
-// send buffer, while the kernel drops what arrives meanwhile.
+// never waits on an agent: it waits only for room in a socket's send
+// buffer (its own, or that of the relay's other socket a destination
+// bound through), while the kernel drops what arrives meanwhile.
 func (s *Server) ServeUDP(pc net.PacketConn) error {
 	s.mu.Lock()
 	if s.closed || s.draining {
