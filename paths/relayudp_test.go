@@ -384,3 +384,26 @@ func TestRelayUDPPreference(t *testing.T) {
 		p.waitPath(t, lostRetryMax, isDirect, "direct again")
 	})
 }
+
+// TestRelaysSignalBounded: a peer that sends relays messages again and
+// again, each naming other channels, leaves at most its last list in the
+// channel table.
+func TestRelaysSignalBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, _ := newRelayUDPPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, 3*time.Second, isRelayUDP, "relay udp")
+		ds := p.cli.ds
+		before := len(*ds.chans.Load())
+		for i := range 1000 {
+			var list []peerproto.RelayChannel
+			for k := range peerproto.MaxRelays {
+				list = append(list, peerproto.RelayChannel{Relay: identity.ID{byte(k), 1}, Channel: uint32(1_000_000 + i*10 + k)})
+			}
+			p.cDir.peerRelays(list)
+		}
+		if n := len(*ds.chans.Load()); n > before+peerproto.MaxRelays {
+			t.Fatalf("%d channels in the table after 1000 relays messages, want at most %d", n, before+peerproto.MaxRelays)
+		}
+	})
+}
