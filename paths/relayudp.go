@@ -148,6 +148,9 @@ func (c *Conn) bindRelay(ctx context.Context, rb *relayBinding) bool {
 func (c *Conn) keepAlive(ctx context.Context, rb *relayBinding) {
 	var lastSent time.Time
 	misses := 0
+	// Keepalives sent before, under the last binding's tag, are not this
+	// binding's misses, nor does their answer confirm it.
+	base := rb.sentSeq.Load()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -158,8 +161,9 @@ func (c *Conn) keepAlive(ctx context.Context, rb *relayBinding) {
 		case <-t.C:
 		}
 		now := time.Now()
-		outstanding := rb.aliveSeq.Load() < rb.sentSeq.Load()
-		if !outstanding && rb.sentSeq.Load() > 0 {
+		sent := rb.sentSeq.Load()
+		outstanding := sent > base && rb.aliveSeq.Load() < sent
+		if !outstanding && sent > base {
 			misses = 0
 			if !rb.confirmed.Swap(true) {
 				c.log.Debug("bound at the relay's UDP port", "addr", rb.to.String())
@@ -191,6 +195,21 @@ func (c *Conn) keepAlive(ctx context.Context, rb *relayBinding) {
 	}
 }
 
+// owns reports whether datagram b of rb's relay carries rb's txid (a
+// bound) or tag (an alive or a recv).
+func (rb *relayBinding) owns(b []byte) bool {
+	if b[0] == relayproto.UDPBound {
+		if len(b) < 9 {
+			return false
+		}
+		rb.mu.Lock()
+		defer rb.mu.Unlock()
+		return [8]byte(b[1:9]) == rb.txid
+	}
+	tag := rb.tag.Load()
+	return tag != nil && len(b) >= 1+relayproto.UDPTagLen && [relayproto.UDPTagLen]byte(b[1:1+relayproto.UDPTagLen]) == *tag
+}
+
 // sleepCtx sleeps for d, and reports false if ctx ended first.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -207,11 +226,13 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // recv.
 func (c *Conn) relayDatagram(b []byte, from netip.AddrPort) {
 	ds := c.ds
+	// The binding the datagram is for: the one at that relay address
+	// whose bind (by txid) or tag it carries. Two links to one relay (an
+	// old one ending, a new one starting) each have their own.
 	var rb *relayBinding
 	for _, x := range *ds.bindings.Load() {
-		if x.to == from {
+		if x.to == from && (rb == nil || x.owns(b)) {
 			rb = x
-			break
 		}
 	}
 	if rb == nil {
