@@ -8,6 +8,10 @@
 //	two-hop  through two plain io.Copy forwarders (client → hop → hop → server)
 //	tls-hop  through a forwarder that takes TLS 1.3 in and sends TLS 1.3 out
 //
+// burrow itself is measured on each of its paths: through the relay's TCP
+// sessions ("burrow"), through its UDP port ("burrow relay-udp", also
+// under a flood of datagrams from an unbound address), and direct.
+//
 // Every scenario runs at least three times; the table gives min / median /
 // max and the ratio to raw, and a JSON file keeps every sample.
 //

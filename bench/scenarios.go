@@ -376,13 +376,6 @@ func (b *bench) throughput(ctx context.Context) error {
 	tlsAddr := m[1]
 	clientTLS := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}
 
-	type setupT struct {
-		name  string
-		dial  dialer
-		d     time.Duration
-		limit float64 // bits per second; 0: as fast as it goes
-		cpu   []measured
-	}
 	setups := []setupT{
 		{"raw", tcpDialer(b.svc.source), b.o.refDur, 0, nil},
 		{"two-hop", tcpDialer(twoHop), b.o.refDur, 0, []measured{{"hop 1", hop1}, {"hop 2", hop2}}},
@@ -414,6 +407,11 @@ func (b *bench) throughput(ctx context.Context) error {
 				burrowRate = rate
 			}
 		}
+		if conns == 1 {
+			if err := b.udpFloodThroughput(ctx, setups); err != nil {
+				return err
+			}
+		}
 		// The TLS forwarder again, held to burrow's rate: a process that
 		// waits between bursts pays a wake-up for each, which one running
 		// flat out does not. This is the like-for-like reference for the
@@ -424,6 +422,33 @@ func (b *bench) throughput(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// A setupT is one setup of the throughput scenario.
+type setupT struct {
+	name  string
+	dial  dialer
+	d     time.Duration
+	limit float64 // bits per second; 0: as fast as it goes
+	cpu   []measured
+}
+
+// udpFloodThroughput measures the UDP relay path's tunnel again under a
+// flood of datagrams from an unbound address (see udpflood.go).
+func (b *bench) udpFloodThroughput(ctx context.Context, setups []setupT) error {
+	var s setupT
+	for _, x := range setups {
+		if x.name == "burrow relay-udp" {
+			s = x
+		}
+	}
+	f, err := startUDPFlood(ctx, setup.relayAddr)
+	if err != nil {
+		return err
+	}
+	defer f.stop()
+	_, err = b.measureThroughput(ctx, 1, "burrow relay-udp, UDP flood", s.dial, s.d, 0, s.cpu)
+	return err
 }
 
 var (
@@ -486,6 +511,8 @@ func (b *bench) measureThroughput(ctx context.Context, conns int, name string, d
 		r.Target, r.check = "≥ 0.08 × raw", ratioAtLeast(0.08)
 	case name == "burrow relay-udp" && conns == 1:
 		r.Target, r.check = "≥ 0.9 × direct", atLeastSetup("burrow direct", 0.9)
+	case name == "burrow relay-udp, UDP flood":
+		r.Target, r.check = "≥ 0.8 × relay-udp", atLeastSetup("burrow relay-udp", 0.8)
 	}
 	b.add(r)
 	median := b.results[len(b.results)-1].Median * 1e9
