@@ -30,7 +30,7 @@ import (
 type nsNet struct {
 	*netns.Net
 	hosts     map[string]netip.Addr // the agents' namespaces and addresses
-	noDirect  bool                  // agents keep every session on the relay
+	noDirect  bool                  // agents keep every session on the relay's TCP sessions
 	relay     *relay.Server
 	relayAddr string
 	relayID   identity.ID
@@ -165,6 +165,7 @@ func (n *nsNet) agent(host string) (relaylink.RelayConfig, func(ctx context.Cont
 		},
 		InterfaceAddrs: func() ([]netip.Addr, error) { return []netip.Addr{n.hosts[host]}, nil },
 		Disable:        n.noDirect,
+		NoRelayUDP:     n.noDirect, // the relay's TCP sessions, not its UDP port
 	}
 	return relaylink.RelayConfig{Addr: n.relayAddr, ID: n.relayID}, dial, direct
 }
