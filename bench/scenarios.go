@@ -122,7 +122,7 @@ func (b *bench) startAgents() (*burrowSetup, error) {
 	}
 	// --drain 0: stopped, the relay exits at once (and writes its CPU
 	// profile) rather than draining past the benchmark's patience.
-	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices, "--drain", "0"); err != nil {
+	if s.relay, err = b.start("relay", b.burrow, "relay", "--listen", s.relayAddr, "--data", relayData, "--devices", devices, "--drain", "0", "--udp-relay"); err != nil {
 		return nil, err
 	}
 	if _, err := s.relay.waitFor(reRelayListening, 15*time.Second); err != nil {

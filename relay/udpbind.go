@@ -23,7 +23,7 @@ import (
 // few times in a while (udpAnswers in udpWindow): whoever learns a token
 // can aim no more than that many small answers at anyone.
 //
-// Unless [Config.NoUDPRelay] is set, it is also the UDP relay path (see
+// With [Config.UDPRelay], it is also the UDP relay path (see
 // udprelay.go and relayproto/PROTOCOL.md): binds, which share the binding
 // requests' answer budget, keepalives, and sends forwarded to the
 // destination agent's bound address as recvs. Nothing is sent to an
@@ -94,7 +94,7 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 }
 
 // udpRelayOn reports whether the relay forwards over UDP.
-func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && !s.cfg.NoUDPRelay }
+func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && s.cfg.UDPRelay }
 
 // handleUDP takes the datagram m that came in on sock at now, and returns
 // what to send for it, if anything.

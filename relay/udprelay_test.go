@@ -22,8 +22,17 @@ type udpTestRelay struct {
 	udp  netip.AddrPort // UDP
 }
 
+// serveUDPRelay serves a relay with the UDP relay path on.
 func serveUDPRelay(t *testing.T, cfg Config) udpTestRelay {
 	t.Helper()
+	return serveUDPOn(t, cfg, true)
+}
+
+// serveUDPOn serves a relay on TCP and on a UDP port, the UDP relay path on
+// or off.
+func serveUDPOn(t *testing.T, cfg Config, relayUDP bool) udpTestRelay {
+	t.Helper()
+	cfg.UDPRelay = relayUDP
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -390,10 +399,10 @@ func TestUDPBindingExpires(t *testing.T) {
 	wantDrops(t, r.srv, map[UDPDrop]uint64{UDPDropUnbound: 1})
 }
 
-// TestUDPRelayOff: with NoUDPRelay, the server hello offers no channel and
+// TestUDPRelayOff: without UDPRelay, the server hello offers no channel and
 // binds are not answered; binding requests still are.
 func TestUDPRelayOff(t *testing.T) {
-	r := serveUDPRelay(t, Config{NoUDPRelay: true})
+	r := serveUDPOn(t, Config{}, false)
 	link, err := relaylink.Dial(context.Background(), relaylink.Config{
 		Relay: relaylink.RelayConfig{Addr: r.addr, ID: r.srv.ID()}, Identity: newIdentity(t), Role: relayproto.RoleClient, Instance: 1,
 	}, relaylink.State{})

@@ -589,7 +589,7 @@ func TestBinaryPairing(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(tokenOut)
-	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData, "--udp-relay")
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	relayAddr := m[1]
 	if out, stderr, err := run(t, "relay", "token", "create", "--data", relayData); err != nil || !strings.HasPrefix(out, "enroll-") {
