@@ -12,13 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
 
 	"github.com/burrow-tunnel/burrow/device"
 	"github.com/burrow-tunnel/burrow/devicemetrics"
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/testing/promtest"
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/session"
@@ -45,48 +44,12 @@ func get(t *testing.T, addr, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// families scrapes /metrics and parses the text format.
+// families scrapes the device's metrics at addr.
 func families(t *testing.T, addr string) map[string]*dto.MetricFamily {
-	t.Helper()
-	code, body := get(t, addr, "/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d %s", code, body)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mf, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
-	}
-	return mf
+	return promtest.Scrape(t, "http://"+addr+"/metrics")
 }
 
-// value returns the value of the sample of family name with labels, and
-// whether there is one.
-func value(mf map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := mf[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		}
-	}
-	return 0, false
-}
+var value = promtest.Value
 
 // waitFor scrapes until cond holds, for at most 10s: counters move when
 // the device has seen the end of what the test did.

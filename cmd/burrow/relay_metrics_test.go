@@ -15,51 +15,19 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/burrow-tunnel/burrow/internal/testing/promtest"
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
 
 var reMetricsListening = regexp.MustCompile(`msg="metrics listening" addr=(\S+)`)
 
-// scrapeMetrics gets and parses the metrics served at addr.
+// scrapeMetrics scrapes the metrics listener at addr.
 func scrapeMetrics(t *testing.T, addr string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
-	return mfs
+	return promtest.Scrape(t, "http://"+addr+"/metrics")
 }
 
-// metricValue is the value of the metric name whose labels include the
-// given name, value pairs; ok is false if there is none.
-func metricValue(mfs map[string]*dto.MetricFamily, name string, labels ...string) (v float64, ok bool) {
-next:
-	for _, m := range mfs[name].GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		if m.Counter != nil {
-			return m.Counter.GetValue(), true
-		}
-		return m.GetGauge().GetValue(), true
-	}
-	return 0, false
-}
+var metricValue = promtest.Value
 
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
