@@ -180,33 +180,16 @@ func (s *State) Add(id identity.ID) error {
 // cannot enroll it again. Every relay of the fleet sees the removal in its
 // watch and disconnects the device if it holds it (see [State.OnRemove]).
 func (s *State) Remove(id identity.ID) error {
-	ctx, cancel, err := s.op("remove device")
-	if err != nil {
-		return err
+	err := s.updateEnrolled("remove device", id, func(deviceRecord) deviceRecord {
+		return deviceRecord{V: FormatVersion, Removed: time.Now().UTC()}
+	})
+	if err == nil {
+		s.mu.Lock()
+		delete(s.enrolled, id)
+		delete(s.names, id)
+		s.mu.Unlock()
 	}
-	defer cancel()
-	for {
-		dev, rev, err := s.device(ctx, id)
-		if err != nil {
-			return err
-		}
-		if rev == 0 || !dev.Removed.IsZero() {
-			return relay.ErrNotEnrolled
-		}
-		_, err = s.devices.Update(ctx, id.String(), encode(deviceRecord{V: FormatVersion, Removed: time.Now().UTC()}), rev)
-		switch {
-		case err == nil:
-			s.mu.Lock()
-			delete(s.enrolled, id)
-			delete(s.names, id)
-			s.mu.Unlock()
-			return nil
-		case !conflict(err):
-			return s.fail("remove device", err)
-		case ctx.Err() != nil:
-			return s.fail("remove device", ctx.Err())
-		}
-	}
+	return err
 }
 
 // SetName gives the enrolled device id the name name ("" removes it), by
@@ -217,7 +200,22 @@ func (s *State) SetName(id identity.ID, name string) error {
 			return err
 		}
 	}
-	ctx, cancel, err := s.op("name device")
+	err := s.updateEnrolled("name device", id, func(dev deviceRecord) deviceRecord {
+		dev.Name = name
+		return dev
+	})
+	if err == nil {
+		s.cacheName(id, name)
+	}
+	return err
+}
+
+// updateEnrolled replaces the record of the enrolled device id with
+// change(record), by compare-and-swap, again until no other relay's write
+// came between; what names the operation in errors. It fails with
+// relay.ErrNotEnrolled if the device is not enrolled.
+func (s *State) updateEnrolled(what string, id identity.ID, change func(deviceRecord) deviceRecord) error {
+	ctx, cancel, err := s.op(what)
 	if err != nil {
 		return err
 	}
@@ -230,16 +228,14 @@ func (s *State) SetName(id identity.ID, name string) error {
 		if rev == 0 || !dev.Removed.IsZero() {
 			return relay.ErrNotEnrolled
 		}
-		dev.Name = name
-		_, err = s.devices.Update(ctx, id.String(), encode(dev), rev)
+		_, err = s.devices.Update(ctx, id.String(), encode(change(dev)), rev)
 		switch {
 		case err == nil:
-			s.cacheName(id, name)
 			return nil
 		case !conflict(err):
-			return s.fail("name device", err)
+			return s.fail(what, err)
 		case ctx.Err() != nil:
-			return s.fail("name device", ctx.Err())
+			return s.fail(what, ctx.Err())
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"crypto/tls"
 	"net"
 	"os"
 	"strings"
@@ -27,16 +26,8 @@ type roomCheck struct {
 // TCP_NOTSENT_LOWAT limit, which can make a write wait even when the send
 // buffer has room.
 func newRoomCheck(conn net.Conn) *roomCheck {
-	tc, ok := conn.(*tls.Conn)
-	if !ok {
-		return nil
-	}
-	sc, ok := tc.NetConn().(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConnOf(conn)
+	if rc == nil {
 		return nil
 	}
 	usable := false
