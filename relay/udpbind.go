@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/internal/udpgso"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
 
@@ -31,7 +33,10 @@ import (
 // no answer is larger than what it answers.
 //
 // Datagrams are read and sent in batches (on Linux, with recvmmsg and
-// sendmmsg), each forwarded in the buffer it was read into. Every answer
+// sendmmsg), each forwarded in the buffer it was read into. Where the
+// kernel has them, a read takes a burst of one sender's datagrams at once
+// (UDP GRO), and the datagrams of a burst forwarded to one agent leave
+// with one send that the kernel cuts apart again (UDP GSO). Every answer
 // and forwarded datagram leaves from the local address the bind of its
 // destination was sent to, as the kernel told (pktinfo). The one read loop
 // never waits on an agent: it waits only for room in a socket's send
@@ -54,9 +59,13 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		defer stop()
 	}
 	ms := make([]udpMsg, udpBatchLen)
+	bufLen := udpBufLen
+	if sock.io.coalesced() {
+		ms, bufLen = ms[:udpCoalescedBatchLen], udpCoalescedBufLen
+	}
 	for i := range ms {
-		ms[i].buf = make([]byte, udpBufLen)
-		ms[i].oob = make([]byte, 64)
+		ms[i].buf = make([]byte, bufLen)
+		ms[i].oob = make([]byte, udpOOBLen)
 	}
 	outs := make([]udpOut, 0, udpBatchLen)
 	for {
@@ -76,30 +85,81 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 		now := time.Now()
 		outs = outs[:0]
 		for i := range ms[:n] {
-			if o, ok := s.handleUDP(sock, &ms[i], now); ok {
-				outs = append(outs, o)
-			}
+			outs = s.handleUDPMsg(sock, &ms[i], now, outs)
 		}
 		if len(outs) == 0 {
 			continue
 		}
 		err = sock.io.write(outs)
 		for i := range outs {
-			if o := &outs[i]; o.pkt >= 0 && (o.fail || err != nil) {
-				s.urelay.unsent(o.pkt)
+			o := &outs[i]
+			switch {
+			case o.pkts == 0:
+			case err != nil:
+				s.urelay.unsent(o.pkts, o.bytes)
+			case o.failed > 0:
+				s.urelay.unsent(o.failed, o.failedLen-o.failed*relayproto.UDPDataHeaderLen)
 			}
 			outs[i] = udpOut{}
 		}
 	}
 }
 
+// handleUDPMsg takes what one read m took from sock at now, datagram by
+// datagram, and appends to outs what to send for it. A run of datagrams
+// forwarded to one address, cut from one coalesced read, goes out as one
+// udpOut, which the kernel cuts apart again where it can: the relay then
+// pays a system call per burst, not per datagram.
+func (s *Server) handleUDPMsg(sock *udpSock, m *udpMsg, now time.Time, outs []udpOut) []udpOut {
+	if m.n == 0 {
+		s.handleUDP(sock, m, m.buf[:0], now) // counted, never answered
+		return outs
+	}
+	seg := m.seg
+	if seg <= 0 || seg > m.n {
+		seg = m.n
+	}
+	run := -1 // the out whose run the datagram before this one ended
+	for off := 0; off < m.n; off += seg {
+		p := m.buf[off:min(off+seg, m.n)]
+		o, ok := s.handleUDP(sock, m, p, now)
+		switch {
+		case !ok:
+			run = -1
+		case run >= 0 && o.pkts == 1 && extends(&outs[run], &o, seg):
+			r := &outs[run]
+			r.b = r.b[:len(r.b)+len(p)] // p follows r.b in m.buf
+			r.seg = seg
+			r.pkts++
+			r.bytes += o.bytes
+		default:
+			outs = append(outs, o)
+			run = -1
+			if o.pkts == 1 {
+				run = len(outs) - 1
+			}
+		}
+	}
+	return outs
+}
+
+// extends reports whether o, a forwarded datagram that follows the run r
+// in its buffer, may join it: to the same address from the same local
+// one, no longer than the run's datagrams (of size seg), and within the
+// kernel's bounds of one segmented send.
+func extends(r, o *udpOut, seg int) bool {
+	return r.addr == o.addr && bytes.Equal(r.oob, o.oob) && len(o.b) <= seg &&
+		r.pkts < udpgso.MaxSegments && len(r.b)+len(o.b) <= udpgso.MaxSendLen
+}
+
 // udpRelayOn reports whether the relay forwards over UDP.
 func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && s.cfg.UDPRelay }
 
-// handleUDP takes the datagram m that came in on sock at now, and returns
-// what to send for it, if anything.
-func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool) {
-	p := m.buf[:m.n]
+// handleUDP takes the datagram p, of the read m, that came in on sock at
+// now, and returns what to send for it, if anything. An answer is written
+// over p, never larger, so that it cannot spill into the next datagram of
+// m.
+func (s *Server) handleUDP(sock *udpSock, m *udpMsg, p []byte, now time.Time) (udpOut, bool) {
 	if len(p) == 0 || !m.addr.IsValid() {
 		s.stats.udpIgnored.Add(1)
 		return udpOut{}, false
@@ -118,8 +178,8 @@ func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, boo
 		// Counted before it goes, so that whoever reads the answer finds
 		// it counted.
 		s.stats.udpAnswered.Add(1)
-		return udpOut{b: relayproto.AppendBindingResponse(m.buf[m.n:m.n], txid, m.addr), addr: m.addr,
-			oob: replyOOB(m.oob[:m.oobn]), pkt: -1}, true
+		return udpOut{b: relayproto.AppendBindingResponse(p[:0:len(p)], txid, m.addr), addr: m.addr,
+			oob: replyOOB(m.oob[:m.oobn])}, true
 	case !relayOn:
 	case p[0] == relayproto.UDPSend:
 		to, pkt := s.forwardUDP(m.addr, p, now.UnixNano())
@@ -130,11 +190,11 @@ func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, boo
 			// there, outside the batch.
 			s.urelay.sending(pkt)
 			if to.sock.writeOne(p, to.from, to.addr) != nil {
-				s.urelay.unsent(pkt)
+				s.urelay.unsent(1, pkt)
 			}
 		default:
 			s.urelay.sending(pkt)
-			return udpOut{b: p, addr: to.addr, oob: to.from, pkt: pkt}, true
+			return udpOut{b: p, addr: to.addr, oob: to.from, pkts: 1, bytes: pkt}, true
 		}
 		return udpOut{}, false
 	case p[0] == relayproto.UDPKeepalive:
@@ -142,9 +202,9 @@ func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, boo
 			return udpOut{}, false
 		}
 		p[0] = relayproto.UDPAlive // the same tag and sequence number back
-		return udpOut{b: p, addr: m.addr, oob: replyOOB(m.oob[:m.oobn]), pkt: -1}, true
+		return udpOut{b: p, addr: m.addr, oob: replyOOB(m.oob[:m.oobn])}, true
 	case p[0] == relayproto.UDPBind:
-		return s.bindUDP(sock, m, now)
+		return s.bindUDP(sock, m, p, now)
 	case p[0] == relayproto.UDPBound, p[0] == relayproto.UDPRecv, p[0] == relayproto.UDPAlive:
 		s.urelay.drop(UDPDropMalformed)
 		return udpOut{}, false
@@ -153,10 +213,11 @@ func (s *Server) handleUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, boo
 	return udpOut{}, false
 }
 
-// bindUDP takes the bind datagram m that came in on sock: it binds the
-// address it came from to the session of its token and answers bound.
-func (s *Server) bindUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool) {
-	tok, txid, err := relayproto.ParseUDPBind(m.buf[:m.n])
+// bindUDP takes the bind datagram p, of the read m, that came in on sock:
+// it binds the address it came from to the session of its token and
+// answers bound, over p.
+func (s *Server) bindUDP(sock *udpSock, m *udpMsg, p []byte, now time.Time) (udpOut, bool) {
+	tok, txid, err := relayproto.ParseUDPBind(p)
 	if err != nil {
 		s.urelay.drop(UDPDropMalformed)
 		return udpOut{}, false
@@ -177,7 +238,7 @@ func (s *Server) bindUDP(sock *udpSock, m *udpMsg, now time.Time) (udpOut, bool)
 		return udpOut{}, false
 	}
 	s.stats.udpAnswered.Add(1)
-	return udpOut{b: relayproto.AppendUDPBound(m.buf[m.n:m.n], txid, tag, m.addr), addr: m.addr, oob: from, pkt: -1}, true
+	return udpOut{b: relayproto.AppendUDPBound(p[:0:len(p)], txid, tag, m.addr), addr: m.addr, oob: from}, true
 }
 
 // sweepUDP drops the bindings of sock that expire, until the returned

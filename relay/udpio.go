@@ -6,31 +6,76 @@ import (
 	"net/netip"
 )
 
-// udpBatchLen is how many datagrams the UDP port reads, and sends, with
-// one system call where the system has batches (Linux: recvmmsg and
+// udpBatchLen is how many datagrams (or, where the kernel coalesces
+// them, bursts of datagrams) the UDP port reads, and sends, with one
+// system call where the system has batches (Linux: recvmmsg and
 // sendmmsg).
 const udpBatchLen = 64
 
-// udpBufLen holds a datagram of the UDP relay path and one byte more, so
-// that a larger one shows as too large, and an answer behind any request.
-const udpBufLen = 1500
+// udpCoalescedBatchLen is how many bursts a read takes where the kernel
+// coalesces them: each needs a buffer of udpCoalescedBufLen.
+const udpCoalescedBatchLen = 32
 
-// A udpMsg is a datagram read from the relay's UDP port.
+// udpBufLen holds a datagram of the UDP relay path and one byte more, so
+// that a larger one shows as too large. Where the kernel coalesces a
+// burst of one sender's datagrams into one read (GRO), a buffer holds the
+// largest UDP payload instead: udpCoalescedBufLen.
+const (
+	udpBufLen          = 1500
+	udpCoalescedBufLen = 1 << 16
+)
+
+// udpOOBLen is room for a datagram's control messages: the address it
+// was sent to (pktinfo) and a coalesced read's segment size.
+const udpOOBLen = 96
+
+// A udpMsg is what one read took from the relay's UDP port: a datagram,
+// or a burst of datagrams of one sender that the kernel coalesced, each
+// seg bytes long but the last, which may be shorter.
 type udpMsg struct {
-	buf  []byte // the whole buffer; the datagram is buf[:n]
+	buf  []byte // the whole buffer; the datagrams are buf[:n]
 	n    int
+	seg  int            // the datagrams' size in a coalesced read; 0 or n: one datagram
 	addr netip.AddrPort // where it came from
 	oob  []byte         // the whole control buffer; the datagram's is oob[:oobn]
 	oobn int
 }
 
-// A udpOut is a datagram to send from the relay's UDP port.
+// A udpOut is what to send from the relay's UDP port to one address: a
+// datagram, or a run of forwarded datagrams, all seg bytes long but the
+// last, which may be shorter, that the kernel cuts apart (UDP GSO) where it
+// can, and the batch sends one by one where it cannot.
 type udpOut struct {
 	b    []byte
+	seg  int // the datagrams' size if b holds several; 0: one
 	addr netip.AddrPort
 	oob  []byte // sends from the address a request came to (see replyOOB); nil: any
-	pkt  int    // a forwarded packet's length (counted as forwarded); -1 for an answer
-	fail bool   // set by write if the socket refused it
+	// pkts and bytes count the forwarded datagrams b holds and their
+	// packets' bytes (sending counted them); both 0 for an answer.
+	pkts, bytes int
+	// failed counts the datagrams of b that the socket refused, and
+	// failedLen their length, as set by write.
+	failed, failedLen int
+	noGSO             bool // the kernel refused to cut b: send it one datagram at a time
+}
+
+// datagrams calls f with each datagram of o, in order.
+func (o *udpOut) datagrams(f func(b []byte)) {
+	b := o.b
+	for len(b) > 0 {
+		n := len(b)
+		if o.seg > 0 {
+			n = min(n, o.seg)
+		}
+		f(b[:n])
+		b = b[n:]
+	}
+}
+
+// refused marks the datagram b of o as refused by the socket.
+func (o *udpOut) refused(b []byte) {
+	o.failed++
+	o.failedLen += len(b)
 }
 
 // A udpIO reads and writes batches of datagrams on one socket. One
@@ -43,6 +88,9 @@ type udpIO interface {
 	// socket's buffer if it must, and marks those refused; it returns an
 	// error only if the socket is closed.
 	write(outs []udpOut) error
+	// coalesced reports whether reads may take bursts of datagrams
+	// (udpMsg.seg), into buffers of udpCoalescedBufLen.
+	coalesced() bool
 }
 
 // A udpSock is one socket that [Server.ServeUDP] serves.
@@ -95,6 +143,7 @@ func (u *udpConnIO) read(ms []udpMsg) (int, error) {
 	}
 	var err error
 	m.n, m.oobn, _, m.addr, err = u.c.ReadMsgUDPAddrPort(m.buf, oob)
+	m.seg = 0
 	if err != nil {
 		return 0, err
 	}
@@ -102,17 +151,26 @@ func (u *udpConnIO) read(ms []udpMsg) (int, error) {
 }
 
 func (u *udpConnIO) write(outs []udpOut) error {
+	var closed error
 	for i := range outs {
 		o := &outs[i]
-		if _, _, err := u.c.WriteMsgUDPAddrPort(o.b, o.oob, o.addr); err != nil {
-			if isClosed(err) {
-				return err
+		o.datagrams(func(b []byte) {
+			if closed != nil {
+				return
 			}
-			o.fail = true
-		}
+			if _, _, err := u.c.WriteMsgUDPAddrPort(b, o.oob, o.addr); err != nil {
+				if isClosed(err) {
+					closed = err
+					return
+				}
+				o.refused(b)
+			}
+		})
 	}
-	return nil
+	return closed
 }
+
+func (u *udpConnIO) coalesced() bool { return false }
 
 // packetConnIO serves a net.PacketConn that is not a *net.UDPConn.
 type packetConnIO struct{ pc net.PacketConn }
@@ -123,7 +181,7 @@ func (p *packetConnIO) read(ms []udpMsg) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	m.n, m.oobn, m.addr = n, 0, netip.AddrPort{}
+	m.n, m.seg, m.oobn, m.addr = n, 0, 0, netip.AddrPort{}
 	if ua, ok := a.(*net.UDPAddr); ok {
 		m.addr = ua.AddrPort()
 	}
@@ -131,17 +189,26 @@ func (p *packetConnIO) read(ms []udpMsg) (int, error) {
 }
 
 func (p *packetConnIO) write(outs []udpOut) error {
+	var closed error
 	for i := range outs {
 		o := &outs[i]
-		if _, err := p.pc.WriteTo(o.b, net.UDPAddrFromAddrPort(o.addr)); err != nil {
-			if isClosed(err) {
-				return err
+		o.datagrams(func(b []byte) {
+			if closed != nil {
+				return
 			}
-			o.fail = true
-		}
+			if _, err := p.pc.WriteTo(b, net.UDPAddrFromAddrPort(o.addr)); err != nil {
+				if isClosed(err) {
+					closed = err
+					return
+				}
+				o.refused(b)
+			}
+		})
 	}
-	return nil
+	return closed
 }
+
+func (p *packetConnIO) coalesced() bool { return false }
 
 // isClosed reports whether err says that the socket is closed.
 func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -359,12 +359,12 @@ func (r *udpRelay) sending(n int) {
 	r.forwardedBytes.Add(uint64(n))
 }
 
-// unsent counts as dropped a datagram of n packet bytes that sending
-// counted and the socket refused.
-func (r *udpRelay) unsent(n int) {
-	r.forwarded.Add(^uint64(0))
+// unsent counts as dropped pkts datagrams, of n packet bytes in all,
+// that sending counted and the socket refused.
+func (r *udpRelay) unsent(pkts, n int) {
+	r.forwarded.Add(-uint64(pkts))
 	r.forwardedBytes.Add(-uint64(n))
-	r.drop(UDPDropSendFailed)
+	r.dropped[UDPDropSendFailed].Add(uint64(pkts))
 }
 
 // sweep drops the bindings of sock (all if nil) that have heard nothing

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/burrow-tunnel/burrow/internal/udpgso"
 )
 
 // Queued datagrams leave through one writer goroutine rather than one
@@ -25,13 +27,6 @@ type outDatagram struct {
 	// queued before it is sent.
 	flushed chan struct{}
 }
-
-// Bounds of one segmented send: the kernel's limit on segments, and the
-// largest UDP payload.
-const (
-	maxSegments = 64
-	maxSendLen  = 65507
-)
 
 // bufPool holds the buffers of queued datagrams.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
@@ -71,9 +66,9 @@ func (s *Socket) Flush(d time.Duration) {
 
 // writeLoop sends the queued datagrams until the Socket is closed.
 func (s *Socket) writeLoop() {
-	batch := make([]outDatagram, 0, maxSegments)
+	batch := make([]outDatagram, 0, udpgso.MaxSegments)
 	var markers []chan struct{}
-	gather := make([]byte, 0, maxSendLen)
+	gather := make([]byte, 0, udpgso.MaxSendLen)
 	defer func() {
 		for {
 			select {
@@ -143,9 +138,9 @@ func (s *Socket) sendBatch(batch []outDatagram, gather []byte) []byte {
 		j := i + 1
 		if s.gso.Load() {
 			total := first.n
-			for j < len(batch) && j-i < maxSegments {
+			for j < len(batch) && j-i < udpgso.MaxSegments {
 				d := batch[j]
-				if d.to != first.to || d.n > first.n || total+d.n > maxSendLen {
+				if d.to != first.to || d.n > first.n || total+d.n > udpgso.MaxSendLen {
 					break
 				}
 				total += d.n

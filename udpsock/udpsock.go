@@ -13,8 +13,8 @@
 // either way the Socket behaves the same to its caller.
 //
 // This package moves datagrams and knows nothing of what they carry: it
-// imports nothing of burrow, and never parses, answers or drops a
-// datagram by its content.
+// imports nothing of burrow but a leaf helper (internal/udpgso), and never
+// parses, answers or drops a datagram by its content.
 package udpsock
 
 import (
