@@ -140,7 +140,10 @@ func exitOnSignal() {
 
 // simDevicesMain attaches -n device identities to relays from this one
 // process, each over its own TCP+TLS relay session, -concurrency at a time,
-// and holds them until stopped. -relay is one address or several
+// and holds them until stopped. With -udp each also binds a UDP socket of
+// its own at the relay's UDP port, as a real device does for the UDP relay
+// path (two file descriptors a device: the benchmark splits large numbers
+// of devices across processes). -relay is one address or several
 // (comma-separated): device i attaches to the i-th modulo their number.
 // With -seed the identities are simIdentity's, which the benchmark can
 // enroll beforehand; with -times, once all are attached, it writes for
@@ -153,6 +156,7 @@ func simDevicesMain(args []string) error {
 	concurrency := fs.Int("concurrency", 64, "")
 	seed := fs.String("seed", "", "")
 	times := fs.String("times", "", "")
+	udp := fs.Bool("udp", false, "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -187,11 +191,9 @@ func simDevicesMain(args []string) error {
 					Relay:      relaylink.RelayConfig{Addr: relays[i%len(relays)], ID: rid},
 					QueueLen:   4,
 					MaxBackoff: time.Second,
-					// A relay session each, as a real device's, but no
-					// UDP socket: 10,000 of them would exhaust the
-					// process's file descriptors, and the relay keeps
-					// nothing more for a device that uses its UDP port.
-					Direct: paths.DirectOptions{Disable: true},
+					// A relay session each, as a real device's; a UDP
+					// socket only with -udp.
+					Direct: paths.DirectOptions{Disable: true, NoRelayUDP: !*udp},
 				})
 				if err == nil {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

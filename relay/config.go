@@ -47,14 +47,12 @@ type Config struct {
 	// attachment.
 	UDPPort int
 
-	// UDPRelay turns the UDP relay path on: a relay with a UDPPort also
-	// forwards agents' packets as datagrams there (see
+	// NoUDPRelay turns the UDP relay path off. By default (false) a relay
+	// with a UDPPort also forwards agents' packets as datagrams there (see
 	// [Server.ServeUDP]), and its server hellos offer
-	// [relayproto.ExtUDPRelay]. False (the zero value): the UDP port
-	// answers binding requests only, and agents relay over TCP alone. It
-	// is off by default while it costs the relay more CPU per byte than
-	// the TCP path (see the README's performance figures).
-	UDPRelay bool
+	// [relayproto.ExtUDPRelay]; with NoUDPRelay, the UDP port answers
+	// binding requests only, and agents relay over TCP alone.
+	NoUDPRelay bool
 
 	// Enroll, if set, is asked about a device that AllowDevice does not
 	// allow but that presents an enrollment token: nil admits (and

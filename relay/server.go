@@ -16,8 +16,8 @@
 // [Server.ServeUDP] answers attached agents' binding requests on a UDP
 // port, telling each the public address of its UDP socket, which agents
 // need to find a direct path to each other; the relay takes no part in
-// that path. On the same port it is the UDP relay path (with
-// [Config.UDPRelay]): it forwards agents' end-to-end packets as
+// that path. On the same port it is the UDP relay path (unless
+// [Config.NoUDPRelay]): it forwards agents' end-to-end packets as
 // datagrams, without the TLS hop of their sessions, from an address an
 // agent proved it receives at to the address its peer proved, under the
 // same routing rules as on TCP; datagrams it may not forward are dropped

@@ -25,7 +25,7 @@ import (
 // few times in a while (udpAnswers in udpWindow): whoever learns a token
 // can aim no more than that many small answers at anyone.
 //
-// With [Config.UDPRelay], it is also the UDP relay path (see
+// Unless [Config.NoUDPRelay], it is also the UDP relay path (see
 // udprelay.go and relayproto/PROTOCOL.md): binds, which share the binding
 // requests' answer budget, keepalives, and sends forwarded to the
 // destination agent's bound address as recvs. Nothing is sent to an
@@ -153,7 +153,7 @@ func extends(r, o *udpOut, seg int) bool {
 }
 
 // udpRelayOn reports whether the relay forwards over UDP.
-func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && s.cfg.UDPRelay }
+func (s *Server) udpRelayOn() bool { return s.cfg.UDPPort != 0 && !s.cfg.NoUDPRelay }
 
 // handleUDP takes the datagram p, of the read m, that came in on sock at
 // now, and returns what to send for it, if anything. An answer is written

@@ -32,7 +32,7 @@ func serveUDPRelay(t *testing.T, cfg Config) udpTestRelay {
 // or off.
 func serveUDPOn(t *testing.T, cfg Config, relayUDP bool) udpTestRelay {
 	t.Helper()
-	cfg.UDPRelay = relayUDP
+	cfg.NoUDPRelay = !relayUDP
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

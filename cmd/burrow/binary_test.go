@@ -472,6 +472,8 @@ func TestBinaryRefusesUnsafeConfigs(t *testing.T) {
 			"--open", "--devices", file("devices.txt", deviceID+"\n", 0o600)}, "--open and --devices exclude each other"},
 		{"relay device list missing", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r2"),
 			"--devices", filepath.Join(dir, "missing.txt")}, "missing.txt: no such file"},
+		{"relay UDP path on and off", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r7"),
+			"--open", "--udp-relay", "--no-udp-relay"}, "--udp-relay and --no-udp-relay contradict each other"},
 		{"relay certificate without key", false, "", []string{"relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "r3"),
 			"--tls-cert", filepath.Join(dir, "cert.pem")}, "--tls-cert and --tls-key go together"},
 		{"profiles on the network", false, "BURROW_PPROF=0.0.0.0:0", []string{"relay", "--listen", "127.0.0.1:0",
@@ -589,7 +591,7 @@ func TestBinaryPairing(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(tokenOut)
-	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData, "--udp-relay")
+	relay := start(t, "relay", "relay", "--listen", "127.0.0.1:0", "--data", relayData)
 	m, _ := relay.waitFor(reRelayListening, 0, 10*time.Second)
 	relayAddr := m[1]
 	if out, stderr, err := run(t, "relay", "token", "create", "--data", relayData); err != nil || !strings.HasPrefix(out, "enroll-") {

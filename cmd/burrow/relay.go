@@ -38,7 +38,7 @@ type relayOptions struct {
 	keepAlive                    time.Duration
 	udpListen                    string
 	noUDP                        bool
-	udpRelay                     bool
+	noUDPRelay, udpRelay         bool
 	drain, drainIdle             time.Duration
 	limits                       relayLimits
 	clientGrace                  time.Duration
@@ -130,7 +130,9 @@ only, or with --dashboard-token-file to whoever brings the token.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&o.udpListen, "udp-listen", "", "UDP address that tells agents their public address (default: --listen's)")
 	f.BoolVar(&o.noUDP, "no-udp", false, "do not listen on UDP")
-	f.BoolVar(&o.udpRelay, "udp-relay", false, "also forward agents' packets as datagrams on the UDP port (the UDP relay path; off by default while it costs more CPU per byte than the TCP path)")
+	f.BoolVar(&o.noUDPRelay, "no-udp-relay", false, "answer binding requests on the UDP port, but forward no agent's packets there (the UDP relay path): agents relay over TCP alone")
+	f.BoolVar(&o.udpRelay, "udp-relay", false, "")
+	f.MarkDeprecated("udp-relay", "the UDP relay path is on by default (--no-udp-relay turns it off)")
 	f.DurationVar(&o.keepAlive, "keepalive", 15*time.Second, "how often agents must ping; silent sessions close after 3 intervals (with --nats: 5s, so that an idle device leaves a dead relay within 15s)")
 	f.DurationVar(&o.drain, "drain", 30*time.Second, "on SIGTERM or SIGINT, how long open tunnels may go on before the relay closes (0: close at once)")
 	f.DurationVar(&o.drainIdle, "drain-idle", 5*time.Second, "end the drain early once nothing has been forwarded for this long (0: never early; idle tunnels, an SSH session say, then keep it to --drain)")
@@ -162,8 +164,8 @@ func (o *relayOptions) check(cmd *cobra.Command) error {
 		return usageError(cmd, "--drain %v: want a duration of 0 or more", o.drain)
 	case o.drainIdle < 0:
 		return usageError(cmd, "--drain-idle %v: want a duration of 0 or more", o.drainIdle)
-	case o.udpRelay && o.noUDP:
-		return usageError(cmd, "--udp-relay forwards datagrams on the UDP port, which --no-udp turns off: give one of them")
+	case o.udpRelay && o.noUDPRelay:
+		return usageError(cmd, "--udp-relay and --no-udp-relay contradict each other: give one of them")
 	case o.dashboardTokenFile != "" && o.metrics == "":
 		return usageError(cmd, "--dashboard-token-file opens the dashboard of --metrics: give --metrics too")
 	case o.clientGrace < 0:
@@ -321,7 +323,7 @@ func (o *relayOptions) listenUDP(tcp net.Addr, log *slog.Logger) net.PacketConn 
 func (o *relayOptions) relayConfig(id *identity.Identity, allow func(identity.ID) bool, st relay.State, udp net.PacketConn, log *slog.Logger) relay.Config {
 	cfg := relay.Config{Identity: id, AllowDevice: allow, Enroll: st.Enroll, Logger: log, KeepAlive: o.keepAlive, DrainQuiet: o.drainIdle,
 		MaxClients: o.limits.clients, MaxClientsPerIP: o.limits.clientsPerIP, MaxPending: o.limits.pending, MaxPendingPerIP: o.limits.pendingPerIP,
-		ClientGrace: o.clientGrace, UDPRelay: o.udpRelay}
+		ClientGrace: o.clientGrace, NoUDPRelay: o.noUDPRelay}
 	if o.drainIdle == 0 {
 		cfg.DrainQuiet = -1 // only --drain, or the last client leaving, ends the drain
 	}

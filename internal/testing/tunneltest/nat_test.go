@@ -120,7 +120,6 @@ func (n *nsNet) startRelay(t *testing.T, ns, addr string, keepAlive time.Duratio
 		Identity:    id,
 		AllowDevice: func(identity.ID) bool { return true },
 		UDPPort:     udp.LocalAddr().(*net.UDPAddr).Port,
-		UDPRelay:    true,
 		KeepAlive:   keepAlive,
 		Logger:      Logger(t).With("role", "relay"),
 	})
