@@ -151,23 +151,10 @@ func (u *udpConnIO) read(ms []udpMsg) (int, error) {
 }
 
 func (u *udpConnIO) write(outs []udpOut) error {
-	var closed error
-	for i := range outs {
-		o := &outs[i]
-		o.datagrams(func(b []byte) {
-			if closed != nil {
-				return
-			}
-			if _, _, err := u.c.WriteMsgUDPAddrPort(b, o.oob, o.addr); err != nil {
-				if isClosed(err) {
-					closed = err
-					return
-				}
-				o.refused(b)
-			}
-		})
-	}
-	return closed
+	return writeEach(outs, func(b []byte, o *udpOut) error {
+		_, _, err := u.c.WriteMsgUDPAddrPort(b, o.oob, o.addr)
+		return err
+	})
 }
 
 func (u *udpConnIO) coalesced() bool { return false }
@@ -189,6 +176,18 @@ func (p *packetConnIO) read(ms []udpMsg) (int, error) {
 }
 
 func (p *packetConnIO) write(outs []udpOut) error {
+	return writeEach(outs, func(b []byte, o *udpOut) error {
+		_, err := p.pc.WriteTo(b, net.UDPAddrFromAddrPort(o.addr))
+		return err
+	})
+}
+
+func (p *packetConnIO) coalesced() bool { return false }
+
+// writeEach sends every datagram of outs with send, one system call each,
+// and marks those refused; it stops at, and returns, an error that says
+// the socket is closed.
+func writeEach(outs []udpOut, send func(b []byte, o *udpOut) error) error {
 	var closed error
 	for i := range outs {
 		o := &outs[i]
@@ -196,7 +195,7 @@ func (p *packetConnIO) write(outs []udpOut) error {
 			if closed != nil {
 				return
 			}
-			if _, err := p.pc.WriteTo(b, net.UDPAddrFromAddrPort(o.addr)); err != nil {
+			if err := send(b, o); err != nil {
 				if isClosed(err) {
 					closed = err
 					return
@@ -207,8 +206,6 @@ func (p *packetConnIO) write(outs []udpOut) error {
 	}
 	return closed
 }
-
-func (p *packetConnIO) coalesced() bool { return false }
 
 // isClosed reports whether err says that the socket is closed.
 func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
