@@ -80,7 +80,10 @@ func (d *Direct) sendRelays() {
 // peerproto.MaxRelays entries). It replaces the channels the last one
 // claimed, and a list that did not change is not news: a peer that sends
 // messages again and again neither grows the channel table nor restarts
-// the search each time.
+// the search each time. A list that did change starts a search round at
+// once only within the peer's budget of rounds (allowRound), as a direct
+// search round does, and does not undo the search's backoff; otherwise
+// the search takes it at its own pace.
 func (d *Direct) peerRelays(list []peerproto.RelayChannel) {
 	d.mu.Lock()
 	if d.closed || slices.Equal(list, d.rs.peer) {
@@ -89,9 +92,15 @@ func (d *Direct) peerRelays(list []peerproto.RelayChannel) {
 	}
 	old := d.rs.peer
 	d.rs.peer = list
-	d.rs.retryAt, d.rs.retries = time.Time{}, 0 // news: look at once
 	d.mu.Unlock()
 	ds := d.c.ds
+	if ds.allowRound(d.peer.addr.ID) {
+		// News: look at once. The backoff stays where fruitless rounds
+		// left it, so that rounds a peer starts on purpose add up.
+		d.mu.Lock()
+		d.rs.retryAt = time.Time{}
+		d.mu.Unlock()
+	}
 	ds.mu.Lock()
 	if ds.byPeer[d.peer.addr] == d {
 		ds.updateChansLocked(func(m map[relayChan]*Direct) {

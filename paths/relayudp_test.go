@@ -32,6 +32,7 @@ type testForwarder struct {
 	sock      udpPort
 	addr      netip.AddrPort
 	forwarded atomic.Int64
+	nowhere   atomic.Int64 // sends to a channel no agent has
 	binds     atomic.Int64 // answered
 	keepalive atomic.Int64 // answered
 	drop      atomic.Bool  // read and drop everything
@@ -106,6 +107,9 @@ func (f *testForwarder) handle(b []byte, from netip.AddrPort) {
 			return
 		}
 		src.confirmed = true
+		if !slices.ContainsFunc(f.agents, func(a *fwdAgent) bool { return a.channel == ch }) {
+			f.nowhere.Add(1)
+		}
 		for _, dst := range f.agents {
 			if dst.channel == ch && dst.confirmed {
 				relayproto.PutUDPDataHeader(b, relayproto.UDPRecv, dst.tag, src.channel)
@@ -404,6 +408,34 @@ func TestRelaysSignalBounded(t *testing.T) {
 		}
 		if n := len(*ds.chans.Load()); n > before+peerproto.MaxRelays {
 			t.Fatalf("%d channels in the table after 1000 relays messages, want at most %d", n, before+peerproto.MaxRelays)
+		}
+	})
+}
+
+// TestRelaysSignalPaced: a peer that keeps changing its relays message
+// (alternating two made-up channels at the relay both are bound at, ten
+// times a second for three minutes) restarts the agent's search of the
+// UDP relay path only within its budget of search rounds (peerRoundBurst,
+// then one per peerRoundEvery), not at every message: between allowed
+// rounds the search backs off as it would after any fruitless round.
+func TestRelaysSignalPaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, f := newRelayUDPPair(t)
+		p.start(t, newKey())
+		p.waitPath(t, 3*time.Second, isRelayUDP, "relay udp")
+		const span, every = 3 * time.Minute, 100 * time.Millisecond
+		for i := range int(span / every) {
+			ch := uint32(7_000_000 + i%2)
+			p.cDir.peerRelays([]peerproto.RelayChannel{{Relay: p.relayID, Channel: ch}})
+			time.Sleep(every)
+		}
+		synctest.Wait()
+		// Searching without a pause for the whole span would send
+		// span/discoveryEvery probes.
+		n, unpaced := f.nowhere.Load(), int64(span/discoveryEvery)
+		t.Logf("%d probes to made-up channels in %v of relays messages (%d without a pause)", n, span, unpaced)
+		if n > unpaced/2 {
+			t.Fatalf("%d probes to made-up channels in %v of relays messages, want at most %d", n, span, unpaced/2)
 		}
 	})
 }

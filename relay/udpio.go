@@ -25,6 +25,10 @@ const (
 	udpCoalescedBufLen = 1 << 16
 )
 
+// udpSocketBuffer is the receive and send buffer the relay asks for its
+// UDP sockets.
+const udpSocketBuffer = 4 << 20
+
 // udpOOBLen is room for a datagram's control messages: the address it
 // was sent to (pktinfo) and a coalesced read's segment size.
 const udpOOBLen = 96
@@ -104,6 +108,11 @@ func newUDPSock(pc net.PacketConn) *udpSock {
 	s := &udpSock{pc: pc}
 	s.udp, _ = pc.(*net.UDPConn)
 	if s.udp != nil {
+		// Room for bursts from many agents at once, and for a flood of
+		// junk beside them, before the kernel drops (capped by the
+		// system's net.core.rmem_max and wmem_max).
+		s.udp.SetReadBuffer(udpSocketBuffer)
+		s.udp.SetWriteBuffer(udpSocketBuffer)
 		// Answers leave from the address the request was sent to: on a
 		// relay with several addresses, an answer from another one would
 		// not pass the agent's NAT.
