@@ -31,6 +31,8 @@ var rules = []rule{
 	{pkg: "peerproto", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
 	{pkg: "fleet", only: []string{"identity"}, why: "a wire package imports nothing of burrow but identity"},
 	{pkg: "udpsock", only: []string{"internal/udpgso"}, why: "the UDP socket knows nothing of burrow"},
+	{pkg: "lan", only: []string{"identity"}, never: []string{"relay", "paths", "session", "client", "device", "agent"},
+		why: "LAN discovery only finds devices by their tags; what follows is the roles' business"},
 	{pkg: "internal/backoff", only: []string{}, why: "a leaf helper"},
 	{pkg: "internal/udpgso", only: []string{}, why: "a leaf helper"},
 	{pkg: "relaylink", only: []string{"identity", "fleet", "relayproto", "internal/backoff"}, never: []string{"github.com/quic-go/quic-go"},
