@@ -11,6 +11,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/israce"
+	"github.com/burrow-tunnel/burrow/internal/testing/linktest"
 	"github.com/burrow-tunnel/burrow/relaylink"
 	"github.com/burrow-tunnel/burrow/relayproto"
 )
@@ -67,48 +68,16 @@ type udpTestAgent struct {
 func dialUDPAgent(t *testing.T, r udpTestRelay, role relayproto.Role, allow ...*identity.Identity) *udpTestAgent {
 	t.Helper()
 	a := &udpTestAgent{t: t, r: r, id: newIdentity(t), buf: make([]byte, 2048)}
-	var st relaylink.State
-	if role == relayproto.RoleDevice {
-		var ids []identity.ID
-		for _, c := range allow {
-			ids = append(ids, c.ID())
-		}
-		st.Access = relaylink.AccessList(ids, nil)
-	}
-	return a.dial(role, st)
+	return a.dial(role, linktest.State(role, allow...))
 }
 
 func (a *udpTestAgent) dial(role relayproto.Role, st relaylink.State) *udpTestAgent {
-	t := a.t
-	t.Helper()
-	link, err := relaylink.Dial(t.Context(), relaylink.Config{
+	a.t.Helper()
+	at := linktest.AttachUDP(a.t, relaylink.Config{
 		Relay: relaylink.RelayConfig{Addr: a.r.addr, ID: a.r.srv.ID()}, Identity: a.id, Role: role, Instance: 1,
 	}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { link.Close() })
-	go func() { // keeps the link read, as an agent does
-		for {
-			v, err := link.Read()
-			if err != nil {
-				return
-			}
-			if p, ok := v.(*relaylink.Packet); ok {
-				p.Release()
-			}
-		}
-	}()
-	b, ok := link.UDPBinding()
-	if !ok {
-		t.Fatal("server hello offers no UDP binding")
-	}
-	ur, ok := link.UDPRelay()
-	if !ok || ur.Channel == 0 {
-		t.Fatalf("server hello offers no UDP relay path: %v %v", ur, ok)
-	}
-	a.link, a.token, a.channel = link, b.Token, ur.Channel
-	a.sock = listenLoopbackUDP(t)
+	a.link, a.token, a.channel = at.Link, at.Token, at.Channel
+	a.sock = listenLoopbackUDP(a.t)
 	return a
 }
 

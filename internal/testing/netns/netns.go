@@ -11,9 +11,11 @@
 package netns
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -99,6 +101,20 @@ func (n *Net) Run(args ...string) {
 func (n *Net) In(ns string, args ...string) {
 	n.t.Helper()
 	n.Run(append([]string{"ip", "netns", "exec", n.Name(ns)}, args...)...)
+}
+
+// Dialer returns a dial function (as net.Dialer's DialContext) whose
+// connections are opened inside namespace ns.
+func (n *Net) Dialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.Do(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }
 
 // Do runs f on an OS thread inside namespace ns. Sockets f opens belong to

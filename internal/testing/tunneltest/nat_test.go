@@ -144,15 +144,7 @@ func (n *nsNet) relayed() uint64 {
 
 // agent returns the relay and direct-path settings of an agent in host.
 func (n *nsNet) agent(host string) (relaylink.RelayConfig, func(ctx context.Context, network, addr string) (net.Conn, error), paths.DirectOptions) {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := n.Do(host, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	dial := n.Dialer(host)
 	direct := paths.DirectOptions{
 		ListenUDP: func() (udpsock.Conn, error) {
 			var c *net.UDPConn

@@ -4,18 +4,17 @@ package tunneltest
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/internal/testing/linktest"
 	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 	"github.com/burrow-tunnel/burrow/relay"
 	"github.com/burrow-tunnel/burrow/relaylink"
@@ -31,7 +30,7 @@ import (
 // unbound. None is forwarded, none is answered (the client gets nothing the
 // attacker asked for), and the client and device go on exchanging packets.
 func TestRelayUDPSpoofedSource(t *testing.T) {
-	n := netns.New(t)
+	n := &nsNet{Net: netns.New(t)}
 	n.Add("r", "a", "x")
 	n.Link("r", "ra", "10.66.1.1/24", "a", "ar", "10.66.1.2/24")
 	n.Link("r", "rx", "10.66.2.1/24", "x", "xr", "10.66.2.2/24")
@@ -43,7 +42,9 @@ func TestRelayUDPSpoofedSource(t *testing.T) {
 		n.In("r", "sysctl", "-q", "-w", "net.ipv4.conf."+iface+".rp_filter=0")
 	}
 
-	srv, tcpAddr, udpAddr := spoofRelay(t, n)
+	n.startRelay(t, "r", "10.66.1.1", 0)
+	srv, tcpAddr := n.relay, n.relayAddr
+	udpAddr := netip.AddrPortFrom(netip.MustParseAddr("10.66.1.1"), uint16(n.relayUDP))
 	cliID := NewIdentity(t)
 	dev := spoofAgent(t, n, srv, tcpAddr, udpAddr, relayproto.RoleDevice, NewIdentity(t), cliID)
 	cli := spoofAgent(t, n, srv, tcpAddr, udpAddr, relayproto.RoleClient, cliID)
@@ -104,44 +105,6 @@ func TestRelayUDPSpoofedSource(t *testing.T) {
 	cli.recv(t, dev, []byte("and back"))
 }
 
-// spoofRelay serves a relay in namespace r on TCP and UDP, on one port.
-func spoofRelay(t *testing.T, n *netns.Net) (*relay.Server, string, netip.AddrPort) {
-	t.Helper()
-	var ln net.Listener
-	var udp net.PacketConn
-	err := n.Do("r", func() error {
-		var err error
-		if ln, err = net.Listen("tcp4", ":0"); err != nil {
-			return err
-		}
-		udp, err = net.ListenPacket("udp4", ln.Addr().String())
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := udp.LocalAddr().(*net.UDPAddr).Port
-	srv, err := relay.New(relay.Config{
-		Identity:    NewIdentity(t),
-		AllowDevice: func(identity.ID) bool { return true },
-		UDPPort:     port,
-		Logger:      Logger(t).With("role", "relay"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { srv.Serve(ln) })
-	wg.Go(func() { srv.ServeUDP(udp) })
-	t.Cleanup(func() {
-		srv.Close()
-		ln.Close()
-		wg.Wait()
-	})
-	relayAddr := netip.AddrPortFrom(netip.MustParseAddr("10.66.1.1"), uint16(port))
-	return srv, relayAddr.String(), relayAddr
-}
-
 // A spoofedAgent is an agent in namespace a: a relay link, and a UDP
 // socket bound (and confirmed) at the relay's UDP port.
 type spoofedAgent struct {
@@ -157,51 +120,14 @@ type spoofedAgent struct {
 
 // spoofAgent attaches id with role from namespace a; a device allows the
 // clients named.
-func spoofAgent(t *testing.T, n *netns.Net, srv *relay.Server, tcpAddr string, udpAddr netip.AddrPort,
+func spoofAgent(t *testing.T, n *nsNet, srv *relay.Server, tcpAddr string, udpAddr netip.AddrPort,
 	role relayproto.Role, id *identity.Identity, allow ...*identity.Identity) *spoofedAgent {
 	t.Helper()
-	var st relaylink.State
-	if role == relayproto.RoleDevice {
-		var ids []identity.ID
-		for _, c := range allow {
-			ids = append(ids, c.ID())
-		}
-		st.Access = relaylink.AccessList(ids, nil)
-	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := n.Do("a", func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	link, err := relaylink.Dial(t.Context(), relaylink.Config{
-		Relay: relaylink.RelayConfig{Addr: tcpAddr, ID: srv.ID()}, Identity: id, Role: role, Instance: 1, Dial: dial,
-	}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { link.Close() })
-	go func() { // keeps the link read, as an agent does
-		for {
-			v, err := link.Read()
-			if err != nil {
-				return
-			}
-			if p, ok := v.(*relaylink.Packet); ok {
-				p.Release()
-			}
-		}
-	}()
-	b, ok1 := link.UDPBinding()
-	ur, ok2 := link.UDPRelay()
-	if !ok1 || !ok2 {
-		t.Fatal("the relay offers no UDP relay path")
-	}
-	a := &spoofedAgent{role: role.String(), channel: ur.Channel, relay: udpAddr, buf: make([]byte, 2048), t: t}
-	err = n.Do("a", func() error {
+	at := linktest.AttachUDP(t, relaylink.Config{
+		Relay: relaylink.RelayConfig{Addr: tcpAddr, ID: srv.ID()}, Identity: id, Role: role, Instance: 1, Dial: n.Dialer("a"),
+	}, linktest.State(role, allow...))
+	a := &spoofedAgent{role: role.String(), channel: at.Channel, relay: udpAddr, buf: make([]byte, 2048), t: t}
+	err := n.Do("a", func() error {
 		var err error
 		a.sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 66, 1, 2)})
 		return err
@@ -212,7 +138,7 @@ func spoofAgent(t *testing.T, n *netns.Net, srv *relay.Server, tcpAddr string, u
 	t.Cleanup(func() { a.sock.Close() })
 	a.addr = a.sock.LocalAddr().(*net.UDPAddr).AddrPort()
 	txid := [8]byte{4, 2}
-	a.write(relayproto.AppendUDPBind(nil, b.Token, txid))
+	a.write(relayproto.AppendUDPBind(nil, at.Token, txid))
 	gotTx, tag, seen, err := relayproto.ParseUDPBound(a.next(t))
 	if err != nil || gotTx != txid || seen != a.addr {
 		t.Fatalf("bound: %v %v %v", gotTx, seen, err)
@@ -261,7 +187,7 @@ func (a *spoofedAgent) recv(t *testing.T, from *spoofedAgent, pkt []byte) {
 type rawSender struct{ fd int }
 
 // rawSocket opens a raw IPv4 socket in namespace ns.
-func rawSocket(t *testing.T, n *netns.Net, ns string) *rawSender {
+func rawSocket(t *testing.T, n *nsNet, ns string) *rawSender {
 	t.Helper()
 	r := &rawSender{fd: -1}
 	err := n.Do(ns, func() error {
