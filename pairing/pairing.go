@@ -141,7 +141,7 @@ func Parse(s string) (Invite, error) {
 		return fail("device: %v", err)
 	}
 	in.Relay = q.Get("relay")
-	if _, _, err := net.SplitHostPort(in.Relay); err != nil || in.Relay == "" {
+	if !validRelay(in.Relay) {
 		return fail("relay %q: want host:port", in.Relay)
 	}
 	if r := q.Get("relay_id"); r != "" {
@@ -166,6 +166,31 @@ func Parse(s string) (Invite, error) {
 		}
 	}
 	return in, nil
+}
+
+// maxRelayLen bounds the relay's address: a DNS name (at most 253
+// characters) and a port.
+const maxRelayLen = 255
+
+// validRelay reports whether relay is a host:port as a relay's address
+// is written: a DNS name or an IP address (IPv6 in brackets), and a port,
+// in letters, digits and ".-_:[]" only. Anything else is no address an
+// invite names, and would not survive being written again: escaped, it
+// could outgrow MaxLen.
+func validRelay(relay string) bool {
+	if relay == "" || len(relay) > maxRelayLen {
+		return false
+	}
+	for _, c := range []byte(relay) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte(".-_:[]", c) >= 0:
+		default:
+			return false
+		}
+	}
+	_, _, err := net.SplitHostPort(relay)
+	return err == nil
 }
 
 // ValidName checks a name for a device or a user: 1 to 63 characters of

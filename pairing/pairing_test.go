@@ -45,6 +45,9 @@ func TestParseRejects(t *testing.T) {
 		"bad device":       strings.Replace(good, "device=", "device=x", 1),
 		"relay no port":    strings.Replace(good, "relay=relay.example.com%3A443", "relay=relay.example.com", 1),
 		"expires not unix": strings.Replace(good, "expires=1900000000", "expires=tomorrow", 1),
+		"relay not ascii":  strings.Replace(good, "relay=relay.example.com%3A443", "relay=r%E0lay.example.com%3A443", 1),
+		"relay with space": strings.Replace(good, "relay=relay.example.com%3A443", "relay=relay+example.com%3A443", 1),
+		"relay too long":   strings.Replace(good, "relay=relay.example.com%3A443", "relay="+strings.Repeat("r", 252)+".com%3A443", 1),
 		"too long":         good + "&" + strings.Repeat("x", MaxLen),
 	}
 	for name, s := range tests {
