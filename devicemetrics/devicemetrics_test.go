@@ -31,17 +31,7 @@ func TestMain(m *testing.M) {
 // body.
 func get(t *testing.T, addr, path string) (int, string) {
 	t.Helper()
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := hc.Get("http://" + addr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
+	return promtest.Get(t, "http://"+addr+path)
 }
 
 // families scrapes the device's metrics at addr.

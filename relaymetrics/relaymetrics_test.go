@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -32,16 +31,7 @@ var value = promtest.Value
 
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily { return promtest.Scrape(t, url) }
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+var get = promtest.Get
 
 // waitStats waits until ok holds of srv's counters.
 func waitStats(t *testing.T, srv *relay.Server, what string, ok func(relay.Stats) bool) {

@@ -29,16 +29,7 @@ func scrapeMetrics(t *testing.T, addr string) map[string]*dto.MetricFamily {
 
 var metricValue = promtest.Value
 
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+var httpGet = promtest.Get
 
 // TestBinaryRelayMetrics: a relay with --metrics, a device enrolled with a
 // token, a client moving bytes through "burrow connect", a device the

@@ -1,4 +1,4 @@
-// Package promtest reads Prometheus metrics in tests: a scrape of a
+// Package promtest reads Prometheus metrics in tests: a GET, a scrape of a
 // /metrics address, parsed with the text format's own parser (never by
 // string matching), and the value of one sample. It is test code: no
 // production package may import it.
@@ -9,17 +9,20 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
 
-// Scrape gets url (a /metrics address) and parses it, failing t if the
-// answer is not 200 or does not parse.
-func Scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
+// Get gets url on a connection of its own (no keep-alive, so that no
+// idle connection outlives the test) and returns the status and body,
+// failing t if the request fails.
+func Get(t testing.TB, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,11 +31,19 @@ func Scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s\n%s", url, resp.Status, body)
+	return resp.StatusCode, string(body)
+}
+
+// Scrape gets url (a /metrics address) and parses it, failing t if the
+// answer is not 200 or does not parse.
+func Scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	status, body := Get(t, url)
+	if status != http.StatusOK {
+		t.Fatalf("GET %s: %d\n%s", url, status, body)
 	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("the metrics of %s do not parse: %v\n%s", url, err, body)
 	}
