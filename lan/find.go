@@ -48,6 +48,12 @@ type FindConfig struct {
 	Timeout time.Duration
 	// Now is the clock that picks the windows matched. Nil: time.Now.
 	Now func() time.Time
+	// Heard, if set, is called as soon as a device answers, and again
+	// each time it announces an address not heard before, with all its
+	// addresses so far: a caller can try a device while Find still
+	// listens (and cancel Find's context once it is done). It runs on
+	// Find's goroutine and must not block.
+	Heard func(Found)
 }
 
 // Found is a device that answered on the LAN.
@@ -109,7 +115,13 @@ func Find(ctx context.Context, cfg FindConfig, devices []identity.ID) ([]Found, 
 	for {
 		select {
 		case a := <-q.answers:
-			collect(found, tags, a)
+			for _, d := range collect(found, tags, a) {
+				if cfg.Heard != nil {
+					f := *found[d]
+					f.Addrs = slices.Clone(f.Addrs)
+					cfg.Heard(f)
+				}
+			}
 		case <-requery.C:
 			q.send() // a lost query is retried at the next tick
 		case <-timeout.C:
@@ -139,8 +151,9 @@ type answer struct {
 	zone string // the interface an IPv6 answer came in on
 }
 
-// collect adds the devices a answers for to found.
-func collect(found map[identity.ID]*Found, tags map[Tag]match, a answer) {
+// collect adds the devices a answers for to found, and returns those it
+// added an address to.
+func collect(found map[identity.ID]*Found, tags map[Tag]match, a answer) (grew []identity.ID) {
 	var srvs []*dns.SRV
 	hosts := make(map[string][]netip.Addr)
 	txts := make(map[string][]string)
@@ -193,12 +206,16 @@ func collect(found map[identity.ID]*Found, tags map[Tag]match, a answer) {
 			ap := netip.AddrPortFrom(ad, srv.Port)
 			if !slices.Contains(f.Addrs, ap) {
 				f.Addrs = append(f.Addrs, ap)
+				if !slices.Contains(grew, m.device) {
+					grew = append(grew, m.device)
+				}
 			}
 		}
 		if len(f.Addrs) > 0 {
 			found[m.device] = f
 		}
 	}
+	return grew
 }
 
 // A querier sends the service query out of each interface and reads the

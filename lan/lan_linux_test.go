@@ -280,3 +280,28 @@ func TestCloseStopsAnnouncing(t *testing.T) {
 	a.Close() // idempotent
 	check(t, "closed", find(t, n, c, cam1))
 }
+
+// TestFindHeard: Heard hands over a device the moment it answers, so a
+// caller can stop listening long before the timeout.
+func TestFindHeard(t *testing.T) {
+	n := lanNet(t)
+	cam1, cam2 := testID("cam1"), testID("cam2")
+	c := newClock(t0)
+	announce(t, n, "dev1", cam1, "10.9.0.1", 4001, c)
+	var heard []Found
+	err := n.Do("cli", func() error {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		found, err := Find(ctx, FindConfig{Interface: "eth0", Timeout: 5 * time.Second, Now: c.now,
+			Heard: func(f Found) {
+				heard = append(heard, f)
+				cancel()
+			}}, []identity.ID{cam2, cam1})
+		check(t, "returned", found, want(cam1, Window(t0), "10.9.0.1:4001"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, "heard", heard, want(cam1, Window(t0), "10.9.0.1:4001"))
+}
