@@ -439,6 +439,9 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 
 // writeLAN sends b straight to the LAN peer p.
 func (c *Conn) writeLAN(b []byte, p *lanPeer) (int, error) {
+	if c.ds == nil {
+		return 0, ErrNoSocket // p is another Conn's
+	}
 	if len(b) > MaxDirectPacket {
 		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(b), MaxDirectPacket)
 	}
