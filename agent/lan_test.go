@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -184,7 +185,9 @@ func TestDialLAN(t *testing.T) {
 	}
 	s.Close(session.CloseNormal, "done")
 	cliLogs.waitFor(t, `msg="session closed"`, "device="+did.ID().String())
-	_ = devLogs
+	if strings.Contains(devLogs.String(), "level=ERROR") {
+		t.Fatalf("device errors:\n%s", devLogs)
+	}
 }
 
 // TestDialLANKeyMismatch: a session over the LAN pins the device's key as
