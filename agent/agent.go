@@ -4,21 +4,22 @@
 // stream, with the log lines that go with them.
 //
 //	client, device   policy: who may do what, pairing, services, known devices
-//	     │  Dial, Listen, OpenControl, ServeControl, LogClosed
+//	     │  Dial, DialLAN, Listen, OpenControl, ServeControl, LogClosed
 //	agent            paths.Listen, then session.NewEndpoint(pc, {Paths: pc})
 //	     │
 //	session          QUIC; its control stream carries the direct-path signalling
 //	     │  packets; ▼ StartDirect, Receive (the peer's messages); ▲ Signal (ours)
-//	paths.Conn       over the relay, or a direct UDP path, to the peer
+//	paths.Conn       over the relay, a direct UDP path or the LAN, to the peer
 //
 // The client and the device differ in policy, not in this wiring, so it
-// lives here once. A client dials sessions ([Agent.Dial]) and opens their
-// control streams ([Agent.OpenControl]); a device accepts sessions
-// ([Agent.Listen]) and, once it has decided to, their control streams;
-// both serve a control stream with [Agent.ServeControl]. It is not part of
-// package session, which runs sessions over any packet connection (a plain
-// UDP socket in its tests) and must not know how an agent attaches to a
-// relay.
+// lives here once. A client dials sessions, through the relay
+// ([Agent.Dial]) or straight to a device on its LAN ([Agent.DialLAN]), and
+// opens their control streams ([Agent.OpenControl]); a device accepts
+// sessions ([Agent.Listen]) and, once it has decided to, their control
+// streams; both serve a control stream with [Agent.ServeControl]. It is
+// not part of package session, which runs sessions over any packet
+// connection (a plain UDP socket in its tests) and must not know how an
+// agent attaches to a relay.
 //
 // An Agent holds no policy: it never decides who may open a session, a
 // tunnel or a control stream, and reads no configuration file or flag.
@@ -29,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -94,20 +97,42 @@ func (a *Agent) Dial(ctx context.Context, device identity.ID) (*session.Session,
 	if err := a.pc.WaitAttached(ctx); err != nil {
 		return nil, fmt.Errorf("cannot reach device %s: %w", device.Short(), err)
 	}
+	return a.dial(ctx, device, paths.Addr{ID: device}, "path", "relay")
+}
+
+// DialLAN opens a session to device at addr, a UDP address on this agent's
+// LAN (the device's direct socket, which discovery found), without waiting
+// for the relay: the session runs over the LAN and no relay carries it.
+// The device's key must have the ID device, as in [Agent.Dial] (else the
+// error is an [identity.ErrKeyMismatch]); ctx bounds the handshake, and its
+// cause is the error if it ends first. It fails at once if the agent has
+// no UDP socket (direct paths and the UDP relay path are both off). It logs
+// as Dial does, with path=lan and the address.
+func (a *Agent) DialLAN(ctx context.Context, device identity.ID, addr netip.AddrPort) (*session.Session, error) {
+	to, err := a.pc.LANAddr(addr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach device %s on the LAN: %w", device.Short(), err)
+	}
+	return a.dial(ctx, device, to, "path", "lan", "addr", addr.String())
+}
+
+// dial opens a session to device at to, logging its opening with the
+// key-value pairs where (its path), or its failure, and its end.
+func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, where ...any) (*session.Session, error) {
+	log := a.log.With("device", device.String())
 	start := time.Now()
-	s, err := a.ep.Dial(ctx, paths.Addr{ID: device}, device)
+	s, err := a.ep.Dial(ctx, to, device)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, identity.ErrKeyMismatch) {
 			err = cause
 		}
-		a.log.Warn("session failed", "device", device.String(), "err", err)
+		log.Warn("session failed", append(where, "err", err)...)
 		return nil, err
 	}
-	a.log.Info("session opened", "device", device.String(), "path", "relay",
-		"handshake", time.Since(start).Round(time.Microsecond).String())
+	log.Info("session opened", append(where, "handshake", time.Since(start).Round(time.Microsecond).String())...)
 	a.wg.Go(func() {
 		<-s.Context().Done()
-		a.LogClosed(a.log.With("device", device.String()), s)
+		a.LogClosed(log, s)
 	})
 	return s, nil
 }

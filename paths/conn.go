@@ -1,6 +1,7 @@
 // Package paths carries an agent's E2E packets to its peers. A [Conn] is a
-// [net.PacketConn] whose addresses are peers ([Addr]: an agent ID), not
-// sockets; the E2E session above sees one stable address per peer.
+// [net.PacketConn] whose addresses are peers ([Addr]: an agent ID; or a
+// LAN peer, a UDP address on the agent's LAN), not sockets; the E2E
+// session above sees one stable address per peer.
 //
 // A Conn is the multiplexer between two paths it does not implement
 // itself:
@@ -29,7 +30,15 @@
 // path (relaypath.go), which packets take when no direct path works, with
 // the probes, heartbeats, data check and fallback of direct paths. So a
 // packet goes direct if it can, else through the relay's UDP port, else
-// over the relay's TCP link, where every session starts.
+// over the relay's TCP link, where a session to an [Addr] starts.
+//
+// Packets travel a third way, over the LAN (lan.go), where a session can
+// start with no relay at all: a client that found a device on its LAN
+// dials its session at a LAN peer ([Conn.LANAddr]), whose packets go
+// straight to that UDP address from the same socket, and a device that
+// accepts LAN peers ([DirectOptions.AcceptLAN]) answers from there. The
+// session's TLS pins both keys as over the relay, and the device
+// authorizes the client's key as always.
 //
 // A client of a fleet may be attached to several relays: its own, and
 // those its relay redirected it to, where its devices are (redirect.go);
@@ -216,6 +225,14 @@ type DirectOptions struct {
 	// InterfaceAddrs, if set, lists the interface addresses instead of
 	// the system (tests).
 	InterfaceAddrs func() ([]netip.Addr, error)
+	// AcceptLAN, for a device, lets a client on one of its links start a
+	// session over the LAN, with no relay: a QUIC handshake packet from
+	// an on-link address that no peer claims makes a LAN peer of it
+	// (lan.go says which addresses are on-link, and how many such peers
+	// are kept). The zero value drops QUIC packets from addresses no
+	// Direct proved, as from any stranger. Either way, [Conn.LANAddr]
+	// works while the Conn has its UDP socket.
+	AcceptLAN bool
 }
 
 func (c *Config) validate() error {
@@ -295,7 +312,7 @@ type inPacket struct {
 	relayed *relaylink.Packet
 	buf     *[]byte // from packetPool
 	n       int
-	from    *peer
+	from    net.Addr // a *peer or a *lanPeer
 }
 
 func (p inPacket) bytes() []byte {
@@ -368,10 +385,11 @@ func (c *Conn) LocalAddr() net.Addr {
 	return a
 }
 
-// WriteTo sends b to the peer addr, which must be an [Addr] or an address
-// ReadFrom returned: over the peer's direct path if it has a working one,
-// else over the relay's UDP port if that path works, else over the relay's
-// TCP link. It never blocks: with no link to the relay, or a full
+// WriteTo sends b to the peer addr, which must be an [Addr], a LAN peer
+// ([Conn.LANAddr]) or an address ReadFrom returned: over the peer's direct
+// path if it has a working one, else over the relay's UDP port if that
+// path works, else over the relay's TCP link; to a LAN peer, straight to
+// its address. It never blocks: with no link to the relay, or a full
 // send queue, the packet is dropped (and counted), as a network would; the
 // E2E session retransmits.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
@@ -388,6 +406,8 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 	case *peer:
 		dst, p = a.addr, a
+	case *lanPeer:
+		return c.writeLAN(b, a)
 	default:
 		return 0, fmt.Errorf("paths: address %v is %T, want paths.Addr", addr, addr)
 	}
@@ -410,6 +430,23 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 	}
 	if !c.relay.Send(relayproto.Addr(dst), b) {
+		c.dropped.Add(1)
+		return len(b), nil
+	}
+	c.sent.Add(1)
+	return len(b), nil
+}
+
+// writeLAN sends b straight to the LAN peer p.
+func (c *Conn) writeLAN(b []byte, p *lanPeer) (int, error) {
+	if c.ds == nil {
+		return 0, ErrNoSocket // p is another Conn's
+	}
+	if len(b) > MaxDirectPacket {
+		return 0, fmt.Errorf("paths: packet of %d bytes exceeds %d", len(b), MaxDirectPacket)
+	}
+	c.ds.lan.sending(p)
+	if !c.ds.enqueue(b, p.ap) {
 		c.dropped.Add(1)
 		return len(b), nil
 	}

@@ -20,9 +20,10 @@ import (
 // Direct paths.
 //
 // Besides its link to the relay, an agent keeps one UDP socket. Once two
-// agents share an E2E session (which always starts over the relay), the
+// agents share an E2E session over the relay, the
 // layer above carries this file's signalling messages between their
-// [Direct]s, in order, and they look for a direct path:
+// [Direct]s, in order, and they look for a direct path (a session that
+// started over the LAN, lan.go, has one already and needs no search):
 //
 //  1. Each side sends its candidates: its interfaces' addresses with the
 //     socket's port, and the address the relay saw that socket send from.
@@ -133,24 +134,33 @@ const (
 // UDP relay path are both off.
 var ErrNoDirect = errors.New("paths: direct paths and the UDP relay path are disabled")
 
-// PathInfo says how packets to a peer travel: over a direct path, over the
+// PathInfo says how packets to a peer travel: over a direct path (LAN
+// set if the session started over the LAN, with no relay), over the
 // relay's UDP port, or (neither set) over the relay's TCP link.
 type PathInfo struct {
 	// Direct is true when packets go over a direct path, to Addr.
 	Direct bool           `json:"direct"`
 	Addr   netip.AddrPort `json:"addr,omitzero"`
+	// LAN is true (with Direct) when the peer is a LAN peer
+	// ([Conn.LANAddr]): the direct path is the one the session started
+	// on, found on the LAN rather than by a search.
+	LAN bool `json:"lan,omitempty"`
 	// RelayUDP is true when packets go through the relay's UDP port.
 	RelayUDP bool `json:"relay_udp,omitempty"`
-	// RTT is the last probe round trip of the direct or UDP relay path.
+	// RTT is the last probe round trip of the direct or UDP relay path;
+	// zero for a LAN peer, which is not probed (package session fills in
+	// the session's own).
 	RTT time.Duration `json:"rtt,omitempty"`
 	// Since is when packets last changed path; zero if they never did.
 	Since time.Time `json:"since,omitzero"`
 }
 
-// String returns "direct ADDR", "relay udp" or "relay" (the relay's TCP
-// link).
+// String returns "lan ADDR", "direct ADDR", "relay udp" or "relay" (the
+// relay's TCP link).
 func (p PathInfo) String() string {
 	switch {
+	case p.LAN:
+		return "lan " + p.Addr.String()
 	case p.Direct:
 		return "direct " + p.Addr.String()
 	case p.RelayUDP:
@@ -160,9 +170,9 @@ func (p PathInfo) String() string {
 }
 
 // LogAttrs returns the path as log attributes: path, and rtt when direct
-// or through the relay's UDP port.
+// (over the LAN: if known) or through the relay's UDP port.
 func (p PathInfo) LogAttrs() []any {
-	if p.Direct || p.RelayUDP {
+	if (p.Direct && (!p.LAN || p.RTT != 0)) || p.RelayUDP {
 		return []any{"path", p.String(), "rtt", p.RTT.Round(10 * time.Microsecond).String()}
 	}
 	return []any{"path", p.String()}
@@ -252,8 +262,12 @@ type directPath struct {
 
 // StartDirect starts looking for a direct path to peer (an [Addr] or an
 // address [Conn.ReadFrom] returned). A Direct started earlier for the same
-// peer is closed. It fails with [ErrNoDirect] if direct paths are off.
+// peer is closed. It fails with [ErrNoDirect] if direct paths are off, and
+// with [ErrLANPeer] for a LAN peer, whose path is direct already.
 func (c *Conn) StartDirect(peerAddr net.Addr, cfg DirectConfig) (*Direct, error) {
+	if _, ok := peerAddr.(*lanPeer); ok {
+		return nil, ErrLANPeer
+	}
 	if c.ds == nil {
 		return nil, ErrNoDirect
 	}
@@ -411,8 +425,12 @@ func trustFor(now, lastSend int64) int64 {
 }
 
 // Path says how packets to peer travel now: over the relay unless a
-// [Direct] for it has a working path.
+// [Direct] for it has a working path; to a LAN peer, directly, with LAN
+// set.
 func (c *Conn) Path(peerAddr net.Addr) PathInfo {
+	if lp, ok := peerAddr.(*lanPeer); ok {
+		return PathInfo{Direct: true, LAN: true, Addr: lp.ap}
+	}
 	if p := c.peerFor(peerAddr); p != nil {
 		if d := p.direct.Load(); d != nil {
 			return d.Path()

@@ -20,8 +20,9 @@ import (
 )
 
 // The direct socket: one udpsock.Socket per Conn, shared by the Directs of
-// every peer. Its datagrams are QUIC packets, which go to the peer whose
-// Direct proved their source address, or the Directs' own messages
+// every peer and by the LAN peers (lan.go). Its datagrams are QUIC
+// packets, which go to the peer whose Direct proved their source address,
+// else to the LAN peer at that address, or the Directs' own messages
 // (direct.go), or the relay's answer to a binding request (below).
 
 // directSocket is a Conn's UDP socket and the tables that route its
@@ -37,6 +38,8 @@ type directSocket struct {
 	chans            atomic.Pointer[map[relayChan]*Direct]      // peers' channels at relays; copy on write, under mu
 	dropped, strange atomic.Uint64
 	replayed         atomic.Uint64 // probes refused: their txid was answered before
+
+	lan *lanTable // the LAN peers
 
 	mu     sync.Mutex
 	ids    map[[8]byte]*Direct           // both path IDs of every Direct; guarded by mu
@@ -60,6 +63,7 @@ func (c *Conn) listenDirect() error {
 	chans := make(map[relayChan]*Direct)
 	ds.chans.Store(&chans)
 	ds.bindings.Store(new([]*relayBinding))
+	ds.lan = newLANTable(c.now, c.cfg.Direct.AcceptLAN, interfacePrefixes)
 	// No Direct exists yet to use ds.sock while the socket starts reading.
 	c.ds = ds
 	cfg := udpsock.Config{Receive: c.directDatagram, QueueLen: c.cfg.QueueLen}
@@ -107,7 +111,8 @@ func (c *Conn) directDatagram(b []byte, from netip.AddrPort) {
 		return
 	}
 	if len(b) > 0 && b[0]&0x40 != 0 {
-		// A QUIC packet: from a peer only if it proved this address.
+		// A QUIC packet: from a peer only if it proved this address, or
+		// from the LAN peer there (a long header opens a handshake).
 		if d := (*ds.routes.Load())[from]; d != nil {
 			bp := packetPool.Get().(*[]byte)
 			n := copy((*bp)[:cap(*bp)], b)
@@ -116,6 +121,12 @@ func (c *Conn) directDatagram(b []byte, from netip.AddrPort) {
 				d.peer.lastHeard.Store(c.now())
 			}
 			c.deliver(inPacket{buf: bp, n: n, from: d.peer})
+			return
+		}
+		if p := ds.lan.heard(from, b[0]&0x80 != 0); p != nil {
+			bp := packetPool.Get().(*[]byte)
+			n := copy((*bp)[:cap(*bp)], b)
+			c.deliver(inPacket{buf: bp, n: n, from: p})
 			return
 		}
 		ds.dropped.Add(1)

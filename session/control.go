@@ -95,8 +95,9 @@ type ControlOptions struct {
 const pathWatchEvery = time.Second
 
 // Run serves the control stream until it or the session ends: it answers
-// pings and, unless direct paths are off or the endpoint has no
-// [PathLayer], looks for a direct path with the peer. The search runs in
+// pings and, unless direct paths are off, the endpoint has no [PathLayer]
+// or the session runs over the LAN already, looks for a direct path with
+// the peer. The search runs in
 // the path layer; Run carries its signalling both ways (see [PathLayer]).
 // It returns why the stream ended.
 func (c *Control) Run(opts ControlOptions) error {
@@ -116,7 +117,8 @@ func (c *Control) Run(opts ControlOptions) error {
 				}
 			},
 		})
-		if err != nil && !errors.Is(err, paths.ErrNoDirect) {
+		// A LAN peer's path is direct already (paths.ErrLANPeer).
+		if err != nil && !errors.Is(err, paths.ErrNoDirect) && !errors.Is(err, paths.ErrLANPeer) {
 			return fmt.Errorf("control: %w", err)
 		}
 	}
@@ -176,7 +178,7 @@ func (c *Control) watchPath(done chan struct{}, onPath func(paths.PathInfo)) {
 		case <-done:
 			return
 		}
-		if p := c.sess.Path(); p.Direct != last.Direct || p.Addr != last.Addr || p.RelayUDP != last.RelayUDP {
+		if p := c.sess.Path(); p.Direct != last.Direct || p.Addr != last.Addr || p.RelayUDP != last.RelayUDP || p.LAN != last.LAN {
 			last = p
 			onPath(p)
 		}

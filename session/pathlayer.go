@@ -26,7 +26,9 @@ import (
 type PathLayer interface {
 	// StartDirect starts looking for a direct path to peer, the session's
 	// remote address, and for the UDP relay path. It fails with
-	// [paths.ErrNoDirect] if both are off.
+	// [paths.ErrNoDirect] if both are off, and with [paths.ErrLANPeer] if
+	// peer is a LAN peer, whose path is direct already: Run goes on
+	// without a search either way.
 	StartDirect(peer net.Addr, cfg paths.DirectConfig) (*paths.Direct, error)
 	// Path says how packets to peer travel now.
 	Path(peer net.Addr) paths.PathInfo
@@ -35,10 +37,16 @@ type PathLayer interface {
 var _ PathLayer = (*paths.Conn)(nil)
 
 // Path says how the session's packets travel now: over the relay, or a
-// direct path. Without a [PathLayer] it reports the relay.
+// direct path (over the LAN, if the session started there, with the
+// session's own RTT, as no probe measures it). Without a [PathLayer] it
+// reports the relay.
 func (s *Session) Path() paths.PathInfo {
 	if s.paths == nil {
 		return paths.PathInfo{}
 	}
-	return s.paths.Path(s.conn.RemoteAddr())
+	p := s.paths.Path(s.conn.RemoteAddr())
+	if p.LAN && p.RTT == 0 {
+		p.RTT = s.conn.ConnectionStats().SmoothedRTT
+	}
+	return p
 }

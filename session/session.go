@@ -1,7 +1,7 @@
 // Package session is the end-to-end layer between a client and a device:
 // a QUIC connection (quic-go) over a path-layer [net.PacketConn], with TLS
 // 1.3 in which both sides present their identity keys and pin each other.
-// Whatever carries the packets (a relay today) sees only sealed QUIC
+// Whatever carries the packets (a relay, or the LAN) sees only sealed QUIC
 // packets. In burrow, "session" means this connection and nothing else.
 //
 // Each tunnelled TCP connection is one QUIC stream ([Tunnel]). The stream
