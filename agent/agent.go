@@ -126,7 +126,12 @@ func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, where
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, identity.ErrKeyMismatch) {
 			err = cause
 		}
-		log.Warn("session failed", append(where, "err", err)...)
+		if errors.Is(err, context.Canceled) {
+			// Given up by the caller: another path won, or it stops.
+			log.Debug("session dial abandoned", where...)
+		} else {
+			log.Warn("session failed", append(where, "err", err)...)
+		}
 		return nil, err
 	}
 	log.Info("session opened", append(where, "handshake", time.Since(start).Round(time.Microsecond).String())...)

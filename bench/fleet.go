@@ -192,7 +192,7 @@ func (b *bench) coldFleetConnects(ctx context.Context, f *fleetSetup, dev *fleet
 		if err := newClientHome(home, dev.clientKey, dev.id, r.addr, f.id); err != nil {
 			return nil, err
 		}
-		p, err := b.start("connect "+name, b.burrow, "connect", "cam", "greeter", "--home", home, "--no-direct")
+		p, err := b.start("connect "+name, b.burrow, "connect", "cam", "greeter", "--home", home, "--no-direct", "--no-lan")
 		if err != nil {
 			return nil, err
 		}
@@ -249,7 +249,7 @@ tunnel_rate: 1000000
 	if err != nil {
 		return nil, err
 	}
-	if d.p, err = b.start("fleet device", b.burrow, "device", "--config", cfg); err != nil {
+	if d.p, err = b.start("fleet device", b.burrow, "device", "--config", cfg, "--no-lan"); err != nil {
 		return nil, err
 	}
 	if _, err := d.p.waitFor(reAttached, 15*time.Second); err != nil {

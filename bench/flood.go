@@ -51,7 +51,7 @@ func (b *bench) flood(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dev2, err := b.start("device 2", b.burrow, "device", "--config", cfg)
+	dev2, err := b.start("device 2", b.burrow, "device", "--config", cfg, "--no-lan")
 	if err != nil {
 		return err
 	}
@@ -71,7 +71,7 @@ func (b *bench) flood(ctx context.Context) error {
 		return err
 	}
 	fc, err := client.New(client.Config{Identity: fid, Relay: relaylink.RelayConfig{Addr: setup.relayAddr, ID: relayID},
-		Direct: paths.DirectOptions{Disable: true}})
+		Direct: paths.DirectOptions{Disable: true}, NoLAN: true})
 	if err != nil {
 		return err
 	}

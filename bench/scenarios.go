@@ -50,7 +50,7 @@ func (b *bench) connect(s *burrowSetup, service string, mode pathMode) (*connect
 		path = []string{"--direct-addr=127.0.0.1"}
 	}
 	p, err := b.start("connect "+service, b.burrow, append([]string{"connect", s.deviceID, service,
-		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey}, path...)...)
+		"--relay", s.relayAddr, "--relay-id", s.relayID, "--identity", s.clientKey, "--no-lan"}, path...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +147,7 @@ tunnel_rate: 1000000
 	if err != nil {
 		return nil, err
 	}
-	if s.device, err = b.start("device", b.burrow, "device", "--config", cfg); err != nil {
+	if s.device, err = b.start("device", b.burrow, "device", "--config", cfg, "--no-lan"); err != nil {
 		return nil, err
 	}
 	if _, err := s.device.waitFor(reAttached, 15*time.Second); err != nil {

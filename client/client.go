@@ -48,6 +48,16 @@ type Config struct {
 	DialTimeout time.Duration
 	// Direct configures direct paths to devices (on unless disabled).
 	Direct paths.DirectOptions
+	// NoLAN keeps the client off the LAN: sessions start over the relay
+	// only. False: each session is also dialed on the LAN, where a device
+	// announces itself (mDNS, under a tag only those who know its ID can
+	// compute), at the same time as over the relay; a session there wins,
+	// and one starts there with the relay down. Off as well when direct
+	// paths and the UDP relay path both are, which leaves no UDP socket.
+	NoLAN bool
+	// LANInterface names the one interface to look for devices on.
+	// Empty: every interface that is up, not loopback and can multicast.
+	LANInterface string
 }
 
 func (c *Config) validate() error {
@@ -80,8 +90,12 @@ type deviceConn struct {
 	// before, and they do not change after.
 	ready  chan struct{}
 	sess   *session.Session
+	onLAN  bool // sess started on the LAN, not through the relay
 	err    error
 	cancel context.CancelCauseFunc // of the dial in progress
+	// relayCancel, if not nil, ends only the dial over the relay while
+	// the LAN is tried too; guarded by Client.mu.
+	relayCancel context.CancelCauseFunc
 
 	// ctlReady is closed once the session's control stream is open (ctl)
 	// or failed to open (ctlErr); they are set before, and do not change
@@ -164,14 +178,22 @@ func (c *Client) peerGone(g paths.PeerGone) {
 	}
 	select {
 	case <-dc.ready:
+		if dc.onLAN {
+			return // the relay speaks of the device's place there only
+		}
 		if dc.sess != nil && !dc.goneSet {
 			dc.goneSet = true
 			dc.recvWhenGone = dc.sess.Stats().PacketsReceived
 			dc.goneCancel(err)
 		}
 	default:
-		// A dial is in progress: fail it now rather than at its timeout.
-		dc.cancel(err)
+		// A dial is in progress: fail it now rather than at its timeout,
+		// or only its part over the relay while the LAN is tried too.
+		if dc.relayCancel != nil {
+			dc.relayCancel(err)
+		} else {
+			dc.cancel(err)
+		}
 	}
 }
 
@@ -245,7 +267,11 @@ func (c *Client) dial(ctx context.Context, dc *deviceConn, device identity.ID) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.DialTimeout,
 		fmt.Errorf("no answer from device %s within %s", device.Short(), c.cfg.DialTimeout))
 	defer cancel()
-	dc.sess, dc.err = c.agent.Dial(ctx, device)
+	if c.cfg.NoLAN || c.agent.Paths().DirectPort() == 0 {
+		dc.sess, dc.err = c.agent.Dial(ctx, device)
+	} else {
+		dc.sess, dc.onLAN, dc.err = c.race(ctx, dc, device)
+	}
 	if dc.err == nil {
 		c.wg.Go(func() { c.runControl(dc, device) })
 	}

@@ -36,6 +36,7 @@ import (
 
 	"github.com/burrow-tunnel/burrow/agent"
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/lan"
 	"github.com/burrow-tunnel/burrow/pairing"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relaylink"
@@ -100,6 +101,16 @@ type Config struct {
 	// limited. Zero means 100 per second, bursts of 1,000.
 	TunnelRate  float64
 	TunnelBurst int
+	// NoLAN keeps the device off the LAN: it neither announces itself
+	// there nor takes sessions that start there. False: it announces
+	// its direct-path UDP port over mDNS on the LAN interfaces, under a
+	// tag only those who know its ID can compute (package lan), and
+	// takes sessions from addresses on its LAN without its relay, each
+	// authorized like every other.
+	NoLAN bool
+	// LANInterface names the one interface to announce on. Empty: every
+	// interface that is up, not loopback and can multicast.
+	LANInterface string
 	// ReattachSpread spreads this device's return to a relay that dropped
 	// every agent at once (see [paths.Config.ReattachSpread]): a relay
 	// serving thousands of devices must not get them all back in the same
@@ -204,6 +215,7 @@ type Device struct {
 
 	agent *agent.Agent
 	ln    *session.Listener
+	lan   *lan.Follower // nil when the device is not announced on the LAN
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -291,7 +303,7 @@ func New(cfg Config) (*Device, error) {
 		OnEnrolled:     onEnrolled,
 		OnRemoved:      func() { go d.removedFromRelay() },
 		Access:         d.accessList,
-		Direct:         cfg.Direct,
+		Direct:         cfg.directOptions(),
 		ReattachSpread: cfg.ReattachSpread,
 	})
 	if err != nil {
@@ -305,10 +317,38 @@ func New(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("device: %w", err)
 	}
 	d.agent, d.ln = a, ln
+	d.announce()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.wg.Go(d.acceptLoop)
 	d.wg.Go(d.sweep)
 	return d, nil
+}
+
+// directOptions are Direct, with sessions from the LAN taken unless the
+// device is kept off it.
+func (c *Config) directOptions() paths.DirectOptions {
+	o := c.Direct
+	o.AcceptLAN = !c.NoLAN
+	return o
+}
+
+// announce starts announcing the device on the LAN, unless it is kept
+// off it.
+func (d *Device) announce() {
+	if d.cfg.NoLAN {
+		return
+	}
+	port := d.agent.Paths().DirectPort()
+	if port == 0 {
+		d.log.Info("not announced on the LAN: direct paths and the UDP relay path are off, so the device has no UDP port to be reached at")
+		return
+	}
+	f, err := lan.Follow(lan.AnnounceConfig{Device: d.ID(), Port: port, Interface: d.cfg.LANInterface, Logger: d.log}, 0)
+	if err != nil {
+		d.log.Warn("not announced on the LAN", "err", err)
+		return
+	}
+	d.lan = f
 }
 
 // openState loads the paired users and pending invites from the state
@@ -428,6 +468,9 @@ func (d *Device) Close() error {
 	}
 	d.cancel()
 	d.ln.Close()
+	if d.lan != nil {
+		d.lan.Close()
+	}
 	d.wg.Wait()
 	err := d.agent.Close()
 	d.closeStore()

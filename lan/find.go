@@ -23,9 +23,13 @@ import (
 // timeout: a responder on the LAN answers within milliseconds.
 const DefaultFindTimeout = time.Second
 
-// requeryInterval is how often [Find] repeats its query while it listens,
-// in case a query or an answer was lost.
-const requeryInterval = 250 * time.Millisecond
+// While it listens, [Find] repeats its query in case a query or an answer
+// was lost, or a device comes up: first after requeryFirst, then at
+// intervals twice as long each time, up to requeryMax.
+const (
+	requeryFirst = 250 * time.Millisecond
+	requeryMax   = 2 * time.Second
+)
 
 // mdnsPort and the groups are mDNS's (RFC 6762).
 const mdnsPort = 5353
@@ -110,7 +114,8 @@ func Find(ctx context.Context, cfg FindConfig, devices []identity.ID) ([]Found, 
 	found := make(map[identity.ID]*Found)
 	timeout := time.NewTimer(cfg.Timeout)
 	defer timeout.Stop()
-	requery := time.NewTicker(requeryInterval)
+	every := requeryFirst
+	requery := time.NewTimer(every)
 	defer requery.Stop()
 	for {
 		select {
@@ -123,7 +128,9 @@ func Find(ctx context.Context, cfg FindConfig, devices []identity.ID) ([]Found, 
 				}
 			}
 		case <-requery.C:
-			q.send() // a lost query is retried at the next tick
+			q.send() // a lost query is retried at the next one
+			every = min(2*every, requeryMax)
+			requery.Reset(every)
 		case <-timeout.C:
 			return results(found, devices), nil
 		case <-ctx.Done():

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,7 +80,27 @@ type proc struct {
 // start runs burrow with args; the process is killed when the test ends.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	return startCmd(t, name, exec.Command(binary(t), args...))
+	return startCmd(t, name, exec.Command(binary(t), offLAN(args)...))
+}
+
+// offLAN adds --no-lan to the commands of args that would otherwise
+// announce a device on, or look for devices on, the LAN: the test's
+// network is not the test's to announce on or ask. Tests of the LAN run
+// the agents in network namespaces of their own, without it.
+func offLAN(args []string) []string {
+	if len(args) == 0 {
+		return args
+	}
+	switch args[0] {
+	case "device":
+		if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+			return args // a subcommand: invite, status...
+		}
+	case "connect", "ping", "pair":
+	default:
+		return args
+	}
+	return append(slices.Clip(args), "--no-lan")
 }
 
 // startCmd runs cmd (burrow, perhaps through a wrapper that execs it); the
@@ -178,7 +199,7 @@ func run(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd := exec.CommandContext(ctx, binary(t), offLAN(args)...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

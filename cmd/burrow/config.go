@@ -109,6 +109,13 @@ type deviceFile struct {
 	// link. Default `true`: where the relay forwards datagrams, a session
 	// that has no direct path moves onto its UDP port.
 	RelayUDP *bool `yaml:"relay_udp"`
+	// LAN: `false` keeps the device off the LAN, as `--no-lan` does: it is
+	// not announced there and takes no session that starts there. Default
+	// `true`: it answers paired clients' mDNS queries on the LAN with its
+	// UDP port, under a tag that changes every 10 minutes and that only
+	// those who know its ID can compute, and takes sessions from its LAN
+	// without the relay, authorized as every other.
+	LAN *bool `yaml:"lan"`
 	// TunnelRate: the tunnels one client may open per second; more are
 	// refused with "too many tunnels too fast". Default `0`: 100.
 	TunnelRate float64 `yaml:"tunnel_rate"`
@@ -300,6 +307,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 		log.Info("admitted by the relay (enrolled, or listed there): enroll_token is no longer needed (it is not sent again); delete it from "+ds.path, "config", ds.path)
 	}
 	cfg.Direct, _ = directOptions(f.Direct, f.RelayUDP, f.DirectPort, f.DirectAddrs, false)
+	cfg.NoLAN = f.LAN != nil && !*f.LAN
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
 	if f.ReattachSpread != nil {
 		cfg.ReattachSpread = *f.ReattachSpread

@@ -72,6 +72,13 @@ const deviceKeysHelp = `  relay (required)
       does: what goes through the relay goes over its TCP link. Default true:
       where the relay forwards datagrams, a session that has no direct path
       moves onto its UDP port.
+  lan
+      false keeps the device off the LAN, as --no-lan does: it is not
+      announced there and takes no session that starts there. Default true: it
+      answers paired clients' mDNS queries on the LAN with its UDP port, under
+      a tag that changes every 10 minutes and that only those who know its ID
+      can compute, and takes sessions from its LAN without the relay,
+      authorized as every other.
   tunnel_rate
       the tunnels one client may open per second; more are refused with "too
       many tunnels too fast". Default 0: 100.

@@ -35,6 +35,15 @@ type connectFile struct {
 	DirectPort  int      `yaml:"direct_port"`
 	DirectAddrs []string `yaml:"direct_addrs"`
 	RelayUDP    *bool    `yaml:"relay_udp"`
+	// LAN: false keeps the client from looking for devices on the LAN.
+	LAN *bool `yaml:"lan"`
+}
+
+// clientPaths is how a client's sessions may travel: its UDP options, and
+// whether it looks for devices on the LAN too.
+type clientPaths struct {
+	direct paths.DirectOptions
+	noLAN  bool
 }
 
 // forward is one local listener leading to a service on a device.
@@ -48,10 +57,10 @@ type forward struct {
 
 // connectOptions are the flags of "burrow connect".
 type connectOptions struct {
-	rf                         relayFlags
-	listen, idPath, configPath string
-	noDirect, noRelayUDP       bool
-	directAddrs                []string
+	rf                          relayFlags
+	listen, idPath, configPath  string
+	noDirect, noRelayUDP, noLAN bool
+	directAddrs                 []string
 }
 
 func newConnectCmd(g *globals) *cobra.Command {
@@ -84,6 +93,7 @@ With --config, one process serves several forwards, each
   direct_port: 0        # UDP port for direct paths (0: any)
   direct_addrs: []      # addresses offered to devices (default: the interfaces')
   relay_udp: true       # false: keep what goes through the relay on its TCP link
+  lan: true             # false: do not look for devices on the LAN
 
 A session with a device starts on the relay and moves to a direct UDP path
 (hole punching) once one works, and back if it stops working; connections
@@ -92,7 +102,13 @@ its UDP port, the session moves there ("relay udp"), and back to the
 relay's TCP link if that stops working. Each change is logged ("session
 path"). --no-direct (or direct: false) keeps the session off direct paths;
 --no-relay-udp (or relay_udp: false) keeps it off the relay's UDP port;
-both keep all traffic on the relay's TCP link.`,
+both keep all traffic on the relay's TCP link.
+
+Each session is also tried on the LAN at the same time as over the relay:
+a device there answers the client's mDNS query under a tag only those who
+know its ID can compute, and a session on the LAN wins ("lan ADDR"). With
+the relay down, devices on the LAN are still reached. --no-lan (or
+lan: false) looks for devices through the relay only.`,
 		Example: `  burrow connect cam1 rtsp --listen 127.0.0.1:8554
   vlc rtsp://127.0.0.1:8554/stream`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -119,6 +135,7 @@ both keep all traffic on the relay's TCP link.`,
 	f.StringVar(&o.configPath, "config", "", "a file of several forwards (YAML)")
 	f.BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 	f.BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
+	f.BoolVar(&o.noLAN, "no-lan", false, "do not look for devices on the LAN (only through the relay)")
 	f.StringSliceVar(&o.directAddrs, "direct-addr", nil, "address to offer devices for direct paths, instead of the interfaces' (repeatable)")
 	return cmd
 }
@@ -137,9 +154,9 @@ func runConnect(cmd *cobra.Command, g *globals, o *connectOptions, args []string
 	}
 	home := client.Home{Dir: dir}
 	var fwds []forward
-	var direct paths.DirectOptions
+	var cp clientPaths
 	if o.configPath != "" {
-		fwds, direct, err = readConnectConfig(o.configPath, home)
+		fwds, cp, err = readConnectConfig(o.configPath, home)
 	} else {
 		var f forward
 		f, err = resolveForward(home, args[0], args[1], o.listen, o.rf)
@@ -153,19 +170,22 @@ func runConnect(cmd *cobra.Command, g *globals, o *connectOptions, args []string
 		return err
 	}
 	if o.noDirect {
-		direct.Disable = true
+		cp.direct.Disable = true
 	}
 	if o.noRelayUDP {
-		direct.NoRelayUDP = true
+		cp.direct.NoRelayUDP = true
+	}
+	if o.noLAN {
+		cp.noLAN = true
 	}
 	if len(o.directAddrs) > 0 {
 		flagged, err := directOptions(nil, nil, 0, o.directAddrs, false)
 		if err != nil {
 			return usageError(cmd, "--direct-addr: %v", err)
 		}
-		direct.Addrs = flagged.Addrs
+		cp.direct.Addrs = flagged.Addrs
 	}
-	return serveForwards(cmd.Context(), g, log, id, direct, fwds)
+	return serveForwards(cmd.Context(), g, log, id, cp, fwds)
 }
 
 // clientIdentity loads the client's key from idPath (default: the one in
@@ -248,40 +268,41 @@ func resolveForward(home client.Home, dev, service, listen string, rf relayFlags
 }
 
 // readConnectConfig reads a file of forwards.
-func readConnectConfig(path string, home client.Home) ([]forward, paths.DirectOptions, error) {
-	var direct paths.DirectOptions
+func readConnectConfig(path string, home client.Home) ([]forward, clientPaths, error) {
+	var cp clientPaths
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, direct, fmt.Errorf("config: %w", err)
+		return nil, cp, fmt.Errorf("config: %w", err)
 	}
 	var cf connectFile
 	if err := yamlstrict.Decode(data, &cf); err != nil {
-		return nil, direct, fmt.Errorf("config %s: %w", path, err)
+		return nil, cp, fmt.Errorf("config %s: %w", path, err)
 	}
-	if direct, err = directOptions(cf.Direct, cf.RelayUDP, cf.DirectPort, cf.DirectAddrs, false); err != nil {
-		return nil, direct, fmt.Errorf("config %s: %w", path, err)
+	if cp.direct, err = directOptions(cf.Direct, cf.RelayUDP, cf.DirectPort, cf.DirectAddrs, false); err != nil {
+		return nil, cp, fmt.Errorf("config %s: %w", path, err)
 	}
+	cp.noLAN = cf.LAN != nil && !*cf.LAN
 	if len(cf.Forwards) == 0 {
-		return nil, direct, fmt.Errorf("config %s: forwards is empty: add \"device/service: 127.0.0.1:PORT\" lines", path)
+		return nil, cp, fmt.Errorf("config %s: forwards is empty: add \"device/service: 127.0.0.1:PORT\" lines", path)
 	}
 	var out []forward
 	for _, key := range slices.Sorted(maps.Keys(cf.Forwards)) {
 		dev, svc, ok := strings.Cut(key, "/")
 		if !ok {
-			return nil, direct, fmt.Errorf("config %s: forward %q: want device/service", path, key)
+			return nil, cp, fmt.Errorf("config %s: forward %q: want device/service", path, key)
 		}
 		f, err := resolveForward(home, dev, svc, cf.Forwards[key], relayFlags{})
 		if err != nil {
-			return nil, direct, fmt.Errorf("config %s: forward %s: %w", path, key, err)
+			return nil, cp, fmt.Errorf("config %s: forward %s: %w", path, key, err)
 		}
 		out = append(out, f)
 	}
-	return out, direct, nil
+	return out, cp, nil
 }
 
 // serveForwards runs one client per relay and every forward until ctx is
 // done or a listener fails.
-func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, direct paths.DirectOptions, fwds []forward) error {
+func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identity.Identity, cp clientPaths, fwds []forward) error {
 	clients := make(map[relaylink.RelayConfig]*client.Client)
 	defer func() {
 		for _, c := range clients {
@@ -292,21 +313,32 @@ func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identi
 		if clients[f.relay] != nil {
 			continue
 		}
-		c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log, Direct: direct})
+		c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log, Direct: cp.direct, NoLAN: cp.noLAN})
 		if err != nil {
 			return err
 		}
 		clients[f.relay] = c
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = c.WaitAttached(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil && wctx.Err() == nil:
-			return err // a wrong relay ID, a refusal: retrying will not help
-		case err != nil:
-			log.Warn("relay not reachable yet; still trying, tunnels will fail until it is", "relay", f.relay.Addr, "err", err)
+		if cp.noLAN {
+			// Without the LAN nothing works until the relay does:
+			// report a relay that is down or refuses before listening.
+			if err := waitRelay(ctx, log, c, f.relay); err != nil || ctx.Err() != nil {
+				return err
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !cp.noLAN {
+		// Devices on the LAN are reached without the relay: listen at
+		// once, and stop if the relay refuses this client.
+		for rc, c := range clients {
+			wg.Go(func() {
+				if err := waitRelay(ctx, log, c, rc); err != nil {
+					cancel(err)
+				}
+			})
 		}
 	}
 	lns := make([]net.Listener, len(fwds))
@@ -323,9 +355,6 @@ func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identi
 			log.Warn("listening beyond loopback: anyone who can reach this address can use the tunnel", "addr", tcp.String())
 		}
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
 	for i, f := range fwds {
 		if len(fwds) == 1 {
 			fmt.Fprintf(g.stdout, "listening on %s\n", lns[i].Addr())
@@ -343,6 +372,24 @@ func serveForwards(ctx context.Context, g *globals, log *slog.Logger, id *identi
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
+	}
+	return nil
+}
+
+// waitRelay waits up to 10s for c to attach to its relay rc. It fails if
+// the relay refused the client or proved another key (retrying will not
+// help), and logs a warning if the relay did not answer in time.
+func waitRelay(ctx context.Context, log *slog.Logger, c *client.Client, rc relaylink.RelayConfig) error {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := c.WaitAttached(wctx)
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil && wctx.Err() == nil:
+		return err
+	case err != nil:
+		log.Warn("relay not reachable yet; still trying, tunnels through it will fail until it is", "relay", rc.Addr, "err", err)
 	}
 	return nil
 }

@@ -182,12 +182,13 @@ func (d *demo) startAgents(relayID identity.ID, deviceID, clientID *identity.Ide
 		Clients:  map[identity.ID][]string{clientID.ID(): {"http"}},
 		Logger:   log.With("role", "device"),
 		Direct:   direct,
+		NoLAN:    true, // everything is on this machine
 	})
 	if err != nil {
 		return err
 	}
 	d.onClose(func() { d.device.Close() })
-	d.client, err = client.New(client.Config{Identity: clientID, Relay: pin, Logger: log.With("role", "client"), Direct: direct})
+	d.client, err = client.New(client.Config{Identity: clientID, Relay: pin, Logger: log.With("role", "client"), Direct: direct, NoLAN: true})
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ type deviceOptions struct {
 	configPath string
 	noDirect   bool
 	noRelayUDP bool
+	noLAN      bool
 	metrics    string
 }
 
@@ -50,6 +51,11 @@ that stops working. --no-direct (or direct: false) keeps sessions off
 direct paths, --no-relay-udp (or relay_udp: false) off the relay's UDP
 port; both keep all traffic on the relay's TCP link.
 
+On the LAN, the device answers its paired clients' mDNS queries with its
+UDP port, under a tag that changes every 10 minutes and that only those
+who know its ID can compute, so that they reach it there even with the
+relay down; --no-lan (or lan: false) turns that off.
+
 --metrics ADDR (or metrics: ADDR) serves Prometheus metrics on
 http://ADDR/metrics (sessions by path, tunnels by service and result,
 tunnel bytes, relay attachment, pairings), /healthz (200 while the agent
@@ -69,6 +75,7 @@ the same --config) talk to it through a Unix socket only its user can open.`,
 	cmd.PersistentFlags().StringVar(&o.configPath, "config", "", "device configuration file (YAML)")
 	cmd.Flags().BoolVar(&o.noDirect, "no-direct", false, "keep every session on the relay (no direct paths)")
 	cmd.Flags().BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
+	cmd.Flags().BoolVar(&o.noLAN, "no-lan", false, "do not announce the device on the LAN, nor take sessions that start there")
 	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics, /healthz and /readyz on this address (a bare port: 127.0.0.1:PORT); overrides metrics: in the config file")
 	cmd.AddCommand(
 		newDeviceInviteCmd(g, o),
@@ -128,6 +135,9 @@ func runDevice(cmd *cobra.Command, g *globals, o *deviceOptions) error {
 	}
 	if o.noRelayUDP {
 		cfg.Direct.NoRelayUDP = true
+	}
+	if o.noLAN {
+		cfg.NoLAN = true
 	}
 	d, err := device.New(cfg)
 	if err != nil {

@@ -63,7 +63,7 @@ func TestBinaryFleetBlackhole(t *testing.T) {
 	ns.waitFor(reNATSReady, 0, 10*time.Second)
 	natsURL := "nats://" + natsIP + ":4222"
 	in := func(name string, args ...string) []string {
-		return append([]string{"ip", "netns", "exec", n.Name(name), binary(t)}, args...)
+		return append([]string{"ip", "netns", "exec", n.Name(name), binary(t)}, offLAN(args)...)
 	}
 	runIn := func(name string, args ...string) string {
 		t.Helper()

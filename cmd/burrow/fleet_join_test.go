@@ -47,7 +47,7 @@ func TestBinaryRelayJoinsFleet(t *testing.T) {
 	if lm[2] != m[1] {
 		t.Fatalf("the relay listens as %s, was refused as %s", lm[2], m[1])
 	}
-	c, err := client.New(client.Config{Identity: tunneltest.NewIdentity(t), Relay: relaylink.RelayConfig{Addr: lm[1], ID: fleetID}, Logger: tunneltest.Logger(t)})
+	c, err := client.New(client.Config{Identity: tunneltest.NewIdentity(t), Relay: relaylink.RelayConfig{Addr: lm[1], ID: fleetID}, Logger: tunneltest.Logger(t), NoLAN: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,7 +132,7 @@ func TestBinaryJSON(t *testing.T) {
 
 	// Interrupted, ping --json still prints its one document: the pings
 	// sent so far.
-	cmd := exec.Command(binary(t), "ping", "cam1", "--home", home, "--no-direct", "--count", "1000", "--interval", "100ms", "--json")
+	cmd := exec.Command(binary(t), "ping", "cam1", "--home", home, "--no-direct", "--count", "1000", "--interval", "100ms", "--json", "--no-lan")
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	if err := cmd.Start(); err != nil {

@@ -20,6 +20,7 @@ import (
 
 func newPairCmd(g *globals) *cobra.Command {
 	var name, inviteFile string
+	var noLAN bool
 	cmd := &cobra.Command{
 		Use:   "pair [--name NAME] [--invite-file FILE]",
 		Short: "Pair with a device using an invite from its owner",
@@ -35,6 +36,10 @@ fails with a key mismatch, and the invite's secret is never sent to it. The
 secret is proven inside the encrypted session; the relay only ever sees a
 hash of it.
 
+A device on the same LAN is paired with there, directly, even with the
+relay down (--no-lan: only through the relay); the invite's key pin and
+secret are checked the same way.
+
 The device is then known by NAME (by default the name it gave itself, or its
 short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 		Example: `  burrow pair --name cam1                       # then paste the invite, Enter
@@ -47,18 +52,19 @@ short ID), so that "burrow connect NAME SERVICE" works with no other flags.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return pairFromInvite(cmd, g, name, inviteFile, args)
+			return pairFromInvite(cmd, g, name, inviteFile, noLAN, args)
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the name to know the device by")
 	cmd.Flags().StringVar(&inviteFile, "invite-file", "", `read the invite from FILE ("-": standard input, the default)`)
+	cmd.Flags().BoolVar(&noLAN, "no-lan", false, "do not look for the device on the LAN (only through the relay)")
 	return cmd
 }
 
 // pairFromInvite pairs with the device of the invite (args, else inviteFile,
 // else standard input) and saves it in the client's home as name (default:
 // the name the device gave itself, else its short ID).
-func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, args []string) error {
+func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, noLAN bool, args []string) error {
 	log, err := g.quietLogger()
 	if err != nil {
 		return err
@@ -92,15 +98,17 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 	if created {
 		log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
 	}
-	c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
+	c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log, NoLAN: noLAN})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
-	if err := c.WaitAttached(ctx); err != nil {
-		return err
+	if noLAN {
+		if err := c.WaitAttached(ctx); err != nil {
+			return err
+		}
 	}
 	p, err := c.Pair(ctx, inv)
 	if err != nil {

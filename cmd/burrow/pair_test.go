@@ -66,7 +66,7 @@ func runPair(t *testing.T, stdin string, args ...string) (cmdline, stdout, stder
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), append([]string{"pair"}, args...)...)
+	cmd := exec.CommandContext(ctx, binary(t), offLAN(append([]string{"pair"}, args...))...)
 	var out, errOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	w, err := cmd.StdinPipe()

@@ -20,6 +20,7 @@ type pingOptions struct {
 	interval, timeout time.Duration
 	noDirect          bool
 	noRelayUDP        bool
+	noLAN             bool
 	asJSON            bool
 }
 
@@ -32,11 +33,15 @@ func newPingCmd(g *globals) *cobra.Command {
 with --relay and --relay-id) and ping it through the session, printing one
 line per ping with its round-trip time and the path the session used:
 "relay" (the relay's TCP link), "relay udp" once the session moved to the
-relay's UDP port, or "direct ADDR" once hole punching found a direct path.
+relay's UDP port, "direct ADDR" once hole punching found a direct path, or
+"lan ADDR" for a session that started on the LAN.
 
-The first pings go over the relay: a session always starts on its TCP link,
-and moves to a direct path when one works, else to the relay's UDP port
-where the relay forwards datagrams.`,
+The session is tried on the LAN and over the relay at once. On the LAN,
+where the device answers the client's mDNS query, it goes direct from the
+first ping, even with the relay down. Through the relay, the first pings go
+over its TCP link, and the session moves to a direct path when one works,
+else to the relay's UDP port where the relay forwards datagrams. --no-lan
+looks for the device through the relay only.`,
 		Example: `  burrow ping cam1
   burrow ping cam1 --count 10 --interval 200ms`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -61,6 +66,7 @@ where the relay forwards datagrams.`,
 	fl.StringVar(&o.idPath, "identity", "", "key file (default: identity.key in the client's home)")
 	fl.BoolVar(&o.noDirect, "no-direct", false, "keep the session on the relay (no direct path)")
 	fl.BoolVar(&o.noRelayUDP, "no-relay-udp", false, "keep what goes through the relay on its TCP link (not its UDP port)")
+	fl.BoolVar(&o.noLAN, "no-lan", false, "do not look for the device on the LAN (only through the relay)")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object once done, instead of a line per ping (fields in docs/json.md)")
 	return cmd
 }
@@ -85,7 +91,7 @@ func runPing(cmd *cobra.Command, g *globals, o *pingOptions, dev string) error {
 		return err
 	}
 	c, err := client.New(client.Config{Identity: id, Relay: f.relay, Logger: log,
-		Direct: paths.DirectOptions{Disable: o.noDirect, NoRelayUDP: o.noRelayUDP}})
+		Direct: paths.DirectOptions{Disable: o.noDirect, NoRelayUDP: o.noRelayUDP}, NoLAN: o.noLAN})
 	if err != nil {
 		return err
 	}
@@ -130,11 +136,15 @@ func ping(ctx context.Context, g *globals, c *client.Client, f forward, o *pingO
 		}
 	}
 	say("PING %s (%s) via relay %s\n", f.name, f.device.Short(), f.relay.Addr)
-	// Without the relay no ping can be answered: wait for it first, so
-	// that a relay that is down or untrusted is reported as such.
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	err := c.WaitAttached(actx)
-	cancel()
+	// Without the LAN, no ping can be answered without the relay: wait for
+	// it first, so that a relay that is down or untrusted is reported as
+	// such. With the LAN, the first ping's session is tried there too.
+	var err error
+	if o.noLAN {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		err = c.WaitAttached(actx)
+		cancel()
+	}
 	rep := jsonPing{Device: f.name, DeviceID: f.device.String(), Relay: f.relay.Addr, Pings: []jsonPingSeq{}}
 	if ctx.Err() != nil { // interrupted before a ping was sent
 		if o.asJSON {

@@ -251,6 +251,7 @@ func TestPinnedRelayImpostor(t *testing.T) {
 			Services:    map[string]string{"http": "127.0.0.1:1"},
 			Logger:      Logger(t).With("role", "device"),
 			Direct:      directOff,
+			NoLAN:       true,
 		})
 		if err != nil {
 			t.Fatal(err)

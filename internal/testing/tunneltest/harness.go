@@ -302,6 +302,9 @@ func NewDevice(t testing.TB, r *Relay, cfg device.Config) *device.Device {
 		cfg.Logger = Logger(t).With("role", "device")
 	}
 	directDefault(&cfg.Direct)
+	// Off the LAN: the test's network is not the test's to announce on.
+	// The LAN tests run the device in a namespace of their own.
+	cfg.NoLAN = true
 	d, err := device.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -359,6 +362,7 @@ func NewClient(t testing.TB, cfg client.Config) *client.Client {
 		cfg.Logger = Logger(t).With("role", "client")
 	}
 	directDefault(&cfg.Direct)
+	cfg.NoLAN = true // as for StartDevice
 	c, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)

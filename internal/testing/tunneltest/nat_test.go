@@ -173,6 +173,7 @@ func (n *nsNet) pair(t *testing.T, devHost, cliHost string, services map[string]
 		Relay:     rc,
 		DialRelay: dial,
 		Direct:    direct,
+		NoLAN:     true,
 		Services:  services,
 		Clients:   map[identity.ID][]string{cid.ID(): {device.AllServices}},
 		Logger:    Logger(t).With("role", "device"),
@@ -182,7 +183,7 @@ func (n *nsNet) pair(t *testing.T, devHost, cliHost string, services map[string]
 	}
 	t.Cleanup(func() { d.Close() })
 	rc, dial, direct = n.agent(cliHost)
-	c, err := client.New(client.Config{Identity: cid, Relay: rc, DialRelay: dial, Direct: direct,
+	c, err := client.New(client.Config{Identity: cid, Relay: rc, DialRelay: dial, Direct: direct, NoLAN: true,
 		Logger: Logger(t).With("role", "client")})
 	if err != nil {
 		t.Fatal(err)
