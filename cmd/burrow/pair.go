@@ -15,7 +15,6 @@ import (
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/pairing"
-	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newPairCmd(g *globals) *cobra.Command {
@@ -71,13 +70,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 	if err != nil {
 		return err
 	}
-	if name == "" {
-		name = inv.Name
-	}
-	if name == "" {
-		name = inv.Device.Short()
-	}
-	if err := pairing.ValidName(name); err != nil {
+	if name, err = client.InviteName(inv, name); err != nil {
 		return fmt.Errorf("--name: %w", err)
 	}
 	dir, err := g.homeDir()
@@ -92,7 +85,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 	if created {
 		log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
 	}
-	c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log})
+	c, err := client.New(client.Config{Identity: id, Relay: client.InviteRelay(inv), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -106,9 +99,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, arg
 	if err != nil {
 		return err
 	}
-	kd := client.KnownDevice{Name: name, ID: inv.Device, Relay: inv.Relay, RelayID: inv.RelayID,
-		Role: p.Role, Services: p.Services, Paired: time.Now().UTC().Truncate(time.Second)}
-	if err := home.SaveDevice(kd); err != nil {
+	if _, err := home.SavePaired(name, inv, p); err != nil {
 		return fmt.Errorf("paired, but saving the device failed: %w", err)
 	}
 	fmt.Fprintf(g.stdout, "paired with %s as %s (role %s; services: %s)\n", name, inv.Device.Short(), p.Role, strings.Join(p.Services, ", "))
