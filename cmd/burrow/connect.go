@@ -247,7 +247,7 @@ func resolveForward(home client.Home, dev, service, listen string, rf relayFlags
 				return forward{}, err
 			}
 		}
-		f.device, f.relay = kd.ID, relaylink.RelayConfig{Addr: kd.Relay, ID: kd.RelayID}
+		f.device, f.relay = kd.ID, kd.RelayConfig()
 		return f, nil
 	}
 	var err error

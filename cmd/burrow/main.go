@@ -40,6 +40,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/internal/adminsock"
 )
 
@@ -185,10 +186,7 @@ func (g *globals) homeDir() (string, error) {
 	if g.home != "" {
 		return g.home, nil
 	}
-	if h := os.Getenv("BURROW_HOME"); h != "" {
-		return h, nil
-	}
-	return configDir()
+	return client.DefaultHomeDir()
 }
 
 // isTerminal reports whether w is a terminal.

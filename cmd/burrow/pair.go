@@ -15,7 +15,6 @@ import (
 
 	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/pairing"
-	"github.com/burrow-tunnel/burrow/relaylink"
 )
 
 func newPairCmd(g *globals) *cobra.Command {
@@ -77,13 +76,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, noL
 	if err != nil {
 		return err
 	}
-	if name == "" {
-		name = inv.Name
-	}
-	if name == "" {
-		name = inv.Device.Short()
-	}
-	if err := pairing.ValidName(name); err != nil {
+	if name, err = client.InviteName(inv, name); err != nil {
 		return fmt.Errorf("--name: %w", err)
 	}
 	dir, err := g.homeDir()
@@ -98,7 +91,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, noL
 	if created {
 		log.Info("created client identity", "path", home.IdentityPath(), "id", id.ID().String())
 	}
-	c, err := client.New(client.Config{Identity: id, Relay: relaylink.RelayConfig{Addr: inv.Relay, ID: inv.RelayID}, Logger: log, NoLAN: noLAN})
+	c, err := client.New(client.Config{Identity: id, Relay: client.InviteRelay(inv), Logger: log, NoLAN: noLAN})
 	if err != nil {
 		return err
 	}
@@ -114,9 +107,7 @@ func pairFromInvite(cmd *cobra.Command, g *globals, name, inviteFile string, noL
 	if err != nil {
 		return err
 	}
-	kd := client.KnownDevice{Name: name, ID: inv.Device, Relay: inv.Relay, RelayID: inv.RelayID,
-		Role: p.Role, Services: p.Services, Paired: time.Now().UTC().Truncate(time.Second)}
-	if err := home.SaveDevice(kd); err != nil {
+	if _, err := home.SavePaired(name, inv, p); err != nil {
 		return fmt.Errorf("paired, but saving the device failed: %w", err)
 	}
 	fmt.Fprintf(g.stdout, "paired with %s as %s (role %s; services: %s)\n", name, inv.Device.Short(), p.Role, strings.Join(p.Services, ", "))
