@@ -403,7 +403,7 @@ type SessionStatus struct {
 	Client  identity.ID   `json:"client"`
 	Name    string        `json:"name,omitempty"`
 	Since   time.Time     `json:"since"`
-	Path    string        `json:"path"`    // "relay" or "direct ADDR"
+	Path    string        `json:"path"`    // "relay", "relay udp", "direct ADDR" or "lan ADDR"
 	RTT     time.Duration `json:"rtt"`     // of the path in use
 	Tunnels int           `json:"tunnels"` // open now
 	Total   int           `json:"total"`   // opened since the session began

@@ -74,12 +74,14 @@ type Metrics struct {
 	// paths, are in [Device.Status].
 	SessionsStarted uint64
 	SessionsEnded   uint64
-	// SessionsRelay, SessionsRelayUDP and SessionsDirect count the
-	// sessions open now whose packets go through the relay's TCP
-	// sessions, through its UDP port, and over a direct path.
+	// SessionsRelay, SessionsRelayUDP, SessionsDirect and SessionsLAN
+	// count the sessions open now whose packets go through the relay's
+	// TCP sessions, through its UDP port, over a direct path found
+	// through the relay, and over the LAN, where they started.
 	SessionsRelay    int
 	SessionsRelayUDP int
 	SessionsDirect   int
+	SessionsLAN      int
 }
 
 // serviceCounters counts one service's tunnel requests by result.
@@ -160,6 +162,8 @@ func (d *Device) Metrics() Metrics {
 	d.mu.Lock()
 	for s := range d.sessions {
 		switch p := s.Path(); {
+		case p.LAN:
+			m.SessionsLAN++
 		case p.Direct:
 			m.SessionsDirect++
 		case p.RelayUDP:

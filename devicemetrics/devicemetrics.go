@@ -30,7 +30,7 @@ import (
 // The metrics' descriptions.
 var (
 	sessionsDesc = prometheus.NewDesc("burrow_device_sessions",
-		"Sessions with clients open now, by the path their packets take: relay (the relay's TCP session), relay_udp (the relay's UDP port) or direct (a direct UDP path).",
+		"Sessions with clients open now, by the path their packets take: relay (the relay's TCP session), relay_udp (the relay's UDP port), direct (a direct UDP path found through the relay) or lan (a session that started on the LAN, with no relay).",
 		[]string{"path"}, nil)
 	sessionsStartedDesc = prometheus.NewDesc("burrow_device_sessions_started_total",
 		"Sessions with clients the device accepted.", nil, nil)
@@ -78,6 +78,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(sessionsDesc, float64(m.SessionsRelay), "relay")
 	gauge(sessionsDesc, float64(m.SessionsRelayUDP), "relay_udp")
 	gauge(sessionsDesc, float64(m.SessionsDirect), "direct")
+	gauge(sessionsDesc, float64(m.SessionsLAN), "lan")
 	counter(sessionsStartedDesc, m.SessionsStarted)
 	counter(sessionsEndedDesc, m.SessionsEnded)
 	for _, t := range m.Tunnels {

@@ -237,7 +237,7 @@ type jsonSessionInfo struct {
 	Client       string  `json:"client"`
 	Name         string  `json:"name"`
 	Since        *string `json:"since"`
-	Path         string  `json:"path"` // "relay" or "direct ADDR"
+	Path         string  `json:"path"` // "relay", "relay udp", "direct ADDR" or "lan ADDR"
 	RTTMS        float64 `json:"rtt_ms"`
 	Tunnels      int     `json:"tunnels"`
 	TunnelsTotal int     `json:"tunnels_total"`

@@ -190,12 +190,16 @@ func (l *lanNet) startDevice(name, ns, key, yaml string) (*proc, string) {
 	return p, cfg
 }
 
-// get fetches http://addr/ from inside ns.
+// get fetches http://addr/ (or http://addr if it has a path) from inside
+// ns.
 func (l *lanNet) get(ns, addr string) (string, error) {
+	if !strings.Contains(addr, "/") {
+		addr += "/"
+	}
 	tr := &http.Transport{DialContext: l.n.Dialer(ns), DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := hc.Get("http://" + addr + "/")
+	resp, err := hc.Get("http://" + addr)
 	if err != nil {
 		return "", err
 	}
@@ -217,7 +221,7 @@ func TestLANRelayAndNoRelay(t *testing.T) {
 	clientID := l.id("cli.key")
 	devID := l.id("dev.key")
 	web := l.serve("dev", http.HandlerFunc(camPage))
-	dev, devCfg := l.startDevice("cam1", "dev", "dev.key", fmt.Sprintf("services:\n  http: %s\nclients:\n  %s: [http]\n", web, clientID))
+	dev, devCfg := l.startDevice("cam1", "dev", "dev.key", fmt.Sprintf("metrics: 127.0.0.1:9464\nservices:\n  http: %s\nclients:\n  %s: [http]\n", web, clientID))
 	dev.waitFor(reAttached, 0, 10*time.Second)
 	relayFlags := []string{"--relay", l.relayAddr, "--relay-id", l.relayID, "--identity", filepath.Join(l.dir, "cli.key")}
 
@@ -244,6 +248,9 @@ func TestLANRelayAndNoRelay(t *testing.T) {
 	}
 	if out, stderr, err := l.run("dev", "", "device", "status", "--config", devCfg); err != nil || !regexp.MustCompile(`lan (10\.8\.0\.2|\[fe80::[0-9a-f:]+%eth0\]):\d+`).MatchString(out) {
 		t.Fatalf("device status does not show the session on the LAN: %v\n%s\n%s", err, out, stderr)
+	}
+	if m, err := l.get("dev", "127.0.0.1:9464/metrics"); err != nil || !strings.Contains(m, `burrow_device_sessions{path="lan"} 1`) {
+		t.Fatalf("the device's metrics do not count the session on the LAN: %v\n%s", err, m)
 	}
 	conn.stop()
 
