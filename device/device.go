@@ -2,7 +2,9 @@
 // It stays attached to a relay, accepts E2E sessions from clients and, for
 // each tunnel a client opens, checks that client's rights to the named
 // service, dials the address configured for that service (never an address
-// from the wire) and joins the two connections.
+// from the wire) and joins the two connections, or hands the tunnel to the
+// Go code that serves the service in the device's own process
+// ([Config.Handlers], handler.go).
 //
 // Access is denied by default. A client reaches nothing unless it is listed
 // in the configuration or has paired with an invite (pair.go), and then
@@ -70,8 +72,15 @@ type Config struct {
 	// It must not block. Nil logs that the token can be deleted.
 	OnEnrolled func()
 	// Services maps a service name to the host:port it is served on. These
-	// are the only addresses the device ever dials. Required, non-empty.
+	// are the only addresses the device ever dials. Nil or empty: none,
+	// which only a device with Handlers may have.
 	Services map[string]string
+	// Handlers maps a service name to the Go code that serves it in this
+	// process ([ServeConn], [ServeHTTP]): no socket, no dial. A name is
+	// in Services or in Handlers, not both. Roles, clients, pairing, rate
+	// limits and metrics treat these services as they treat those of
+	// Services. [Device.Reload] does not change them. Nil: none.
+	Handlers map[string]Handler
 	// Roles maps a role name to the services it grants ([AllServices] for
 	// all). Paired clients have a role. Nil: no roles, so no invites.
 	Roles map[string][]string
@@ -145,8 +154,19 @@ func (c *Config) validate() error {
 			return fmt.Errorf("device: name: %w", err)
 		}
 	}
-	if len(c.Services) == 0 {
+	if len(c.Services) == 0 && len(c.Handlers) == 0 {
 		return errors.New("device: no services configured: list at least one under services")
+	}
+	for name, h := range c.Handlers {
+		if err := session.ValidService(name); err != nil {
+			return fmt.Errorf("device: handlers: %w", err)
+		}
+		if !h.valid() {
+			return fmt.Errorf("device: handler of service %s is empty: make it with device.ServeConn or device.ServeHTTP", name)
+		}
+		if addr, dup := c.Services[name]; dup {
+			return fmt.Errorf("device: service %s is both at address %s (Services) and served in-process (Handlers): keep it in one of them", name, addr)
+		}
 	}
 	for name, addr := range c.Services {
 		if err := session.ValidService(name); err != nil {
@@ -161,9 +181,11 @@ func (c *Config) validate() error {
 			if s == AllServices {
 				continue
 			}
-			if _, ok := c.Services[s]; !ok {
+			_, addr := c.Services[s]
+			_, handler := c.Handlers[s]
+			if !addr && !handler {
 				return fmt.Errorf("device: %s: service %q is not defined under services (defined: %s)",
-					who, s, joinSorted(slices.Collect(maps.Keys(c.Services))))
+					who, s, joinSorted(append(slices.Collect(maps.Keys(c.Services)), slices.Collect(maps.Keys(c.Handlers))...)))
 			}
 		}
 		return nil
@@ -204,6 +226,9 @@ type Device struct {
 
 	agent *agent.Agent
 	ln    *session.Listener
+	// handlers are the running in-process services, by name; set by New
+	// and never changed.
+	handlers map[string]*handlerService
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -260,7 +285,9 @@ func New(cfg Config) (*Device, error) {
 		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	d.pol.Store(&Policy{Services: cfg.Services, Roles: cfg.Roles, Clients: cfg.Clients})
-	d.counters.addServices(cfg.Services)
+	d.cfg.Handlers = maps.Clone(cfg.Handlers)
+	d.counters.addServices(maps.Keys(cfg.Services))
+	d.counters.addServices(maps.Keys(cfg.Handlers))
 	if cfg.StateDir != "" {
 		if err := d.openState(); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
@@ -306,6 +333,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.agent, d.ln = a, ln
 	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.startHandlers()
 	d.wg.Go(d.acceptLoop)
 	d.wg.Go(d.sweep)
 	return d, nil
@@ -412,7 +440,8 @@ func (d *Device) nameLocked(id identity.ID) string {
 }
 
 // Close closes every session and tunnel, detaches from the relay and waits
-// for every goroutine the device started. It is idempotent.
+// for every goroutine the device started, and for the in-process services'
+// handlers to return (see [ServeConn] and [ServeHTTP]). It is idempotent.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -428,6 +457,7 @@ func (d *Device) Close() error {
 	}
 	d.cancel()
 	d.ln.Close()
+	d.stopHandlers()
 	d.wg.Wait()
 	err := d.agent.Close()
 	d.closeStore()
