@@ -157,16 +157,8 @@ func (c *Config) validate() error {
 	if len(c.Services) == 0 && len(c.Handlers) == 0 {
 		return errors.New("device: no services configured: list at least one under services")
 	}
-	for name, h := range c.Handlers {
-		if err := session.ValidService(name); err != nil {
-			return fmt.Errorf("device: handlers: %w", err)
-		}
-		if !h.valid() {
-			return fmt.Errorf("device: handler of service %s is empty: make it with device.ServeConn or device.ServeHTTP", name)
-		}
-		if addr, dup := c.Services[name]; dup {
-			return fmt.Errorf("device: service %s is both at address %s (Services) and served in-process (Handlers): keep it in one of them", name, addr)
-		}
+	if err := c.validateHandlers(); err != nil {
+		return err
 	}
 	for name, addr := range c.Services {
 		if err := session.ValidService(name); err != nil {

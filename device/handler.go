@@ -62,6 +62,22 @@ func ServeHTTP(h http.Handler) Handler { return Handler{http: h} }
 
 func (h Handler) valid() bool { return (h.conn == nil) != (h.http == nil) }
 
+// validateHandlers checks the names and handlers of c.Handlers.
+func (c *Config) validateHandlers() error {
+	for name, h := range c.Handlers {
+		if err := session.ValidService(name); err != nil {
+			return fmt.Errorf("device: handlers: %w", err)
+		}
+		if !h.valid() {
+			return fmt.Errorf("device: handler of service %s is empty: make it with device.ServeConn or device.ServeHTTP", name)
+		}
+		if addr, dup := c.Services[name]; dup {
+			return fmt.Errorf("device: service %s is both at address %s (Services) and served in-process (Handlers): keep it in one of them", name, addr)
+		}
+	}
+	return nil
+}
+
 // HTTP server timeouts of a ServeHTTP handler.
 const (
 	handlerReadHeaderTimeout = 10 * time.Second
