@@ -2,7 +2,9 @@
 // It stays attached to a relay, accepts E2E sessions from clients and, for
 // each tunnel a client opens, checks that client's rights to the named
 // service, dials the address configured for that service (never an address
-// from the wire) and joins the two connections.
+// from the wire) and joins the two connections, or hands the tunnel to the
+// Go code that serves the service in the device's own process
+// ([Config.Handlers], handler.go).
 //
 // Access is denied by default. A client reaches nothing unless it is listed
 // in the configuration or has paired with an invite (pair.go), and then
@@ -71,8 +73,15 @@ type Config struct {
 	// It must not block. Nil logs that the token can be deleted.
 	OnEnrolled func()
 	// Services maps a service name to the host:port it is served on. These
-	// are the only addresses the device ever dials. Required, non-empty.
+	// are the only addresses the device ever dials. Nil or empty: none,
+	// which only a device with Handlers may have.
 	Services map[string]string
+	// Handlers maps a service name to the Go code that serves it in this
+	// process ([ServeConn], [ServeHTTP]): no socket, no dial. A name is
+	// in Services or in Handlers, not both. Roles, clients, pairing, rate
+	// limits and metrics treat these services as they treat those of
+	// Services. [Device.Reload] does not change them. Nil: none.
+	Handlers map[string]Handler
 	// Roles maps a role name to the services it grants ([AllServices] for
 	// all). Paired clients have a role. Nil: no roles, so no invites.
 	Roles map[string][]string
@@ -156,8 +165,11 @@ func (c *Config) validate() error {
 			return fmt.Errorf("device: name: %w", err)
 		}
 	}
-	if len(c.Services) == 0 {
+	if len(c.Services) == 0 && len(c.Handlers) == 0 {
 		return errors.New("device: no services configured: list at least one under services")
+	}
+	if err := c.validateHandlers(); err != nil {
+		return err
 	}
 	for name, addr := range c.Services {
 		if err := session.ValidService(name); err != nil {
@@ -172,9 +184,11 @@ func (c *Config) validate() error {
 			if s == AllServices {
 				continue
 			}
-			if _, ok := c.Services[s]; !ok {
+			_, addr := c.Services[s]
+			_, handler := c.Handlers[s]
+			if !addr && !handler {
 				return fmt.Errorf("device: %s: service %q is not defined under services (defined: %s)",
-					who, s, joinSorted(slices.Collect(maps.Keys(c.Services))))
+					who, s, joinSorted(append(slices.Collect(maps.Keys(c.Services)), slices.Collect(maps.Keys(c.Handlers))...)))
 			}
 		}
 		return nil
@@ -216,6 +230,9 @@ type Device struct {
 	agent *agent.Agent
 	ln    *session.Listener
 	lan   *lan.Follower // nil when the device is not announced on the LAN
+	// handlers are the running in-process services, by name; set by New
+	// and never changed.
+	handlers map[string]*handlerService
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -272,7 +289,9 @@ func New(cfg Config) (*Device, error) {
 		pairLog:  rate.NewLimiter(pairLogRate, pairLogBurst),
 	}
 	d.pol.Store(&Policy{Services: cfg.Services, Roles: cfg.Roles, Clients: cfg.Clients})
-	d.counters.addServices(cfg.Services)
+	d.cfg.Handlers = maps.Clone(cfg.Handlers)
+	d.counters.addServices(maps.Keys(cfg.Services))
+	d.counters.addServices(maps.Keys(cfg.Handlers))
 	if cfg.StateDir != "" {
 		if err := d.openState(); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
@@ -319,36 +338,10 @@ func New(cfg Config) (*Device, error) {
 	d.agent, d.ln = a, ln
 	d.announce()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.startHandlers()
 	d.wg.Go(d.acceptLoop)
 	d.wg.Go(d.sweep)
 	return d, nil
-}
-
-// directOptions are Direct, with sessions from the LAN taken unless the
-// device is kept off it.
-func (c *Config) directOptions() paths.DirectOptions {
-	o := c.Direct
-	o.AcceptLAN = !c.NoLAN
-	return o
-}
-
-// announce starts announcing the device on the LAN, unless it is kept
-// off it.
-func (d *Device) announce() {
-	if d.cfg.NoLAN {
-		return
-	}
-	port := d.agent.Paths().DirectPort()
-	if port == 0 {
-		d.log.Info("not announced on the LAN: direct paths and the UDP relay path are off, so the device has no UDP port to be reached at")
-		return
-	}
-	f, err := lan.Follow(lan.AnnounceConfig{Device: d.ID(), Port: port, Interface: d.cfg.LANInterface, Logger: d.log}, 0)
-	if err != nil {
-		d.log.Warn("not announced on the LAN", "err", err)
-		return
-	}
-	d.lan = f
 }
 
 // openState loads the paired users and pending invites from the state
@@ -386,73 +379,9 @@ func (d *Device) WaitAttached(ctx context.Context) error {
 	return d.agent.Paths().WaitAttached(ctx)
 }
 
-// Status describes a running device.
-type Status struct {
-	Relay    paths.Status    `json:"relay"`
-	Sessions []SessionStatus `json:"sessions"`
-	// StateError says why the state directory could not be written when
-	// the device last tried; "" if it could.
-	StateError string `json:"state_error,omitempty"`
-	// NotSaved names the users revoked while the state directory could
-	// not be written: shut out, but back in after a restart until saved.
-	NotSaved []string `json:"revocations_not_saved,omitempty"`
-}
-
-// SessionStatus describes one client's session.
-type SessionStatus struct {
-	Client  identity.ID   `json:"client"`
-	Name    string        `json:"name,omitempty"`
-	Since   time.Time     `json:"since"`
-	Path    string        `json:"path"`    // "relay", "relay udp", "direct ADDR" or "lan ADDR"
-	RTT     time.Duration `json:"rtt"`     // of the path in use
-	Tunnels int           `json:"tunnels"` // open now
-	Total   int           `json:"total"`   // opened since the session began
-}
-
-// Status returns the device's relay attachment and open sessions.
-func (d *Device) Status() Status {
-	st := Status{Relay: d.agent.Paths().Status()}
-	if d.st != nil {
-		if err := d.st.writable(); err != nil {
-			st.StateError = err.Error()
-		}
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, u := range d.unsaved {
-		st.NotSaved = append(st.NotSaved, u.Name)
-	}
-	slices.Sort(st.NotSaved)
-	for s, info := range d.sessions {
-		path := s.Path()
-		rtt := s.Stats().RTT
-		if path.Direct || path.RelayUDP {
-			rtt = path.RTT
-		}
-		st.Sessions = append(st.Sessions, SessionStatus{
-			Client:  s.PeerID(),
-			Name:    d.nameLocked(s.PeerID()),
-			Since:   info.since,
-			Path:    path.String(),
-			RTT:     rtt,
-			Tunnels: info.tunnels,
-			Total:   info.total,
-		})
-	}
-	slices.SortFunc(st.Sessions, func(a, b SessionStatus) int { return a.Since.Compare(b.Since) })
-	return st
-}
-
-// nameLocked returns the user name of a client, or "".
-func (d *Device) nameLocked(id identity.ID) string {
-	if u, ok := d.users[id]; ok {
-		return u.Name
-	}
-	return ""
-}
-
 // Close closes every session and tunnel, detaches from the relay and waits
-// for every goroutine the device started. It is idempotent.
+// for every goroutine the device started, and for the in-process services'
+// handlers to return (see [ServeConn] and [ServeHTTP]). It is idempotent.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -471,6 +400,7 @@ func (d *Device) Close() error {
 	if d.lan != nil {
 		d.lan.Close()
 	}
+	d.stopHandlers()
 	d.wg.Wait()
 	err := d.agent.Close()
 	d.closeStore()

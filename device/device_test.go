@@ -1,7 +1,9 @@
 package device
 
 import (
+	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/burrow-tunnel/burrow/identity"
@@ -69,6 +71,35 @@ func TestConfigValidate(t *testing.T) {
 	for _, tc := range tests {
 		if err := tc.cfg.validate(); err == nil {
 			t.Errorf("%s: validated", tc.name)
+		}
+	}
+}
+
+func TestConfigHandlers(t *testing.T) {
+	id, _ := identity.Generate()
+	page := ServeHTTP(http.NotFoundHandler())
+	tests := []struct {
+		name string
+		cfg  Config
+		want string // in the error; "" if valid
+	}{
+		{"handlers only", Config{Identity: id, Handlers: map[string]Handler{"admin": page}}, ""},
+		{"role naming a handler", Config{Identity: id, Services: map[string]string{"rtsp": "127.0.0.1:554"},
+			Handlers: map[string]Handler{"admin": page}, Roles: map[string][]string{"owner": {"admin", "rtsp"}}}, ""},
+		{"name in both", Config{Identity: id, Services: map[string]string{"admin": "127.0.0.1:80"},
+			Handlers: map[string]Handler{"admin": page}}, "both at address 127.0.0.1:80 (Services) and served in-process (Handlers)"},
+		{"empty handler", Config{Identity: id, Handlers: map[string]Handler{"admin": {}}}, "make it with device.ServeConn or device.ServeHTTP"},
+		{"bad handler name", Config{Identity: id, Handlers: map[string]Handler{"Admin": page}}, "handlers:"},
+		{"role naming neither", Config{Identity: id, Handlers: map[string]Handler{"admin": page},
+			Roles: map[string][]string{"owner": {"rtsp"}}}, `service "rtsp" is not defined under services (defined: admin)`},
+	}
+	for _, tc := range tests {
+		err := tc.cfg.validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: err = %v, want one saying %q", tc.name, err, tc.want)
 		}
 	}
 }

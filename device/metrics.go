@@ -1,6 +1,7 @@
 package device
 
 import (
+	"iter"
 	"maps"
 	"slices"
 	"sync"
@@ -101,8 +102,9 @@ type counters struct {
 	sessionsStarted, sessionsEnded  atomic.Uint64
 }
 
-// addServices gives every service of svcs counters, keeping those it has.
-func (c *counters) addServices(svcs map[string]string) {
+// addServices gives every service named in svcs counters, keeping those it
+// has.
+func (c *counters) addServices(svcs iter.Seq[string]) {
 	c.addMu.Lock()
 	defer c.addMu.Unlock()
 	var old map[string]*serviceCounters
@@ -111,7 +113,7 @@ func (c *counters) addServices(svcs map[string]string) {
 	}
 	m := maps.Clone(old)
 	if m == nil {
-		m = make(map[string]*serviceCounters, len(svcs))
+		m = make(map[string]*serviceCounters)
 	}
 	for name := range svcs {
 		if m[name] == nil {

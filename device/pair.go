@@ -329,7 +329,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	d.agent.Paths().AccessChanged()
 	svcs := slices.DeleteFunc(slices.Clone(d.policy().Roles[r.Role]), func(s string) bool { return s == AllServices })
 	if slices.Contains(d.policy().Roles[r.Role], AllServices) {
-		svcs = slices.Sorted(maps.Keys(d.policy().Services))
+		svcs = d.serviceNames()
 	}
 	logPaired(log, r)
 	info := session.PairInfo{User: r.Name, Asked: r.Asked}

@@ -31,7 +31,9 @@ func (d *Device) policy() *Policy {
 // from now on are checked against it, the relay is told the new list of
 // who may reach the device, and the sessions of clients it no longer
 // allows (configured clients taken out, users whose role is gone) are
-// closed. Users paired before keep their role if it still exists. It
+// closed. Users paired before keep their role if it still exists. The
+// in-process services ([Config.Handlers]) stay as they are: p's services
+// may not take their names, and its roles and clients may name them. It
 // returns what changed, for the log.
 func (d *Device) Reload(p Policy) (changed []string, err error) {
 	cfg := d.cfg
@@ -39,7 +41,7 @@ func (d *Device) Reload(p Policy) (changed []string, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	d.counters.addServices(p.Services)
+	d.counters.addServices(maps.Keys(p.Services))
 	old := d.pol.Swap(&p)
 	if !maps.Equal(old.Services, p.Services) {
 		changed = append(changed, "services")

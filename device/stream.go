@@ -20,7 +20,7 @@ import (
 // starts each, decides, and answers before anything else flows.
 
 // authorize decides a tunnel request. On success it returns the service's
-// address; otherwise the refusal to send.
+// address ("" for an in-process service); otherwise the refusal to send.
 func (d *Device) authorize(client identity.ID, service string) (string, *session.Reply) {
 	svcs, known := d.access(client)
 	if !known {
@@ -29,9 +29,12 @@ func (d *Device) authorize(client identity.ID, service string) (string, *session
 	all := slices.Contains(svcs, AllServices)
 	addr, defined := d.policy().Services[service]
 	if !defined {
+		_, defined = d.cfg.Handlers[service]
+	}
+	if !defined {
 		allowed := svcs
 		if all {
-			allowed = slices.Collect(maps.Keys(d.policy().Services))
+			allowed = d.serviceNames()
 		}
 		allowed = slices.DeleteFunc(slices.Clone(allowed), func(s string) bool { return s == AllServices })
 		slices.Sort(allowed)
@@ -137,6 +140,10 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 		in.Refuse(*refusal)
 		return
 	}
+	if h := d.handlers[req.Service]; h != nil {
+		d.serveHandler(s, in, req.Service, h, log)
+		return
+	}
 	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ServiceDialTimeout)
 	conn, err := d.cfg.DialService(ctx, "tcp", addr)
 	cancel()
@@ -161,6 +168,16 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 		d.counters.tunnel(req.Service, TunnelAborted)
 		return
 	}
+	info := d.tunnelOpened(s, req.Service)
+	start := time.Now()
+	log.Info("tunnel opened", "addr", addr)
+	res := pipe.Join(tun, svc)
+	d.tunnelClosed(info, res.AToB, res.BToA, start, res.Err, log)
+}
+
+// tunnelOpened counts a tunnel to service that opened in s; it returns
+// what tunnelClosed needs.
+func (d *Device) tunnelOpened(s *session.Session, service string) *sessionInfo {
 	d.mu.Lock()
 	info := d.sessions[s]
 	if info != nil {
@@ -168,20 +185,34 @@ func (d *Device) serveTunnel(s *session.Session, in *session.Incoming, req sessi
 		info.total++
 	}
 	d.mu.Unlock()
-	d.counters.tunnel(req.Service, TunnelOK)
-	start := time.Now()
-	log.Info("tunnel opened", "addr", addr)
-	res := pipe.Join(tun, svc)
-	d.counters.bytesTo.Add(uint64(res.AToB))
-	d.counters.bytesFrom.Add(uint64(res.BToA))
+	d.counters.tunnel(service, TunnelOK)
+	return info
+}
+
+// tunnelClosed counts and logs the end of a tunnel that carried toSvc
+// bytes to its service and fromSvc back, and ended with err.
+func (d *Device) tunnelClosed(info *sessionInfo, toSvc, fromSvc int64, start time.Time, err error, log *slog.Logger) {
+	d.counters.bytesTo.Add(uint64(toSvc))
+	d.counters.bytesFrom.Add(uint64(fromSvc))
 	d.mu.Lock()
 	if info != nil {
 		info.tunnels--
 	}
 	d.mu.Unlock()
-	attrs := []any{"bytes_in", res.AToB, "bytes_out", res.BToA, "duration", time.Since(start).Round(time.Millisecond).String()}
-	if res.Err != nil {
-		attrs = append(attrs, "err", res.Err)
+	attrs := []any{"bytes_in", toSvc, "bytes_out", fromSvc, "duration", time.Since(start).Round(time.Millisecond).String()}
+	if err != nil {
+		attrs = append(attrs, "err", err)
 	}
 	log.Info("tunnel closed", attrs...)
+}
+
+// serviceNames returns the names of every service, addresses and
+// in-process ones, sorted.
+func (d *Device) serviceNames() []string {
+	names := slices.Collect(maps.Keys(d.policy().Services))
+	for name := range d.cfg.Handlers {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }

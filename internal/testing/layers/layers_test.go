@@ -54,6 +54,8 @@ var rules = []rule{
 	{pkg: "device", never: []string{"client", "relay"}, why: "a device reaches clients only through the protocol"},
 	{pkg: "libburrow", never: []string{"device", "relay"},
 		why: "the C library is the client's: it reaches devices only through the protocol"},
+	{pkg: "examples/httpdevice", only: []string{"device", "identity", "relaylink"}, never: []string{"client", "relay"},
+		why: "the example device uses the device package's API, as firmware that embeds it would"},
 	{pkg: "devicemetrics", only: []string{"device", "identity"}, never: []string{"client", "relay"},
 		why: "a device's metrics read the device; they know nothing of the relay or of clients"},
 }
