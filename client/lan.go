@@ -27,6 +27,11 @@ const (
 	// the device answers within milliseconds, and a session there is
 	// worth a few of them.
 	lanHeadStart = 100 * time.Millisecond
+	// lanGrace bounds how long a session through the relay waits for
+	// dials on the LAN still going: a handshake there takes milliseconds,
+	// and an address that does not answer (announced by someone who lies,
+	// or unreachable from here) must not hold the session up.
+	lanGrace = 500 * time.Millisecond
 	// lanFindFor is how long the LAN is listened to at least; it goes on
 	// while the dial through the relay does (a device may come up on the
 	// LAN meanwhile), re-asking at growing intervals.
@@ -43,7 +48,8 @@ type dialed struct {
 // race dials device over the relay and on the LAN at once, and returns
 // the session that wins and whether it is on the LAN: the first on the
 // LAN, or else the relay's, once the LAN had its head start and no dial
-// there is still going. The losers are closed. It fails once the relay
+// there is still going (or lanGrace has passed since the relay's was
+// ready). The losers are closed. It fails once the relay
 // failed, the LAN was listened to for lanFindFor and no dial there is
 // still going, or when ctx ends. The relay's word that the
 // device is gone (dc.relayCancel) ends the dial over the relay only.
@@ -114,6 +120,8 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 		lanErrs      []error
 		headStarted  bool
 		listened     bool // for lanFindFor
+		graceOver    bool // lanGrace since the relay's session was ready
+		grace        <-chan time.Time
 	)
 	headStart := time.NewTimer(lanHeadStart)
 	defer headStart.Stop()
@@ -123,7 +131,7 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 		mu.Lock()
 		dials, searching := lanDials, finding
 		mu.Unlock()
-		if relay != nil && dials == 0 && (headStarted || !searching) {
+		if relay != nil && (dials == 0 && (headStarted || !searching) || graceOver) {
 			return relay, false, nil
 		}
 		if !relayPending && relay == nil && dials == 0 && (listened || !searching) {
@@ -153,6 +161,9 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 				lanErrs = append(lanErrs, r.err)
 			case r.sess != nil:
 				relayPending, relay = false, r.sess
+				t := time.NewTimer(lanGrace)
+				defer t.Stop()
+				grace = t.C
 			case r.err != nil:
 				relayPending, relayErr = false, r.err
 			}
@@ -160,6 +171,8 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 			headStarted = true
 		case <-findFor.C:
 			listened = true
+		case <-grace:
+			graceOver = true
 		case <-ctx.Done():
 			if relay != nil {
 				relay.Close(session.CloseNormal, "dial abandoned")

@@ -389,3 +389,44 @@ func TestLANPairAndRevoke(t *testing.T) {
 		t.Fatalf("a revoked client opened a new tunnel: %q", line)
 	}
 }
+
+// TestLANLiarDoesNotHoldRelay: someone on the LAN answers for the
+// device's tag with an address where nothing answers (its packets are
+// dropped there). The device, kept off the LAN, is reached through the
+// relay all the same, without waiting for the handshake on the LAN to
+// time out (10s, longer than the request's own timeout).
+func TestLANLiarDoesNotHoldRelay(t *testing.T) {
+	l := newLANNet(t)
+	l.startRelay()
+	clientID := l.id("cli.key")
+	devID := l.id("dev.key")
+	web := l.serve("dev", http.HandlerFunc(camPage))
+	cfg := filepath.Join(l.dir, "cam1.yaml")
+	body := fmt.Sprintf("relay: %s\nrelay_id: %s\nidentity: dev.key\nlan: false\nservices:\n  http: %s\nclients:\n  %s: [http]\n", l.relayAddr, l.relayID, web, clientID)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := l.start("cam1", "dev", "device", "--config", cfg)
+	dev.waitFor(reAttached, 0, 10*time.Second)
+
+	l.n.In("imp", "iptables", "-A", "INPUT", "-p", "udp", "--dport", "4601", "-j", "DROP")
+	id, err := identity.ParseID(devID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ann *lan.Announcer
+	if err := l.n.Do("imp", func() (err error) {
+		ann, err = lan.Announce(lan.AnnounceConfig{Device: id, Port: 4601, Interface: "eth0", Logger: slog.New(slog.DiscardHandler)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ann.Close()
+
+	conn := l.start("connect", "cli", "connect", devID, "http", "--listen", "127.0.0.1:0",
+		"--relay", l.relayAddr, "--relay-id", l.relayID, "--identity", filepath.Join(l.dir, "cli.key"))
+	m, _ := conn.waitFor(reListening, 0, 10*time.Second)
+	if page, err := l.get("cli", m[1]); err != nil || page != "camera admin page" {
+		t.Fatalf("through the relay, with a liar on the LAN: %q %v", page, err)
+	}
+}
