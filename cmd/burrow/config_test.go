@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/burrow-tunnel/burrow/client"
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/tunneltest"
 )
@@ -38,6 +39,7 @@ direct: false
 direct_port: 41641
 direct_addrs: [192.0.2.10, "2001:db8::10"]
 relay_udp: false
+lan: false
 reattach_spread: 1m30s
 `)
 	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
@@ -46,6 +48,9 @@ reattach_spread: 1m30s
 	}
 	if d := cfg.Direct; !d.Disable || !d.NoRelayUDP || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
 		t.Fatalf("direct %+v", d)
+	}
+	if !cfg.NoLAN {
+		t.Fatal("lan: false did not keep the device off the LAN")
 	}
 	if cfg.ReattachSpread != 90*time.Second {
 		t.Fatalf("reattach spread %v", cfg.ReattachSpread)
@@ -219,5 +224,30 @@ func TestTokenReadable(t *testing.T) {
 				t.Fatalf("tokenReadable() = %04o, %v; want %v", mode, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestConnectConfigLAN: lan: false in a file of forwards keeps the client
+// off the LAN; without it, the client looks there too.
+func TestConnectConfigLAN(t *testing.T) {
+	home := client.Home{Dir: t.TempDir()}
+	if err := home.SaveDevice(client.KnownDevice{Name: "cam1", ID: tunneltest.NewIdentity(t).ID(),
+		Relay: "relay.example.com:443", RelayID: tunneltest.NewIdentity(t).ID()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		body  string
+		noLAN bool
+	}{
+		{"forwards:\n  cam1/http: 127.0.0.1:8080\n", false},
+		{"forwards:\n  cam1/http: 127.0.0.1:8080\nlan: false\n", true},
+	} {
+		_, cp, err := readConnectConfig(writeConfig(t, tc.body), home)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.noLAN != tc.noLAN {
+			t.Errorf("%q: off the LAN %v, want %v", tc.body, cp.noLAN, tc.noLAN)
+		}
 	}
 }

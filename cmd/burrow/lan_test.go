@@ -392,9 +392,9 @@ func TestLANPairAndRevoke(t *testing.T) {
 
 // TestLANLiarDoesNotHoldRelay: someone on the LAN answers for the
 // device's tag with an address where nothing answers (its packets are
-// dropped there). The device, kept off the LAN, is reached through the
-// relay all the same, without waiting for the handshake on the LAN to
-// time out (10s, longer than the request's own timeout).
+// dropped there). The device, kept off the LAN (lan: false), is reached
+// through the relay all the same, without waiting for the handshake on
+// the LAN to time out (10s, longer than the request's own timeout).
 func TestLANLiarDoesNotHoldRelay(t *testing.T) {
 	l := newLANNet(t)
 	l.startRelay()
@@ -428,5 +428,9 @@ func TestLANLiarDoesNotHoldRelay(t *testing.T) {
 	m, _ := conn.waitFor(reListening, 0, 10*time.Second)
 	if page, err := l.get("cli", m[1]); err != nil || page != "camera admin page" {
 		t.Fatalf("through the relay, with a liar on the LAN: %q %v", page, err)
+	}
+	out, stderr, err := l.run("cli", "", "ping", devID, "--count", "1", "--relay", l.relayAddr, "--relay-id", l.relayID, "--identity", filepath.Join(l.dir, "cli.key"))
+	if err != nil || strings.Contains(out, "path=lan") {
+		t.Fatalf("ping a device with lan: false: %v\n%s\n%s", err, out, stderr)
 	}
 }
