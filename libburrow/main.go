@@ -84,19 +84,26 @@ func burrow_pair(client C.int, invite, name *C.char) C.int {
 	}))
 }
 
+// serviceArgs returns the client of handle h and the device and service
+// named, for a call that reaches a service.
+func serviceArgs(h int32, device, service *C.char) (lc *libClient, dev, svc string, err error) {
+	if lc, err = lookup[*libClient](h, "client"); err != nil {
+		return nil, "", "", err
+	}
+	if dev, err = goString(device, "device"); err != nil {
+		return nil, "", "", err
+	}
+	if svc, err = goString(service, "service"); err != nil {
+		return nil, "", "", err
+	}
+	return lc, dev, svc, nil
+}
+
 //export burrow_dial
 func burrow_dial(client C.int, device, service *C.char, connFD *C.int) C.int {
 	h := int32(client)
 	return C.int(call(h, func() (int32, error) {
-		lc, err := lookup[*libClient](h, "client")
-		if err != nil {
-			return -1, err
-		}
-		dev, err := goString(device, "device")
-		if err != nil {
-			return -1, err
-		}
-		svc, err := goString(service, "service")
+		lc, dev, svc, err := serviceArgs(h, device, service)
 		if err != nil {
 			return -1, err
 		}
@@ -116,15 +123,7 @@ func burrow_dial(client C.int, device, service *C.char, connFD *C.int) C.int {
 func burrow_forward(client C.int, device, service, listenAddr *C.char, addrOut *C.char, addrLen C.size_t) C.int {
 	h := int32(client)
 	return C.int(call(h, func() (int32, error) {
-		lc, err := lookup[*libClient](h, "client")
-		if err != nil {
-			return -1, err
-		}
-		dev, err := goString(device, "device")
-		if err != nil {
-			return -1, err
-		}
-		svc, err := goString(service, "service")
+		lc, dev, svc, err := serviceArgs(h, device, service)
 		if err != nil {
 			return -1, err
 		}

@@ -1,7 +1,6 @@
 package paths
 
 import (
-	"net"
 	"net/netip"
 	"slices"
 
@@ -58,26 +57,10 @@ func usableCandidate(a netip.Addr) bool {
 
 // interfaceAddrs lists the addresses of the interfaces that are up.
 func interfaceAddrs() ([]netip.Addr, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil, err
+	ps, err := interfacePrefixes()
+	out := make([]netip.Addr, len(ps))
+	for i, p := range ps {
+		out[i] = p.Addr()
 	}
-	var out []netip.Addr
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
-					out = append(out, ip.Unmap())
-				}
-			}
-		}
-	}
-	return out, nil
+	return out, err
 }

@@ -286,7 +286,8 @@ func onLinkIn(prefixes []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// interfacePrefixes lists the prefixes of the interfaces that are up.
+// interfacePrefixes lists the addresses of the interfaces that are up,
+// each with the length of its network's prefix.
 func interfacePrefixes() ([]netip.Prefix, error) {
 	ifs, err := net.Interfaces()
 	if err != nil {
@@ -315,7 +316,7 @@ func interfacePrefixes() ([]netip.Prefix, error) {
 			if ip.Is4() && ones > 32 {
 				ones -= 96
 			}
-			if p, err := ip.Prefix(ones); err == nil {
+			if p := netip.PrefixFrom(ip, ones); p.IsValid() {
 				out = append(out, p)
 			}
 		}

@@ -190,6 +190,24 @@ func (l *lanNet) startDevice(name, ns, key, yaml string) (*proc, string) {
 	return p, cfg
 }
 
+// announceAs answers, from ns, for the tag of device (an ID) with port:
+// what anyone who copied the device's announcement can do.
+func (l *lanNet) announceAs(ns, device string, port uint16) {
+	l.t.Helper()
+	id, err := identity.ParseID(device)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var ann *lan.Announcer
+	if err := l.n.Do(ns, func() (err error) {
+		ann, err = lan.Announce(lan.AnnounceConfig{Device: id, Port: port, Interface: "eth0", Logger: slog.New(slog.DiscardHandler)})
+		return err
+	}); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { ann.Close() })
+}
+
 // get fetches http://addr/ (or http://addr if it has a path) from inside
 // ns.
 func (l *lanNet) get(ns, addr string) (string, error) {
@@ -292,18 +310,7 @@ func TestLANImpostor(t *testing.T) {
 	// The impostor: a device of its own key, which would let the client
 	// in, and an announcement of the real device's tag naming its port.
 	l.startDevice("fake", "imp", "imp.key", fmt.Sprintf("direct_port: 4600\nservices:\n  http: %s\nclients:\n  %s: [http]\n", impWeb, clientID))
-	id, err := identity.ParseID(devID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ann *lan.Announcer
-	if err := l.n.Do("imp", func() (err error) {
-		ann, err = lan.Announce(lan.AnnounceConfig{Device: id, Port: 4600, Interface: "eth0", Logger: slog.New(slog.DiscardHandler)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ann.Close()
+	l.announceAs("imp", devID, 4600)
 
 	conn := l.start("connect", "cli", "connect", devID, "http", "--listen", "127.0.0.1:0",
 		"--relay", l.relayAddr, "--relay-id", l.relayID, "--identity", filepath.Join(l.dir, "cli.key"))
@@ -410,18 +417,7 @@ func TestLANLiarDoesNotHoldRelay(t *testing.T) {
 	dev.waitFor(reAttached, 0, 10*time.Second)
 
 	l.n.In("imp", "iptables", "-A", "INPUT", "-p", "udp", "--dport", "4601", "-j", "DROP")
-	id, err := identity.ParseID(devID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ann *lan.Announcer
-	if err := l.n.Do("imp", func() (err error) {
-		ann, err = lan.Announce(lan.AnnounceConfig{Device: id, Port: 4601, Interface: "eth0", Logger: slog.New(slog.DiscardHandler)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ann.Close()
+	l.announceAs("imp", devID, 4601)
 
 	conn := l.start("connect", "cli", "connect", devID, "http", "--listen", "127.0.0.1:0",
 		"--relay", l.relayAddr, "--relay-id", l.relayID, "--identity", filepath.Join(l.dir, "cli.key"))
