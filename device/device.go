@@ -230,6 +230,8 @@ type Device struct {
 	agent *agent.Agent
 	ln    *session.Listener
 	lan   *lan.Follower // nil when the device is not announced on the LAN
+	// lanStatus says why lan is nil; set by New.
+	lanStatus string
 	// handlers are the running in-process services, by name; set by New
 	// and never changed.
 	handlers map[string]*handlerService

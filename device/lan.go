@@ -22,15 +22,18 @@ func (c *Config) directOptions() paths.DirectOptions {
 // off it.
 func (d *Device) announce() {
 	if d.cfg.NoLAN {
+		d.lanStatus = "off"
 		return
 	}
 	port := d.agent.Paths().DirectPort()
 	if port == 0 {
-		d.log.Info("not announced on the LAN: direct paths and the UDP relay path are off, so the device has no UDP port to be reached at")
+		d.lanStatus = "not announced: direct paths and the UDP relay path are off, so the device has no UDP port to be reached at"
+		d.log.Info(d.lanStatus)
 		return
 	}
 	f, err := lan.Follow(lan.AnnounceConfig{Device: d.ID(), Port: port, Interface: d.cfg.LANInterface, Logger: d.log}, 0)
 	if err != nil {
+		d.lanStatus = "not announced: " + err.Error()
 		d.log.Warn("not announced on the LAN", "err", err)
 		return
 	}

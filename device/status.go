@@ -12,6 +12,10 @@ import (
 type Status struct {
 	Relay    paths.Status    `json:"relay"`
 	Sessions []SessionStatus `json:"sessions"`
+	// LAN says whether and where the device is announced on the LAN
+	// ("announced on eth0(192.168.1.20), port 4242", "not announced: …",
+	// or "off").
+	LAN string `json:"lan"`
 	// StateError says why the state directory could not be written when
 	// the device last tried; "" if it could.
 	StateError string `json:"state_error,omitempty"`
@@ -33,7 +37,10 @@ type SessionStatus struct {
 
 // Status returns the device's relay attachment and open sessions.
 func (d *Device) Status() Status {
-	st := Status{Relay: d.agent.Paths().Status()}
+	st := Status{Relay: d.agent.Paths().Status(), LAN: d.lanStatus}
+	if d.lan != nil {
+		st.LAN = d.lan.Status()
+	}
 	if d.st != nil {
 		if err := d.st.writable(); err != nil {
 			st.StateError = err.Error()

@@ -16,6 +16,23 @@ import (
 type Follower struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	status string // guarded by mu
+}
+
+// Status says where the device is announced now ("announced on eth0
+// (192.168.1.20 fe80::1), port 4242"), or why it is not.
+func (f *Follower) Status() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status
+}
+
+func (f *Follower) setStatus(s string) {
+	f.mu.Lock()
+	f.status = s
+	f.mu.Unlock()
 }
 
 // DefaultFollowEvery is how often a [Follower] looks at the interfaces
@@ -41,7 +58,7 @@ func Follow(cfg AnnounceConfig, every time.Duration) (*Follower, error) {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &Follower{cancel: cancel}
+	f := &Follower{cancel: cancel, status: "starting"}
 	f.wg.Go(func() { f.run(ctx, cfg, every) })
 	return f, nil
 }
@@ -78,6 +95,7 @@ func (f *Follower) run(ctx context.Context, cfg AnnounceConfig, every time.Durat
 		last = now
 		var err error
 		if a, err = Announce(cfg); err != nil {
+			f.setStatus("not announced: " + err.Error())
 			if msg := err.Error(); msg != lastErr {
 				cfg.Logger.Warn("not announced on the LAN: clients on this network reach the device only through its relay", "err", err)
 				lastErr = msg
@@ -85,6 +103,7 @@ func (f *Follower) run(ctx context.Context, cfg AnnounceConfig, every time.Durat
 			continue
 		}
 		lastErr = ""
+		f.setStatus(fmt.Sprintf("announced on %s, port %d", now, cfg.Port))
 		cfg.Logger.Info("announced on the LAN", "interfaces", now, "port", cfg.Port)
 	}
 }

@@ -215,6 +215,7 @@ func newDeviceStatusCmd(g *globals, o *deviceOptions) *cobra.Command {
 // jsonDeviceStatus is "burrow device status --json".
 type jsonDeviceStatus struct {
 	Relay               jsonRelayLink     `json:"relay"`
+	LAN                 string            `json:"lan"`                   // "announced on IFACES, port N", "not announced: why" or "off"
 	StateError          string            `json:"state_error"`           // "" if the state directory is writable
 	RevocationsNotSaved []string          `json:"revocations_not_saved"` // names
 	Sessions            []jsonSessionInfo `json:"sessions"`
@@ -249,6 +250,7 @@ func deviceStatusJSON(st device.Status) jsonDeviceStatus {
 	out := jsonDeviceStatus{
 		Relay: jsonRelayLink{Address: r.Relay, Attached: r.Attached, Draining: r.Draining, Since: jsonTime(r.Since),
 			ObservedAddr: r.ObservedAddr, RTTMS: ms(r.RTT), Error: r.Error},
+		LAN:                 st.LAN,
 		StateError:          st.StateError,
 		RevocationsNotSaved: nonNil(st.NotSaved),
 		Sessions:            []jsonSessionInfo{},
@@ -276,6 +278,9 @@ func printDeviceStatus(g *globals, st device.Status) error {
 			r.Relay, r.Since.Local().Format(time.DateTime), r.RelayID.Short(), r.RTT.Round(time.Microsecond), draining)
 	} else {
 		fmt.Fprintf(g.stdout, "relay: %s, NOT attached since %s: %s\n", r.Relay, r.Since.Local().Format(time.DateTime), r.Error)
+	}
+	if st.LAN != "" {
+		fmt.Fprintf(g.stdout, "lan: %s\n", st.LAN)
 	}
 	if st.StateError != "" {
 		fmt.Fprintf(g.stdout, "state: NOT writable: %s\n", st.StateError)

@@ -166,7 +166,10 @@ func TestBinaryJSON(t *testing.T) {
 	}
 	out = mustRun(t, "device", "status", "--config", cfg, "--json")
 	st := checkShape(t, "device status --json", parseJSON(t, "device status --json", out), jsonShape{
-		"relay": "object", "state_error": "string", "revocations_not_saved": "array", "sessions": "array"})
+		"relay": "object", "lan": "string", "state_error": "string", "revocations_not_saved": "array", "sessions": "array"})
+	if st["lan"] != "off" {
+		t.Errorf("device status --json: lan %v of a device started with --no-lan, want off", st["lan"])
+	}
 	rl := checkShape(t, "device status --json relay", st["relay"], jsonShape{
 		"address": "string", "attached": "bool", "draining": "bool", "relay_id": "string", "since": "time",
 		"observed_addr": "string", "rtt_ms": "number", "error": "string"})

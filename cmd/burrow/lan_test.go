@@ -264,8 +264,10 @@ func TestLANRelayAndNoRelay(t *testing.T) {
 	if page, err := l.get("cli", m[1]); err != nil || page != "camera admin page" {
 		t.Fatalf("through the LAN with the relay up: %q %v", page, err)
 	}
-	if out, stderr, err := l.run("dev", "", "device", "status", "--config", devCfg); err != nil || !regexp.MustCompile(`lan (10\.8\.0\.2|\[fe80::[0-9a-f:]+%eth0\]):\d+`).MatchString(out) {
-		t.Fatalf("device status does not show the session on the LAN: %v\n%s\n%s", err, out, stderr)
+	if out, stderr, err := l.run("dev", "", "device", "status", "--config", devCfg); err != nil ||
+		!regexp.MustCompile(`lan (10\.8\.0\.2|\[fe80::[0-9a-f:]+%eth0\]):\d+`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^lan: announced on eth0\(10\.8\.0\.1 [0-9a-f:]+\), port \d+$`).MatchString(out) {
+		t.Fatalf("device status does not show the LAN announcement and the session on the LAN: %v\n%s\n%s", err, out, stderr)
 	}
 	if m, err := l.get("dev", "127.0.0.1:9464/metrics"); err != nil || !strings.Contains(m, `burrow_device_sessions{path="lan"} 1`) {
 		t.Fatalf("the device's metrics do not count the session on the LAN: %v\n%s", err, m)
