@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/burrow-tunnel/burrow/identity"
+	"github.com/burrow-tunnel/burrow/lan"
 	"github.com/burrow-tunnel/burrow/paths"
 	"github.com/burrow-tunnel/burrow/relayproto"
 	"github.com/burrow-tunnel/burrow/session"
@@ -63,7 +64,20 @@ func Start(cfg paths.Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep, err := session.NewEndpoint(pc, session.Config{Identity: cfg.Identity, Paths: pc})
+	scfg := session.Config{Identity: cfg.Identity, Paths: pc}
+	if cfg.Role == relayproto.RoleDevice && cfg.Direct.AcceptLAN {
+		// A handshake on the LAN is answered only for a client that
+		// knows the device's ID (lan.Hello): the device's key, which the
+		// answer shows, names it.
+		hellos := lan.NewHelloChecker(cfg.Identity.ID(), nil)
+		scfg.AcceptHello = func(remote net.Addr, serverName string) error {
+			if !paths.IsLAN(remote) {
+				return nil // through a relay, which admitted the client
+			}
+			return hellos.Check(serverName)
+		}
+	}
+	ep, err := session.NewEndpoint(pc, scfg)
 	if err != nil {
 		pc.Close()
 		return nil, err
@@ -97,7 +111,7 @@ func (a *Agent) Dial(ctx context.Context, device identity.ID) (*session.Session,
 	if err := a.pc.WaitAttached(ctx); err != nil {
 		return nil, fmt.Errorf("cannot reach device %s: %w", device.Short(), err)
 	}
-	return a.dial(ctx, device, paths.Addr{ID: device}, "path", "relay")
+	return a.dial(ctx, device, paths.Addr{ID: device}, "burrow", "path", "relay")
 }
 
 // DialLAN opens a session to device at addr, a UDP address on this agent's
@@ -105,23 +119,26 @@ func (a *Agent) Dial(ctx context.Context, device identity.ID) (*session.Session,
 // for the relay: the session runs over the LAN and no relay carries it.
 // The device's key must have the ID device, as in [Agent.Dial] (else the
 // error is an [identity.ErrKeyMismatch]); ctx bounds the handshake, and its
-// cause is the error if it ends first. It fails at once if the agent has
-// no UDP socket (direct paths and the UDP relay path are both off). It logs
-// as Dial does, with path=lan and the address.
+// cause is the error if it ends first. Its first message carries a hello
+// (lan.Hello) that proves it knows the device's ID, without which a device
+// on the LAN does not answer. It fails at once if the agent has no UDP
+// socket (direct paths and the UDP relay path are both off). It logs as
+// Dial does, with path=lan and the address.
 func (a *Agent) DialLAN(ctx context.Context, device identity.ID, addr netip.AddrPort) (*session.Session, error) {
 	to, err := a.pc.LANAddr(addr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach device %s on the LAN: %w", device.Short(), err)
 	}
-	return a.dial(ctx, device, to, "path", "lan", "addr", addr.String())
+	return a.dial(ctx, device, to, lan.Hello(device, time.Now()), "path", "lan", "addr", addr.String())
 }
 
-// dial opens a session to device at to, logging its opening with the
-// key-value pairs where (its path), or its failure, and its end.
-func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, where ...any) (*session.Session, error) {
+// dial opens a session to device at to, giving serverName as the TLS
+// server name, logging its opening with the key-value pairs where (its
+// path), or its failure, and its end.
+func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, serverName string, where ...any) (*session.Session, error) {
 	log := a.log.With("device", device.String())
 	start := time.Now()
-	s, err := a.ep.Dial(ctx, to, device)
+	s, err := a.ep.DialNamed(ctx, to, device, serverName)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, identity.ErrKeyMismatch) {
 			err = cause

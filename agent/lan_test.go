@@ -190,21 +190,58 @@ func TestDialLAN(t *testing.T) {
 	}
 }
 
-// TestDialLANKeyMismatch: a session over the LAN pins the device's key as
-// one over the relay does.
-func TestDialLANKeyMismatch(t *testing.T) {
-	_, addr, _ := lanDevice(t, tunneltest.NewIdentity(t), lanOn)
+// TestDialLANStranger: a client that does not know the device's ID (it
+// dials another) is refused before the device shows its key, which would
+// name the device: it learns nothing, and the device logs no error.
+func TestDialLANStranger(t *testing.T) {
+	_, addr, devLogs := lanDevice(t, tunneltest.NewIdentity(t), lanOn)
 	cli, logs := startUnattached(t, tunneltest.NewIdentity(t), relayproto.RoleClient, tunneltest.Loopback)
 	other := tunneltest.NewIdentity(t).ID()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	if s, err := cli.DialLAN(ctx, other, addr); !errors.Is(err, identity.ErrKeyMismatch) {
+	s, err := cli.DialLAN(ctx, other, addr)
+	if s != nil {
+		s.Close(session.CloseNormal, "")
+	}
+	if _, learned := errors.AsType[*identity.KeyMismatchError](err); learned || !errors.Is(err, session.ErrHandshakeRefused) {
+		t.Fatalf("dial: %v, want the handshake refused (and no key shown)", err)
+	}
+	logs.waitFor(t, `msg="session failed"`, "path=lan", "device="+other.String())
+	if strings.Contains(devLogs.String(), "level=ERROR") {
+		t.Fatalf("device errors:\n%s", devLogs)
+	}
+}
+
+// TestDialLANKeyMismatch: a session over the LAN pins the device's key as
+// one over the relay does: an impostor at the address, which answers any
+// hello with a key of its own, gets a key mismatch.
+func TestDialLANKeyMismatch(t *testing.T) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	impostor, err := session.NewEndpoint(conn, session.Config{Identity: tunneltest.NewIdentity(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer impostor.Close()
+	ln, err := impostor.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, logs := startUnattached(t, tunneltest.NewIdentity(t), relayproto.RoleClient, tunneltest.Loopback)
+	device := tunneltest.NewIdentity(t).ID()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if s, err := cli.DialLAN(ctx, device, conn.LocalAddr().(*net.UDPAddr).AddrPort()); !errors.Is(err, identity.ErrKeyMismatch) {
 		if s != nil {
 			s.Close(session.CloseNormal, "")
 		}
 		t.Fatalf("dial: %v, want a key mismatch", err)
 	}
-	logs.waitFor(t, `msg="session failed"`, "path=lan", "device="+other.String())
+	logs.waitFor(t, `msg="session failed"`, "path=lan", "device="+device.String())
 }
 
 // TestDialLANRefused: a device that does not accept LAN peers drops the

@@ -11,7 +11,10 @@
 // and the UDP port, is what any host on the LAN sees of the device's
 // traffic anyway. A match tells a client where to try, nothing more: the
 // end-to-end session that follows pins the device's key as over the relay,
-// so an impostor answering with a copied tag gets nowhere.
+// so an impostor answering with a copied tag gets nowhere. The device, for
+// its part, answers a session on the LAN only for a client whose first
+// message carries a [Hello] (hello.go): its key, which a handshake shows,
+// would name it to anyone else.
 //
 // The package only finds: it opens no session and holds no policy. Among
 // burrow's packages it imports only identity.

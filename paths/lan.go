@@ -71,6 +71,13 @@ type lanPeer struct {
 }
 
 func (p *lanPeer) Network() string { return "burrow-lan" }
+
+// IsLAN reports whether addr is a LAN peer's (see [Conn.LANAddr]): a
+// session with it started on the LAN, not through a relay.
+func IsLAN(addr net.Addr) bool {
+	_, ok := addr.(*lanPeer)
+	return ok
+}
 func (p *lanPeer) String() string  { return p.str }
 
 // lanTable holds a Conn's LAN peers.

@@ -71,6 +71,12 @@ type Config struct {
 	// MaxTunnels bounds the tunnels a peer may have open at once in one
 	// session. Zero means 4096.
 	MaxTunnels int64
+	// AcceptHello, if set, is asked about every handshake a listener
+	// receives, before the endpoint answers it at all (so before it shows
+	// its key): remote is the client's path-layer address and serverName
+	// the TLS server name it gave. An error refuses the handshake. Nil
+	// answers every handshake.
+	AcceptHello func(remote net.Addr, serverName string) error
 	// Paths is the path layer under the endpoint's packet connection
 	// (usually that connection itself), over which sessions look for a
 	// direct path to their peer. Nil: no direct path is looked for, and
@@ -140,11 +146,17 @@ func (e *Endpoint) Close() error { return e.tr.Close() }
 // Dial opens a session to the device at addr whose key must have the ID
 // device.
 func (e *Endpoint) Dial(ctx context.Context, addr net.Addr, device identity.ID) (*Session, error) {
+	return e.DialNamed(ctx, addr, device, "burrow")
+}
+
+// DialNamed is Dial with serverName as the TLS server name: the hello a
+// device that checks hellos ([Config.AcceptHello]) asks for.
+func (e *Endpoint) DialNamed(ctx context.Context, addr net.Addr, device identity.ID, serverName string) (*Session, error) {
 	conf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		Certificates:       []tls.Certificate{e.cert},
 		NextProtos:         []string{ALPN},
-		ServerName:         "burrow",
+		ServerName:         serverName,
 		InsecureSkipVerify: true, // VerifyConnection pins the key
 		VerifyConnection:   identity.VerifyPinned("device", device),
 	}
@@ -155,10 +167,22 @@ func (e *Endpoint) Dial(ctx context.Context, addr net.Addr, device identity.ID) 
 	return &Session{conn: c, peer: device, paths: e.paths}, nil
 }
 
+// ErrHandshakeRefused is the error of a dial whose peer refused the
+// handshake before it answered (see [Config.AcceptHello]): on the LAN, a
+// device that the hello was not made for.
+var ErrHandshakeRefused = errors.New("session: the peer refused the handshake")
+
+// alertInternal is the QUIC error of a TLS internal_error alert, which a
+// server sends when its GetConfigForClient refuses a handshake.
+const alertInternal = quic.TransportErrorCode(0x100 + 80)
+
 // dialError turns a QUIC dial failure into the error a user should see.
 func dialError(err error) error {
 	if km, ok := errors.AsType[*identity.KeyMismatchError](err); ok {
 		return km
+	}
+	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode == alertInternal {
+		return fmt.Errorf("%w (%v)", ErrHandshakeRefused, err)
 	}
 	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && (ae.ErrorCode == CloseNotAuthorized || ae.ErrorCode == CloseRevoked) {
 		return &RefusedError{Reply: Reply{Code: CodeNotAuthorized, Detail: ae.ErrorMessage}, revoked: ae.ErrorCode == CloseRevoked}
@@ -176,6 +200,15 @@ func (e *Endpoint) Listen() (*Listener, error) {
 		ClientAuth:             tls.RequireAnyClientCert,
 		VerifyConnection:       identity.VerifyAnyKey,
 		SessionTicketsDisabled: true,
+	}
+	if accept := e.cfg.AcceptHello; accept != nil {
+		conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			var remote net.Addr
+			if hello.Conn != nil {
+				remote = hello.Conn.RemoteAddr()
+			}
+			return nil, accept(remote, hello.ServerName)
+		}
 	}
 	l, err := e.tr.Listen(conf, e.qcfg)
 	if err != nil {

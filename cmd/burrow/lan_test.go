@@ -22,6 +22,7 @@ import (
 	"github.com/burrow-tunnel/burrow/identity"
 	"github.com/burrow-tunnel/burrow/internal/testing/netns"
 	"github.com/burrow-tunnel/burrow/lan"
+	"github.com/burrow-tunnel/burrow/session"
 )
 
 // A lanNet is a LAN in network namespaces: on one bridge, a device (dev,
@@ -295,23 +296,16 @@ func TestLANRelayAndNoRelay(t *testing.T) {
 }
 
 // TestLANImpostor: a stranger on the LAN who answers for the device's tag
-// (copied from the air) with a device of its own, whose key is another,
-// gets a key mismatch: the client never opens a tunnel there, and no byte
-// of its service moves. Once the real device is on the LAN too, the client
-// reaches it (done-means 2 of LAN mode).
+// (copied from the air) with an endpoint of its own, which takes any
+// hello and shows a key of its own, gets a key mismatch: the client opens
+// no tunnel there, so no byte of a service moves. Once the real device is
+// on the LAN too, the client reaches it (done-means 2 of LAN mode).
 func TestLANImpostor(t *testing.T) {
 	l := newLANNet(t)
 	l.blackholeRelay()
 	clientID := l.id("cli.key")
 	devID := l.id("dev.key")
-	var impostorHits atomic.Int64
-	impWeb := l.serve("imp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		impostorHits.Add(1)
-		io.WriteString(w, "impostor page")
-	}))
-	// The impostor: a device of its own key, which would let the client
-	// in, and an announcement of the real device's tag naming its port.
-	l.startDevice("fake", "imp", "imp.key", fmt.Sprintf("direct_port: 4600\nservices:\n  http: %s\nclients:\n  %s: [http]\n", impWeb, clientID))
+	sessions, tunnels := l.impostor("imp", 4600)
 	l.announceAs("imp", devID, 4600)
 
 	conn := l.start("connect", "cli", "connect", devID, "http", "--listen", "127.0.0.1:0",
@@ -321,8 +315,8 @@ func TestLANImpostor(t *testing.T) {
 		t.Fatalf("the impostor's answer led somewhere: %q", page)
 	}
 	conn.waitFor(regexp.MustCompile(`key mismatch`), 0, 10*time.Second)
-	if n := impostorHits.Load(); n != 0 {
-		t.Fatalf("the impostor's service was reached %d times", n)
+	if n := sessions.Load(); n != 0 {
+		t.Fatalf("the impostor got %d sessions", n)
 	}
 
 	web := l.serve("dev", http.HandlerFunc(camPage))
@@ -330,9 +324,64 @@ func TestLANImpostor(t *testing.T) {
 	if page, err := l.get("cli", m[1]); err != nil || page != "camera admin page" {
 		t.Fatalf("with the real device on the LAN too: %q %v", page, err)
 	}
-	if n := impostorHits.Load(); n != 0 {
-		t.Fatalf("the impostor's service was reached %d times", n)
+	if n, k := sessions.Load(), tunnels.Load(); n != 0 || k != 0 {
+		t.Fatalf("the impostor got %d sessions and %d tunnels", n, k)
 	}
+}
+
+// impostor runs, in ns on UDP port, an end-to-end endpoint of a key of
+// its own that takes every handshake (whatever its hello) until the test
+// ends, and counts the sessions that open and the tunnels asked of them.
+func (l *lanNet) impostor(ns string, port int) (sessions, tunnels *atomic.Int64) {
+	l.t.Helper()
+	var conn *net.UDPConn
+	if err := l.n.Do(ns, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
+		return err
+	}); err != nil {
+		l.t.Fatal(err)
+	}
+	key, err := identity.Generate()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ep, err := session.NewEndpoint(conn, session.Config{Identity: key})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ln, err := ep.Listen()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	sessions, tunnels = new(atomic.Int64), new(atomic.Int64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			s, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			sessions.Add(1)
+			go func() {
+				for {
+					if _, err := s.AcceptTunnel(ctx); err != nil {
+						return
+					}
+					tunnels.Add(1)
+				}
+			}()
+		}
+	}()
+	l.t.Cleanup(func() {
+		cancel()
+		ln.Close()
+		ep.Close()
+		conn.Close()
+		<-done
+	})
+	return sessions, tunnels
 }
 
 // TestLANPairAndRevoke: with the relay down from the start, the device
