@@ -42,6 +42,10 @@ type libClient struct {
 	forwards map[int32]*libForward                    // guarded by mu
 	closed   bool                                     // guarded by mu
 	noLAN    bool                                     // guarded by mu; set before the first relay starts
+	// locals are the Go ends of the socket pairs of open tunnels, which
+	// close aborts: a tunnel whose service has finished still waits for
+	// the app's end, which the app may close later, or never.
+	locals map[*net.UnixConn]struct{} // guarded by mu
 }
 
 // setLAN turns the LAN on or off for the client, before it started.
@@ -73,7 +77,8 @@ func newClient(dir string) (*libClient, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &libClient{home: home, id: id, log: slog.New(slog.DiscardHandler), ctx: ctx, cancel: cancel,
-		relays: make(map[relaylink.RelayConfig]*client.Client), forwards: make(map[int32]*libForward)}, nil
+		relays: make(map[relaylink.RelayConfig]*client.Client), forwards: make(map[int32]*libForward),
+		locals: make(map[*net.UnixConn]struct{})}, nil
 }
 
 // relay returns the client attached (or attaching) to rc, starting it if
@@ -189,7 +194,13 @@ func (lc *libClient) dial(dev, service string) (int, error) {
 		syscall.Close(fd)
 		return -1, errors.New("the client is closed")
 	}
-	lc.joins.Go(func() { pipe.Join(local, t) })
+	lc.locals[local] = struct{}{}
+	lc.joins.Go(func() {
+		pipe.Join(local, t)
+		lc.mu.Lock()
+		delete(lc.locals, local)
+		lc.mu.Unlock()
+	})
 	return fd, nil
 }
 
@@ -289,6 +300,9 @@ func (lc *libClient) close(forget func(int32)) {
 	lc.forwards = nil
 	relays := lc.relays
 	lc.relays = nil
+	for local := range lc.locals {
+		pipe.Abort(local)
+	}
 	lc.mu.Unlock()
 	for h, f := range forwards {
 		forget(h)

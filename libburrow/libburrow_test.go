@@ -283,7 +283,34 @@ func testDialJoinEnds(t *testing.T) {
 	if _, err := lc.dial("cam", "nosuch"); err == nil || !strings.Contains(err.Error(), "unknown service") {
 		t.Errorf("dial of an unknown service: %v", err)
 	}
-	lc.close(func(int32) {})
+	// A tunnel read to its end, whose socket the app has neither closed
+	// nor shut down for writing: closing the client does not wait for the
+	// app.
+	fd, err := lc.dial("cam", "http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "tunnel")
+	kept, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	io.WriteString(kept, "GET /page HTTP/1.0\r\n\r\n")
+	if got, err := io.ReadAll(kept); err != nil || !strings.Contains(string(got), page) {
+		t.Fatalf("page: got %q, %v", got, err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		lc.close(func(int32) {})
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the client waits for the app to close a finished tunnel's socket")
+	}
 	if _, err := lc.dial("cam", "echo"); err == nil {
 		t.Error("a closed client dialed")
 	}
