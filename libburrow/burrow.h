@@ -159,7 +159,8 @@ int burrow_close(int handle);
  *
  * Returns the message's full length in bytes (without the NUL; 0 if there
  * is no message, and buf holds ""), so that a return >= len means it was
- * truncated; or -1 if handle is not open or buf is NULL or len is 0.
+ * truncated; or -1 if handle is not open or buf is NULL or len is 0. It
+ * keeps no message of its own: every message stays as it was.
  */
 int burrow_errmsg(int handle, char *buf, size_t len);
 

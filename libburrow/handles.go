@@ -82,6 +82,16 @@ func message(h int32) (string, bool) {
 // call runs the body of an exported function for handle h (0 if it has
 // none) and returns its result, or -1 with its error kept (see setErr).
 // A panic becomes -1 and a message: no Go panic may cross into C.
+// callQuiet runs f as call does, but keeps no message: a panic is -1.
+func callQuiet(f func() int32) (ret int32) {
+	defer func() {
+		if recover() != nil {
+			ret = -1
+		}
+	}()
+	return f()
+}
+
 func call(h int32, f func() (int32, error)) (ret int32) {
 	defer func() {
 		if r := recover(); r != nil {

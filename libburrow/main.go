@@ -167,17 +167,16 @@ func burrow_close(handle C.int) C.int {
 
 //export burrow_errmsg
 func burrow_errmsg(handle C.int, buf *C.char, n C.size_t) C.int {
-	return C.int(call(0, func() (int32, error) {
+	// Its own failures keep no message: they would replace the one asked
+	// for (that of handle 0, say).
+	return C.int(callQuiet(func() int32 {
 		msg, ok := message(int32(handle))
-		if !ok {
-			return -1, &handleError{fmt.Sprintf("burrow_errmsg: handle %d is not open", handle)}
-		}
-		if buf == nil || n == 0 {
-			return -1, errors.New("burrow_errmsg: buf is NULL or len is 0")
+		if !ok || buf == nil || n == 0 {
+			return -1
 		}
 		out := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(n))
 		k := copy(out[:n-1], msg)
 		out[k] = 0
-		return int32(min(len(msg), 1<<31-1)), nil
+		return int32(min(len(msg), 1<<31-1))
 	}))
 }

@@ -145,6 +145,14 @@ static int misuse(const char *home) {
 		fprintf(stderr, "stress: errmsg of an unknown handle or into no buffer did not return -1\n");
 		bad++;
 	}
+	/* errmsg's own failures keep no message: handle 0's is still close's. */
+	burrow_close(987654);
+	burrow_errmsg(987655, addr, sizeof addr);
+	char zero[512];
+	if (burrow_errmsg(0, zero, sizeof zero) <= 0 || strstr(zero, "987654") == NULL) {
+		fprintf(stderr, "stress: a failed errmsg replaced handle 0's message with: %s\n", zero);
+		bad++;
+	}
 	/* A long message is cut to fit, and its full length returned. */
 	burrow_dial(client, "nosuch", "http", &fd);
 	int n = burrow_errmsg(client, small, sizeof small);
