@@ -314,19 +314,30 @@ func interfacePrefixes() ([]netip.Prefix, error) {
 			if !ok {
 				continue
 			}
-			ip, ok := netip.AddrFromSlice(ipn.IP)
-			ones, _ := ipn.Mask.Size()
-			if !ok {
-				continue
-			}
-			ip = ip.Unmap()
-			if ip.Is4() && ones > 32 {
-				ones -= 96
-			}
-			if p := netip.PrefixFrom(ip, ones); p.IsValid() {
+			if p, ok := prefixOf(ipn); ok {
 				out = append(out, p)
 			}
 		}
 	}
 	return out, nil
+}
+
+// prefixOf returns an interface's address with the length of its
+// network's prefix. A mask that is not a prefix gives the address alone,
+// never a /0 that would put every address on the link.
+func prefixOf(ipn *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(ipn.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	ones, bits := ipn.Mask.Size()
+	switch {
+	case bits == 0:
+		ones = ip.BitLen()
+	case ip.Is4() && ones > 32:
+		ones -= 96
+	}
+	p := netip.PrefixFrom(ip, ones)
+	return p, p.IsValid()
 }

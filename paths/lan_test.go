@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -190,5 +191,24 @@ func TestOnLinkCache(t *testing.T) {
 	o.contains(netip.MustParseAddr("10.1.2.3"))
 	if calls != 2 {
 		t.Fatalf("prefixes listed %d times after %v", calls, onLinkRefresh)
+	}
+}
+
+// TestPrefixOf: an interface's address keeps its network's prefix; a mask
+// that is not a prefix gives the address alone, not a /0.
+func TestPrefixOf(t *testing.T) {
+	for _, tc := range []struct {
+		ipn  net.IPNet
+		want string
+	}{
+		{net.IPNet{IP: net.ParseIP("192.168.1.20").To4(), Mask: net.CIDRMask(24, 32)}, "192.168.1.20/24"},
+		{net.IPNet{IP: net.ParseIP("192.168.1.20"), Mask: net.CIDRMask(120, 128)}, "192.168.1.20/24"},
+		{net.IPNet{IP: net.ParseIP("fd00::5"), Mask: net.CIDRMask(64, 128)}, "fd00::5/64"},
+		{net.IPNet{IP: net.ParseIP("10.1.2.3").To4(), Mask: net.IPv4Mask(255, 0, 255, 0)}, "10.1.2.3/32"},
+	} {
+		p, ok := prefixOf(&tc.ipn)
+		if !ok || p.String() != tc.want {
+			t.Errorf("%v: %v %v, want %s", tc.ipn, p, ok, tc.want)
+		}
 	}
 }
