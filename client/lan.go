@@ -35,7 +35,7 @@ const (
 	// lanFindFor is how long the LAN is listened to at least; it goes on
 	// while the dial through the relay does (a device may come up on the
 	// LAN meanwhile), re-asking at growing intervals.
-	lanFindFor = 2 * time.Second
+	lanFindFor = time.Second
 )
 
 // A dialed is one attempt's outcome.
@@ -94,7 +94,7 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 				mu.Lock()
 				defer mu.Unlock()
 				for _, ap := range f.Addrs {
-					if !tried[ap] {
+					if !tried[ap] && len(tried) < lan.MaxAddrs {
 						tried[ap] = true
 						lanDials++
 						c.wg.Go(func() {

@@ -252,12 +252,13 @@ type Device struct {
 	invites  map[[32]byte]pendingInvite        // by verifier
 	guards   pairGuards                        // of pairing, per client and per invite
 	sessions map[*session.Session]*sessionInfo // open ones
+	unknown  int                               // sessions of clients not known when they opened, within unknownGrace
 	limits   map[identity.ID]*rate.Limiter     // tunnel opens, per client
 	// unsaved holds the users revoked while the state directory could not
 	// be written: shut out, but still in the store.
 	unsaved map[identity.ID]User
 	seenLog failureLog
-	// pairLog rate-limits pairing warnings; pairLogSkipped counts those
+	// pairLog rate-limits refusal warnings; pairLogSkipped counts those
 	// not logged since the last one.
 	pairLog        *rate.Limiter
 	pairLogSkipped int
@@ -450,6 +451,11 @@ func (d *Device) accessList() ([]identity.ID, [][32]byte) {
 // session open, to pair.
 const unknownGrace = time.Minute
 
+// maxUnknown bounds the sessions of clients the device does not know yet
+// (pairing, or about to): past it, one more is refused. Pairing takes one
+// each, for a moment.
+const maxUnknown = 64
+
 func (d *Device) acceptLoop() {
 	for {
 		s, err := d.ln.Accept(d.ctx)
@@ -461,7 +467,7 @@ func (d *Device) acceptLoop() {
 		}
 		_, known := d.access(s.PeerID())
 		if !known && !d.pairable() {
-			d.log.Warn("session refused: unknown client", "client", s.PeerID().String())
+			d.refusalWarn(d.log, "session refused: unknown client", "client", s.PeerID().String())
 			s.Close(session.CloseNotAuthorized, fmt.Sprintf("client %s is not authorized on device %s", s.PeerID().Short(), d.ID().Short()))
 			continue
 		}
@@ -471,12 +477,26 @@ func (d *Device) acceptLoop() {
 			s.Close(session.CloseShutdown, "device is shutting down")
 			return
 		}
+		if !known && d.unknown >= maxUnknown {
+			d.mu.Unlock()
+			d.refusalWarn(d.log, "session refused: too many sessions of unknown clients at once", "client", s.PeerID().String())
+			s.Close(session.CloseNotAuthorized, "too many clients pairing at once: try again in a minute")
+			continue
+		}
 		d.sessions[s] = &sessionInfo{since: time.Now()}
+		if !known {
+			d.unknown++
+		}
 		d.mu.Unlock()
 		d.counters.sessionsStarted.Add(1)
 		if !known {
 			// Time to pair, and no more.
 			d.wg.Go(func() {
+				defer func() {
+					d.mu.Lock()
+					d.unknown--
+					d.mu.Unlock()
+				}()
 				t := time.NewTimer(unknownGrace)
 				defer t.Stop()
 				select {
@@ -515,8 +535,10 @@ func (d *Device) serveSession(s *session.Session) {
 
 // removedFromRelay ends every session, when the relay's operator removed
 // this device: one on a direct path would otherwise go on, and removing a
-// device must cut it off. New sessions come through the relay, which no
-// longer admits the device.
+// device must cut it off from the relay's service. New sessions through
+// the relay do not come, as it no longer admits the device; sessions that
+// start on the LAN, which no relay carries or grants, still do (unless
+// the device is kept off the LAN).
 func (d *Device) removedFromRelay() {
 	d.mu.Lock()
 	victims := slices.Collect(maps.Keys(d.sessions))

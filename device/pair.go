@@ -240,7 +240,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	now := time.Now()
 	if req.Invite == ([32]byte{}) {
 		// No secret is checked: nothing to count.
-		d.pairWarn(log, "pairing refused: the request names no invite (an older client)")
+		d.refusalWarn(log, "pairing refused: the request names no invite (an older client)")
 		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeBadRequest,
 			Detail: "the pairing request names no invite: update burrow on this client"})
@@ -257,13 +257,13 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	switch {
 	case wait > 0 && inviteLocked:
 		// Refused without looking at the secret.
-		d.pairWarn(log, "pairing refused: the invite it names is locked after wrong secrets", "retry_in", wait.Round(time.Second).String())
+		d.refusalWarn(log, "pairing refused: the invite it names is locked after wrong secrets", "retry_in", wait.Round(time.Second).String())
 		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeRateLimited,
 			Detail: fmt.Sprintf("too many wrong secrets for this invite; try again in %s", wait.Round(time.Second))})
 		return
 	case wait > 0:
-		d.pairWarn(log, "pairing refused: too many failed attempts from this client", "retry_in", wait.Round(time.Second).String())
+		d.refusalWarn(log, "pairing refused: too many failed attempts from this client", "retry_in", wait.Round(time.Second).String())
 		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeRateLimited,
 			Detail: fmt.Sprintf("too many failed pairing attempts; try again in %s", wait.Round(time.Second))})
@@ -271,7 +271,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	case !found:
 		// Not a guess at any invite: no secret was checked.
 		d.pairFailed(client, nil, inv, now, log)
-		d.pairWarn(log, "pairing refused: invite unknown or already used")
+		d.refusalWarn(log, "pairing refused: invite unknown or already used")
 		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
@@ -283,7 +283,7 @@ func (d *Device) pair(s *session.Session, in *session.Incoming, req session.Requ
 	case len(req.Secret) != pairing.SecretLen || !pairing.Secret(req.Secret).Matches(inv.Verifier):
 		// A guess: whoever sent it knows the invite's relay token.
 		d.pairFailed(client, &req.Invite, inv, now, log)
-		d.pairWarn(log, "pairing refused: wrong secret for a pending invite", "invite_name", inv.Name, "role", inv.Role)
+		d.refusalWarn(log, "pairing refused: wrong secret for a pending invite", "invite_name", inv.Name, "role", inv.Role)
 		d.counters.pairRefused.Add(1)
 		in.Answer(session.Reply{Code: session.CodeNotAuthorized, Detail: "invite unknown or already used: ask the device owner for a new one"})
 		return
@@ -402,8 +402,9 @@ const (
 	pairLogBurst = 20
 )
 
-// pairWarn logs a pairing refusal, unless too many came too fast.
-func (d *Device) pairWarn(log *slog.Logger, msg string, args ...any) {
+// refusalWarn logs a refusal (of a pairing, or of a session from an unknown
+// client), unless too many came too fast: strangers must not flood the log.
+func (d *Device) refusalWarn(log *slog.Logger, msg string, args ...any) {
 	d.mu.Lock()
 	ok := d.pairLog.Allow()
 	skipped := d.pairLogSkipped

@@ -39,6 +39,11 @@ var (
 	mdnsGroup6 = netip.MustParseAddr("ff02::fb")
 )
 
+// MaxAddrs bounds the addresses kept of one device: a device announces
+// those of one interface, a few; more come from someone who lies, and
+// each would be dialed.
+const MaxAddrs = 8
+
 // serviceName is the name a client asks for.
 const serviceName = Service + ".local."
 
@@ -211,7 +216,7 @@ func collect(found map[identity.ID]*Found, tags map[Tag]match, a answer) (grew [
 				ad = ad.WithZone(a.zone)
 			}
 			ap := netip.AddrPortFrom(ad, srv.Port)
-			if !slices.Contains(f.Addrs, ap) {
+			if len(f.Addrs) < MaxAddrs && !slices.Contains(f.Addrs, ap) {
 				f.Addrs = append(f.Addrs, ap)
 				if !slices.Contains(grew, m.device) {
 					grew = append(grew, m.device)

@@ -57,6 +57,9 @@ func TestCollect(t *testing.T) {
 		{"no address", answerFor(TagOf(cam1, w), 7, v1), "", nil, 0},
 		{"link-local, no zone", answerFor(TagOf(cam1, w), 7, v1, "fe80::1"), "", nil, 0},
 		{"link-local with zone", answerFor(TagOf(cam1, w), 7, v1, "fe80::1", "fd00::1"), "eth1", []string{"[fe80::1%eth1]:7", "[fd00::1]:7"}, w},
+		{"too many addresses", answerFor(TagOf(cam1, w), 7, v1, "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5",
+			"10.0.0.6", "10.0.0.7", "10.0.0.8", "10.0.0.9", "10.0.0.10"), "",
+			[]string{"10.0.0.1:7", "10.0.0.2:7", "10.0.0.3:7", "10.0.0.4:7", "10.0.0.5:7", "10.0.0.6:7", "10.0.0.7:7", "10.0.0.8:7"}, w},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -289,9 +289,12 @@ func TestFindHeard(t *testing.T) {
 	c := newClock(t0)
 	announce(t, n, "dev1", cam1, "10.9.0.1", 4001, c)
 	var heard []Found
+	var took time.Duration
 	err := n.Do("cli", func() error {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
+		began := time.Now()
+		defer func() { took = time.Since(began) }()
 		found, err := Find(ctx, FindConfig{Interface: "eth0", Timeout: 5 * time.Second, Now: c.now,
 			Heard: func(f Found) {
 				heard = append(heard, f)
@@ -304,4 +307,7 @@ func TestFindHeard(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(t, "heard", heard, want(cam1, Window(t0), "10.9.0.1:4001"))
+	if took >= 5*time.Second {
+		t.Errorf("Find took %v: it listened to its timeout, not until the caller had what it wanted", took)
+	}
 }
