@@ -111,8 +111,18 @@ func (a *Agent) Dial(ctx context.Context, device identity.ID) (*session.Session,
 	if err := a.pc.WaitAttached(ctx); err != nil {
 		return nil, fmt.Errorf("cannot reach device %s: %w", device.Short(), err)
 	}
-	return a.dial(ctx, device, paths.Addr{ID: device}, "burrow", "path", "relay")
+	return a.dial(ctx, device, paths.Addr{ID: device}, session.DialOptions{}, "path", "relay")
 }
+
+// A session on the LAN cannot move to another path: when its path dies
+// (the client left the network), it ends, and the next tunnel dials
+// again, through the relay if the LAN is gone. So its keepalives are
+// frequent and its idle timeout short, for it to end within seconds
+// rather than the half minute of a session that can move.
+const (
+	lanKeepAlive   = 2 * time.Second
+	lanIdleTimeout = 7 * time.Second
+)
 
 // DialLAN opens a session to device at addr, a UDP address on this agent's
 // LAN (the device's direct socket, which discovery found), without waiting
@@ -129,16 +139,16 @@ func (a *Agent) DialLAN(ctx context.Context, device identity.ID, addr netip.Addr
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach device %s on the LAN: %w", device.Short(), err)
 	}
-	return a.dial(ctx, device, to, lan.Hello(device, time.Now()), "path", "lan", "addr", addr.String())
+	return a.dial(ctx, device, to, session.DialOptions{ServerName: lan.Hello(device, time.Now()),
+		KeepAlive: lanKeepAlive, IdleTimeout: lanIdleTimeout}, "path", "lan", "addr", addr.String())
 }
 
-// dial opens a session to device at to, giving serverName as the TLS
-// server name, logging its opening with the key-value pairs where (its
-// path), or its failure, and its end.
-func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, serverName string, where ...any) (*session.Session, error) {
+// dial opens a session to device at to with opts, logging its opening
+// with the key-value pairs where (its path), or its failure, and its end.
+func (a *Agent) dial(ctx context.Context, device identity.ID, to net.Addr, opts session.DialOptions, where ...any) (*session.Session, error) {
 	log := a.log.With("device", device.String())
 	start := time.Now()
-	s, err := a.ep.DialNamed(ctx, to, device, serverName)
+	s, err := a.ep.DialWith(ctx, to, device, opts)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, identity.ErrKeyMismatch) {
 			err = cause

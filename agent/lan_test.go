@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,5 +272,74 @@ func TestDialLANNoSocket(t *testing.T) {
 	_, err := cli.DialLAN(t.Context(), tunneltest.NewIdentity(t).ID(), netip.MustParseAddrPort("127.0.0.1:9"))
 	if !errors.Is(err, paths.ErrNoSocket) {
 		t.Fatalf("dial: %v, want %v", err, paths.ErrNoSocket)
+	}
+}
+
+// TestLANSessionEndsWhenPathDies: a session on the LAN cannot move to
+// another path, so when its path dies (here a forwarder between the two
+// agents stops forwarding, as when the client leaves the network) it ends
+// within its short idle timeout, and the next dial can go elsewhere; a
+// session that can move waits three times as long.
+func TestLANSessionEndsWhenPathDies(t *testing.T) {
+	did := tunneltest.NewIdentity(t)
+	_, devAddr, _ := lanDevice(t, did, lanOn)
+	cli, _ := startUnattached(t, tunneltest.NewIdentity(t), relayproto.RoleClient, tunneltest.Loopback)
+
+	// The forwarder: the client's side on one socket, the device's on
+	// another; it stops forwarding when cut is closed.
+	front, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	back, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	cut := make(chan struct{})
+	var client atomic.Pointer[netip.AddrPort]
+	forward := func(from, to *net.UDPConn, dst func() (netip.AddrPort, bool)) {
+		buf := make([]byte, 2048)
+		for {
+			n, src, err := from.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if from == front {
+				client.Store(&src)
+			}
+			select {
+			case <-cut:
+				continue
+			default:
+			}
+			if ap, ok := dst(); ok {
+				to.WriteToUDPAddrPort(buf[:n], ap)
+			}
+		}
+	}
+	go forward(front, back, func() (netip.AddrPort, bool) { return devAddr, true })
+	go forward(back, front, func() (netip.AddrPort, bool) {
+		if p := client.Load(); p != nil {
+			return *p, true
+		}
+		return netip.AddrPort{}, false
+	})
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	s, err := cli.DialLAN(ctx, did.ID(), front.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(session.CloseNormal, "")
+	close(cut)
+	cutAt := time.Now()
+	select {
+	case <-s.Context().Done():
+		t.Logf("the session ended %v after its path died", time.Since(cutAt).Round(100*time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatal("the session on the LAN still stands 20s after its path died")
 	}
 }

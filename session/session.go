@@ -146,12 +146,36 @@ func (e *Endpoint) Close() error { return e.tr.Close() }
 // Dial opens a session to the device at addr whose key must have the ID
 // device.
 func (e *Endpoint) Dial(ctx context.Context, addr net.Addr, device identity.ID) (*Session, error) {
-	return e.DialNamed(ctx, addr, device, "burrow")
+	return e.DialWith(ctx, addr, device, DialOptions{})
 }
 
-// DialNamed is Dial with serverName as the TLS server name: the hello a
-// device that checks hellos ([Config.AcceptHello]) asks for.
-func (e *Endpoint) DialNamed(ctx context.Context, addr net.Addr, device identity.ID, serverName string) (*Session, error) {
+// DialOptions are what a dial may set beyond the endpoint's [Config].
+type DialOptions struct {
+	// ServerName is the TLS server name: the hello a device that checks
+	// hellos ([Config.AcceptHello]) asks for. Empty: "burrow".
+	ServerName string
+	// KeepAlive and IdleTimeout replace the endpoint's for this session
+	// (QUIC's idle timeout is the shorter of both ends'). Zero: the
+	// endpoint's.
+	KeepAlive, IdleTimeout time.Duration
+}
+
+// DialWith is Dial with opts.
+func (e *Endpoint) DialWith(ctx context.Context, addr net.Addr, device identity.ID, opts DialOptions) (*Session, error) {
+	serverName := opts.ServerName
+	if serverName == "" {
+		serverName = "burrow"
+	}
+	qcfg := e.qcfg
+	if opts.KeepAlive != 0 || opts.IdleTimeout != 0 {
+		qcfg = qcfg.Clone()
+		if opts.KeepAlive != 0 {
+			qcfg.KeepAlivePeriod = opts.KeepAlive
+		}
+		if opts.IdleTimeout != 0 {
+			qcfg.MaxIdleTimeout = opts.IdleTimeout
+		}
+	}
 	conf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		Certificates:       []tls.Certificate{e.cert},
@@ -160,7 +184,7 @@ func (e *Endpoint) DialNamed(ctx context.Context, addr net.Addr, device identity
 		InsecureSkipVerify: true, // VerifyConnection pins the key
 		VerifyConnection:   identity.VerifyPinned("device", device),
 	}
-	c, err := e.tr.Dial(ctx, addr, conf, e.qcfg)
+	c, err := e.tr.Dial(ctx, addr, conf, qcfg)
 	if err != nil {
 		return nil, dialError(err)
 	}
