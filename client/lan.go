@@ -71,47 +71,13 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 			}
 		}
 	}
-	var (
-		mu       sync.Mutex
-		lanDials int  // dials on the LAN whose result is not in yet; guarded by mu
-		finding  bool // the search on the LAN goes on; guarded by mu
-		tried    = make(map[netip.AddrPort]bool)
-	)
 	c.wg.Go(func() {
 		s, err := c.agent.Dial(relayCtx, device)
 		send(dialed{sess: s, err: err})
 	})
-	finding = true
 	findCtx, stopFind := context.WithCancel(ctx)
 	defer stopFind()
-	c.wg.Go(func() {
-		timeout := lanFindFor
-		if d, ok := ctx.Deadline(); ok {
-			timeout = max(timeout, time.Until(d))
-		}
-		_, err := lan.Find(findCtx, lan.FindConfig{Interface: c.cfg.LANInterface, Timeout: timeout,
-			Heard: func(f lan.Found) {
-				mu.Lock()
-				defer mu.Unlock()
-				for _, ap := range f.Addrs {
-					if !tried[ap] && len(tried) < lan.MaxAddrs {
-						tried[ap] = true
-						lanDials++
-						c.wg.Go(func() {
-							s, err := c.agent.DialLAN(ctx, device, ap)
-							send(dialed{sess: s, err: err, addr: ap})
-						})
-					}
-				}
-			}}, []identity.ID{device})
-		if err != nil {
-			c.log.Debug("no search on the LAN", "err", err)
-		}
-		mu.Lock()
-		finding = false
-		mu.Unlock()
-		send(dialed{}) // wakes the loop
-	})
+	ls := c.searchLAN(ctx, findCtx, device, send)
 
 	var (
 		relay        *session.Session // held while the LAN may still win
@@ -128,9 +94,7 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 	findFor := time.NewTimer(lanFindFor)
 	defer findFor.Stop()
 	for {
-		mu.Lock()
-		dials, searching := lanDials, finding
-		mu.Unlock()
+		dials, searching := ls.state()
 		if relay != nil && (dials == 0 && (headStarted || !searching) || graceOver) {
 			return relay, false, nil
 		}
@@ -144,9 +108,7 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 		case r := <-results:
 			switch {
 			case r.addr.IsValid():
-				mu.Lock()
-				lanDials--
-				mu.Unlock()
+				ls.dialed()
 				if r.err == nil {
 					if relay != nil {
 						relay.Close(session.CloseNormal, "the LAN won")
@@ -180,6 +142,65 @@ func (c *Client) race(ctx context.Context, dc *deviceConn, device identity.ID) (
 			return nil, false, raceError(device, context.Cause(ctx), lanErrs)
 		}
 	}
+}
+
+// A lanSearch is a race's search on the LAN: it dials each address heard
+// for the device, up to lan.MaxAddrs. It is safe for concurrent use.
+type lanSearch struct {
+	mu      sync.Mutex
+	dials   int  // dials whose result is not in yet; guarded by mu
+	finding bool // the search goes on; guarded by mu
+	tried   map[netip.AddrPort]bool
+}
+
+// state returns how many dials are going and whether the search is.
+func (ls *lanSearch) state() (dials int, finding bool) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.dials, ls.finding
+}
+
+// dialed notes that a dial's result is in.
+func (ls *lanSearch) dialed() {
+	ls.mu.Lock()
+	ls.dials--
+	ls.mu.Unlock()
+}
+
+// searchLAN looks for device on the LAN until findCtx ends (or the dial's
+// deadline passes) and dials, within ctx, every address it is heard at;
+// send gets each dial's outcome, and an empty one when the search ends.
+func (c *Client) searchLAN(ctx, findCtx context.Context, device identity.ID, send func(dialed)) *lanSearch {
+	ls := &lanSearch{finding: true, tried: make(map[netip.AddrPort]bool)}
+	heard := func(f lan.Found) {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		for _, ap := range f.Addrs {
+			if !ls.tried[ap] && len(ls.tried) < lan.MaxAddrs {
+				ls.tried[ap] = true
+				ls.dials++
+				c.wg.Go(func() {
+					s, err := c.agent.DialLAN(ctx, device, ap)
+					send(dialed{sess: s, err: err, addr: ap})
+				})
+			}
+		}
+	}
+	c.wg.Go(func() {
+		timeout := lanFindFor
+		if d, ok := ctx.Deadline(); ok {
+			timeout = max(timeout, time.Until(d))
+		}
+		_, err := lan.Find(findCtx, lan.FindConfig{Interface: c.cfg.LANInterface, Timeout: timeout, Heard: heard}, []identity.ID{device})
+		if err != nil {
+			c.log.Debug("no search on the LAN", "err", err)
+		}
+		ls.mu.Lock()
+		ls.finding = false
+		ls.mu.Unlock()
+		send(dialed{}) // wakes the race
+	})
+	return ls
 }
 
 // raceError is the error of a dial that failed over the relay (relayErr)
