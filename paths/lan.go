@@ -71,6 +71,7 @@ type lanPeer struct {
 }
 
 func (p *lanPeer) Network() string { return "burrow-lan" }
+func (p *lanPeer) String() string  { return p.str }
 
 // IsLAN reports whether addr is a LAN peer's (see [Conn.LANAddr]): a
 // session with it started on the LAN, not through a relay.
@@ -78,7 +79,6 @@ func IsLAN(addr net.Addr) bool {
 	_, ok := addr.(*lanPeer)
 	return ok
 }
-func (p *lanPeer) String() string  { return p.str }
 
 // lanTable holds a Conn's LAN peers.
 type lanTable struct {
