@@ -131,8 +131,17 @@ func TestReadmeNATSCluster(t *testing.T) {
 		}
 	}
 	device("cam2", 0, token)
-	if out := mustRun(t, "relay", "devices", "--data", data[0]); strings.Count(out, "\n") < 3 {
-		t.Fatalf("relay devices after cam1 and cam2 enrolled:\n%s", out)
+	// Relay 0 lists what it holds in memory; it learns of cam1, which
+	// relay 1 enrolled, from its watch of the fleet's records, a moment
+	// after the write (longer with a NATS node just killed).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out := mustRun(t, "relay", "devices", "--data", data[0])
+		if strings.Count(out, "\n") >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay devices 10s after cam1 and cam2 enrolled:\n%s", out)
+		}
 	}
 	// The password in --nats shows nowhere the relay writes.
 	for i, r := range relays {
