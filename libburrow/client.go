@@ -204,10 +204,18 @@ func (lc *libClient) dial(dev, service string) (int, error) {
 	return fd, nil
 }
 
-// socketPair returns a connected pair of Unix stream sockets: a file
-// descriptor for C, and the other end as a connection for Go.
+// socketPair returns a connected pair of Unix stream sockets, both
+// close-on-exec: a file descriptor for C, and the other end as a
+// connection for Go. (SOCK_CLOEXEC is Linux's, not Darwin's: the flag is
+// set after, under the lock that keeps a fork out meanwhile.)
 func socketPair() (int, *net.UnixConn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	syscall.ForkLock.RLock()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fds[0])
+		syscall.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return -1, nil, fmt.Errorf("socketpair: %w (too many open files? close the sockets of finished tunnels)", err)
 	}

@@ -332,3 +332,17 @@ func TestCallRecoversPanic(t *testing.T) {
 		t.Errorf("message of handle %d = %q", h, msg)
 	}
 }
+
+// TestTypechecksForDarwin: the library type-checks for macOS and iOS
+// (c-archive), which this machine cannot build (no clang, no SDK): no
+// Linux-only system call or constant may slip in.
+func TestTypechecksForDarwin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go vet")
+	}
+	cmd := exec.Command("go", "vet", ".")
+	cmd.Env = append(os.Environ(), "GOOS=darwin", "GOARCH=arm64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go vet for darwin/arm64: %v\n%s", err, out)
+	}
+}
