@@ -116,6 +116,11 @@ type deviceFile struct {
 	// those who know its ID can compute, and takes sessions from its LAN
 	// without the relay, authorized as every other.
 	LAN *bool `yaml:"lan"`
+	// LANInterface: the one network interface to announce the device on
+	// (`wlan0`, say), for a device with an interface on a network that is
+	// not its owner's. Default: every interface that is up, can multicast
+	// and is not loopback.
+	LANInterface string `yaml:"lan_interface"`
 	// TunnelRate: the tunnels one client may open per second; more are
 	// refused with "too many tunnels too fast". Default `0`: 100.
 	TunnelRate float64 `yaml:"tunnel_rate"`
@@ -308,6 +313,7 @@ func (ds *deviceSetup) deviceConfig(log *slog.Logger) (device.Config, error) {
 	}
 	cfg.Direct, _ = directOptions(f.Direct, f.RelayUDP, f.DirectPort, f.DirectAddrs, false)
 	cfg.NoLAN = f.LAN != nil && !*f.LAN
+	cfg.LANInterface = f.LANInterface
 	cfg.TunnelRate, cfg.TunnelBurst = f.TunnelRate, f.TunnelBurst
 	if f.ReattachSpread != nil {
 		cfg.ReattachSpread = *f.ReattachSpread

@@ -79,6 +79,10 @@ const deviceKeysHelp = `  relay (required)
       a tag that changes every 10 minutes and that only those who know its ID
       can compute, and takes sessions from its LAN without the relay,
       authorized as every other.
+  lan_interface
+      the one network interface to announce the device on (wlan0, say), for a
+      device with an interface on a network that is not its owner's. Default:
+      every interface that is up, can multicast and is not loopback.
   tunnel_rate
       the tunnels one client may open per second; more are refused with "too
       many tunnels too fast". Default 0: 100.

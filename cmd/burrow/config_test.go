@@ -40,6 +40,7 @@ direct_port: 41641
 direct_addrs: [192.0.2.10, "2001:db8::10"]
 relay_udp: false
 lan: false
+lan_interface: wlan0
 reattach_spread: 1m30s
 `)
 	cfg, err := loadDeviceConfig(path, tunneltest.Logger(t))
@@ -49,8 +50,8 @@ reattach_spread: 1m30s
 	if d := cfg.Direct; !d.Disable || !d.NoRelayUDP || d.Port != 41641 || len(d.Addrs) != 2 || d.Addrs[1] != netip.MustParseAddr("2001:db8::10") {
 		t.Fatalf("direct %+v", d)
 	}
-	if !cfg.NoLAN {
-		t.Fatal("lan: false did not keep the device off the LAN")
+	if !cfg.NoLAN || cfg.LANInterface != "wlan0" {
+		t.Fatalf("lan: false, lan_interface: wlan0 gave off the LAN %v, interface %q", cfg.NoLAN, cfg.LANInterface)
 	}
 	if cfg.ReattachSpread != 90*time.Second {
 		t.Fatalf("reattach spread %v", cfg.ReattachSpread)

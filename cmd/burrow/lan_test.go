@@ -391,8 +391,15 @@ func (l *lanNet) impostor(ns string, port int) (sessions, tunnels *atomic.Int64)
 func TestLANPairAndRevoke(t *testing.T) {
 	l := newLANNet(t)
 	l.blackholeRelay()
+	// A second network the device is on, not its owner's: lan_interface
+	// keeps it from being announced there.
+	l.n.Link("dev", "other0", "10.99.0.1/24", "imp", "other1", "10.99.0.2/24")
 	echo := l.echo("dev")
-	_, devCfg := l.startDevice("cam1", "dev", "dev.key", fmt.Sprintf("state: cam-state\nservices:\n  echo: %s\nroles:\n  viewer: [echo]\n", echo))
+	_, devCfg := l.startDevice("cam1", "dev", "dev.key", fmt.Sprintf("state: cam-state\nlan_interface: eth0\nservices:\n  echo: %s\nroles:\n  viewer: [echo]\n", echo))
+	if out, stderr, err := l.run("dev", "", "device", "status", "--config", devCfg); err != nil ||
+		!regexp.MustCompile(`(?m)^lan: announced on eth0\(10\.8\.0\.1[^)]*\), port \d+$`).MatchString(out) {
+		t.Fatalf("device status of a device announced on eth0 only: %v\n%s\n%s", err, out, stderr)
+	}
 
 	// 4: pairing with the relay down.
 	invite, stderr, err := l.run("dev", "", "device", "invite", "--config", devCfg, "--role", "viewer")
