@@ -43,6 +43,8 @@ type attachment struct {
 	udpToken [16]byte        // lets the agent ask the relay's UDP port for its address
 	start    time.Time
 	q        *sendQueue
+	rc       *roomCheck    // nil if the socket's room cannot be told
+	bc       *agentConn    // nil if writes cannot be gathered
 	finished chan struct{} // closed when finish is done
 
 	// udpChannel names the agent on the UDP relay path; 0 if none. Set by
@@ -137,7 +139,11 @@ func newAttachment(s *Server, spec attachSpec) *attachment {
 		a.end(fmt.Errorf("write to agent: %w", err))
 	})
 	if rc := newRoomCheck(spec.conn); rc != nil {
+		a.rc = rc
 		a.q.room = rc.room
+	}
+	if tc, ok := spec.conn.(interface{ NetConn() net.Conn }); ok {
+		a.bc, _ = tc.NetConn().(*agentConn)
 	}
 	return a
 }
@@ -540,8 +546,10 @@ func (a *attachment) sendNotice(to *attachment, b []byte) {
 	a.touch(to)
 }
 
-// writeBatch writes a batch of frames with one flush; the write buffer is
-// borrowed only for the batch. It runs on the queue's writer.
+// writeBatch writes a batch of frames with one flush, and the TLS records
+// of the flush with one system call where the connection gathers them
+// (agentConn); the write buffer is borrowed only for the batch. It runs on
+// the queue's writer.
 func (a *attachment) writeBatch(batch []outFrame) error {
 	var err error
 	keepAlive := a.srv.keepAliveInterval()
@@ -552,7 +560,12 @@ func (a *attachment) writeBatch(batch []outFrame) error {
 	}
 	w := writerPool.Get().(*bufio.Writer)
 	w.Reset(a.conn)
+	if a.bc != nil {
+		a.bc.hold()
+	}
+	total := 0
 	for _, f := range batch {
+		total += f.len()
 		if err == nil {
 			if f.buf == nil {
 				_, err = w.Write(f.ctl)
@@ -566,6 +579,14 @@ func (a *attachment) writeBatch(batch []outFrame) error {
 	}
 	if err == nil {
 		err = w.Flush()
+	}
+	if a.bc != nil {
+		if e := a.bc.release(); err == nil {
+			err = e
+		}
+	}
+	if a.rc != nil {
+		a.rc.spent(total)
 	}
 	w.Reset(nil)
 	writerPool.Put(w)

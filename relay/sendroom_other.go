@@ -11,3 +11,5 @@ type roomCheck struct{}
 func newRoomCheck(net.Conn) *roomCheck { return nil }
 
 func (*roomCheck) room(int) bool { return false }
+
+func (*roomCheck) spent(int) {}

@@ -212,7 +212,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.https[hs] = struct{}{}
 	s.mu.Unlock()
-	return hs.ServeTLS(ln, "", "")
+	return hs.ServeTLS(agentListener{ln}, "", "")
 }
 
 // Accept serves one agent on conn, a TLS 1.3 connection (or a wrapper with
