@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 type services struct {
 	source, greeter, echo string // plain TCP addresses
 	tlsSource             string // a TLS source for the tls-hop reference
+	tlsPaced              string // a TLS source that paces what it sends (see pacedSource)
 	tlsConf               *tls.Config
 	lns                   []net.Listener
 	wg                    sync.WaitGroup
@@ -81,7 +83,59 @@ func startServices(tlsConf *tls.Config) (*services, error) {
 	if s.tlsSource, err = listen(func(c net.Conn) { source(tls.Server(c, tlsConf)) }); err != nil {
 		return nil, err
 	}
+	if s.tlsPaced, err = listen(func(c net.Conn) { pacedSource(tls.Server(c, tlsConf)) }); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// pacedBurst is what pacedSource writes at once: one TLS record's worth,
+// about the ten to twelve packets a QUIC sender's pacer lets out at once.
+const pacedBurst = 16 << 10
+
+// pacedSource reads a rate (bits per second, 8 bytes big-endian) and then
+// writes at that rate until the reader goes away, in bursts of pacedBurst
+// with pauses between: the shape of what a paced sender (an agent's QUIC)
+// hands a relay. A reader that reads flat out then gets each burst as it
+// is sent, where a source writing flat out to a slowed reader would fill
+// the sockets between them and have the kernel send on the reader's
+// time (see bench.throughput).
+func pacedSource(c net.Conn) {
+	var hdr [8]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	rate := float64(binary.BigEndian.Uint64(hdr[:]))
+	if rate <= 0 {
+		return
+	}
+	began, sent := time.Now(), 0
+	for {
+		if _, err := c.Write(chunk[:pacedBurst]); err != nil {
+			return
+		}
+		sent += pacedBurst
+		due := began.Add(time.Duration(float64(sent) * 8 / rate * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+}
+
+// pacedDialer dials a pacedSource (through what addr leads to) and asks it
+// for rate bits per second.
+func pacedDialer(dial dialer, rate float64) dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		c, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Write(binary.BigEndian.AppendUint64(nil, uint64(rate))); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
 }
 
 func (s *services) close() {
@@ -109,12 +163,11 @@ func tlsDialer(addr string, conf *tls.Config) dialer {
 	}
 }
 
-// throughput reads from conns connections of dial for warmup+d and returns
-// the bytes read during d (after warmup), per second, in bits. window is
-// called as the measured window opens (true) and closes (false). A
-// non-zero limit caps the rate of all connections together, in bits per
-// second.
-func throughput(ctx context.Context, dial dialer, conns int, warmup, d time.Duration, limit float64, window func(start bool)) (bitsPerSec float64, bytes int64, err error) {
+// throughput reads from conns connections of dial, flat out, for
+// warmup+d and returns the bytes read during d (after warmup), per second,
+// in bits. window is called as the measured window opens (true) and
+// closes (false).
+func throughput(ctx context.Context, dial dialer, conns int, warmup, d time.Duration, window func(start bool)) (bitsPerSec float64, bytes int64, err error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	cs := make([]net.Conn, 0, conns)
@@ -132,19 +185,11 @@ func throughput(ctx context.Context, dial dialer, conns int, warmup, d time.Dura
 		cs = append(cs, c)
 		wg.Go(func() {
 			buf := make([]byte, 128<<10)
-			began := time.Now()
 			for {
 				n, err := c.Read(buf)
-				moved := total.Add(int64(n))
+				total.Add(int64(n))
 				if err != nil {
 					return
-				}
-				if limit > 0 {
-					// Sleep off any lead over the allowed rate.
-					due := began.Add(time.Duration(float64(moved) * 8 / limit * float64(time.Second)))
-					if wait := time.Until(due); wait > 0 {
-						time.Sleep(wait)
-					}
 				}
 			}
 		})
