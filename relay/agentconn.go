@@ -23,7 +23,7 @@ import (
 //     the calls themselves (go run ./bench -profile).
 type agentConn struct {
 	net.Conn
-	raw *rawIO // nil: the plain connection's Read and Write
+	raw rawIO // off: the plain connection's Read and Write
 
 	mu   sync.Mutex
 	held bool
@@ -45,8 +45,8 @@ const (
 )
 
 func (c *agentConn) Read(p []byte) (int, error) {
-	if c.raw != nil {
-		return c.raw.read(p)
+	if c.raw.on() {
+		return c.raw.read(c.Conn, p)
 	}
 	return c.Conn.Read(p)
 }
@@ -70,8 +70,8 @@ func (c *agentConn) Write(p []byte) (int, error) {
 }
 
 func (c *agentConn) write(p []byte) (int, error) {
-	if c.raw != nil {
-		return c.raw.write(p)
+	if c.raw.on() {
+		return c.raw.write(c.Conn, p)
 	}
 	return c.Conn.Write(p)
 }

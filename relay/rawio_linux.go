@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -12,38 +13,45 @@ import (
 
 // A rawIO reads and writes a non-blocking socket with raw system calls
 // (see agentConn), waiting through the runtime's poller when the socket is
-// not ready, so that deadlines and Close work as on any connection. One
-// read and one write may run at once.
+// not ready, so that deadlines and Close work as on any connection. The
+// zero rawIO does nothing: rc is nil.
 type rawIO struct {
-	rc           syscall.RawConn
-	laddr, raddr net.Addr
-	r, w         rawOp
+	rc syscall.RawConn
 }
 
-// A rawOp is the read or the write in progress. Its fn is made once, so
-// that a call allocates nothing.
+// A rawOp is a read or a write in progress. Ops come from rawOps, with
+// their functions made once, so that a call allocates nothing and an
+// idle connection holds none.
 type rawOp struct {
-	p     []byte
-	n     int
-	errno syscall.Errno
-	fn    func(fd uintptr) bool
+	p       []byte
+	n       int
+	errno   syscall.Errno
+	readFn  func(fd uintptr) bool
+	writeFn func(fd uintptr) bool
 }
 
-// newRawIO returns the raw reads and writes of a TCP socket, or nil.
-func newRawIO(c net.Conn) *rawIO {
+var rawOps = sync.Pool{New: func() any {
+	op := new(rawOp)
+	op.readFn, op.writeFn = op.readOnce, op.writeAll
+	return op
+}}
+
+// newRawIO returns the raw reads and writes of a TCP socket, or the zero
+// rawIO.
+func newRawIO(c net.Conn) rawIO {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil
+		return rawIO{}
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil
+		return rawIO{}
 	}
-	r := &rawIO{rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
-	r.r.fn = r.r.readOnce
-	r.w.fn = r.w.writeAll
-	return r
+	return rawIO{rc: rc}
 }
+
+// on reports whether the rawIO reads and writes.
+func (r rawIO) on() bool { return r.rc != nil }
 
 // readOnce reads once into p; it reports false if the socket has nothing
 // yet.
@@ -84,41 +92,46 @@ func (op *rawOp) writeAll(fd uintptr) bool {
 	return true
 }
 
-func (r *rawIO) read(p []byte) (int, error) {
+// read reads into p from c's socket.
+func (r rawIO) read(c net.Conn, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &r.r
+	op := rawOps.Get().(*rawOp)
 	op.p, op.n, op.errno = p, 0, 0
-	err := r.rc.Read(op.fn)
+	err := r.rc.Read(op.readFn)
 	n, errno := op.n, op.errno
 	op.p = nil
+	rawOps.Put(op)
 	switch {
 	case err != nil:
 		return 0, err
 	case errno != 0:
-		return 0, r.opError("read", errno)
+		return 0, opError(c, "read", errno)
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
-func (r *rawIO) write(p []byte) (int, error) {
+// write writes all of p to c's socket, or fails.
+func (r rawIO) write(c net.Conn, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &r.w
+	op := rawOps.Get().(*rawOp)
 	op.p, op.n, op.errno = p, 0, 0
-	err := r.rc.Write(op.fn)
+	err := r.rc.Write(op.writeFn)
 	n, errno := op.n, op.errno
 	op.p = nil
+	rawOps.Put(op)
 	if err == nil && errno != 0 {
-		err = r.opError("write", errno)
+		err = opError(c, "write", errno)
 	}
 	return n, err
 }
 
-func (r *rawIO) opError(op string, errno syscall.Errno) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: r.laddr, Addr: r.raddr, Err: os.NewSyscallError(op, errno)}
+// opError is the error of a failed call, naming c as net's errors do.
+func opError(c net.Conn, op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }

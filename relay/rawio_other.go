@@ -8,7 +8,9 @@ import "net"
 // its connection.
 type rawIO struct{}
 
-func newRawIO(net.Conn) *rawIO { return nil }
+func newRawIO(net.Conn) rawIO { return rawIO{} }
 
-func (*rawIO) read([]byte) (int, error)  { panic("unreachable") }
-func (*rawIO) write([]byte) (int, error) { panic("unreachable") }
+func (rawIO) on() bool { return false }
+
+func (rawIO) read(net.Conn, []byte) (int, error)  { panic("unreachable") }
+func (rawIO) write(net.Conn, []byte) (int, error) { panic("unreachable") }
