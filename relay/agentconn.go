@@ -16,11 +16,18 @@ import (
 //     wakes the agent once. Writes made while no batch is held go straight
 //     through.
 //   - Where the system allows (rawIO), it reads and writes its socket with
-//     raw system calls. The socket is non-blocking, so a call never waits;
-//     a call through the runtime's usual path would hand the processor off
-//     and wake the runtime's monitor thread on each of the thousands of
-//     calls a second a busy agent takes, which cost the relay more than
+//     raw system calls that never wait for the peer (the socket is
+//     non-blocking, and each call says so too). A call through the
+//     runtime's usual path wakes the runtime's monitor thread, which then
+//     takes the processor back from a call that lasts some 20 µs, as a
+//     loopback send does, and hands it to another thread: on the thousands
+//     of calls a second a busy agent takes, that cost the relay more than
 //     the calls themselves (go run ./bench -profile).
+//
+// A write that fails fails every later one: after a batch whose release
+// failed part way, the agent's stream ends within a TLS record, and no
+// record may follow it. Close must not race a held batch's release (the
+// attachment closes its connection only once its writer is done).
 type agentConn struct {
 	net.Conn
 	raw rawIO // off: the plain connection's Read and Write
@@ -28,6 +35,7 @@ type agentConn struct {
 	mu   sync.Mutex
 	held bool
 	buf  *[]byte // gathered records, from heldPool while held
+	err  error   // the first write error
 }
 
 func newAgentConn(c net.Conn) *agentConn {
@@ -54,6 +62,9 @@ func (c *agentConn) Read(p []byte) (int, error) {
 func (c *agentConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
 	if !c.held {
 		return c.write(p)
 	}
@@ -69,15 +80,23 @@ func (c *agentConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (c *agentConn) write(p []byte) (int, error) {
+// write writes p now, and keeps its error. c.mu is held.
+func (c *agentConn) write(p []byte) (n int, err error) {
 	if c.raw.on() {
-		return c.raw.write(c.Conn, p)
+		n, err = c.raw.write(c.Conn, p)
+	} else {
+		n, err = c.Conn.Write(p)
 	}
-	return c.Conn.Write(p)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
 }
 
-// hold gathers writes until release. One writer holds the connection at a
-// time (the agent's send queue has one).
+// hold gathers writes until release: the records of the holder's batch,
+// and any that other goroutines write meanwhile (crypto/tls answers some
+// messages of the agent's from the read loop), in the order written. One
+// writer holds the connection at a time (the agent's send queue has one).
 func (c *agentConn) hold() {
 	c.mu.Lock()
 	c.held = true
@@ -94,7 +113,7 @@ func (c *agentConn) release() error {
 
 func (c *agentConn) flushLocked() error {
 	if c.buf == nil {
-		return nil
+		return c.err
 	}
 	_, err := c.write(*c.buf)
 	*c.buf = (*c.buf)[:0]

@@ -110,6 +110,33 @@ func TestAgentConnHold(t *testing.T) {
 	}
 }
 
+// TestAgentConnWriteErrorSticks: once a write has failed (here a held
+// batch's release, past its deadline, part way into a record), every later
+// write and release fails too, so that no TLS record follows a cut one.
+func TestAgentConnWriteErrorSticks(t *testing.T) {
+	ac, _ := agentConnPair(t) // the peer never reads
+	ac.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	ac.hold()
+	chunk := make([]byte, 64<<10)
+	var err error
+	for written := 0; err == nil; written += len(chunk) {
+		if written > 1<<30 {
+			t.Fatal("a held batch to a peer that never reads never failed")
+		}
+		_, err = ac.Write(chunk) // flushed at maxHeld
+	}
+	if !isTimeout(err) {
+		t.Fatalf("the batch failed with %v, want a timeout", err)
+	}
+	ac.SetWriteDeadline(time.Time{})
+	if err := ac.release(); !isTimeout(err) {
+		t.Fatalf("release after a failed write: %v, want the write's error", err)
+	}
+	if n, err := ac.Write([]byte("x")); n != 0 || !isTimeout(err) {
+		t.Fatalf("a write after a failed one: %d, %v; want 0 and the first error", n, err)
+	}
+}
+
 func isTimeout(err error) bool {
 	ne, ok := errors.AsType[net.Error](err)
 	return ok && ne.Timeout()

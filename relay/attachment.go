@@ -43,7 +43,6 @@ type attachment struct {
 	udpToken [16]byte        // lets the agent ask the relay's UDP port for its address
 	start    time.Time
 	q        *sendQueue
-	rc       *roomCheck    // nil if the socket's room cannot be told
 	bc       *agentConn    // nil if writes cannot be gathered
 	finished chan struct{} // closed when finish is done
 
@@ -139,7 +138,6 @@ func newAttachment(s *Server, spec attachSpec) *attachment {
 		a.end(fmt.Errorf("write to agent: %w", err))
 	})
 	if rc := newRoomCheck(spec.conn); rc != nil {
-		a.rc = rc
 		a.q.room = rc.room
 	}
 	if tc, ok := spec.conn.(interface{ NetConn() net.Conn }); ok {
@@ -563,9 +561,7 @@ func (a *attachment) writeBatch(batch []outFrame) error {
 	if a.bc != nil {
 		a.bc.hold()
 	}
-	total := 0
 	for _, f := range batch {
-		total += f.len()
 		if err == nil {
 			if f.buf == nil {
 				_, err = w.Write(f.ctl)
@@ -584,9 +580,6 @@ func (a *attachment) writeBatch(batch []outFrame) error {
 		if e := a.bc.release(); err == nil {
 			err = e
 		}
-	}
-	if a.rc != nil {
-		a.rc.spent(total)
 	}
 	w.Reset(nil)
 	writerPool.Put(w)

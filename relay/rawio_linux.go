@@ -12,9 +12,10 @@ import (
 )
 
 // A rawIO reads and writes a non-blocking socket with raw system calls
-// (see agentConn), waiting through the runtime's poller when the socket is
-// not ready, so that deadlines and Close work as on any connection. The
-// zero rawIO does nothing: rc is nil.
+// that never wait (MSG_DONTWAIT, whatever the descriptor's mode), waiting
+// through the runtime's poller when the socket is not ready, so that
+// deadlines and Close work as on any connection (see agentConn). The zero
+// rawIO does nothing: rc is nil.
 type rawIO struct {
 	rc syscall.RawConn
 }
@@ -26,6 +27,7 @@ type rawOp struct {
 	p       []byte
 	n       int
 	errno   syscall.Errno
+	short   bool // a write took no bytes
 	readFn  func(fd uintptr) bool
 	writeFn func(fd uintptr) bool
 }
@@ -57,7 +59,7 @@ func (r rawIO) on() bool { return r.rc != nil }
 // yet.
 func (op *rawOp) readOnce(fd uintptr) bool {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&op.p[0])), uintptr(len(op.p)))
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.p[0])), uintptr(len(op.p)), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -77,9 +79,13 @@ func (op *rawOp) readOnce(fd uintptr) bool {
 func (op *rawOp) writeAll(fd uintptr) bool {
 	for op.n < len(op.p) {
 		rest := op.p[op.n:]
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
+			if n == 0 {
+				op.short = true // as the runtime's own writes report it
+				return true
+			}
 			op.n += int(n)
 		case unix.EINTR:
 		case unix.EAGAIN:
@@ -105,7 +111,7 @@ func (r rawIO) read(c net.Conn, p []byte) (int, error) {
 	rawOps.Put(op)
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, renamed(err, "read")
 	case errno != 0:
 		return 0, opError(c, "read", errno)
 	case n == 0:
@@ -120,15 +126,30 @@ func (r rawIO) write(c net.Conn, p []byte) (int, error) {
 		return 0, nil
 	}
 	op := rawOps.Get().(*rawOp)
-	op.p, op.n, op.errno = p, 0, 0
+	op.p, op.n, op.errno, op.short = p, 0, 0, false
 	err := r.rc.Write(op.writeFn)
-	n, errno := op.n, op.errno
+	n, errno, short := op.n, op.errno, op.short
 	op.p = nil
 	rawOps.Put(op)
-	if err == nil && errno != 0 {
+	switch {
+	case err != nil:
+		err = renamed(err, "write")
+	case errno != 0:
 		err = opError(c, "write", errno)
+	case short:
+		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: io.ErrUnexpectedEOF}
 	}
 	return n, err
+}
+
+// renamed names the operation of an error of the runtime's poller (a
+// deadline, a closed connection) as the connection's own reads and writes
+// do, rather than "raw-read" or "raw-write".
+func renamed(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
 }
 
 // opError is the error of a failed call, naming c as net's errors do.

@@ -12,19 +12,13 @@ import (
 )
 
 // A roomCheck tells whether the TCP socket under a TLS connection has room
-// for more bytes (see sendRoom). It asks the socket only when the room it
-// last learned of is spent: the room a socket has only grows while nobody
-// writes (its peer's acknowledgements free it, and the kernel grows the
-// buffer), so a busy agent's writes cost no extra system call each. (A
-// system short of memory may shrink a buffer meanwhile; a write may then
-// wait, as a writer goroutine's would.) Only the holder of its queue's
-// writing turn calls it: its fields are that caller's.
+// for more bytes (see sendRoom). Only the holder of its queue's writing
+// turn calls it: its fields are that caller's.
 type roomCheck struct {
-	rc     syscall.RawConn
-	credit int // bytes, counted as spent does, the socket had room for when last asked, less those spent since
-	free   int // what the last question learned
-	ok     bool
-	fn     func(fd uintptr)
+	rc syscall.RawConn
+	n  int  // the bytes asked about
+	ok bool // the answer
+	fn func(fd uintptr)
 }
 
 // newRoomCheck returns the room check of the socket under conn, or nil:
@@ -52,26 +46,17 @@ func newRoomCheck(conn net.Conn) *roomCheck {
 }
 
 // room reports whether the socket can take n more bytes without waiting;
-// false once the connection is closed and its known room spent (Control
-// holds the descriptor, so it is never another socket's).
+// false once the connection is closed (Control holds the descriptor, so
+// it is never another socket's).
 func (r *roomCheck) room(n int) bool {
-	if 2*n <= r.credit {
-		return true
-	}
-	r.ok = false
-	if r.rc.Control(r.fn) != nil || !r.ok {
-		r.credit = 0
+	r.n, r.ok = n, false
+	if r.rc.Control(r.fn) != nil {
 		return false
 	}
-	r.credit = r.free
-	return 2*n <= r.credit
+	return r.ok
 }
 
-// spent notes that n bytes were written: each counts twice, for the
-// kernel's overhead and the TLS records' (see sendRoom).
-func (r *roomCheck) spent(n int) { r.credit -= 2 * n }
-
-func (r *roomCheck) check(fd uintptr) { r.free, r.ok = sendRoom(int(fd)) }
+func (r *roomCheck) check(fd uintptr) { r.ok = sendRoom(int(fd), r.n) }
 
 // systemLowatUnlimited reports whether the system sets no TCP_NOTSENT_LOWAT
 // limit for sockets that set none (the kernel's default).
@@ -80,23 +65,23 @@ var systemLowatUnlimited = sync.OnceValue(func() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "4294967295"
 })
 
-// sendRoom returns the room the socket fd has in its send buffer, less a
-// margin, and whether it could tell. It reads the socket's memory
-// accounting (SO_MEMINFO): a write waits only when the bytes queued,
-// counted with the kernel's overhead, reach the send buffer's size. The
-// kernel's overhead is up to the size of the bytes themselves, so n bytes
-// written in TLS records fit without waiting in twice n of room plus
-// sendRoomMargin (the records' own). Only the socket's writer adds to what
-// is queued, so the answer holds until it writes.
-func sendRoom(fd int) (int, bool) {
+// sendRoom reports whether the socket fd has room in its send buffer for n
+// more bytes written in TLS records, so that writing them cannot wait for
+// the peer. It reads the socket's memory accounting (SO_MEMINFO): a write
+// waits only when the bytes queued, counted with the kernel's overhead,
+// reach the send buffer's size. Its margin covers that overhead (up to the
+// size of the bytes themselves) and the TLS records' own. Only the
+// socket's writer adds to what is queued, so the answer holds until it
+// writes.
+func sendRoom(fd, n int) bool {
 	var mi [unix.SK_MEMINFO_VARS]uint32
 	l := uint32(unsafe.Sizeof(mi))
 	_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
 		uintptr(unsafe.Pointer(&mi[0])), uintptr(unsafe.Pointer(&l)), 0)
 	if errno != 0 || l < unix.SK_MEMINFO_WMEM_QUEUED*4+4 {
-		return 0, false
+		return false
 	}
-	return int(int64(mi[unix.SK_MEMINFO_SNDBUF]) - int64(mi[unix.SK_MEMINFO_WMEM_QUEUED]) - sendRoomMargin), true
+	return int64(mi[unix.SK_MEMINFO_WMEM_QUEUED])+2*int64(n)+sendRoomMargin <= int64(mi[unix.SK_MEMINFO_SNDBUF])
 }
 
 // sendRoomMargin is room sendRoom keeps free beyond twice the bytes.

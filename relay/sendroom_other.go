@@ -11,5 +11,3 @@ type roomCheck struct{}
 func newRoomCheck(net.Conn) *roomCheck { return nil }
 
 func (*roomCheck) room(int) bool { return false }
-
-func (*roomCheck) spent(int) {}

@@ -74,12 +74,12 @@ func newBatchIO(c *net.UDPConn, pktinfo bool) udpIO {
 func (m *mmsgIO) coalesced() bool { return m.gro }
 
 // call makes the system call trap on m.cur; it reports false to wait for
-// the socket to be ready. The call is raw: the socket is non-blocking, so
-// it never waits, and the runtime's path for calls that may wait costs
-// more than the call (see agentConn).
+// the socket to be ready. The call is raw, and never waits (MSG_DONTWAIT,
+// whatever the descriptor's mode): the runtime's path for calls that may
+// wait costs more than the call (see agentConn).
 func (m *mmsgIO) call(fd uintptr, trap uintptr) bool {
 	for {
-		n, _, e := unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&m.cur[0])), uintptr(len(m.cur)), 0, 0, 0)
+		n, _, e := unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&m.cur[0])), uintptr(len(m.cur)), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
