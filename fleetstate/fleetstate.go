@@ -135,7 +135,8 @@ type State struct {
 
 // Open opens the fleet's state on cfg.Conn, creating its buckets if they
 // do not exist, and loads the enrolled devices; it fails if NATS does not
-// answer in time. Close stops it.
+// answer in time. A cluster that cannot hold the buckets yet (its servers
+// still joining) is waited for, up to placementWait. Close stops it.
 //
 // Reads that a compare-and-swap depends on go to the stream's leader: a
 // key-value bucket normally has AllowDirect on, and nats.go then reads
@@ -161,18 +162,18 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, s.fail("open fleet state", err)
 	}
-	if s.devices, err = openBucket(ctx, js, DevicesBucket, cfg.Replicas); err != nil {
+	if s.devices, err = openBucket(ctx, s.timeout, s.log, js, DevicesBucket, cfg.Replicas); err != nil {
 		return nil, s.fail("open fleet state", err)
 	}
-	if s.tokens, err = openBucket(ctx, js, TokensBucket, cfg.Replicas); err != nil {
+	if s.tokens, err = openBucket(ctx, s.timeout, s.log, js, TokensBucket, cfg.Replicas); err != nil {
 		return nil, s.fail("open fleet state", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	wctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	loaded := make(chan struct{})
@@ -188,17 +189,68 @@ func Open(ctx context.Context, cfg Config) (*State, error) {
 
 // openBucket returns a handle on bucket, creating the bucket if needed,
 // that reads from the stream's leader (see Open).
-func openBucket(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
-	return openBucketConfig(ctx, js, jetstream.KeyValueConfig{
+func openBucket(ctx context.Context, timeout time.Duration, log *slog.Logger, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	return openBucketConfig(ctx, timeout, log, js, jetstream.KeyValueConfig{
 		Bucket:      bucket,
 		Description: "burrow relay fleet state, see package fleetstate",
 		Replicas:    replicas,
 	})
 }
 
+// placementWait is how long opening a bucket waits for the NATS cluster to
+// be able to hold it. The servers of a cluster that is starting join its
+// JetStream over some seconds; until enough of them have, creating a
+// bucket with replicas fails with "no suitable peers for placement", or
+// gets no answer, and a relay started with the cluster would give up.
+const placementWait = 30 * time.Second
+
 // openBucketConfig is openBucket for a bucket created, if needed, with
-// cfg (file storage and the format's metadata added).
-func openBucketConfig(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+// cfg (file storage and the format's metadata added). Each try has
+// timeout; tries that fail because the cluster cannot hold the bucket yet
+// (notReady) are made again, for up to placementWait.
+func openBucketConfig(ctx context.Context, timeout time.Duration, log *slog.Logger, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	giveUp := time.Now().Add(placementWait)
+	wait := 100 * time.Millisecond
+	for warned := false; ; {
+		tctx, cancel := context.WithTimeout(ctx, timeout)
+		kv, err := openBucketOnce(tctx, js, cfg)
+		cancel()
+		if err == nil || !notReady(err) || time.Now().Add(wait).After(giveUp) {
+			return kv, err
+		}
+		if !warned {
+			log.Warn("the NATS cluster cannot hold the bucket yet (are its servers still joining?); trying again", "bucket", cfg.Bucket, "err", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// jsErrClusterNoPeers and jsErrClusterNotAvailable are JetStream's error
+// codes for a stream that no set of servers can hold yet, and for a
+// cluster that is not ready.
+const (
+	jsErrClusterNoPeers      = 10005
+	jsErrClusterNotAvailable = 10008
+)
+
+// notReady reports whether err says that the cluster cannot hold a bucket
+// yet, or that its JetStream did not answer in time, which passes as its
+// servers join.
+func notReady(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jsErrClusterNoPeers || apiErr.ErrorCode == jsErrClusterNotAvailable
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+}
+
+func openBucketOnce(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	bucket := cfg.Bucket
 	kv, err := js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {

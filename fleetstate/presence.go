@@ -175,7 +175,8 @@ var _ relay.Presence = (*Presence)(nil)
 // OpenPresence opens the presence registry on cfg.Conn, creating its
 // buckets if they do not exist, writes this relay's liveness key and
 // loads the presence map and the live relays; it fails if NATS does not
-// answer in time. Close stops it.
+// answer in time. A cluster that cannot hold the buckets yet is waited
+// for, as by [Open]. Close stops it.
 func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -187,20 +188,20 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 		entries:   make(map[identity.ID]entry), mine: make(map[identity.ID]*own), expires: make(map[identity.ID]time.Time),
 		relayIDs: []identity.ID{cfg.Relay}, relayIndex: map[identity.ID]uint32{cfg.Relay: selfIndex},
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("open presence: %w", err)
 	}
-	if p.presence, err = openBucketConfig(ctx, js, jetstream.KeyValueConfig{Bucket: PresenceBucket, Replicas: cfg.Replicas,
+	if p.presence, err = openBucketConfig(ctx, p.timeout, p.log, js, jetstream.KeyValueConfig{Bucket: PresenceBucket, Replicas: cfg.Replicas,
 		Description: "burrow relay fleet: the relay holding each device, see package fleetstate"}); err != nil {
 		return nil, fmt.Errorf("open presence: %w", err)
 	}
-	if p.relays, err = openBucketConfig(ctx, js, jetstream.KeyValueConfig{Bucket: RelaysBucket, Replicas: cfg.Replicas, TTL: cfg.LivenessTTL,
+	if p.relays, err = openBucketConfig(ctx, p.timeout, p.log, js, jetstream.KeyValueConfig{Bucket: RelaysBucket, Replicas: cfg.Replicas, TTL: cfg.LivenessTTL,
 		Description: "burrow relay fleet: the live relays, see package fleetstate"}); err != nil {
 		return nil, fmt.Errorf("open presence: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
 	if _, err := p.relays.Put(ctx, p.self.String(), p.liveValue); err != nil {
 		return nil, fmt.Errorf("open presence: write this relay's liveness key: %w", err)
 	}
