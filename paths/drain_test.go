@@ -64,6 +64,31 @@ func serveRelayOn(t *testing.T, m *memNet, id *identity.Identity, quiet time.Dur
 	return srv, stop
 }
 
+// A leaving is when an agent detached, and when its state changed next
+// (a try at a relay, failed or not).
+type leaving struct{ detached, next time.Time }
+
+// watchLeaving reports c's next leaving.
+func watchLeaving(c *Conn) <-chan leaving {
+	out := make(chan leaving, 1)
+	go func() {
+		var l leaving
+		for {
+			st, ch := c.relay.Watch()
+			switch {
+			case l.detached.IsZero() && !st.Attached:
+				l.detached = st.Since
+			case !l.detached.IsZero() && !st.Since.Equal(l.detached):
+				l.next = st.Since
+				out <- l
+				return
+			}
+			<-ch
+		}
+	}()
+	return out
+}
+
 // waitStatusWithin waits up to d until c's status satisfies ok and returns
 // when it did.
 func waitStatusWithin(t *testing.T, c *Conn, d time.Duration, what string, ok func(Status) bool) time.Time {
@@ -185,29 +210,41 @@ func TestDrainKeepsSession(t *testing.T) {
 				t.Fatalf("an agent detached %v into the drain", time.Since(start))
 			}
 		}
+		leaves := map[*Conn]<-chan leaving{dev: watchLeaving(dev), cli: watchLeaving(cli)}
 		// Through the close: bursts, so that the relay is still reading
 		// some when it closes the device's session.
-		for time.Since(start) < period+time.Second {
-			for range 100 {
-				cli.WriteTo([]byte("ping"), Addr{ID: devID.ID()})
+		bursts := make(chan struct{})
+		go func() {
+			defer close(bursts)
+			for time.Since(start) < period+time.Second {
+				for range 100 {
+					cli.WriteTo([]byte("ping"), Addr{ID: devID.ID()})
+				}
+				time.Sleep(time.Millisecond)
 			}
-			time.Sleep(time.Millisecond)
-		}
+		}()
 		if err := <-drained; !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Shutdown returned %v", err)
 		}
 		if took := time.Since(start); took < period {
 			t.Fatalf("the drain took %v, less than its period", took)
 		}
-		synctest.Wait() // the agents read their go-away
+		// The agents read their go-away, and try a relay again (the old
+		// one, which fails, or the new one below) no sooner than it asked:
+		// 0.5s at least.
 		detached := map[*Conn]time.Time{}
-		for _, c := range []*Conn{dev, cli} {
-			st := c.Status()
-			if st.Attached || st.Draining {
-				t.Fatalf("after the drain: %+v", st)
+		for c, leave := range leaves {
+			select {
+			case l := <-leave:
+				if wait := l.next.Sub(l.detached); wait < 500*time.Millisecond {
+					t.Fatalf("tried a relay again %v after the go-away", wait)
+				}
+				detached[c] = l.detached
+			case <-time.After(time.Minute):
+				t.Fatal("an agent did not detach, or never tried a relay again")
 			}
-			detached[c] = st.Since
 		}
+		<-bursts
 		if n := gone.Load(); n != 0 {
 			t.Fatalf("agents were told %d times that a peer left", n)
 		}
