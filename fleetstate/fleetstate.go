@@ -135,8 +135,9 @@ type State struct {
 
 // Open opens the fleet's state on cfg.Conn, creating its buckets if they
 // do not exist, and loads the enrolled devices; it fails if NATS does not
-// answer in time. A cluster that cannot hold the buckets yet (its servers
-// still joining) is waited for, up to placementWait. Close stops it.
+// answer in time. A cluster that cannot hold the buckets yet, or whose
+// JetStream does not answer yet (its servers still joining), is waited
+// for, up to placementWait. Close stops it.
 //
 // Reads that a compare-and-swap depends on go to the stream's leader: a
 // key-value bucket normally has AllowDirect on, and nats.go then reads

@@ -55,23 +55,35 @@ func newRawIO(c net.Conn) rawIO {
 // on reports whether the rawIO reads and writes.
 func (r rawIO) on() bool { return r.rc != nil }
 
-// readOnce reads once into p; it reports false if the socket has nothing
-// yet.
-func (op *rawOp) readOnce(fd uintptr) bool {
+// rawCall makes the system call trap raw, again while it is interrupted;
+// ready is false if the socket was not ready (EAGAIN). The call must be
+// one that never waits (MSG_DONTWAIT).
+func rawCall(trap, a1, a2, a3, a4 uintptr) (r uintptr, errno syscall.Errno, ready bool) {
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.p[0])), uintptr(len(op.p)), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.RawSyscall6(trap, a1, a2, a3, a4, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
-		case 0:
-			op.n = int(n)
-		default:
-			op.errno = e
+			return 0, 0, false
 		}
-		return true
+		return r, e, true
 	}
+}
+
+// readOnce reads once into p; it reports false if the socket has nothing
+// yet.
+func (op *rawOp) readOnce(fd uintptr) bool {
+	n, e, ready := rawCall(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.p[0])), uintptr(len(op.p)), unix.MSG_DONTWAIT)
+	switch {
+	case !ready:
+		return false
+	case e != 0:
+		op.errno = e
+	default:
+		op.n = int(n)
+	}
+	return true
 }
 
 // writeAll writes what is left of p; it reports false if the socket has
@@ -79,21 +91,18 @@ func (op *rawOp) readOnce(fd uintptr) bool {
 func (op *rawOp) writeAll(fd uintptr) bool {
 	for op.n < len(op.p) {
 		rest := op.p[op.n:]
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-		switch e {
-		case 0:
-			if n == 0 {
-				op.short = true // as the runtime's own writes report it
-				return true
-			}
-			op.n += int(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
+		n, e, ready := rawCall(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		switch {
+		case !ready:
 			return false
-		default:
+		case e != 0:
 			op.errno = e
 			return true
+		case n == 0:
+			op.short = true // as the runtime's own writes report it
+			return true
 		}
+		op.n += int(n)
 	}
 	return true
 }

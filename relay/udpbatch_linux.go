@@ -78,20 +78,16 @@ func (m *mmsgIO) coalesced() bool { return m.gro }
 // whatever the descriptor's mode): the runtime's path for calls that may
 // wait costs more than the call (see agentConn).
 func (m *mmsgIO) call(fd uintptr, trap uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&m.cur[0])), uintptr(len(m.cur)), unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			m.n, m.errno = int(n), 0
-		default:
-			m.n, m.errno = 0, e
-		}
-		return true
+	n, e, ready := rawCall(trap, fd, uintptr(unsafe.Pointer(&m.cur[0])), uintptr(len(m.cur)), unix.MSG_DONTWAIT)
+	switch {
+	case !ready:
+		return false
+	case e != 0:
+		m.n, m.errno = 0, e
+	default:
+		m.n, m.errno = int(n), 0
 	}
+	return true
 }
 
 func (m *mmsgIO) read(ms []udpMsg) (int, error) {

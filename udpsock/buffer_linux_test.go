@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestSocketBuffers: a Socket asks for SocketBuffer of receive and send
+// TestSocketBuffers: a Socket asks for socketBuffer of receive and send
 // buffer, as much of it as the system allows.
 func TestSocketBuffers(t *testing.T) {
 	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -43,8 +43,8 @@ func TestSocketBuffers(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The kernel reports twice what it was asked, for its overhead.
-		if want := min(SocketBuffer, limit); got < want {
-			t.Errorf("%s buffer %d bytes, want at least %d (asked %d, the system allows %d)", c.name, got, want, SocketBuffer, limit)
+		if want := min(socketBuffer, limit); got < want {
+			t.Errorf("%s buffer %d bytes, want at least %d (asked %d, the system allows %d)", c.name, got, want, socketBuffer, limit)
 		}
 	}
 }

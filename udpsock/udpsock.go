@@ -5,8 +5,8 @@
 // kernel segments UDP sends (GSO). It reads with one system call a burst
 // of datagrams the kernel coalesced (GRO), and hands each datagram, with
 // its source, to the caller. It asks for socket buffers that hold some
-// 30 ms of a 1 Gbit/s stream (SocketBuffer). It can send datagrams with a low TTL
-// ([Socket.WriteLowTTL]), restoring the socket's own TTL after.
+// 30 ms of a 1 Gbit/s stream (socketBuffer). It can send datagrams with a
+// low TTL ([Socket.WriteLowTTL]), restoring the socket's own TTL after.
 //
 // The socket underneath is a [Conn]: a *net.UDPConn, whose kernel
 // features (segmentation, coalescing, TTL) are used where the system has
@@ -26,11 +26,11 @@ import (
 	"sync/atomic"
 )
 
-// SocketBuffer is the receive and send buffer New asks for a system
+// socketBuffer is the receive and send buffer New asks for a system
 // socket. The system's default (some 200 KiB on Linux) holds under 2 ms of
 // a 1 Gbit/s stream: a reader that waits longer for a processor drops
 // datagrams, which QUIC then sends again, and slows down for.
-const SocketBuffer = 4 << 20
+const socketBuffer = 4 << 20
 
 // A Conn is a UDP socket: *net.UDPConn implements it.
 type Conn interface {
@@ -112,8 +112,8 @@ func New(conn Conn, cfg Config) *Socket {
 	if u, ok := conn.(*net.UDPConn); ok {
 		// Best effort: the system may cap them lower (on Linux,
 		// net.core.rmem_max and wmem_max).
-		u.SetReadBuffer(SocketBuffer)
-		u.SetWriteBuffer(SocketBuffer)
+		u.SetReadBuffer(socketBuffer)
+		u.SetWriteBuffer(socketBuffer)
 	}
 	s.gso.Store(canSegment(conn))
 	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
