@@ -351,39 +351,23 @@ func (b *bench) idleTunnels(ctx context.Context) error {
 // raw, the two references and burrow, with the CPU each forwarding process
 // spends per GB.
 func (b *bench) throughput(ctx context.Context) error {
-	hop2, err := b.start("hop 2", b.self, "hop", "-to", b.svc.source)
+	hop2, hop2Addr, err := b.startHop("hop 2", "hop", b.svc.source)
 	if err != nil {
 		return err
 	}
-	m, err := hop2.waitFor(reHop, 10*time.Second)
+	hop1, twoHop, err := b.startHop("hop 1", "hop", hop2Addr)
 	if err != nil {
 		return err
 	}
-	hop1, err := b.start("hop 1", b.self, "hop", "-to", m[1])
+	tlsHop, tlsAddr, err := b.startHop("tls hop", "tlshop", b.svc.tlsSource)
 	if err != nil {
 		return err
 	}
-	if m, err = hop1.waitFor(reHop, 10*time.Second); err != nil {
-		return err
-	}
-	twoHop := m[1]
-	tlsHop, err := b.start("tls hop", b.self, "tlshop", "-to", b.svc.tlsSource)
-	if err != nil {
-		return err
-	}
-	if m, err = tlsHop.waitFor(reHop, 10*time.Second); err != nil {
-		return err
-	}
-	tlsAddr := m[1]
 	// The same forwarder, leading to the paced source.
-	tlsPacedHop, err := b.start("tls hop paced", b.self, "tlshop", "-to", b.svc.tlsPaced)
+	tlsPacedHop, tlsPacedAddr, err := b.startHop("tls hop paced", "tlshop", b.svc.tlsPaced)
 	if err != nil {
 		return err
 	}
-	if m, err = tlsPacedHop.waitFor(reHop, 10*time.Second); err != nil {
-		return err
-	}
-	tlsPacedAddr := m[1]
 	clientTLS := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}
 
 	setups := []setupT{
@@ -438,6 +422,20 @@ func (b *bench) throughput(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// startHop starts a reference forwarder (mode hop or tlshop, a child of
+// this program) to to, and returns it and the address it listens on.
+func (b *bench) startHop(name, mode, to string) (*proc, string, error) {
+	p, err := b.start(name, b.self, mode, "-to", to)
+	if err != nil {
+		return nil, "", err
+	}
+	m, err := p.waitFor(reHop, 10*time.Second)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, m[1], nil
 }
 
 // A setupT is one setup of the throughput scenario.
